@@ -1,1 +1,82 @@
-//! xkafka
+//! # xkafka
+//!
+//! Kafka consumers and producers that feel like writing an HTTP service: a
+//! [`Message`] is the request, a [`Handler`] holds the business logic, and
+//! [`middleware`] (tower layers) adds logging, retries, metrics… around it.
+//! librdkafka (through the `rdkafka` crate) speaks the protocol.
+//!
+//! ## Consuming
+//!
+//! ```no_run
+//! use xkafka::{Ack, BoxError, Consumer, Decision, Error, Message};
+//!
+//! async fn handle(msg: Message) -> Result<Ack, BoxError> {
+//!     let Some(order) = msg.value_str() else {
+//!         return Ok(Ack::Skip); // not text: not ours, skip on purpose
+//!     };
+//!     println!("order {order} from {}", msg.location());
+//!     Ok(Ack::Success)
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Error> {
+//!     let consumer = Consumer::builder("order-service")
+//!         .brokers(["127.0.0.1:9092"])
+//!         .topics(["orders"])
+//!         .error_handler(|err| {
+//!             eprintln!("{err}");
+//!             if err.message_location().is_some() { Decision::Stop } else { Decision::Continue }
+//!         })
+//!         .handler(handle)
+//!         .build()?;
+//!     let summary = consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//!     println!("{} handled", summary.succeeded);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Guarantees
+//!
+//! * An offset is stored only after the handler and its middleware finished
+//!   with success or skip — or the error handler explicitly skipped the
+//!   failure. A failed message is never silently passed over.
+//! * The [`CommitMode`] names the delivery guarantee truthfully: `Auto` and
+//!   `Manual` are at-least-once, `AtMostOnce` commits before handling.
+//! * Every error no middleware handled reaches the mandatory error handler,
+//!   which decides ([`Decision`]) whether to stop; it never sees a non-error.
+//! * Shutdown is bounded, even with unreachable brokers.
+//! * Producers default to `acks=all` and idempotence.
+//!
+//! ## Middleware order
+//!
+//! The first middleware added is the outermost, as in Go xkafka's `Use` and
+//! tower's `ServiceBuilder` — see [`middleware`].
+//!
+//! ## Testing without a broker
+//!
+//! [`mock::EmbeddedCluster`] starts librdkafka's in-process mock cluster.
+
+mod config;
+mod consumer;
+mod convert;
+mod error;
+mod log;
+pub mod mock;
+mod producer;
+mod shutdown;
+
+pub use xkafka_core::middleware;
+pub use xkafka_core::{
+    Ack, BoxError, Delivery, Handler, HandlerService, Header, Headers, IntoOutcome, Message,
+    MessageBuilder, Timestamp,
+};
+
+pub use config::{is_secret, Config};
+pub use consumer::{CommitMode, Consumer, ConsumerBuilder, Summary, TopicPartition};
+pub use error::{Decision, Error, Operation};
+pub use producer::{CloseReport, Producer, ProducerBuilder};
+pub use shutdown::ShutdownHandle;
+
+/// The `rdkafka` crate xkafka is built on, for the rare case that needs it
+/// directly (e.g. matching an error code).
+pub use rdkafka;

@@ -1,0 +1,229 @@
+//! Raw librdkafka properties, passed through untouched (Go xkafka's
+//! `ConfigMap`), with secrets kept out of `Debug` output and error messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+
+use crate::error::Error;
+
+/// librdkafka properties: any key of librdkafka's `CONFIGURATION.md`.
+///
+/// `Debug` shows secret values (`sasl.password`, `ssl.key.password`, PEM
+/// keys, OAuth secrets…) as `<redacted>`.
+///
+/// ```
+/// use xkafka::Config;
+///
+/// let mut config = Config::new();
+/// config.set("sasl.username", "app").set("sasl.password", "hunter2");
+/// let shown = format!("{config:?}");
+/// assert!(shown.contains("app") && !shown.contains("hunter2"));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    entries: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// No properties.
+    pub fn new() -> Self {
+        Config::default()
+    }
+
+    /// Sets a property, replacing an earlier value.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.entries.insert(key.into(), value.into());
+        self
+    }
+
+    /// A property's value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.entries.get(key).map(String::as_str)
+    }
+
+    /// Removes a property, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        self.entries.remove(key)
+    }
+
+    /// The properties, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Builds rdkafka's configuration and lets librdkafka validate every
+    /// property, so that a typo fails at build time rather than never.
+    pub(crate) fn to_client_config(&self) -> Result<ClientConfig, Error> {
+        let mut config = ClientConfig::new();
+        for (k, v) in &self.entries {
+            config.set(k, v);
+        }
+        config
+            .create_native_config()
+            .map_err(|err| config_error(err, self))?;
+        Ok(config)
+    }
+
+    /// Whether the effective value of a boolean property is true.
+    pub(crate) fn is_true(&self, key: &str) -> Option<bool> {
+        self.get(key).map(|v| matches!(v, "true" | "1" | "yes"))
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Config {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut config = Config::new();
+        config.extend(iter);
+        config
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Config {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.set(k, v);
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(k, v)| (k, shown_value(k, v))))
+            .finish()
+    }
+}
+
+/// Whether a property holds a secret that must never be printed.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.contains("password")
+        || key.contains("secret")
+        || key.contains("sasl.jaas.config")
+        || key.contains("sasl.oauthbearer.config")
+        || key.ends_with(".key.pem")
+        || key == "ssl.key.pem"
+        || key.contains("token")
+}
+
+pub(crate) fn shown_value(key: &str, value: &str) -> String {
+    if is_secret(key) {
+        "<redacted>".to_owned()
+    } else {
+        format!("{value:?}")
+    }
+}
+
+fn config_error(err: KafkaError, config: &Config) -> Error {
+    match err {
+        KafkaError::ClientConfig(_, reason, key, value) => {
+            // librdkafka echoes the value; take ours so redaction applies.
+            let value = config
+                .get(&key)
+                .map_or_else(|| format!("{value:?}"), |v| shown_value(&key, v));
+            let reason = if is_secret(&key) {
+                "rejected by librdkafka".to_owned()
+            } else {
+                reason
+            };
+            Error::InvalidConfig { key, value, reason }
+        }
+        other => Error::kafka(crate::error::Operation::Create, other),
+    }
+}
+
+/// Checks a topic name against Kafka's rules (the broker would reject it
+/// later, with a much less helpful error).
+pub(crate) fn validate_topic(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("a topic name cannot be empty")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not topic names")
+    } else if name.len() > 249 {
+        Some("a topic name is at most 249 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only ASCII letters, digits, `.`, `_` and `-` are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidTopic {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config: Config = [
+            ("bootstrap.servers", "b:9092"),
+            ("sasl.password", "pw-123"),
+            ("ssl.key.password", "pw-456"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----abc"),
+            ("sasl.oauthbearer.client.secret", "pw-789"),
+        ]
+        .into_iter()
+        .collect();
+        let shown = format!("{config:?}");
+        for secret in ["pw-123", "pw-456", "BEGIN PRIVATE", "pw-789"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("b:9092"));
+        assert_eq!(shown.matches("<redacted>").count(), 4);
+    }
+
+    #[test]
+    fn unknown_property_is_a_clear_error() {
+        let config: Config = [("no.such.property", "1")].into_iter().collect();
+        let err = config.to_client_config().unwrap_err();
+        match &err {
+            Error::InvalidConfig { key, .. } => assert_eq!(key, "no.such.property"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("no.such.property"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_a_clear_error() {
+        let config: Config = [("acks", "sometimes")].into_iter().collect();
+        let err = config.to_client_config().unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidConfig { key, .. } if key == "acks"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_secret_value_is_not_echoed() {
+        let err = config_error(
+            KafkaError::ClientConfig(
+                rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+                "bad value pw-secret".into(),
+                "sasl.password".into(),
+                "pw-secret".into(),
+            ),
+            &[("sasl.password", "pw-secret")].into_iter().collect(),
+        );
+        assert!(!err.to_string().contains("pw-secret"), "{err}");
+    }
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic("orders.v1_x-y").is_ok());
+        for bad in ["", ".", "..", "has space", "ü", &"x".repeat(250)] {
+            assert!(validate_topic(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

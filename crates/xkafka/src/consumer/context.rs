@@ -1,0 +1,253 @@
+//! librdkafka callbacks of the consumer: rebalances (eager and cooperative),
+//! commit results, errors and logs; plus the commit and store helpers they
+//! share with the poll loop.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::offsets::{Ledger, TopicPartition};
+use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
+use crate::log::forward_log;
+use crate::shutdown::ShutdownHandle;
+
+/// State shared by the poll loop, the rebalance callbacks and `run`.
+pub(crate) struct Shared {
+    pub(crate) group: Arc<str>,
+    ledger: Mutex<Ledger>,
+    error_handler: ErrorHandlerFn,
+    stop_error: Mutex<Option<Error>>,
+    pub(crate) shutdown: ShutdownHandle,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        group: Arc<str>,
+        error_handler: ErrorHandlerFn,
+        shutdown: ShutdownHandle,
+    ) -> Self {
+        Shared {
+            group,
+            ledger: Mutex::new(Ledger::default()),
+            error_handler,
+            stop_error: Mutex::new(None),
+            shutdown,
+        }
+    }
+
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an error to the user's error handler. On `Stop` the first such
+    /// error is kept for `run` to return and a shutdown starts.
+    pub(crate) fn report(&self, err: Error) -> Decision {
+        // A panicking error handler is taken as a request to stop: we cannot
+        // know what it wanted, and carrying on could skip a message.
+        let decision =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.error_handler)(&err)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(group = %self.group, "the error handler panicked; stopping");
+                    Decision::Stop
+                });
+        if decision == Decision::Stop {
+            let mut slot = self.stop_error.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(err);
+            }
+            drop(slot);
+            self.shutdown.shutdown();
+        }
+        decision
+    }
+
+    pub(crate) fn take_stop_error(&self) -> Option<Error> {
+        self.stop_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+pub(crate) struct XConsumerContext {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl ClientContext for XConsumerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log(&self.shared.group, level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(group = %self.shared.group, %error, reason, "consumer client error");
+        self.shared.report(Error::kafka(Operation::Client, error));
+    }
+}
+
+impl ConsumerContext for XConsumerContext {
+    // Overridden (rather than pre/post hooks) to pick eager or incremental
+    // (cooperative-sticky) assignment, to commit what revoked partitions
+    // processed before letting them go, and to report assignment errors
+    // instead of only logging them.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions: BTreeSet<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
+                self.shared.ledger().assigned.extend(partitions);
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    self.shared.report(Error::kafka(Operation::Rebalance, e));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                tracing::info!(group = %self.shared.group, ?partitions, cooperative, lost, "partitions revoked");
+                // A lost partition may already belong to another member:
+                // committing for it could move that member's offsets backwards.
+                if !lost {
+                    let pending = self.shared.ledger().uncommitted(Some(&partitions));
+                    commit_sync(consumer, &self.shared, pending);
+                }
+                {
+                    let mut ledger = self.shared.ledger();
+                    for tp in &partitions {
+                        ledger.assigned.remove(tp);
+                        ledger.stored.remove(tp);
+                    }
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    self.shared.report(Error::kafka(Operation::Rebalance, e));
+                }
+            }
+            other => {
+                let code = RDKafkaErrorCode::from(other);
+                self.shared.report(Error::kafka(
+                    Operation::Rebalance,
+                    KafkaError::Rebalance(code),
+                ));
+                // librdkafka's advice for a failed rebalance: drop the
+                // assignment; the group will hand out a new one.
+                self.shared.ledger().assigned.clear();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let mut ledger = self.shared.ledger();
+                for e in offsets.elements() {
+                    if let (Offset::Offset(off), Ok(())) = (e.offset(), e.error()) {
+                        ledger.mark_committed(&TopicPartition::new(e.topic(), e.partition()), off);
+                    }
+                }
+            }
+            Err(e) if is_nothing_to_commit(&e) => {}
+            Err(e) => {
+                self.shared.report(Error::kafka(Operation::Commit, e));
+            }
+        }
+    }
+}
+
+fn is_nothing_to_commit(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
+}
+
+fn tpl_of(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (tp, off) in offsets {
+        // add_partition_offset only fails for invalid offsets; ours are >= 0.
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off));
+    }
+    tpl
+}
+
+/// Synchronously commits `offsets` (next offsets to consume); errors go to
+/// the error handler. Returns whether the commit succeeded.
+pub(crate) fn commit_sync<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    shared: &Shared,
+    offsets: Vec<(TopicPartition, i64)>,
+) -> bool {
+    if offsets.is_empty() {
+        return true;
+    }
+    match consumer.commit(&tpl_of(&offsets), CommitMode::Sync) {
+        Ok(()) => {
+            let mut ledger = shared.ledger();
+            for (tp, off) in &offsets {
+                ledger.mark_committed(tp, *off);
+            }
+            true
+        }
+        Err(e) if is_nothing_to_commit(&e) => true,
+        Err(e) => {
+            shared.report(Error::kafka(Operation::Commit, e));
+            false
+        }
+    }
+}
+
+/// Stores `next` as the offset to resume from for `tp`, unless the partition
+/// is no longer ours (then storing would fail with librdkafka's "erroneous
+/// state", or worse, succeed for a partition another member now owns).
+pub(crate) fn store<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    shared: &Shared,
+    tp: &TopicPartition,
+    next: i64,
+) -> bool {
+    {
+        let mut ledger = shared.ledger();
+        if !ledger.assigned.contains(tp) {
+            ledger.revoked_skipped_stores += 1;
+            return false;
+        }
+    }
+    match consumer.store_offsets(&tpl_of(&[(tp.clone(), next)])) {
+        Ok(()) => {
+            shared.ledger().stored.insert(tp.clone(), next);
+            true
+        }
+        // Revoked between our check and the store: expected, not an error.
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
+            shared.ledger().revoked_skipped_stores += 1;
+            false
+        }
+        Err(e) => {
+            shared.report(Error::kafka(Operation::StoreOffset, e));
+            false
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The streaming consumer: one message at a time through a handler and its
+//! middleware, offsets stored only after processing.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use xkafka::middleware::{from_fn, Next};
+//! use xkafka::{Ack, BoxError, CommitMode, Consumer, Decision, Error, Message};
+//!
+//! async fn handle(msg: Message) -> Result<Ack, BoxError> {
+//!     println!("{}: {:?}", msg.location(), msg.value_str());
+//!     Ok(Ack::Success)
+//! }
+//!
+//! # async fn run() -> Result<(), Error> {
+//! let consumer = Consumer::builder("billing")
+//!     .brokers(["127.0.0.1:9092"])
+//!     .topics(["orders"])
+//!     .config("auto.offset.reset", "earliest")
+//!     .commit_mode(CommitMode::Manual)
+//!     .shutdown_timeout(Duration::from_secs(5))
+//!     .error_handler(|err: &Error| match err {
+//!         // A message failed and no middleware dealt with it: stop, so that
+//!         // it is read again after a restart (nothing is lost).
+//!         Error::Handler { .. } => Decision::Stop,
+//!         // librdkafka recovers from most client errors by itself.
+//!         _ if err.is_fatal() => Decision::Stop,
+//!         _ => Decision::Continue,
+//!     })
+//!     .layer(from_fn(|msg: Message, next: Next| async move {
+//!         let started = std::time::Instant::now();
+//!         let outcome = next.run(msg).await;
+//!         println!("took {:?}", started.elapsed());
+//!         outcome
+//!     }))
+//!     .handler(handle)
+//!     .build()?;
+//!
+//! let summary = consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! println!("{summary:?}");
+//! # Ok(()) }
+//! ```
+
+mod context;
+mod offsets;
+mod poll_loop;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::BaseConsumer;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service};
+
+use crate::config::{validate_topic, Config};
+use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
+use crate::middleware::Stack;
+use crate::shutdown::ShutdownHandle;
+use crate::{Ack, BoxError, Handler, Message};
+use context::{Shared, XConsumerContext};
+pub use offsets::TopicPartition;
+use poll_loop::PollLoop;
+
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than the shutdown timeout `run` waits for the poll thread
+/// to report before returning without it.
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
+
+/// When offsets are committed, and so which delivery guarantee holds.
+///
+/// In every mode the offset of a message is stored only after its handler
+/// (with the middleware) finished with success or skip, or the error handler
+/// chose to skip it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CommitMode {
+    /// **At-least-once.** librdkafka commits the stored offsets in the
+    /// background every `auto.commit.interval.ms` (default 5 s); revoked
+    /// partitions and shutdown commit synchronously. After a crash, up to one
+    /// interval of processed messages is delivered again. Fastest.
+    #[default]
+    Auto,
+    /// **At-least-once, one message at a time** (Go xkafka's
+    /// `ManualCommit(true)`): a synchronous commit after each processed
+    /// message, before the next one is read. After a crash at most the
+    /// in-flight message is delivered again. One commit round trip per
+    /// message. (The Go documentation calls this at-most-once; it is not:
+    /// the commit comes *after* processing.)
+    Manual,
+    /// **At-most-once.** The offset is stored and committed synchronously
+    /// *before* the handler runs: a message whose processing crashes is not
+    /// delivered again (it is lost instead). If that commit fails, the
+    /// message is not handled (and counted as skipped).
+    AtMostOnce,
+}
+
+/// What a consumer did, returned by [`Consumer::run`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Messages handled with [`Ack::Success`].
+    pub succeeded: u64,
+    /// Messages handled with [`Ack::Skip`] (or dropped in
+    /// [`CommitMode::AtMostOnce`] because their commit failed).
+    pub skipped: u64,
+    /// Messages whose handler failed (whatever the error handler decided).
+    pub failed: u64,
+    /// Of the failed messages, those the error handler skipped
+    /// ([`Decision::Continue`]): their offsets were stored.
+    pub failed_skipped: u64,
+    /// In-flight messages abandoned when the shutdown grace period ran out;
+    /// their offsets were not stored.
+    pub abandoned: u64,
+    /// Last committed offset (the next one to read) per partition.
+    pub committed: BTreeMap<TopicPartition, i64>,
+    /// Offsets stored but not committed when the consumer stopped.
+    pub uncommitted: BTreeMap<TopicPartition, i64>,
+    /// Whether the consumer left its group and closed before the deadline.
+    pub closed_cleanly: bool,
+}
+
+/// A streaming Kafka consumer; see the [module docs](self).
+pub struct Consumer {
+    shared: Arc<Shared>,
+    client: BaseConsumer<XConsumerContext>,
+    service: BoxCloneService<Message, Ack, BoxError>,
+    commit_mode: CommitMode,
+    shutdown_timeout: Duration,
+    topics: Vec<String>,
+    config: Config,
+}
+
+impl Consumer {
+    /// Starts a consumer of consumer group `group` (librdkafka's `group.id`).
+    pub fn builder(group: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder {
+            group: group.into(),
+            brokers: Vec::new(),
+            topics: Vec::new(),
+            config: Config::new(),
+            error_handler: None,
+            stack: Stack::new(),
+            service: None,
+            commit_mode: CommitMode::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// A handle that stops [`run`](Self::run) from anywhere (another task, a
+    /// handler, a signal listener).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shared.shutdown.clone()
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    /// Consumes until `shutdown` resolves, the [`ShutdownHandle`] is used, or
+    /// the error handler returns [`Decision::Stop`].
+    ///
+    /// Then it stops fetching, lets the in-flight message finish, commits
+    /// what was processed, leaves the group and closes — all within the
+    /// shutdown timeout; it returns within that timeout (plus half a second)
+    /// even when the brokers are unreachable. Returns the error the error
+    /// handler stopped on, if any.
+    pub async fn run<F>(self, shutdown: F) -> Result<Summary, Error>
+    where
+        F: Future<Output = ()>,
+    {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let shared = self.shared.clone();
+        let handle = shared.shutdown.clone();
+        let poll_loop = PollLoop {
+            consumer: self.client,
+            shared: shared.clone(),
+            service: self.service,
+            commit_mode: self.commit_mode,
+            shutdown_timeout: self.shutdown_timeout,
+            runtime,
+            topics: self.topics,
+        };
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("xkafka-poll-{}", shared.group))
+            .spawn(move || {
+                let end = poll_loop.run();
+                let _ = done_tx.send(end);
+            })
+            .map_err(|e| {
+                Error::kafka(
+                    Operation::Create,
+                    rdkafka::error::KafkaError::ClientCreation(e.to_string()),
+                )
+            })?;
+
+        tokio::pin!(shutdown);
+        let early = tokio::select! {
+            end = &mut done_rx => Some(end),
+            () = &mut shutdown => None,
+            () = handle.requested() => None,
+        };
+        let end = match early {
+            Some(end) => end.ok(),
+            None => {
+                handle.shutdown();
+                let since = handle.since().unwrap_or_else(std::time::Instant::now);
+                let deadline = since + self.shutdown_timeout + SHUTDOWN_MARGIN;
+                tokio::time::timeout_at(deadline.into(), done_rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        };
+        if let Some(err) = shared.take_stop_error() {
+            return Err(err);
+        }
+        let ledger = shared.ledger();
+        let uncommitted = ledger.uncommitted(None).into_iter().collect();
+        Ok(Summary {
+            succeeded: ledger.succeeded,
+            skipped: ledger.skipped,
+            failed: ledger.failed,
+            failed_skipped: ledger.failed_skipped,
+            abandoned: ledger.abandoned,
+            committed: ledger.committed.clone(),
+            uncommitted,
+            closed_cleanly: end.is_some_and(|e| e.closed_cleanly),
+        })
+    }
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.shared.group)
+            .field("topics", &self.topics)
+            .field("commit_mode", &self.commit_mode)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Consumer`]; see [`Consumer::builder`].
+#[must_use = "call .build() to create the consumer"]
+pub struct ConsumerBuilder {
+    group: String,
+    brokers: Vec<String>,
+    topics: Vec<String>,
+    config: Config,
+    error_handler: Option<ErrorHandlerFn>,
+    stack: Stack<Ack>,
+    service: Option<BoxCloneService<Message, Ack, BoxError>>,
+    commit_mode: CommitMode,
+    shutdown_timeout: Duration,
+}
+
+impl ConsumerBuilder {
+    /// Bootstrap brokers, `host:port` each.
+    pub fn brokers<I, S>(mut self, brokers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.brokers.extend(brokers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Topics to subscribe to (a name starting with `^` is a regex, as in
+    /// librdkafka).
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets a raw librdkafka property (passed through untouched, except the
+    /// few xkafka's guarantees depend on: see [`build`](Self::build)).
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// Sets many raw librdkafka properties.
+    pub fn configs<I, K, V>(mut self, entries: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.config.extend(entries);
+        self
+    }
+
+    /// When offsets are committed (default [`CommitMode::Auto`]).
+    pub fn commit_mode(mut self, mode: CommitMode) -> Self {
+        self.commit_mode = mode;
+        self
+    }
+
+    /// Bound on the whole shutdown: in-flight message, final commit, leaving
+    /// the group (default 10 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The mandatory error handler. It receives every failed message no
+    /// middleware handled ([`Error::Handler`]) and every client error (poll,
+    /// offset store, commit, rebalance, close) — never anything else — and
+    /// returns a [`Decision`]. It runs on the poll thread: keep it short.
+    pub fn error_handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&Error) -> Decision + Send + Sync + 'static,
+    {
+        self.error_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Adds a middleware; the first added is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxCloneService<Message, Ack, BoxError>> + Send + Sync + 'static,
+        L::Service: Service<Message, Response = Ack> + Clone + Send + 'static,
+        <L::Service as Service<Message>>::Error: Into<BoxError>,
+        <L::Service as Service<Message>>::Future: Send + 'static,
+    {
+        self.stack.push(layer);
+        self
+    }
+
+    /// The handler: an `async fn(Message)` returning `()`, [`Ack`] or a
+    /// `Result` of either.
+    pub fn handler<H, T>(self, handler: H) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        self.service(handler.into_service())
+    }
+
+    /// The handler as any tower service.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Message, Response = Ack> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        use tower::ServiceExt;
+        self.service = Some(BoxCloneService::new(service.map_err(Into::into)));
+        self
+    }
+
+    /// Validates everything and creates the client.
+    ///
+    /// xkafka sets `enable.auto.offset.store=false` (offsets are stored only
+    /// after processing) and `enable.auto.commit` according to the
+    /// [`CommitMode`]; setting either to something else is an error rather
+    /// than being silently overridden.
+    pub fn build(self) -> Result<Consumer, Error> {
+        if self.group.trim().is_empty() {
+            return Err(Error::MissingGroupId);
+        }
+        let error_handler = self.error_handler.ok_or(Error::MissingErrorHandler)?;
+        let handler = self.service.ok_or(Error::MissingHandler)?;
+        if self.topics.is_empty() {
+            return Err(Error::MissingTopics);
+        }
+        for topic in &self.topics {
+            if !topic.starts_with('^') {
+                validate_topic(topic)?;
+            }
+        }
+        let mut config = self.config;
+        if !self.brokers.is_empty() {
+            config.set("bootstrap.servers", self.brokers.join(","));
+        }
+        if config.get("bootstrap.servers").is_none_or(str::is_empty) {
+            return Err(Error::MissingBrokers);
+        }
+        if config.is_true("enable.auto.offset.store") == Some(true) {
+            return Err(Error::ReservedConfig {
+                key: "enable.auto.offset.store".into(),
+                value: config
+                    .get("enable.auto.offset.store")
+                    .unwrap_or_default()
+                    .into(),
+                reason: "xkafka stores offsets itself, only after a message is processed",
+            });
+        }
+        let auto_commit = self.commit_mode == CommitMode::Auto;
+        if let Some(given) = config.is_true("enable.auto.commit") {
+            if given != auto_commit {
+                return Err(Error::ReservedConfig {
+                    key: "enable.auto.commit".into(),
+                    value: config.get("enable.auto.commit").unwrap_or_default().into(),
+                    reason: "choose when offsets are committed with `.commit_mode(...)`",
+                });
+            }
+        }
+        if let Some(group) = config.get("group.id") {
+            if group != self.group {
+                return Err(Error::ReservedConfig {
+                    key: "group.id".into(),
+                    value: group.into(),
+                    reason: "the group id is the one given to `Consumer::builder`",
+                });
+            }
+        }
+        config
+            .set("group.id", self.group.clone())
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", auto_commit.to_string());
+        let client_config = config.to_client_config()?;
+        let shared = Arc::new(Shared::new(
+            self.group.into(),
+            error_handler,
+            ShutdownHandle::new(),
+        ));
+        let context = XConsumerContext {
+            shared: shared.clone(),
+        };
+        let client = BaseConsumer::from_config_and_context(&client_config, context)
+            .map_err(|e| Error::kafka(Operation::Create, e))?;
+        Ok(Consumer {
+            shared,
+            client,
+            service: self.stack.apply(handler),
+            commit_mode: self.commit_mode,
+            shutdown_timeout: self.shutdown_timeout,
+            topics: self.topics,
+            config,
+        })
+    }
+}
+
+impl fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("group", &self.group)
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("config", &self.config)
+            .field("commit_mode", &self.commit_mode)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("layers", &self.stack.len())
+            .field("has_handler", &self.service.is_some())
+            .field("has_error_handler", &self.error_handler.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,97 @@
+//! Conversions between rdkafka's borrowed records and our owned [`Message`].
+
+use std::ffi::CStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rdkafka::message::{BorrowedMessage, Header as RdHeader, Message as _, OwnedHeaders};
+
+use crate::{Header, Headers, Message, Timestamp};
+
+pub(crate) fn timestamp(ts: rdkafka::Timestamp) -> Option<Timestamp> {
+    match ts {
+        rdkafka::Timestamp::NotAvailable => None,
+        rdkafka::Timestamp::CreateTime(ms) => Some(Timestamp::CreateTime(ms)),
+        rdkafka::Timestamp::LogAppendTime(ms) => Some(Timestamp::LogAppendTime(ms)),
+    }
+}
+
+/// Copies a fetched record into an owned [`Message`], so that nothing pins
+/// librdkafka's fetch buffers while a handler runs.
+pub(crate) fn owned_message(
+    msg: &BorrowedMessage<'_>,
+    topic: Arc<str>,
+    group: &Arc<str>,
+) -> Message {
+    let mut builder = Message::builder(topic)
+        .partition(msg.partition())
+        .offset(msg.offset())
+        .group(group.clone())
+        .headers(headers(msg));
+    if let Some(key) = msg.key() {
+        builder = builder.key(Bytes::copy_from_slice(key));
+    }
+    if let Some(value) = msg.payload() {
+        builder = builder.value(Bytes::copy_from_slice(value));
+    }
+    if let Some(ts) = timestamp(msg.timestamp()) {
+        builder = builder.timestamp(ts);
+    }
+    builder.build()
+}
+
+/// Reads the headers through librdkafka's C API: rdkafka's own accessor
+/// panics on a header name that is not UTF-8, which a hostile or buggy
+/// producer could send; we decode names lossily instead.
+#[allow(unsafe_code)]
+fn headers(msg: &BorrowedMessage<'_>) -> Headers {
+    use rdkafka::bindings as rd;
+    let mut hdrs = std::ptr::null_mut();
+    // SAFETY: `msg.ptr()` is a live message for the lifetime of `msg`; the
+    // headers it returns are owned by the message and only read here.
+    let err = unsafe { rd::rd_kafka_message_headers(msg.ptr(), &mut hdrs) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
+        return Headers::new();
+    }
+    // SAFETY: `hdrs` is non-null and owned by the message.
+    let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
+    let mut out = Headers::with_capacity(count);
+    for idx in 0..count {
+        let mut name = std::ptr::null();
+        let mut value = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: idx < count; the out-pointers are valid locals.
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            continue;
+        }
+        // SAFETY: librdkafka guarantees a NUL-terminated name and `size`
+        // readable bytes at `value` when it is non-null.
+        let name = unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned();
+        if value.is_null() {
+            out.push(Header::null(name));
+        } else {
+            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) };
+            out.push(Header::new(name, Bytes::copy_from_slice(bytes)));
+        }
+    }
+    out
+}
+
+/// Our headers as rdkafka's, for publishing.
+pub(crate) fn owned_headers(headers: &Headers) -> Option<OwnedHeaders> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut out = OwnedHeaders::new_with_capacity(headers.len());
+    for h in headers {
+        out = out.insert(RdHeader {
+            key: h.name(),
+            value: h.value().map(|v| v.as_ref()),
+        });
+    }
+    Some(out)
+}

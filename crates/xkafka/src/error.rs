@@ -1,0 +1,259 @@
+//! The error type of xkafka, and what the mandatory error handler decides.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::BoxError;
+
+/// The Kafka client operation an [`Error::Kafka`] comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// A background error of the client (e.g. all brokers down, a fatal
+    /// idempotent-producer error, an authentication failure).
+    Client,
+    /// Creating the client.
+    Create,
+    /// Subscribing to the topics.
+    Subscribe,
+    /// Fetching messages.
+    Poll,
+    /// Storing a processed offset.
+    StoreOffset,
+    /// Committing offsets to the group coordinator.
+    Commit,
+    /// Assigning or revoking partitions during a rebalance.
+    Rebalance,
+    /// Leaving the group and closing the client.
+    Close,
+    /// Handing a message to librdkafka's queue.
+    Enqueue,
+    /// Flushing the producer.
+    Flush,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Client => "kafka client",
+            Operation::Create => "creating the kafka client",
+            Operation::Subscribe => "subscribing",
+            Operation::Poll => "polling",
+            Operation::StoreOffset => "storing an offset",
+            Operation::Commit => "committing offsets",
+            Operation::Rebalance => "rebalancing",
+            Operation::Close => "closing",
+            Operation::Enqueue => "enqueueing a message",
+            Operation::Flush => "flushing the producer",
+        })
+    }
+}
+
+/// Everything that can go wrong in xkafka, each with a message a human can
+/// act on.
+///
+/// Configuration errors come out of `build()`; run-time errors reach the
+/// mandatory error handler (see [`Decision`]) and, when it decides to stop,
+/// are returned by `Consumer::run`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No broker address was given.
+    #[error("no brokers configured: call `.brokers([\"host:port\"])` or set `bootstrap.servers`")]
+    MissingBrokers,
+    /// A consumer without topics.
+    #[error("no topics configured: call `.topics([...])` with at least one topic")]
+    MissingTopics,
+    /// A consumer with an empty group id.
+    #[error("the consumer group id is empty: give `Consumer::builder` a group id")]
+    MissingGroupId,
+    /// A consumer or producer without its mandatory error handler.
+    #[error(
+        "no error handler: call `.error_handler(...)`; xkafka requires one so that no error goes unseen"
+    )]
+    MissingErrorHandler,
+    /// A consumer without a handler.
+    #[error("no handler: call `.handler(...)` or `.service(...)`")]
+    MissingHandler,
+    /// A topic name Kafka would reject.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic {
+        /// The rejected name.
+        name: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// librdkafka rejected a property (unknown name or invalid value).
+    #[error("invalid librdkafka property `{key}` = {value}: {reason}")]
+    InvalidConfig {
+        /// The property name.
+        key: String,
+        /// The value, quoted, or `<redacted>` for secrets.
+        value: String,
+        /// librdkafka's explanation.
+        reason: String,
+    },
+    /// A property that xkafka sets itself because its guarantees depend on it.
+    #[error("`{key}` cannot be set to {value:?}: {reason}")]
+    ReservedConfig {
+        /// The property name.
+        key: String,
+        /// The value given.
+        value: String,
+        /// Why xkafka owns it.
+        reason: &'static str,
+    },
+    /// Built or run outside a tokio runtime.
+    #[error("no tokio runtime: xkafka consumers and producers must be built and run inside one")]
+    NoRuntime,
+    /// A handler (with its middleware) failed on a message.
+    #[error("handler failed on {topic}[{partition}]@{offset}: {source}")]
+    Handler {
+        /// The message's topic.
+        topic: Arc<str>,
+        /// The message's partition.
+        partition: i32,
+        /// The message's offset.
+        offset: i64,
+        /// What the handler returned.
+        #[source]
+        source: BoxError,
+    },
+    /// The Kafka client failed.
+    #[error("{operation} failed: {source}")]
+    Kafka {
+        /// What was being done.
+        operation: Operation,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A published message was not acknowledged by the broker.
+    #[error("delivery to {topic} failed: {source}")]
+    Delivery {
+        /// The target topic.
+        topic: Arc<str>,
+        /// The target partition, when one was given.
+        partition: Option<i32>,
+        /// librdkafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A producer middleware failed the publish.
+    #[error("publish failed: {0}")]
+    Publish(#[source] BoxError),
+    /// The producer was closed before this publish.
+    #[error("the producer is closed")]
+    ProducerClosed,
+    /// The producer was closed or dropped before the broker acknowledged the
+    /// message; it may or may not have been written.
+    #[error("no delivery report for a message to {topic}: the producer closed first")]
+    Undelivered {
+        /// The target topic.
+        topic: Arc<str>,
+    },
+}
+
+impl Error {
+    pub(crate) fn kafka(operation: Operation, source: KafkaError) -> Self {
+        Error::Kafka { operation, source }
+    }
+
+    /// Turns a middleware error back into an [`Error`] when it is one.
+    pub(crate) fn from_boxed_publish(err: BoxError) -> Self {
+        match err.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(other) => Error::Publish(other),
+        }
+    }
+
+    /// The failed message's `(topic, partition, offset)`, for
+    /// [`Error::Handler`].
+    pub fn message_location(&self) -> Option<(&str, i32, i64)> {
+        match self {
+            Error::Handler {
+                topic,
+                partition,
+                offset,
+                ..
+            } => Some((topic, *partition, *offset)),
+            _ => None,
+        }
+    }
+
+    /// Whether librdkafka flagged the error as fatal: the client cannot
+    /// continue (e.g. a fenced idempotent producer).
+    pub fn is_fatal(&self) -> bool {
+        let source = match self {
+            Error::Kafka { source, .. } | Error::Delivery { source, .. } => source,
+            _ => return false,
+        };
+        matches!(source, KafkaError::MessageConsumptionFatal(_))
+            || source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+    }
+
+    /// librdkafka's error code, when the error comes from librdkafka.
+    pub fn kafka_code(&self) -> Option<RDKafkaErrorCode> {
+        match self {
+            Error::Kafka { source, .. } | Error::Delivery { source, .. } => {
+                source.rdkafka_error_code()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What the mandatory error handler decides about an error.
+///
+/// The handler is called for every error no middleware handled: failed
+/// messages ([`Error::Handler`]) and every client error (poll, offset store,
+/// commit, rebalance, close). It is never called with anything that is not an
+/// error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Keep consuming. For a failed message this **skips it explicitly**: its
+    /// offset is stored as if it had been handled and it is counted as
+    /// skipped. For a client error (librdkafka usually recovers by itself:
+    /// broker down, coordinator moved) the consumer carries on.
+    Continue,
+    /// Stop the consumer: `run` returns this error after a bounded shutdown.
+    /// A failed message's offset is **not** stored, so the next consumer of
+    /// the group receives that message again.
+    Stop,
+}
+
+pub(crate) type ErrorHandlerFn = Arc<dyn Fn(&Error) -> Decision + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handler_error_names_the_message() {
+        let err = Error::Handler {
+            topic: "orders".into(),
+            partition: 2,
+            offset: 41,
+            source: "db down".into(),
+        };
+        assert_eq!(err.to_string(), "handler failed on orders[2]@41: db down");
+        assert_eq!(err.message_location(), Some(("orders", 2, 41)));
+        assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn publish_errors_round_trip_through_box() {
+        let boxed: BoxError = Box::new(Error::ProducerClosed);
+        assert!(matches!(
+            Error::from_boxed_publish(boxed),
+            Error::ProducerClosed
+        ));
+        let other: BoxError = "rate limited".into();
+        assert_eq!(
+            Error::from_boxed_publish(other).to_string(),
+            "publish failed: rate limited"
+        );
+    }
+}

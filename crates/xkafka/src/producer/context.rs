@@ -1,0 +1,52 @@
+//! librdkafka callbacks of the producer: delivery reports, errors, logs.
+
+use std::sync::Arc;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Operation};
+use crate::log::forward_log;
+use crate::Delivery;
+
+/// Where librdkafka's delivery report for one message goes.
+pub(crate) type DeliverySender = oneshot::Sender<Result<Delivery, KafkaError>>;
+
+pub(crate) type ProducerErrorFn = Arc<dyn Fn(&Error) + Send + Sync>;
+
+pub(crate) struct XProducerContext {
+    pub(crate) name: Arc<str>,
+    pub(crate) error_handler: ProducerErrorFn,
+}
+
+impl ClientContext for XProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        forward_log(&self.name, level, fac, log_message);
+    }
+
+    // Global errors (all brokers down, fatal idempotence errors, auth
+    // failures) are not tied to one message: only the error handler sees them.
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(producer = %self.name, %error, reason, "producer client error");
+        (self.error_handler)(&Error::kafka(Operation::Client, error));
+    }
+}
+
+impl ProducerContext for XProducerContext {
+    type DeliveryOpaque = Box<DeliverySender>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tx: Box<DeliverySender>) {
+        let report = match result {
+            Ok(msg) => Ok(Delivery::new(msg.topic(), msg.partition(), msg.offset())
+                .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
+            Err((err, _)) => Err(err.clone()),
+        };
+        // The receiver is gone when the caller stopped waiting (cancelled
+        // `publish`); the report is then of no use to anyone.
+        let _ = tx.send(report);
+    }
+}

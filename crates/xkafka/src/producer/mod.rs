@@ -1,0 +1,431 @@
+//! The producer: publish messages synchronously or asynchronously, through a
+//! middleware stack.
+//!
+//! ```no_run
+//! use xkafka::{Message, Producer};
+//!
+//! # async fn run() -> Result<(), xkafka::Error> {
+//! let producer = Producer::builder("orders-api")
+//!     .brokers(["127.0.0.1:9092"])
+//!     .config("linger.ms", "5")
+//!     .error_handler(|err| eprintln!("producer: {err}"))
+//!     .on_delivery(|report| {
+//!         if let Err(err) = report {
+//!             eprintln!("not delivered: {err}");
+//!         }
+//!     })
+//!     .build()?;
+//!
+//! // Waits for the broker's acknowledgement.
+//! let delivery = producer
+//!     .publish(Message::builder("orders").key("42").value("created").build())
+//!     .await?;
+//! println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
+//!
+//! // Returns once librdkafka has queued the message; the outcome goes to
+//! // the callbacks.
+//! producer
+//!     .publish_async_with(Message::builder("orders").value("paid").build(), |report| {
+//!         println!("paid event: {report:?}");
+//!     })
+//!     .await?;
+//!
+//! let report = producer.close().await; // flushes within the close timeout
+//! assert_eq!(report.undelivered, 0);
+//! # Ok(()) }
+//! ```
+
+mod context;
+mod driver;
+mod publish;
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::producer::{Producer as _, PurgeConfig, ThreadedProducer};
+use tokio::sync::{mpsc, watch, OnceCell};
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::Config;
+use crate::error::{Error, Operation};
+use crate::middleware::Stack;
+use crate::{BoxError, Delivery, Message};
+use context::XProducerContext;
+use driver::{Completion, InFlight, OnDeliveryFn, Pending};
+use publish::{EnqueueSignal, RawPublish};
+
+const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What [`Producer::close`] could not do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CloseReport {
+    /// Messages the broker had not acknowledged when the close timeout
+    /// expired; they were purged and their callbacks (or `publish` callers)
+    /// received an error. They may or may not have been written.
+    pub undelivered: usize,
+}
+
+/// Publishes messages to Kafka. Cheap to clone: clones share one client.
+///
+/// Durable by default: `acks=all` and `enable.idempotence=true` unless the
+/// configuration says otherwise. See the [module docs](self) for an example.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    client: ThreadedProducer<XProducerContext>,
+    // A Mutex because tower services are Send but not Sync; it is only held
+    // to clone the service, never across a publish.
+    service: Mutex<BoxCloneService<Message, Delivery, BoxError>>,
+    in_flight: mpsc::UnboundedSender<InFlight>,
+    stop_driver: watch::Sender<bool>,
+    pending: Arc<Pending>,
+    on_delivery: Option<OnDeliveryFn>,
+    closed: AtomicBool,
+    close_report: OnceCell<CloseReport>,
+    close_timeout: Duration,
+    config: Config,
+}
+
+impl Producer {
+    /// Starts a producer; `name` becomes librdkafka's `client.id`.
+    pub fn builder(name: impl Into<String>) -> ProducerBuilder {
+        ProducerBuilder {
+            name: name.into(),
+            brokers: Vec::new(),
+            config: Config::new(),
+            error_handler: None,
+            on_delivery: None,
+            stack: Stack::new(),
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+        }
+    }
+
+    /// Publishes `message` and waits until the broker acknowledged it (with
+    /// the producer's `acks`), returning where it landed.
+    ///
+    /// Cancel it by dropping the future (e.g. with `tokio::time::timeout`):
+    /// waiting stops at once, but a message librdkafka already queued may
+    /// still be written. librdkafka gives up on its own after
+    /// `message.timeout.ms`.
+    pub async fn publish(&self, message: Message) -> Result<Delivery, Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ProducerClosed);
+        }
+        self.service()
+            .oneshot(message)
+            .await
+            .map_err(Error::from_boxed_publish)
+    }
+
+    /// Publishes `message` without waiting for the broker: returns as soon as
+    /// librdkafka has queued it (waiting only while its queue is full). The
+    /// outcome goes to the producer's [`on_delivery`](ProducerBuilder::on_delivery)
+    /// callback, exactly once — also for messages still in flight when the
+    /// producer closes.
+    ///
+    /// An `Err` means the message was not accepted (closed producer, invalid
+    /// topic, message too large, middleware refusal); callbacks are then not
+    /// called.
+    pub async fn publish_async(&self, message: Message) -> Result<(), Error> {
+        self.enqueue(message, None).await
+    }
+
+    /// [`publish_async`](Self::publish_async), plus a callback for this one
+    /// message, called exactly once after the producer-wide callback.
+    pub async fn publish_async_with<F>(&self, message: Message, callback: F) -> Result<(), Error>
+    where
+        F: FnOnce(Result<Delivery, Error>) + Send + 'static,
+    {
+        self.enqueue(message, Some(Box::new(callback))).await
+    }
+
+    async fn enqueue(
+        &self,
+        mut message: Message,
+        callback: Option<driver::MessageCallback>,
+    ) -> Result<(), Error> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ProducerClosed);
+        }
+        let topic = message.topic_arc().clone();
+        let signal = EnqueueSignal::default();
+        message.extensions_mut().insert(signal.clone());
+        let mut service = self.service();
+        service.ready().await.map_err(Error::from_boxed_publish)?;
+        let mut future = service.call(message);
+        // Drive the middleware here, in the caller's task, until the message
+        // is in librdkafka's queue: that keeps the caller's order and needs no
+        // task switch. The rest (waiting for the report) moves to the driver.
+        let finished = poll_fn(|cx| match future.as_mut().poll(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending if signal.is_set() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        if let Some(result) = finished {
+            // Completed without ever waiting for a report: a refusal, or a
+            // middleware answering by itself.
+            return match result {
+                Ok(delivery) => {
+                    Completion::new(
+                        topic,
+                        self.inner.on_delivery.clone(),
+                        callback,
+                        self.inner.pending.clone(),
+                    )
+                    .finish(Ok(delivery));
+                    Ok(())
+                }
+                Err(err) => Err(Error::from_boxed_publish(err)),
+            };
+        }
+        let completion = Completion::new(
+            topic,
+            self.inner.on_delivery.clone(),
+            callback,
+            self.inner.pending.clone(),
+        );
+        // If the driver is gone, the returned value drops here and the
+        // completion reports `Undelivered`.
+        let _ = self.inner.in_flight.send(InFlight { future, completion });
+        Ok(())
+    }
+
+    fn service(&self) -> BoxCloneService<Message, Delivery, BoxError> {
+        self.inner
+            .service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Flushes and closes within the configured close timeout; see
+    /// [`close_within`](Self::close_within).
+    pub async fn close(&self) -> CloseReport {
+        self.close_within(self.inner.close_timeout).await
+    }
+
+    /// Stops accepting messages, waits up to `timeout` for the queued ones to
+    /// be acknowledged, then purges what is left: every pending `publish` and
+    /// callback gets its outcome (an error for purged messages) before this
+    /// returns. Closing again (from any clone) returns the first report.
+    pub async fn close_within(&self, timeout: Duration) -> CloseReport {
+        self.inner.closed.store(true, Ordering::Release);
+        *self
+            .inner
+            .close_report
+            .get_or_init(|| self.inner.shut_down(timeout))
+            .await
+    }
+
+    /// Messages librdkafka holds that the broker has not acknowledged yet.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.inner.client.in_flight_count()).unwrap_or(0)
+    }
+
+    /// The producer's name (`client.id`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+}
+
+impl Inner {
+    async fn shut_down(&self, timeout: Duration) -> CloseReport {
+        let deadline = Instant::now() + timeout;
+        // Keep a slice of the budget to collect the reports of purged messages.
+        let reserve = (timeout / 5).min(Duration::from_millis(500));
+        let flush_for = timeout.saturating_sub(reserve);
+        let client = self.client.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = client.flush(flush_for);
+            (result, client.in_flight_count())
+        })
+        .await;
+        let undelivered = match flushed {
+            Ok((_, left)) => usize::try_from(left).unwrap_or(0),
+            Err(_) => self.client.in_flight_count().try_into().unwrap_or(0),
+        };
+        if undelivered > 0 {
+            tracing::warn!(producer = %self.name, undelivered, "close timeout: purging undelivered messages");
+            self.client
+                .purge(PurgeConfig::default().queue().inflight().non_blocking());
+            // librdkafka reports purged messages on the next poll.
+            self.client.poll(Duration::ZERO);
+        }
+        let _ = tokio::time::timeout_at(deadline, self.pending.drained()).await;
+        // Whatever is still waiting now gets `Undelivered` from the driver.
+        let _ = self.stop_driver.send(true);
+        self.pending.drained().await;
+        CloseReport { undelivered }
+    }
+}
+
+impl fmt::Debug for Producer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("name", &self.inner.name)
+            .field("config", &self.inner.config)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .field("pending_callbacks", &self.inner.pending.count())
+            .finish_non_exhaustive()
+    }
+}
+
+type ProducerErrorHandler = Arc<dyn Fn(&Error) + Send + Sync>;
+
+/// Builds a [`Producer`]; see [`Producer::builder`].
+#[must_use = "call .build() to create the producer"]
+pub struct ProducerBuilder {
+    name: String,
+    brokers: Vec<String>,
+    config: Config,
+    error_handler: Option<ProducerErrorHandler>,
+    on_delivery: Option<OnDeliveryFn>,
+    stack: Stack<Delivery>,
+    close_timeout: Duration,
+}
+
+impl ProducerBuilder {
+    /// Bootstrap brokers, `host:port` each.
+    pub fn brokers<I, S>(mut self, brokers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.brokers.extend(brokers.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets a raw librdkafka property (passed through untouched).
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.set(key, value);
+        self
+    }
+
+    /// Sets many raw librdkafka properties.
+    pub fn configs<I, K, V>(mut self, entries: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.config.extend(entries);
+        self
+    }
+
+    /// The mandatory error handler: receives client-level errors that belong
+    /// to no single message (all brokers down, fatal idempotence errors,
+    /// authentication failures). Called from librdkafka's thread: keep it
+    /// short.
+    pub fn error_handler<F>(mut self, handler: F) -> Self
+    where
+        F: Fn(&Error) + Send + Sync + 'static,
+    {
+        self.error_handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// A callback for the outcome of every [`Producer::publish_async`]
+    /// message, called exactly once per accepted message.
+    pub fn on_delivery<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&Result<Delivery, Error>) + Send + Sync + 'static,
+    {
+        self.on_delivery = Some(Arc::new(callback));
+        self
+    }
+
+    /// Adds a middleware around publishing; the first added is outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxCloneService<Message, Delivery, BoxError>> + Send + Sync + 'static,
+        L::Service: Service<Message, Response = Delivery> + Clone + Send + 'static,
+        <L::Service as Service<Message>>::Error: Into<BoxError>,
+        <L::Service as Service<Message>>::Future: Send + 'static,
+    {
+        self.stack.push(layer);
+        self
+    }
+
+    /// How long [`Producer::close`] waits for acknowledgements (default 10 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Validates the configuration and starts the producer. Must be called
+    /// inside a tokio runtime.
+    pub fn build(self) -> Result<Producer, Error> {
+        let error_handler = self.error_handler.ok_or(Error::MissingErrorHandler)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let mut config = self.config;
+        if !self.brokers.is_empty() {
+            config.set("bootstrap.servers", self.brokers.join(","));
+        }
+        if config.get("bootstrap.servers").is_none_or(str::is_empty) {
+            return Err(Error::MissingBrokers);
+        }
+        if config.get("client.id").is_none() {
+            config.set("client.id", self.name.clone());
+        }
+        // Durable unless told otherwise: the Go original lowered this to acks=1.
+        for (key, value) in [("acks", "all"), ("enable.idempotence", "true")] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
+        }
+        let client_config = config.to_client_config()?;
+        let name: Arc<str> = self.name.into();
+        let context = XProducerContext {
+            name: name.clone(),
+            error_handler,
+        };
+        let client = ThreadedProducer::from_config_and_context(&client_config, context)
+            .map_err(|e| Error::kafka(Operation::Create, e))?;
+        let service = self.stack.apply(RawPublish {
+            client: client.clone(),
+        });
+        let (in_flight, incoming) = mpsc::unbounded_channel();
+        let (stop_driver, stop) = watch::channel(false);
+        runtime.spawn(driver::drive(incoming, stop));
+        Ok(Producer {
+            inner: Arc::new(Inner {
+                name,
+                client,
+                service: Mutex::new(service),
+                in_flight,
+                stop_driver,
+                pending: Arc::new(Pending::default()),
+                on_delivery: self.on_delivery,
+                closed: AtomicBool::new(false),
+                close_report: OnceCell::new(),
+                close_timeout: self.close_timeout,
+                config,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for ProducerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProducerBuilder")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("config", &self.config)
+            .field("layers", &self.stack.len())
+            .field("close_timeout", &self.close_timeout)
+            .finish_non_exhaustive()
+    }
+}
