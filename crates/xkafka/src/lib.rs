@@ -56,6 +56,7 @@
 //!
 //! [`mock::EmbeddedCluster`] starts librdkafka's in-process mock cluster.
 
+pub mod admin;
 mod config;
 mod consumer;
 mod convert;

@@ -169,34 +169,23 @@ impl PollLoop {
         let deadline = since + self.shutdown_timeout;
         let pending = self.shared.ledger().uncommitted(None);
         commit_sync(&self.consumer, &self.shared, pending);
-        // Leaving the group here (rather than in Drop, which waits forever
-        // when the brokers are unreachable) lets us give up at the deadline.
-        let mut closed_cleanly = false;
-        match self.consumer.close_queue() {
-            Ok(()) => loop {
-                if self.consumer.closed() {
-                    closed_cleanly = true;
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    tracing::warn!(group = %self.shared.group, "consumer did not close before the shutdown deadline");
-                    break;
-                }
-                let _ = self.consumer.poll(POLL_INTERVAL);
-            },
-            Err(e) => {
-                self.shared.report(Error::kafka(Operation::Close, e));
-            }
-        }
-        if closed_cleanly {
-            drop(self.consumer);
-        } else {
-            // rdkafka's Drop would retry the close without a bound; let it do
-            // so on a thread nobody waits for.
-            let consumer = self.consumer;
-            let _ = std::thread::Builder::new()
-                .name("xkafka-close".into())
-                .spawn(move || drop(consumer));
+        // rdkafka's Drop leaves the group and waits, without a bound, until
+        // the consumer is closed (forever when the brokers are unreachable).
+        // Run it on a thread of its own and wait only until the deadline.
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+        let consumer = self.consumer;
+        let spawned = std::thread::Builder::new()
+            .name("xkafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed_tx.send(());
+            });
+        let closed_cleanly = spawned.is_ok()
+            && closed_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_ok();
+        if !closed_cleanly {
+            tracing::warn!(group = %self.shared.group, "consumer did not close before the shutdown deadline");
         }
         LoopEnd { closed_cleanly }
     }
