@@ -1,0 +1,165 @@
+//! Helpers shared by the integration tests that run against the real broker
+//! started by `scripts/test.sh` (address in `XKAFKA_TEST_BROKERS`).
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::{Ack, Consumer, ConsumerBuilder, Decision, Error, Message, Producer};
+
+/// The broker's address. A missing broker fails the test: these tests must
+/// never pass by not running.
+pub fn brokers() -> String {
+    let addr = std::env::var("XKAFKA_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if TcpStream::connect_timeout(
+        &addr.parse().expect("XKAFKA_TEST_BROKERS is host:port"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "no Kafka broker at {addr}: run the suite with scripts/test.sh, or start one with \
+             scripts/broker.sh install && scripts/broker.sh start"
+        );
+    }
+    addr
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "{prefix}-{ms}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh topic on the test broker.
+pub async fn topic(prefix: &str, partitions: i32) -> String {
+    let name = unique(prefix);
+    xkafka::admin::ensure_topics(
+        &brokers(),
+        &[(&name, partitions)],
+        &xkafka::Config::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("create topic");
+    name
+}
+
+pub fn producer() -> Producer {
+    Producer::builder("xkafka-tests")
+        .brokers([brokers()])
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()
+        .expect("producer")
+}
+
+/// Publishes `count` messages with keys `k0..` to `partition` and returns
+/// their offsets.
+pub async fn fill(producer: &Producer, topic: &str, partition: i32, count: usize) -> Vec<i64> {
+    let mut offsets = Vec::with_capacity(count);
+    for i in 0..count {
+        let msg = Message::builder(topic)
+            .partition(partition)
+            .key(format!("k{i}"))
+            .value(format!("p{partition}-v{i}"))
+            .build();
+        offsets.push(producer.publish(msg).await.expect("publish").offset);
+    }
+    offsets
+}
+
+/// A consumer builder with what every test wants: the broker, earliest
+/// offsets, a short shutdown.
+pub fn consumer(group: &str, topic: &str) -> ConsumerBuilder {
+    Consumer::builder(group)
+        .brokers([brokers()])
+        .topics([topic])
+        .config("auto.offset.reset", "earliest")
+        .config("session.timeout.ms", "6000")
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+/// Every message a consumer handled, in order.
+pub type Seen = Arc<Mutex<Vec<Message>>>;
+
+/// Consumes with a recording handler until `count` messages were seen (or
+/// `timeout`), then shuts down; returns what was seen.
+pub async fn consume(group: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Message> {
+    let seen: Seen = Arc::default();
+    let recorder = seen.clone();
+    let consumer = consumer(group, topic)
+        .error_handler(|err| {
+            eprintln!("consumer error: {err}");
+            Decision::Continue
+        })
+        .handler(move |m: Message| {
+            let recorder = recorder.clone();
+            async move {
+                recorder.lock().unwrap().push(m);
+                Ack::Success
+            }
+        })
+        .build()
+        .expect("consumer");
+    let probe = seen.clone();
+    consumer
+        .run(until(move || probe.lock().unwrap().len() >= count, timeout))
+        .await
+        .expect("run");
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
+/// Resolves when `done()` holds or `timeout` passed (polled every 20 ms:
+/// the condition is a counter that other threads update).
+pub async fn until(done: impl Fn() -> bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The group's committed offset for one partition, read by a second client.
+pub fn committed(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let offsets = client
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    match offsets.find_partition(topic, partition).map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => Some(o),
+        _ => None,
+    }
+}
+
+/// An error handler that records what it receives and answers `decision`.
+pub fn recording_error_handler(
+    decision: Decision,
+) -> (
+    Arc<Mutex<Vec<String>>>,
+    impl Fn(&Error) -> Decision + Send + Sync + 'static,
+) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = log.clone();
+    (log, move |err: &Error| {
+        sink.lock().unwrap().push(err.to_string());
+        decision
+    })
+}
