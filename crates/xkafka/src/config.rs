@@ -124,10 +124,12 @@ fn config_error(err: KafkaError, config: &Config) -> Error {
             let value = config
                 .get(&key)
                 .map_or_else(|| format!("{value:?}"), |v| shown_value(&key, v));
-            let reason = if is_secret(&key) {
-                "rejected by librdkafka".to_owned()
-            } else {
-                reason
+            // librdkafka's reason may quote the value: scrub it for secrets.
+            let reason = match config.get(&key) {
+                Some(secret) if is_secret(&key) && !secret.is_empty() => {
+                    reason.replace(secret, "<redacted>")
+                }
+                _ => reason,
             };
             Error::InvalidConfig { key, value, reason }
         }
