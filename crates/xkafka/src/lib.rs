@@ -81,3 +81,8 @@ pub use shutdown::ShutdownHandle;
 /// The `rdkafka` crate xkafka is built on, for the rare case that needs it
 /// directly (e.g. matching an error code).
 pub use rdkafka;
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

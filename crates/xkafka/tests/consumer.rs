@@ -140,7 +140,9 @@ async fn manual_commit_commits_each_message_before_the_next() {
     fill(&producer, &topic, 0, 10).await;
     producer.close().await;
     let group = unique("manual-g");
-    let observed: Arc<Mutex<Vec<(i64, Option<i64>)>>> = Arc::default();
+    // (offset being handled, committed offset seen meanwhile)
+    type Observed = Vec<(i64, Option<i64>)>;
+    let observed: Arc<Mutex<Observed>> = Arc::default();
     let record = observed.clone();
     let (g, t) = (group.clone(), topic.clone());
     let consumer = consumer(&group, &topic)
