@@ -67,6 +67,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Sets `bootstrap.servers` from the builder's broker list (when given)
+    /// and checks that some broker is configured.
+    pub(crate) fn resolve_brokers(&mut self, brokers: &[String]) -> Result<(), Error> {
+        if !brokers.is_empty() {
+            self.set("bootstrap.servers", brokers.join(","));
+        }
+        if self.get("bootstrap.servers").is_none_or(str::is_empty) {
+            return Err(Error::MissingBrokers);
+        }
+        Ok(())
+    }
+
     /// Whether the effective value of a boolean property is true.
     pub(crate) fn is_true(&self, key: &str) -> Option<bool> {
         self.get(key).map(|v| matches!(v, "true" | "1" | "yes"))

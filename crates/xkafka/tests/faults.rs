@@ -4,26 +4,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xkafka::mock::EmbeddedCluster;
+mod common;
+
+use common::embedded_with;
 use xkafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use xkafka::{CommitMode, Consumer, Decision, Error, Message, Operation, Producer};
+use xkafka::{CommitMode, Consumer, Decision, Error, Message, Operation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_reaches_the_error_handler_and_the_consumer_goes_on() {
-    let cluster = EmbeddedCluster::start(1).unwrap();
-    cluster.create_topic("commits", 1).unwrap();
-    let producer = Producer::builder("p")
-        .brokers([cluster.bootstrap_servers()])
-        .error_handler(|_| {})
-        .build()
-        .unwrap();
-    for i in 0..5 {
-        producer
-            .publish(Message::builder("commits").key(i.to_string()).build())
-            .await
-            .unwrap();
-    }
-    producer.close().await;
+    let cluster = embedded_with("commits", 1, 5).await;
 
     // The first OffsetCommit request fails with an error librdkafka does not
     // retry by itself.

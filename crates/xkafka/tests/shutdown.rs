@@ -5,25 +5,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xkafka::mock::EmbeddedCluster;
-use xkafka::{Consumer, Decision, Message, Producer};
+mod common;
+
+use common::embedded_with;
+use xkafka::{Consumer, Decision, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_returns_within_the_timeout_when_brokers_are_down() {
-    let cluster = EmbeddedCluster::start(1).unwrap();
-    cluster.create_topic("orders", 2).unwrap();
-    let producer = Producer::builder("p")
-        .brokers([cluster.bootstrap_servers()])
-        .error_handler(|_| {})
-        .build()
-        .unwrap();
-    for i in 0..20 {
-        producer
-            .publish(Message::builder("orders").key(i.to_string()).build())
-            .await
-            .unwrap();
-    }
-    producer.close().await;
+    let cluster = embedded_with("orders", 2, 20).await;
 
     const TIMEOUT: Duration = Duration::from_secs(2);
     let handled = Arc::new(AtomicUsize::new(0));
@@ -76,18 +65,7 @@ async fn run_returns_within_the_timeout_when_brokers_are_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_in_flight_message_is_abandoned_at_the_deadline() {
-    let cluster = EmbeddedCluster::start(1).unwrap();
-    cluster.create_topic("slow", 1).unwrap();
-    let producer = Producer::builder("p")
-        .brokers([cluster.bootstrap_servers()])
-        .error_handler(|_| {})
-        .build()
-        .unwrap();
-    producer
-        .publish(Message::builder("slow").value("v").build())
-        .await
-        .unwrap();
-    producer.close().await;
+    let cluster = embedded_with("slow", 1, 1).await;
 
     let started_handling = Arc::new(tokio::sync::Notify::new());
     let signal = started_handling.clone();

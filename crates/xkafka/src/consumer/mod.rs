@@ -380,12 +380,7 @@ impl ConsumerBuilder {
             }
         }
         let mut config = self.config;
-        if !self.brokers.is_empty() {
-            config.set("bootstrap.servers", self.brokers.join(","));
-        }
-        if config.get("bootstrap.servers").is_none_or(str::is_empty) {
-            return Err(Error::MissingBrokers);
-        }
+        config.resolve_brokers(&self.brokers)?;
         if config.is_true("enable.auto.offset.store") == Some(true) {
             return Err(Error::ReservedConfig {
                 key: "enable.auto.offset.store".into(),

@@ -371,12 +371,7 @@ impl ProducerBuilder {
         let error_handler = self.error_handler.ok_or(Error::MissingErrorHandler)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let mut config = self.config;
-        if !self.brokers.is_empty() {
-            config.set("bootstrap.servers", self.brokers.join(","));
-        }
-        if config.get("bootstrap.servers").is_none_or(str::is_empty) {
-            return Err(Error::MissingBrokers);
-        }
+        config.resolve_brokers(&self.brokers)?;
         if config.get("client.id").is_none() {
             config.set("client.id", self.name.clone());
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use xkafka::mock::EmbeddedCluster;
 use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{Ack, Consumer, ConsumerBuilder, Decision, Error, Message, Producer};
@@ -162,4 +163,27 @@ pub fn recording_error_handler(
         sink.lock().unwrap().push(err.to_string());
         decision
     })
+}
+
+/// An embedded (mock) cluster with `topic` holding `messages` keyed messages
+/// on partition 0 — for fault injection, where the real broker cannot be
+/// steered precisely.
+pub async fn embedded_with(topic: &str, partitions: i32, messages: usize) -> EmbeddedCluster {
+    let cluster = EmbeddedCluster::start(1).unwrap();
+    cluster.create_topic(topic, partitions).unwrap();
+    let producer = Producer::builder("xkafka-tests-embedded")
+        .brokers([cluster.bootstrap_servers()])
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()
+        .unwrap();
+    for i in 0..messages {
+        let msg = Message::builder(topic)
+            .partition(0)
+            .key(i.to_string())
+            .value("v")
+            .build();
+        producer.publish(msg).await.unwrap();
+    }
+    producer.close().await;
+    cluster
 }
