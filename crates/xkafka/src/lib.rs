@@ -73,7 +73,7 @@ pub use xkafka_core::{
 };
 
 pub use config::{is_secret, Config};
-pub use consumer::{CommitMode, Consumer, ConsumerBuilder, Summary, TopicPartition};
+pub use consumer::{CommitMode, Consumer, ConsumerBuilder, Order, Summary, TopicPartition};
 pub use error::{Decision, Error, Operation};
 pub use producer::{CloseReport, Producer, ProducerBuilder};
 pub use shutdown::ShutdownHandle;

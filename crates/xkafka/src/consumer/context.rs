@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -13,6 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::{Ledger, TopicPartition};
+use super::pipeline::Pipeline;
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::log::forward_log;
 use crate::shutdown::ShutdownHandle;
@@ -24,6 +26,9 @@ pub(crate) struct Shared {
     error_handler: ErrorHandlerFn,
     stop_error: Mutex<Option<Error>>,
     pub(crate) shutdown: ShutdownHandle,
+    /// Set while `run` runs; rebalance callbacks drain through it.
+    pipeline: Mutex<Option<Pipeline>>,
+    pub(crate) revoke_grace: Duration,
 }
 
 impl Shared {
@@ -31,6 +36,7 @@ impl Shared {
         group: Arc<str>,
         error_handler: ErrorHandlerFn,
         shutdown: ShutdownHandle,
+        revoke_grace: Duration,
     ) -> Self {
         Shared {
             group,
@@ -38,7 +44,15 @@ impl Shared {
             error_handler,
             stop_error: Mutex::new(None),
             shutdown,
+            pipeline: Mutex::new(None),
+            revoke_grace,
         }
+    }
+
+    /// The pipeline, while the consumer runs. Never held across
+    /// `consumer.poll`, which may call back into the rebalance handler.
+    pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
+        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -113,7 +127,13 @@ impl ConsumerContext for XConsumerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
-                self.shared.ledger().assigned.extend(partitions);
+                if let Some(pipeline) = self.shared.pipeline().as_mut() {
+                    pipeline.assign(partitions.iter().cloned());
+                }
+                let mut ledger = self.shared.ledger();
+                ledger.rebalances += 1;
+                ledger.assigned.extend(partitions);
+                drop(ledger);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -126,14 +146,29 @@ impl ConsumerContext for XConsumerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, lost, "partitions revoked");
-                // A lost partition may already belong to another member:
-                // committing for it could move that member's offsets backwards.
-                if !lost {
-                    let pending = self.shared.ledger().uncommitted(Some(&partitions));
-                    commit_sync(consumer, &self.shared, pending);
+                // Let running handlers of these partitions finish, then commit
+                // what they processed. A lost partition may already belong to
+                // another member: committing for it could move that member's
+                // offsets backwards, so it is not committed.
+                let mut pipeline = self.shared.pipeline();
+                match pipeline.as_mut() {
+                    Some(p) => p.revoke(
+                        consumer,
+                        &self.shared,
+                        &partitions,
+                        lost,
+                        self.shared.revoke_grace,
+                    ),
+                    None if !lost => {
+                        let pending = self.shared.ledger().uncommitted(Some(&partitions));
+                        commit_sync(consumer, &self.shared, pending);
+                    }
+                    None => {}
                 }
+                drop(pipeline);
                 {
                     let mut ledger = self.shared.ledger();
+                    ledger.rebalances += 1;
                     for tp in &partitions {
                         ledger.assigned.remove(tp);
                         ledger.stored.remove(tp);
@@ -219,35 +254,43 @@ pub(crate) fn commit_sync<C: ConsumerContext>(
     }
 }
 
-/// Stores `next` as the offset to resume from for `tp`, unless the partition
-/// is no longer ours (then storing would fail with librdkafka's "erroneous
-/// state", or worse, succeed for a partition another member now owns).
-pub(crate) fn store<C: ConsumerContext>(
+/// Stores each `(partition, next offset)` in one librdkafka call, skipping
+/// partitions no longer ours (storing would fail with librdkafka's
+/// "erroneous state", or worse, succeed for a partition another member now
+/// owns). Returns what was stored.
+pub(crate) fn store_batch<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     shared: &Shared,
-    tp: &TopicPartition,
-    next: i64,
-) -> bool {
-    {
+    offsets: &[(TopicPartition, i64)],
+) -> Vec<(TopicPartition, i64)> {
+    let ours: Vec<(TopicPartition, i64)> = {
         let mut ledger = shared.ledger();
-        if !ledger.assigned.contains(tp) {
-            ledger.revoked_skipped_stores += 1;
-            return false;
-        }
+        let (ours, gone): (Vec<_>, Vec<_>) = offsets
+            .iter()
+            .cloned()
+            .partition(|(tp, _)| ledger.assigned.contains(tp));
+        ledger.revoked_skipped_stores += gone.len() as u64;
+        ours
+    };
+    if ours.is_empty() {
+        return ours;
     }
-    match consumer.store_offsets(&tpl_of(&[(tp.clone(), next)])) {
+    match consumer.store_offsets(&tpl_of(&ours)) {
         Ok(()) => {
-            shared.ledger().stored.insert(tp.clone(), next);
-            true
+            let mut ledger = shared.ledger();
+            for (tp, off) in &ours {
+                ledger.stored.insert(tp.clone(), *off);
+            }
+            ours
         }
         // Revoked between our check and the store: expected, not an error.
         Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
-            shared.ledger().revoked_skipped_stores += 1;
-            false
+            shared.ledger().revoked_skipped_stores += ours.len() as u64;
+            Vec::new()
         }
         Err(e) => {
             shared.report(Error::kafka(Operation::StoreOffset, e));
-            false
+            Vec::new()
         }
     }
 }

@@ -41,8 +41,11 @@
 //! ```
 
 mod context;
+mod dispatch;
 mod offsets;
+mod pipeline;
 mod poll_loop;
+mod tracker;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,10 +64,16 @@ use crate::middleware::Stack;
 use crate::shutdown::ShutdownHandle;
 use crate::{Ack, BoxError, Handler, Message};
 use context::{Shared, XConsumerContext};
+pub use dispatch::Order;
+use dispatch::{CommitWait, Dispatcher};
 pub use offsets::TopicPartition;
+use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: usize = 1_000;
+const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// How much longer than the shutdown timeout `run` waits for the poll thread
 /// to report before returning without it.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
@@ -118,6 +127,8 @@ pub struct Summary {
     pub committed: BTreeMap<TopicPartition, i64>,
     /// Offsets stored but not committed when the consumer stopped.
     pub uncommitted: BTreeMap<TopicPartition, i64>,
+    /// Partition assignments and revocations seen (each counts one).
+    pub rebalances: u64,
     /// Whether the consumer left its group and closed before the deadline.
     pub closed_cleanly: bool,
 }
@@ -128,6 +139,9 @@ pub struct Consumer {
     client: BaseConsumer<XConsumerContext>,
     service: BoxCloneService<Message, Ack, BoxError>,
     commit_mode: CommitMode,
+    concurrency: usize,
+    order: Order,
+    limits: Limits,
     shutdown_timeout: Duration,
     topics: Vec<String>,
     config: Config,
@@ -146,6 +160,13 @@ impl Consumer {
             service: None,
             commit_mode: CommitMode::default(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            concurrency: 1,
+            order: Order::default(),
+            limits: Limits {
+                per_partition: DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
+                total: DEFAULT_MAX_IN_FLIGHT,
+            },
+            revoke_grace: DEFAULT_REVOKE_GRACE,
         }
     }
 
@@ -175,20 +196,32 @@ impl Consumer {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let shared = self.shared.clone();
         let handle = shared.shutdown.clone();
+        let (completions_tx, completions_rx) = std::sync::mpsc::channel();
+        let dispatcher = Dispatcher::new(
+            self.order,
+            self.concurrency,
+            runtime,
+            self.service,
+            completions_tx,
+            shared.clone(),
+            match self.commit_mode {
+                CommitMode::Auto => CommitWait::None,
+                CommitMode::Manual => CommitWait::After,
+                CommitMode::AtMostOnce => CommitWait::Before,
+            },
+        );
+        let pipeline = Pipeline::new(dispatcher, completions_rx, self.limits, self.commit_mode);
         let poll_loop = PollLoop {
             consumer: self.client,
             shared: shared.clone(),
-            service: self.service,
-            commit_mode: self.commit_mode,
             shutdown_timeout: self.shutdown_timeout,
-            runtime,
             topics: self.topics,
         };
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("xkafka-poll-{}", shared.group))
             .spawn(move || {
-                let end = poll_loop.run();
+                let end = poll_loop.run(pipeline);
                 let _ = done_tx.send(end);
             })
             .map_err(|e| {
@@ -227,6 +260,7 @@ impl Consumer {
             failed: ledger.failed,
             failed_skipped: ledger.failed_skipped,
             abandoned: ledger.abandoned,
+            rebalances: ledger.rebalances,
             committed: ledger.committed.clone(),
             uncommitted,
             closed_cleanly: end.is_some_and(|e| e.closed_cleanly),
@@ -240,6 +274,8 @@ impl fmt::Debug for Consumer {
             .field("group", &self.shared.group)
             .field("topics", &self.topics)
             .field("commit_mode", &self.commit_mode)
+            .field("concurrency", &self.concurrency)
+            .field("order", &self.order)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -258,6 +294,10 @@ pub struct ConsumerBuilder {
     service: Option<BoxCloneService<Message, Ack, BoxError>>,
     commit_mode: CommitMode,
     shutdown_timeout: Duration,
+    concurrency: usize,
+    order: Order,
+    limits: Limits,
+    revoke_grace: Duration,
 }
 
 impl ConsumerBuilder {
@@ -306,6 +346,42 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How many handlers may run at once (default 1: one message at a time,
+    /// as Go xkafka's default). Handlers always run off the poll loop, so a
+    /// slow handler never stops polling.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Which messages may run in parallel (default [`Order::PerPartition`]).
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// How many messages of one partition may be fetched and not yet
+    /// finished before that partition is paused (default 1,000). Other
+    /// partitions keep flowing; it resumes when half drained.
+    pub fn max_in_flight_per_partition(mut self, n: usize) -> Self {
+        self.limits.per_partition = n.max(1);
+        self
+    }
+
+    /// How many messages may be fetched and not yet finished over all
+    /// partitions before every partition is paused (default 10,000).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.limits.total = n.max(1);
+        self
+    }
+
+    /// How long a revocation waits for the running handlers of the revoked
+    /// partitions before committing and releasing them (default 5 s).
+    pub fn revoke_grace(mut self, grace: Duration) -> Self {
+        self.revoke_grace = grace;
+        self
+    }
+
     /// Bound on the whole shutdown: in-flight message, final commit, leaving
     /// the group (default 10 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -316,7 +392,8 @@ impl ConsumerBuilder {
     /// The mandatory error handler. It receives every failed message no
     /// middleware handled ([`Error::Handler`]) and every client error (poll,
     /// offset store, commit, rebalance, close) — never anything else — and
-    /// returns a [`Decision`]. It runs on the poll thread: keep it short.
+    /// returns a [`Decision`]. It runs on the poll thread or a handler's
+    /// task: keep it short.
     pub fn error_handler<F>(mut self, handler: F) -> Self
     where
         F: Fn(&Error) -> Decision + Send + Sync + 'static,
@@ -419,6 +496,7 @@ impl ConsumerBuilder {
             self.group.into(),
             error_handler,
             ShutdownHandle::new(),
+            self.revoke_grace,
         ));
         let context = XConsumerContext {
             shared: shared.clone(),
@@ -430,6 +508,9 @@ impl ConsumerBuilder {
             client,
             service: self.stack.apply(handler),
             commit_mode: self.commit_mode,
+            concurrency: self.concurrency,
+            order: self.order,
+            limits: self.limits,
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
             config,
@@ -445,6 +526,9 @@ impl fmt::Debug for ConsumerBuilder {
             .field("topics", &self.topics)
             .field("config", &self.config)
             .field("commit_mode", &self.commit_mode)
+            .field("concurrency", &self.concurrency)
+            .field("order", &self.order)
+            .field("limits", &self.limits)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("layers", &self.stack.len())
             .field("has_handler", &self.service.is_some())

@@ -1,42 +1,36 @@
-//! The poll loop: one dedicated thread per consumer that polls librdkafka,
-//! runs the handler stack on each message, stores and commits offsets, and
-//! shuts down within its deadline.
+//! The poll loop: one dedicated thread per consumer that keeps polling
+//! librdkafka whatever the handlers do, dispatches messages to lanes
+//! (`dispatch.rs`), settles their completions into stored and committed
+//! offsets (`pipeline.rs`), and shuts down within its deadline.
 //!
 //! librdkafka's callbacks (rebalance, commit results) run on the thread that
-//! polls, so they can commit synchronously without blocking an async
-//! runtime's worker. Handler futures run on this thread too (through the
-//! runtime's handle), which keeps the sequential path free of task switches;
-//! anything they spawn runs on the runtime as usual.
+//! polls, so they can wait for in-flight work and commit synchronously
+//! without blocking an async runtime's worker.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
-use tower::util::BoxCloneService;
-use tower::{Service, ServiceExt};
 
-use super::context::{commit_sync, store, Shared, XConsumerContext};
-use super::offsets::TopicPartition;
-use super::CommitMode;
+use super::context::{commit_sync, Shared, XConsumerContext};
+use super::pipeline::Pipeline;
 use crate::convert::owned_message;
-use crate::error::{Decision, Error, Operation};
-use crate::{Ack, BoxError, Message};
+use crate::error::{Error, Operation};
 
-/// How long one poll waits for a message: bounds how late a shutdown request
-/// is noticed while the topics are idle.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long one poll waits when nothing is in flight: bounds how late a
+/// shutdown request is noticed while the topics are idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long one poll waits while handlers run: completions are settled
+/// between polls, so this bounds how late an offset is stored (and, in
+/// manual mode, how long a lane waits for its commit).
+const BUSY_POLL: Duration = Duration::from_millis(1);
 
 pub(crate) struct PollLoop {
     pub(crate) consumer: BaseConsumer<XConsumerContext>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) service: BoxCloneService<Message, Ack, BoxError>,
-    pub(crate) commit_mode: CommitMode,
     pub(crate) shutdown_timeout: Duration,
-    pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) topics: Vec<String>,
 }
 
@@ -46,7 +40,10 @@ pub(crate) struct LoopEnd {
 }
 
 impl PollLoop {
-    pub(crate) fn run(mut self) -> LoopEnd {
+    /// Runs until a shutdown is requested; `pipeline` becomes reachable
+    /// from the rebalance callbacks for that time.
+    pub(crate) fn run(self, pipeline: Pipeline) -> LoopEnd {
+        *self.shared.pipeline() = Some(pipeline);
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(e) = self.consumer.subscribe(&topics) {
             // Without a subscription there is nothing to run: stop whatever
@@ -56,117 +53,47 @@ impl PollLoop {
         }
         // Interned topic names: one `Arc<str>` per topic, not per message.
         let mut topic_names: Vec<Arc<str>> = Vec::new();
+        let mut busy = false;
         while !self.shared.shutdown.is_shutting_down() {
-            let message = match self.consumer.poll(POLL_INTERVAL) {
-                None => continue,
-                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+            let polled = self.consumer.poll(if busy { BUSY_POLL } else { IDLE_POLL });
+            let message = match polled {
+                None | Some(Err(KafkaError::PartitionEOF(_))) => None,
                 Some(Err(e)) => {
                     self.shared.report(Error::kafka(Operation::Poll, e));
-                    continue;
+                    None
                 }
                 Some(Ok(m)) => {
                     let topic = intern(&mut topic_names, m.topic());
-                    owned_message(&m, topic, &self.shared.group)
+                    Some(owned_message(&m, topic, &self.shared.group))
                 }
             };
-            self.process(message);
+            let mut guard = self.shared.pipeline();
+            let Some(pipeline) = guard.as_mut() else {
+                break;
+            };
+            if let Some(message) = message {
+                pipeline.dispatch(&self.consumer, &self.shared, message);
+            }
+            pipeline.settle(&self.consumer, &self.shared);
+            busy = pipeline.unsettled() > 0;
         }
         self.finish()
     }
 
-    fn process(&mut self, message: Message) {
-        let (Some(partition), Some(offset)) = (message.partition(), message.offset()) else {
-            return;
-        };
-        let tp = TopicPartition::new(message.topic_arc().clone(), partition);
-        let next = offset + 1;
-        if !self.shared.ledger().assigned.contains(&tp) {
-            // Fetched before a revocation: the partition's new owner reads it.
-            return;
-        }
-        if self.commit_mode == CommitMode::AtMostOnce {
-            // Commit first: after a crash the message is not read again.
-            if !store(&self.consumer, &self.shared, &tp, next) {
-                return;
-            }
-            if !commit_sync(&self.consumer, &self.shared, vec![(tp.clone(), next)]) {
-                // Handling it now could process it twice after a restart;
-                // at-most-once means it is dropped instead.
-                self.shared.ledger().skipped += 1;
-                return;
-            }
-        }
-        let Some(outcome) = self.call_handler(message) else {
-            self.shared.ledger().abandoned += 1;
-            return;
-        };
-        let store_it = match outcome {
-            Ok(Ack::Success) => {
-                self.shared.ledger().succeeded += 1;
-                true
-            }
-            Ok(Ack::Skip) => {
-                self.shared.ledger().skipped += 1;
-                true
-            }
-            Err(source) => {
-                self.shared.ledger().failed += 1;
-                let err = Error::Handler {
-                    topic: tp.topic.clone(),
-                    partition,
-                    offset,
-                    source,
-                };
-                match self.shared.report(err) {
-                    Decision::Continue => {
-                        self.shared.ledger().failed_skipped += 1;
-                        true
-                    }
-                    Decision::Stop => false,
-                }
-            }
-        };
-        if !store_it || self.commit_mode == CommitMode::AtMostOnce {
-            return;
-        }
-        if store(&self.consumer, &self.shared, &tp, next) && self.commit_mode == CommitMode::Manual
-        {
-            commit_sync(&self.consumer, &self.shared, vec![(tp, next)]);
-        }
-    }
-
-    /// Runs the handler stack to completion; `None` when a shutdown's grace
-    /// period ran out first (the message then counts as not processed).
-    fn call_handler(&mut self, message: Message) -> Option<Result<Ack, BoxError>> {
-        let shutdown = self.shared.shutdown.clone();
-        let grace = handler_grace(self.shutdown_timeout);
-        let service = &mut self.service;
-        self.runtime.block_on(async move {
-            let work = async {
-                service.ready().await?;
-                AssertUnwindSafe(service.call(message))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| Err(panic_error(panic)))
-            };
-            let abandon = async {
-                shutdown.requested().await;
-                let since = shutdown.since().unwrap_or_else(Instant::now);
-                tokio::time::sleep_until((since + grace).into()).await;
-            };
-            tokio::select! {
-                biased;
-                outcome = work => Some(outcome),
-                () = abandon => None,
-            }
-        })
-    }
-
-    /// Commits what was processed, leaves the group and closes, within the
-    /// shutdown deadline.
+    /// Drains in-flight work, commits what was processed, leaves the group
+    /// and closes, within the shutdown deadline.
     fn finish(self) -> LoopEnd {
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
+        let pipeline = self.shared.pipeline().take();
+        if let Some(mut pipeline) = pipeline {
+            let abandoned = pipeline.stop(
+                &self.consumer,
+                &self.shared,
+                since + handler_grace(self.shutdown_timeout),
+            );
+            self.shared.ledger().abandoned += abandoned;
+        }
         let pending = self.shared.ledger().uncommitted(None);
         commit_sync(&self.consumer, &self.shared, pending);
         // rdkafka's Drop leaves the group and waits, without a bound, until
@@ -191,7 +118,7 @@ impl PollLoop {
     }
 }
 
-/// The share of the shutdown timeout an in-flight handler may use; the rest
+/// The share of the shutdown timeout in-flight handlers may use; the rest
 /// is kept for the final commit and leaving the group.
 fn handler_grace(shutdown_timeout: Duration) -> Duration {
     shutdown_timeout.saturating_sub((shutdown_timeout / 4).min(Duration::from_secs(2)))
@@ -204,19 +131,6 @@ fn intern(names: &mut Vec<Arc<str>>, topic: &str) -> Arc<str> {
     let name: Arc<str> = topic.into();
     names.push(name.clone());
     name
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("handler panicked: {0}")]
-pub(crate) struct Panicked(String);
-
-fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    Box::new(Panicked(text))
 }
 
 #[cfg(test)]
@@ -234,18 +148,6 @@ mod tests {
             Duration::from_secs(18)
         );
         assert_eq!(handler_grace(Duration::ZERO), Duration::ZERO);
-    }
-
-    #[test]
-    fn panic_payloads_become_messages() {
-        assert_eq!(
-            panic_error(Box::new("boom")).to_string(),
-            "handler panicked: boom"
-        );
-        assert_eq!(
-            panic_error(Box::new(String::from("bang"))).to_string(),
-            "handler panicked: bang"
-        );
     }
 
     #[test]

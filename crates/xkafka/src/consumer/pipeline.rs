@@ -1,0 +1,399 @@
+//! The pipeline between the poll thread and the lanes: per-partition offset
+//! trackers, dispatch with backpressure (pausing partitions), settlement of
+//! completions into stored and committed offsets, and the draining that
+//! revocations and shutdown need.
+//!
+//! Only the poll thread touches it (the loop and librdkafka's rebalance
+//! callback, which runs inside `poll`), through the mutex in [`Shared`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::TopicPartitionList;
+use tokio::sync::oneshot;
+
+use super::context::{commit_sync, store_batch, Shared};
+use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled, Work};
+use super::offsets::TopicPartition;
+use super::tracker::OffsetTracker;
+use super::CommitMode;
+use crate::error::{Decision, Error, Operation};
+use crate::{Ack, Message};
+
+/// How long a drain waits for one completion before re-checking its exit
+/// conditions.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
+
+/// Buffering bounds: past them partitions are paused, not polled less.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) per_partition: usize,
+    pub(crate) total: usize,
+}
+
+struct PartitionState {
+    tracker: OffsetTracker,
+    gate: Arc<Gate>,
+    epoch: u64,
+    paused: bool,
+}
+
+pub(crate) struct Pipeline {
+    partitions: HashMap<TopicPartition, PartitionState>,
+    dispatcher: Dispatcher,
+    completions: std_mpsc::Receiver<Report>,
+    limits: Limits,
+    commit_mode: CommitMode,
+    next_epoch: u64,
+    unsettled: usize,
+}
+
+#[derive(Default)]
+struct Settlement {
+    changed: BTreeSet<TopicPartition>,
+    acks: Vec<oneshot::Sender<()>>,
+    claims: Vec<Claim>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(
+        dispatcher: Dispatcher,
+        completions: std_mpsc::Receiver<Report>,
+        limits: Limits,
+        commit_mode: CommitMode,
+    ) -> Self {
+        Pipeline {
+            partitions: HashMap::new(),
+            dispatcher,
+            completions,
+            limits: Limits {
+                per_partition: limits.per_partition.max(1),
+                total: limits.total.max(1),
+            },
+            commit_mode,
+            next_epoch: 0,
+            unsettled: 0,
+        }
+    }
+
+    /// Messages dispatched and not settled, over all partitions.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.unsettled
+    }
+
+    pub(crate) fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+        for tp in partitions {
+            self.next_epoch += 1;
+            let epoch = self.next_epoch;
+            self.partitions.entry(tp).or_insert_with(|| PartitionState {
+                tracker: OffsetTracker::new(),
+                gate: Gate::new(),
+                epoch,
+                paused: false,
+            });
+        }
+    }
+
+    /// Hands a fetched message to its lane; pauses its partition (or all of
+    /// them) when the buffers are full.
+    pub(crate) fn dispatch<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        message: Message,
+    ) {
+        let (Some(partition), Some(offset)) = (message.partition(), message.offset()) else {
+            return;
+        };
+        let tp = TopicPartition::new(message.topic_arc().clone(), partition);
+        let Some(state) = self.partitions.get_mut(&tp) else {
+            // Fetched before a revocation: the partition's new owner reads it.
+            return;
+        };
+        state.tracker.dispatched(offset);
+        self.unsettled += 1;
+        let full = state.tracker.unsettled() >= self.limits.per_partition;
+        let work = Work {
+            message,
+            tp: tp.clone(),
+            offset,
+            gate: state.gate.clone(),
+            epoch: state.epoch,
+        };
+        if full && !state.paused {
+            state.paused = true;
+            pause(consumer, shared, std::slice::from_ref(&tp));
+        }
+        self.dispatcher.dispatch(work);
+        if self.unsettled >= self.limits.total {
+            let unpaused: Vec<TopicPartition> = self
+                .partitions
+                .iter_mut()
+                .filter(|(_, s)| !s.paused)
+                .map(|(tp, s)| {
+                    s.paused = true;
+                    tp.clone()
+                })
+                .collect();
+            pause(consumer, shared, &unpaused);
+        }
+    }
+
+    /// Applies every completion received so far: counts outcomes, stores the
+    /// new watermarks (one librdkafka call), commits them in manual mode,
+    /// releases lanes waiting for that commit, resumes drained partitions.
+    pub(crate) fn settle<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+    ) {
+        self.settle_with(consumer, shared, None);
+    }
+
+    fn settle_with<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        first: Option<Report>,
+    ) {
+        let mut settlement = Settlement::default();
+        let mut next = first;
+        while let Some(report) = next.take().or_else(|| self.completions.try_recv().ok()) {
+            match report {
+                Report::Completed(c) => self.apply(c, shared, &mut settlement),
+                Report::Claim(claim) => settlement.claims.push(claim),
+            }
+        }
+        if settlement.changed.is_empty()
+            && settlement.acks.is_empty()
+            && settlement.claims.is_empty()
+        {
+            return;
+        }
+        self.commit_claims(consumer, shared, std::mem::take(&mut settlement.claims));
+        if self.commit_mode != CommitMode::AtMostOnce {
+            let marks: Vec<(TopicPartition, i64)> = settlement
+                .changed
+                .iter()
+                .filter_map(|tp| {
+                    let state = self.partitions.get_mut(tp)?;
+                    state.tracker.advance().map(|mark| (tp.clone(), mark))
+                })
+                .collect();
+            let stored = store_batch(consumer, shared, &marks);
+            if self.commit_mode == CommitMode::Manual {
+                commit_sync(consumer, shared, stored);
+            }
+        }
+        for ack in settlement.acks {
+            let _ = ack.send(());
+        }
+        self.resume_drained(consumer, shared);
+    }
+
+    /// At-most-once: commits one past the highest claimed offset of each
+    /// partition (not the watermark: a lower message still queued in another
+    /// lane must not be read twice either), then lets the claiming lanes go.
+    fn commit_claims<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        claims: Vec<Claim>,
+    ) {
+        if claims.is_empty() {
+            return;
+        }
+        let mut next: HashMap<TopicPartition, i64> = HashMap::new();
+        let mut granted = Vec::with_capacity(claims.len());
+        for claim in claims {
+            // A claim for an assignment we no longer hold is refused: its
+            // sender drops and the lane skips the message.
+            if self
+                .partitions
+                .get(&claim.tp)
+                .is_some_and(|s| s.epoch == claim.epoch)
+            {
+                let entry = next.entry(claim.tp.clone()).or_insert(claim.offset + 1);
+                *entry = (*entry).max(claim.offset + 1);
+                granted.push(claim);
+            }
+        }
+        let offsets: Vec<(TopicPartition, i64)> = {
+            let ledger = shared.ledger();
+            next.into_iter()
+                .filter(|(tp, off)| ledger.stored.get(tp).is_none_or(|s| s < off))
+                .collect()
+        };
+        let stored = store_batch(consumer, shared, &offsets);
+        let all_stored = stored.len() == offsets.len();
+        if all_stored && commit_sync(consumer, shared, stored) {
+            for claim in granted {
+                let _ = claim.committed.send(());
+            }
+        }
+    }
+
+    fn apply(&mut self, c: Completion, shared: &Shared, settlement: &mut Settlement) {
+        if let Some(ack) = c.committed {
+            settlement.acks.push(ack);
+        }
+        let Some(state) = self
+            .partitions
+            .get_mut(&c.tp)
+            .filter(|s| s.epoch == c.epoch)
+        else {
+            // A late report for an assignment we no longer hold.
+            return;
+        };
+        let settle = {
+            let mut ledger = shared.ledger();
+            match c.settled {
+                Settled::Done(Ack::Success) => {
+                    ledger.succeeded += 1;
+                    true
+                }
+                Settled::Done(Ack::Skip) => {
+                    ledger.skipped += 1;
+                    true
+                }
+                Settled::Failed(Decision::Continue) => {
+                    ledger.failed += 1;
+                    ledger.failed_skipped += 1;
+                    true
+                }
+                // Held: the watermark stays at this offset for good.
+                Settled::Failed(Decision::Stop) => {
+                    ledger.failed += 1;
+                    false
+                }
+            }
+        };
+        if settle && state.tracker.settled(c.offset) {
+            self.unsettled -= 1;
+        }
+        settlement.changed.insert(c.tp);
+    }
+
+    fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {
+        if self.unsettled > self.limits.total / 2 {
+            return;
+        }
+        let low = self.limits.per_partition / 2;
+        let drained: Vec<TopicPartition> = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, s)| s.paused && s.tracker.unsettled() <= low)
+            .map(|(tp, s)| {
+                s.paused = false;
+                tp.clone()
+            })
+            .collect();
+        if drained.is_empty() {
+            return;
+        }
+        let tpl = tpl_of(&drained);
+        if let Err(e) = consumer.resume(&tpl) {
+            shared.report(Error::kafka(Operation::Poll, e));
+        }
+    }
+
+    /// Waits (settling as completions arrive) until no handler of
+    /// `partitions` (all when `None`) is running, or `deadline`.
+    fn drain<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        partitions: Option<&BTreeSet<TopicPartition>>,
+        deadline: Instant,
+    ) {
+        loop {
+            let running: usize = self
+                .partitions
+                .iter()
+                .filter(|(tp, _)| partitions.is_none_or(|set| set.contains(*tp)))
+                .map(|(_, s)| s.gate.running())
+                .sum();
+            let now = Instant::now();
+            if running == 0 || now >= deadline {
+                self.settle(consumer, shared);
+                return;
+            }
+            let wait = (deadline - now).min(DRAIN_TICK);
+            let first = self.completions.recv_timeout(wait).ok();
+            self.settle_with(consumer, shared, first);
+        }
+    }
+
+    /// A clean revocation: stop dispatching the partitions, let their running
+    /// handlers finish within `grace`, store and commit their watermarks.
+    /// A lost partition is dropped without waiting or committing: another
+    /// member may own it already.
+    pub(crate) fn revoke<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        partitions: &BTreeSet<TopicPartition>,
+        lost: bool,
+        grace: Duration,
+    ) {
+        for tp in partitions {
+            if let Some(state) = self.partitions.get(tp) {
+                state.gate.close();
+            }
+        }
+        if !lost {
+            self.drain(consumer, shared, Some(partitions), Instant::now() + grace);
+            let pending = shared.ledger().uncommitted(Some(partitions));
+            commit_sync(consumer, shared, pending);
+        }
+        for tp in partitions {
+            if let Some(state) = self.partitions.remove(tp) {
+                self.unsettled -= state.tracker.unsettled();
+            }
+            self.dispatcher.close_partition(tp);
+        }
+    }
+
+    /// Shutdown: stop dispatching everything, let running handlers finish
+    /// until `deadline`, then abort the rest. Returns how many were aborted.
+    pub(crate) fn stop<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        deadline: Instant,
+    ) -> u64 {
+        for state in self.partitions.values() {
+            state.gate.close();
+        }
+        self.drain(consumer, shared, None, deadline);
+        let abandoned: usize = self.partitions.values().map(|s| s.gate.running()).sum();
+        self.dispatcher.abort_all();
+        // Lanes waiting for a manual commit are gone with the abort.
+        self.settle(consumer, shared);
+        abandoned as u64
+    }
+}
+
+fn tpl_of(partitions: &[TopicPartition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
+}
+
+fn pause<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    shared: &Shared,
+    partitions: &[TopicPartition],
+) {
+    if partitions.is_empty() {
+        return;
+    }
+    if let Err(e) = consumer.pause(&tpl_of(partitions)) {
+        shared.report(Error::kafka(Operation::Poll, e));
+    }
+}
