@@ -131,7 +131,7 @@ impl ConsumerContext for XConsumerContext {
                     pipeline.assign(partitions.iter().cloned());
                 }
                 let mut ledger = self.shared.ledger();
-                ledger.rebalances += 1;
+                ledger.assignments += 1;
                 ledger.assigned.extend(partitions);
                 drop(ledger);
                 let result = if cooperative {
@@ -168,7 +168,6 @@ impl ConsumerContext for XConsumerContext {
                 drop(pipeline);
                 {
                     let mut ledger = self.shared.ledger();
-                    ledger.rebalances += 1;
                     for tp in &partitions {
                         ledger.assigned.remove(tp);
                         ledger.stored.remove(tp);

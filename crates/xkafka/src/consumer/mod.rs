@@ -127,8 +127,9 @@ pub struct Summary {
     pub committed: BTreeMap<TopicPartition, i64>,
     /// Offsets stored but not committed when the consumer stopped.
     pub uncommitted: BTreeMap<TopicPartition, i64>,
-    /// Partition assignments and revocations seen (each counts one).
-    pub rebalances: u64,
+    /// Partition assignments received (the first one included): more than
+    /// one means the group rebalanced while this consumer ran.
+    pub assignments: u64,
     /// Whether the consumer left its group and closed before the deadline.
     pub closed_cleanly: bool,
 }
@@ -260,7 +261,7 @@ impl Consumer {
             failed: ledger.failed,
             failed_skipped: ledger.failed_skipped,
             abandoned: ledger.abandoned,
-            rebalances: ledger.rebalances,
+            assignments: ledger.assignments,
             committed: ledger.committed.clone(),
             uncommitted,
             closed_cleanly: end.is_some_and(|e| e.closed_cleanly),

@@ -46,7 +46,7 @@ pub(crate) struct Ledger {
     pub(crate) failed: u64,
     pub(crate) failed_skipped: u64,
     pub(crate) abandoned: u64,
-    pub(crate) rebalances: u64,
+    pub(crate) assignments: u64,
     pub(crate) revoked_skipped_stores: u64,
 }
 

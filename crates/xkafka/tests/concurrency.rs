@@ -1,0 +1,332 @@
+//! Concurrency with ordering guarantees, liveness under slow handlers, and
+//! offsets that stay correct under both.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use xkafka::{BoxError, Decision, Message, Order, Producer};
+
+const MESSAGES: usize = 20_000;
+const KEYS: usize = 1_000;
+
+/// Publishes `MESSAGES` messages with `KEYS` distinct keys over the topic's
+/// partitions; returns the end offset of each partition.
+async fn keyed_topic(prefix: &str) -> (String, BTreeMap<i32, i64>) {
+    let topic = topic(prefix, 6).await;
+    let producer = Producer::builder("xkafka-tests-keyed")
+        .brokers([brokers()])
+        .config("linger.ms", "5")
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()
+        .unwrap();
+    let ends: Arc<Mutex<BTreeMap<i32, i64>>> = Arc::default();
+    for i in 0..MESSAGES {
+        let ends = ends.clone();
+        let msg = Message::builder(topic.as_str())
+            .key(format!("key-{}", i % KEYS))
+            .value(i.to_string())
+            .build();
+        producer
+            .publish_async_with(msg, move |report| {
+                let d = report.expect("delivered");
+                let mut ends = ends.lock().unwrap();
+                let end = ends.entry(d.partition).or_insert(0);
+                *end = (*end).max(d.offset + 1);
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(producer.close().await.undelivered, 0);
+    let ends = ends.lock().unwrap().clone();
+    (topic, ends)
+}
+
+#[derive(Default)]
+struct Observed {
+    /// (partition, offset, key) in the order handlers started.
+    started: Vec<(i32, i64, String)>,
+    in_flight: HashMap<i32, usize>,
+    peak_same_partition: usize,
+    peak_total: usize,
+}
+
+async fn run_ordered(order: Order) -> (Observed, BTreeMap<i32, i64>, BTreeMap<i32, Option<i64>>) {
+    let (topic, ends) = keyed_topic("order").await;
+    let group = unique("order-g");
+    let observed: Arc<Mutex<Observed>> = Arc::default();
+    let recorder = observed.clone();
+    let consumer = consumer(&group, &topic)
+        .concurrency(16)
+        .order(order)
+        .error_handler(|err| panic!("unexpected error: {err}"))
+        .handler(move |m: Message| {
+            let recorder = recorder.clone();
+            async move {
+                let p = m.partition().unwrap();
+                let offset = m.offset().unwrap();
+                {
+                    let mut o = recorder.lock().unwrap();
+                    o.started.push((p, offset, m.key_str().unwrap().to_owned()));
+                    let n = o.in_flight.entry(p).or_default();
+                    *n += 1;
+                    let n = *n;
+                    o.peak_same_partition = o.peak_same_partition.max(n);
+                    let total = o.in_flight.values().sum();
+                    o.peak_total = o.peak_total.max(total);
+                }
+                // Random 0-5 ms, from the offset so that it is reproducible.
+                let delay = (offset as u64).wrapping_mul(2_654_435_761) % 6;
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                *recorder.lock().unwrap().in_flight.get_mut(&p).unwrap() -= 1;
+            }
+        })
+        .build()
+        .unwrap();
+    let probe = observed.clone();
+    let summary = consumer
+        .run(until(
+            move || {
+                probe.lock().unwrap().started.len() >= MESSAGES
+                    && probe.lock().unwrap().in_flight.values().all(|&n| n == 0)
+            },
+            Duration::from_secs(120),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(summary.succeeded as usize, MESSAGES);
+    let committed = ends
+        .keys()
+        .map(|&p| (p, committed(&group, &topic, p)))
+        .collect();
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    (observed, ends, committed)
+}
+
+fn assert_each_once_and_committed(
+    o: &Observed,
+    ends: &BTreeMap<i32, i64>,
+    committed: &BTreeMap<i32, Option<i64>>,
+) {
+    let distinct: HashSet<(i32, i64)> = o.started.iter().map(|(p, off, _)| (*p, *off)).collect();
+    assert_eq!(o.started.len(), MESSAGES, "handled count");
+    assert_eq!(
+        distinct.len(),
+        MESSAGES,
+        "every message handled exactly once"
+    );
+    for (p, end) in ends {
+        assert_eq!(
+            committed[p],
+            Some(*end),
+            "partition {p}: committed offset equals the end offset"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_partition_order_under_concurrency_16() {
+    let (o, ends, committed) = run_ordered(Order::PerPartition).await;
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for (p, offset, _) in &o.started {
+        if let Some(prev) = last.insert(*p, *offset) {
+            assert!(
+                *offset > prev,
+                "partition {p}: {offset} handled after {prev}"
+            );
+        }
+    }
+    assert_eq!(
+        o.peak_same_partition, 1,
+        "one message per partition at a time"
+    );
+    assert!(
+        o.peak_total > 1,
+        "partitions ran in parallel (peak {})",
+        o.peak_total
+    );
+    assert_each_once_and_committed(&o, &ends, &committed);
+    println!(
+        "per-partition: peak in flight {} (same partition {})",
+        o.peak_total, o.peak_same_partition
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_under_concurrency_16() {
+    let (o, ends, committed) = run_ordered(Order::PerKey).await;
+    let mut last: HashMap<&str, i64> = HashMap::new();
+    for (_, offset, key) in &o.started {
+        if let Some(prev) = last.insert(key, *offset) {
+            assert!(*offset > prev, "key {key}: {offset} handled after {prev}");
+        }
+    }
+    assert!(
+        o.peak_same_partition >= 2,
+        "keys of one partition ran in parallel (peak {})",
+        o.peak_same_partition
+    );
+    assert!(
+        o.peak_total <= 16,
+        "never more than the concurrency: {}",
+        o.peak_total
+    );
+    assert_each_once_and_committed(&o, &ends, &committed);
+    println!(
+        "per-key: peak in flight {} (same partition {})",
+        o.peak_total, o.peak_same_partition
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_under_concurrency_holds_back_only_its_partition() {
+    const K: i64 = 50;
+    let topic = topic("conc-fail", 6).await;
+    let producer = producer();
+    let mut ends = BTreeMap::new();
+    for p in 0..6 {
+        ends.insert(p, fill(&producer, &topic, p, 200).await.len() as i64);
+    }
+    producer.close().await;
+    let group = unique("conc-fail-g");
+    let handled: Arc<Mutex<HashSet<(i32, i64)>>> = Arc::default();
+    let record = handled.clone();
+    let consumer = consumer(&group, &topic)
+        .concurrency(16)
+        .order(Order::PerKey)
+        .error_handler(|_| Decision::Stop)
+        .handler(move |m: Message| {
+            let record = record.clone();
+            async move {
+                let (p, o) = (m.partition().unwrap(), m.offset().unwrap());
+                if p == 2 && o == K {
+                    return Err::<(), BoxError>("poison".into());
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                record.lock().unwrap().insert((p, o));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let err = consumer.run(std::future::pending()).await.unwrap_err();
+    assert_eq!(err.message_location(), Some((topic.as_str(), 2, K)));
+    let first_run = handled.lock().unwrap().clone();
+    let c2 = committed(&group, &topic, 2);
+    assert!(
+        c2.is_some_and(|c| c <= K) || c2.is_none(),
+        "partition 2 committed {c2:?} > {K}"
+    );
+
+    // Restart: exactly what lies past the committed offsets comes again,
+    // K included, and nothing of any partition is missing overall.
+    let remaining: i64 = ends
+        .iter()
+        .map(|(p, end)| end - committed(&group, &topic, *p).unwrap_or(0))
+        .sum();
+    let again = consume(&group, &topic, remaining as usize, Duration::from_secs(60)).await;
+    assert!(
+        again
+            .iter()
+            .any(|m| m.partition() == Some(2) && m.offset() == Some(K)),
+        "message {K} of partition 2 is delivered again"
+    );
+    let mut all = first_run.clone();
+    all.extend(
+        again
+            .iter()
+            .map(|m| (m.partition().unwrap(), m.offset().unwrap())),
+    );
+    let duplicates = again
+        .iter()
+        .filter(|m| first_run.contains(&(m.partition().unwrap(), m.offset().unwrap())))
+        .count();
+    println!(
+        "failure at K: {} handled before the stop, {duplicates} handled again after the restart",
+        first_run.len()
+    );
+    for (p, end) in &ends {
+        for o in 0..*end {
+            assert!(all.contains(&(*p, o)), "{p}@{o} lost");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
+    let cluster = embedded_with("live", 3, 0).await;
+    let producer = Producer::builder("p")
+        .brokers([cluster.bootstrap_servers()])
+        .error_handler(|_| {})
+        .build()
+        .unwrap();
+    for p in 0..3 {
+        for i in 0..30 {
+            let msg = Message::builder("live")
+                .partition(p)
+                .key(format!("{p}-{i}"))
+                .build();
+            producer.publish(msg).await.unwrap();
+        }
+    }
+    producer.close().await;
+
+    const BLOCK: Duration = Duration::from_secs(8);
+    let started = Instant::now();
+    let during_block = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let (during, count) = (during_block.clone(), total.clone());
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = errors.clone();
+    let consumer = xkafka::Consumer::builder("live-g")
+        .brokers([cluster.bootstrap_servers()])
+        .topics(["live"])
+        .config("auto.offset.reset", "earliest")
+        .config("session.timeout.ms", "6000")
+        .config("max.poll.interval.ms", "6000")
+        .concurrency(4)
+        .error_handler(move |err| {
+            sink.lock().unwrap().push(err.to_string());
+            Decision::Continue
+        })
+        .handler(move |m: Message| {
+            let (during, count) = (during.clone(), count.clone());
+            async move {
+                if m.partition() == Some(0) && m.offset() == Some(0) {
+                    tokio::time::sleep(BLOCK).await; // longer than max.poll.interval.ms
+                } else if m.partition() != Some(0) && started.elapsed() < BLOCK {
+                    during.fetch_add(1, Ordering::Relaxed);
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build()
+        .unwrap();
+    let probe = total.clone();
+    let summary = consumer
+        .run(until(
+            move || probe.load(Ordering::Relaxed) >= 90,
+            Duration::from_secs(40),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.succeeded, 90,
+        "everything handled, partition 0 after its slow message"
+    );
+    assert_eq!(
+        during_block.load(Ordering::Relaxed),
+        60,
+        "other partitions flowed while partition 0 was blocked"
+    );
+    assert_eq!(
+        summary.assignments, 1,
+        "only the initial assignment: never evicted"
+    );
+    let errors = errors.lock().unwrap().clone();
+    assert!(errors.iter().all(|e| !e.contains("poll")), "{errors:?}");
+}
