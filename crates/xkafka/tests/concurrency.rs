@@ -13,6 +13,7 @@ use xkafka::{BoxError, Decision, Message, Order, Producer};
 
 const MESSAGES: usize = 20_000;
 const KEYS: usize = 1_000;
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Publishes `MESSAGES` messages with `KEYS` distinct keys over the topic's
 /// partitions; returns the end offset of each partition.
@@ -329,4 +330,134 @@ async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
     );
     let errors = errors.lock().unwrap().clone();
     assert!(errors.iter().all(|e| !e.contains("poll")), "{errors:?}");
+}
+
+/// Member A consumes a stream; member B joins, consumes, and leaves; A takes
+/// over. Returns the number of messages handled twice.
+async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> usize {
+    const ROUND_ONE: usize = 600;
+    let topic = topic("coop", 6).await;
+    let producer = producer();
+    // Round 0 flows until the second member has joined and is consuming, so
+    // that the test does not depend on how fast the group rebalances.
+    let stop_publishing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let published = Arc::new(AtomicUsize::new(0));
+    let publisher = tokio::spawn({
+        let (producer, topic) = (producer.clone(), topic.clone());
+        let (stop, published) = (stop_publishing.clone(), published.clone());
+        async move {
+            // Capped, in case the second member takes long to join.
+            while !stop.load(Ordering::Relaxed) && published.load(Ordering::Relaxed) < 20_000 {
+                let i = published.load(Ordering::Relaxed);
+                let msg = Message::builder(topic.as_str())
+                    .key(format!("r0-{i}"))
+                    .value("v")
+                    .build();
+                producer.publish_async(msg).await.unwrap();
+                published.fetch_add(1, Ordering::Relaxed);
+                if i % 20 == 19 {
+                    // Pacing, about 2,000 messages a second.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    let group = unique("coop-g");
+    let seen: Arc<Mutex<HashMap<(i32, i64), usize>>> = Arc::default();
+    let by_member: Arc<Mutex<HashMap<&'static str, usize>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let start_member = |name: &'static str| {
+        let seen = seen.clone();
+        let by_member = by_member.clone();
+        let consumer = consumer(&group, &topic)
+            .config("partition.assignment.strategy", assignor)
+            .config("client.id", name)
+            .concurrency(concurrency)
+            .order(Order::PerKey)
+            .error_handler({
+                let errors = errors.clone();
+                move |err| {
+                    errors.lock().unwrap().push(err.to_string());
+                    Decision::Continue
+                }
+            })
+            .handler(move |m: Message| {
+                let seen = seen.clone();
+                let by_member = by_member.clone();
+                async move {
+                    *seen
+                        .lock()
+                        .unwrap()
+                        .entry((m.partition().unwrap(), m.offset().unwrap()))
+                        .or_default() += 1;
+                    *by_member.lock().unwrap().entry(name).or_default() += 1;
+                }
+            })
+            .build()
+            .unwrap();
+        let handle = consumer.shutdown_handle();
+        (handle, tokio::spawn(consumer.run(std::future::pending())))
+    };
+    let (a_stop, a) = start_member("member-a");
+    until(|| !seen.lock().unwrap().is_empty(), WAIT).await;
+    let (b_stop, b) = start_member("member-b");
+    // B has been given partitions (incrementally) and is consuming them.
+    let consumed_by = |name| by_member.lock().unwrap().get(name).copied().unwrap_or(0);
+    until(|| consumed_by("member-b") >= 20, Duration::from_secs(60)).await;
+    stop_publishing.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    // B leaves; A must take over B's partitions from B's committed offsets.
+    b_stop.shutdown();
+    let b_summary = b.await.unwrap().expect("member b");
+    for i in 0..ROUND_ONE {
+        let msg = Message::builder(topic.as_str())
+            .key(format!("r1-{i}"))
+            .value("v")
+            .build();
+        producer.publish_async(msg).await.unwrap();
+    }
+    producer.close().await;
+    let expected = published.load(Ordering::Relaxed) + ROUND_ONE;
+    let total = || seen.lock().unwrap().len();
+    until(|| total() >= expected, Duration::from_secs(60)).await;
+    a_stop.shutdown();
+    let a_summary = a.await.unwrap().expect("member a");
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), expected, "every message consumed");
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    assert!(
+        b_summary.succeeded >= 20,
+        "member b took part before leaving"
+    );
+    assert!(a_summary.succeeded + b_summary.succeeded >= expected as u64);
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors
+            .iter()
+            .all(|e| !e.contains("rroneous state") && !e.contains("storing an offset")),
+        "{errors:?}"
+    );
+    println!(
+        "{assignor} x{concurrency}: {expected} messages, {twice} handled twice, assignments a={} b={}",
+        a_summary.assignments, b_summary.assignments
+    );
+    twice
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_sticky_members_share_and_take_over() {
+    let twice = second_member_joins_and_leaves("cooperative-sticky", 1).await;
+    assert!(
+        twice <= 1,
+        "nothing consumed twice beyond the in-flight one: {twice}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_rebalance_under_load_with_concurrency_8() {
+    let twice = second_member_joins_and_leaves("range", 8).await;
+    // Revocations drain running handlers and commit before letting go, so a
+    // message is only seen twice if it was running past the grace period.
+    assert!(twice <= 8, "duplicates beyond the in-flight bound: {twice}");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -301,101 +301,4 @@ async fn consumer_middleware_first_added_is_outermost() {
         *log.lock().unwrap(),
         ["a in", "b in", "c in", "handler", "c out", "b out", "a out"]
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cooperative_sticky_members_share_and_take_over() {
-    const ROUND_ONE: usize = 600;
-    let topic = topic("coop", 6).await;
-    let producer = producer();
-    // Round 0 flows until the second member has joined and is consuming, so
-    // that the test does not depend on how fast the group rebalances.
-    let stop_publishing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let published = Arc::new(AtomicUsize::new(0));
-    let publisher = tokio::spawn({
-        let (producer, topic) = (producer.clone(), topic.clone());
-        let (stop, published) = (stop_publishing.clone(), published.clone());
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                let i = published.load(Ordering::Relaxed);
-                let msg = Message::builder(topic.as_str())
-                    .key(format!("r0-{i}"))
-                    .value("v")
-                    .build();
-                producer.publish_async(msg).await.unwrap();
-                published.fetch_add(1, Ordering::Relaxed);
-                if i % 20 == 19 {
-                    // Pacing, about 2,000 messages a second.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
-    let group = unique("coop-g");
-    let seen: Arc<Mutex<HashMap<(i32, i64), usize>>> = Arc::default();
-    let by_member: Arc<Mutex<HashMap<&'static str, usize>>> = Arc::default();
-    let start_member = |name: &'static str| {
-        let seen = seen.clone();
-        let by_member = by_member.clone();
-        let consumer = consumer(&group, &topic)
-            .config("partition.assignment.strategy", "cooperative-sticky")
-            .config("client.id", name)
-            .error_handler(|err| {
-                eprintln!("coop consumer: {err}");
-                Decision::Continue
-            })
-            .handler(move |m: Message| {
-                let seen = seen.clone();
-                let by_member = by_member.clone();
-                async move {
-                    *seen
-                        .lock()
-                        .unwrap()
-                        .entry((m.partition().unwrap(), m.offset().unwrap()))
-                        .or_default() += 1;
-                    *by_member.lock().unwrap().entry(name).or_default() += 1;
-                }
-            })
-            .build()
-            .unwrap();
-        let handle = consumer.shutdown_handle();
-        (handle, tokio::spawn(consumer.run(std::future::pending())))
-    };
-    let (a_stop, a) = start_member("member-a");
-    until(|| !seen.lock().unwrap().is_empty(), WAIT).await;
-    let (b_stop, b) = start_member("member-b");
-    // B has been given partitions (incrementally) and is consuming them.
-    let consumed_by = |name| by_member.lock().unwrap().get(name).copied().unwrap_or(0);
-    until(|| consumed_by("member-b") >= 20, WAIT).await;
-    stop_publishing.store(true, Ordering::Relaxed);
-    publisher.await.unwrap();
-    // B leaves; A must take over B's partitions from B's committed offsets.
-    b_stop.shutdown();
-    let b_summary = b.await.unwrap().expect("member b");
-    for i in 0..ROUND_ONE {
-        let msg = Message::builder(topic.as_str())
-            .key(format!("r1-{i}"))
-            .value("v")
-            .build();
-        producer.publish_async(msg).await.unwrap();
-    }
-    producer.close().await;
-    let expected = published.load(Ordering::Relaxed) + ROUND_ONE;
-    let total = || seen.lock().unwrap().len();
-    until(|| total() >= expected, Duration::from_secs(60)).await;
-    a_stop.shutdown();
-    let a_summary = a.await.unwrap().expect("member a");
-
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), expected, "every message consumed");
-    let twice: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(
-        twice.len() <= 1,
-        "nothing consumed twice beyond an in-flight one: {twice:?}"
-    );
-    assert!(
-        b_summary.succeeded >= 20,
-        "member b took part before leaving"
-    );
-    assert!(a_summary.succeeded + b_summary.succeeded >= expected as u64);
 }

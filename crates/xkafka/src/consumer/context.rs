@@ -142,6 +142,14 @@ impl ConsumerContext for XConsumerContext {
                 if let Err(e) = result {
                     self.shared.report(Error::kafka(Operation::Rebalance, e));
                 }
+                // librdkafka remembers a pause across revoke and re-assign;
+                // a partition we get (back) starts with an empty buffer, so
+                // it must flow.
+                if tpl.count() > 0 {
+                    if let Err(e) = consumer.resume(tpl) {
+                        self.shared.report(Error::kafka(Operation::Rebalance, e));
+                    }
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();

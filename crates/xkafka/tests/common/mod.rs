@@ -84,6 +84,7 @@ pub async fn fill(producer: &Producer, topic: &str, partition: i32, count: usize
 /// A consumer builder with what every test wants: the broker, earliest
 /// offsets, a short shutdown.
 pub fn consumer(group: &str, topic: &str) -> ConsumerBuilder {
+    init_tracing();
     Consumer::builder(group)
         .brokers([brokers()])
         .topics([topic])
@@ -186,4 +187,15 @@ pub async fn embedded_with(topic: &str, partitions: i32, messages: usize) -> Emb
     }
     producer.close().await;
     cluster
+}
+
+/// Logs to stderr when `RUST_LOG` is set (e.g. `RUST_LOG=xkafka=debug`), for
+/// debugging a failing test.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }
