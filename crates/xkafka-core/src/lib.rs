@@ -15,6 +15,7 @@
 //! [xkafka]: https://docs.rs/xkafka
 
 mod ack;
+mod batch;
 mod delivery;
 mod handler;
 mod headers;
@@ -22,6 +23,7 @@ mod message;
 pub mod middleware;
 
 pub use ack::{Ack, IntoOutcome};
+pub use batch::{Batch, BatchHandler, BatchHandlerService};
 pub use delivery::Delivery;
 pub use handler::{Handler, HandlerService};
 pub use headers::{Header, Headers};

@@ -68,12 +68,15 @@ mod shutdown;
 
 pub use xkafka_core::middleware;
 pub use xkafka_core::{
-    Ack, BoxError, Delivery, Handler, HandlerService, Header, Headers, IntoOutcome, Message,
-    MessageBuilder, Timestamp,
+    Ack, Batch, BatchHandler, BatchHandlerService, BoxError, Delivery, Handler, HandlerService,
+    Header, Headers, IntoOutcome, Message, MessageBuilder, Timestamp,
 };
 
 pub use config::{is_secret, Config};
-pub use consumer::{CommitMode, Consumer, ConsumerBuilder, Order, Summary, TopicPartition};
+pub use consumer::{
+    BatchConsumer, Batching, CommitMode, Consumer, ConsumerBuilder, Kind, Order, Streaming,
+    Summary, TopicPartition,
+};
 pub use error::{Decision, Error, Operation};
 pub use producer::{CloseReport, Producer, ProducerBuilder};
 pub use shutdown::ShutdownHandle;

@@ -14,8 +14,8 @@ use crate::BoxError;
 /// Creates a middleware from an async function taking the message and the
 /// rest of the chain.
 ///
-/// The same function shape works for consumers (`Next<Ack>`, the default)
-/// and producers (`Next<Delivery>`).
+/// The same function shape works for consumers (`Next<Ack>`, the default),
+/// producers (`Next<Delivery>`) and batch consumers (`Next<Ack, Batch>`).
 ///
 /// ```
 /// use std::time::Instant;
@@ -77,13 +77,14 @@ impl<F, S> fmt::Debug for FromFn<F, S> {
     }
 }
 
-impl<F, Fut, S, R> Service<Message> for FromFn<F, S>
+impl<F, Fut, S, Req, R> Service<Req> for FromFn<F, S>
 where
-    F: Fn(Message, Next<R>) -> Fut,
+    F: Fn(Req, Next<R, Req>) -> Fut,
     Fut: Future<Output = Result<R, BoxError>>,
-    S: Service<Message, Response = R> + Clone + Send + 'static,
+    S: Service<Req, Response = R> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
+    Req: 'static,
     R: 'static,
 {
     type Response = R;
@@ -97,28 +98,33 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, message: Message) -> Self::Future {
+    fn call(&mut self, request: Req) -> Self::Future {
         let inner = self.inner.clone().map_err(Into::into);
         let next = Next {
             inner: BoxCloneService::new(inner),
         };
-        (self.f)(message, next)
+        (self.f)(request, next)
     }
 }
 
 /// The rest of the middleware chain, handed to a [`from_fn`] middleware.
-pub struct Next<R = Ack> {
-    inner: BoxCloneService<Message, R, BoxError>,
+///
+/// `R` is what the chain returns ([`Ack`] for handlers, `Delivery` for
+/// publishing) and `Req` what it takes ([`Message`], or a `Batch` for batch
+/// handlers).
+pub struct Next<R = Ack, Req = Message> {
+    inner: BoxCloneService<Req, R, BoxError>,
 }
 
-impl<R> Next<R> {
-    /// Runs the inner middleware and the handler (or the publish) on `message`.
-    pub async fn run(self, message: Message) -> Result<R, BoxError> {
-        self.inner.oneshot(message).await
+impl<R, Req> Next<R, Req> {
+    /// Runs the inner middleware and the handler (or the publish) on the
+    /// message (or batch).
+    pub async fn run(self, request: Req) -> Result<R, BoxError> {
+        self.inner.oneshot(request).await
     }
 }
 
-impl<R> fmt::Debug for Next<R> {
+impl<R, Req> fmt::Debug for Next<R, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Next").finish_non_exhaustive()
     }

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::message::Message;
 use crate::BoxError;
 
-type Boxed<R> = BoxCloneService<Message, R, BoxError>;
-type ApplyFn<R> = dyn Fn(Boxed<R>) -> Boxed<R> + Send + Sync;
+type Boxed<Req, R> = BoxCloneService<Req, R, BoxError>;
+type ApplyFn<Req, R> = dyn Fn(Boxed<Req, R>) -> Boxed<Req, R> + Send + Sync;
 
 /// Layers in the order they were added; the first one ends up outermost.
 ///
@@ -21,7 +20,7 @@ type ApplyFn<R> = dyn Fn(Boxed<R>) -> Boxed<R> + Send + Sync;
 /// ```
 /// use tower::ServiceExt;
 /// use xkafka_core::middleware::{from_fn, Next, Stack};
-/// use xkafka_core::{Ack, BoxError, Handler, Message};
+/// use xkafka_core::{Ack, Handler, Message};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let mut stack = Stack::new();
@@ -33,17 +32,17 @@ type ApplyFn<R> = dyn Fn(Boxed<R>) -> Boxed<R> + Send + Sync;
 /// assert_eq!(outcome, Ack::Skip);
 /// # }
 /// ```
-pub struct Stack<R> {
-    layers: Vec<Arc<ApplyFn<R>>>,
+pub struct Stack<Req, R> {
+    layers: Vec<Arc<ApplyFn<Req, R>>>,
 }
 
-impl<R> Default for Stack<R> {
+impl<Req, R> Default for Stack<Req, R> {
     fn default() -> Self {
         Stack { layers: Vec::new() }
     }
 }
 
-impl<R> Clone for Stack<R> {
+impl<Req, R> Clone for Stack<Req, R> {
     fn clone(&self) -> Self {
         Stack {
             layers: self.layers.clone(),
@@ -51,7 +50,7 @@ impl<R> Clone for Stack<R> {
     }
 }
 
-impl<R> fmt::Debug for Stack<R> {
+impl<Req, R> fmt::Debug for Stack<Req, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stack")
             .field("layers", &self.layers.len())
@@ -59,7 +58,7 @@ impl<R> fmt::Debug for Stack<R> {
     }
 }
 
-impl<R: 'static> Stack<R> {
+impl<Req: 'static, R: 'static> Stack<Req, R> {
     /// An empty stack.
     pub fn new() -> Self {
         Stack::default()
@@ -68,10 +67,10 @@ impl<R: 'static> Stack<R> {
     /// Adds a layer inside the ones already added.
     pub fn push<L>(&mut self, layer: L)
     where
-        L: Layer<Boxed<R>> + Send + Sync + 'static,
-        L::Service: Service<Message, Response = R> + Clone + Send + 'static,
-        <L::Service as Service<Message>>::Error: Into<BoxError>,
-        <L::Service as Service<Message>>::Future: Send + 'static,
+        L: Layer<Boxed<Req, R>> + Send + Sync + 'static,
+        L::Service: Service<Req, Response = R> + Clone + Send + 'static,
+        <L::Service as Service<Req>>::Error: Into<BoxError>,
+        <L::Service as Service<Req>>::Future: Send + 'static,
     {
         self.layers.push(Arc::new(move |inner| {
             BoxCloneService::new(layer.layer(inner).map_err(Into::into))
@@ -89,9 +88,9 @@ impl<R: 'static> Stack<R> {
     }
 
     /// Wraps `service` in every layer, the first pushed outermost.
-    pub fn apply<S>(&self, service: S) -> Boxed<R>
+    pub fn apply<S>(&self, service: S) -> Boxed<Req, R>
     where
-        S: Service<Message, Response = R> + Clone + Send + 'static,
+        S: Service<Req, Response = R> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
@@ -109,13 +108,13 @@ mod tests {
 
     use super::*;
     use crate::middleware::{from_fn, Next};
-    use crate::{Ack, Handler};
+    use crate::{Ack, Handler, Message};
 
     fn recorder(
         name: &'static str,
         log: Arc<Mutex<Vec<String>>>,
     ) -> impl Layer<
-        Boxed<Ack>,
+        Boxed<Message, Ack>,
         Service = impl Service<Message, Response = Ack, Error = BoxError, Future = impl Send>
                       + Clone
                       + Send,

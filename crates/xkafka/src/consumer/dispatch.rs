@@ -13,6 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as Atomic};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -24,6 +25,7 @@ use super::context::Shared;
 use super::offsets::TopicPartition;
 use crate::error::{Decision, Error};
 use crate::{Ack, BoxError, Message};
+use xkafka_core::Batch;
 
 /// Which messages may be handled in parallel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -149,16 +151,38 @@ struct Lane {
     task: AbortHandle,
 }
 
+/// What a lane does with its messages.
+// `pub` (in a private module) because the sealed `Kind` trait names it.
+#[derive(Clone)]
+#[allow(unreachable_pub)]
+pub enum Runner {
+    /// One message at a time through the handler stack.
+    Single(BoxCloneService<Message, Ack, BoxError>),
+    /// Batches of up to `size` messages, or what arrived within `window`
+    /// of the batch's first message.
+    Batch {
+        service: BoxCloneService<Batch, Ack, BoxError>,
+        size: usize,
+        window: Duration,
+    },
+}
+
+/// What every lane shares.
+#[derive(Clone)]
+struct LaneContext {
+    permits: Arc<Semaphore>,
+    completions: std_mpsc::Sender<Report>,
+    shared: Arc<Shared>,
+    commit_wait: CommitWait,
+}
+
 pub(crate) struct Dispatcher {
     order: Order,
     concurrency: usize,
     runtime: tokio::runtime::Handle,
-    service: BoxCloneService<Message, Ack, BoxError>,
-    permits: Arc<Semaphore>,
+    runner: Runner,
     lanes: HashMap<LaneKey, Lane>,
-    completions: std_mpsc::Sender<Report>,
-    shared: Arc<Shared>,
-    commit_wait: CommitWait,
+    context: LaneContext,
     next_global: u64,
 }
 
@@ -168,7 +192,7 @@ impl Dispatcher {
         order: Order,
         concurrency: usize,
         runtime: tokio::runtime::Handle,
-        service: BoxCloneService<Message, Ack, BoxError>,
+        runner: Runner,
         completions: std_mpsc::Sender<Report>,
         shared: Arc<Shared>,
         commit_wait: CommitWait,
@@ -178,12 +202,14 @@ impl Dispatcher {
             order,
             concurrency,
             runtime,
-            service,
-            permits: Arc::new(Semaphore::new(concurrency)),
+            runner,
             lanes: HashMap::new(),
-            completions,
-            shared,
-            commit_wait,
+            context: LaneContext {
+                permits: Arc::new(Semaphore::new(concurrency)),
+                completions,
+                shared,
+                commit_wait,
+            },
             next_global: 0,
         }
     }
@@ -212,14 +238,17 @@ impl Dispatcher {
         let key = self.lane_key(&work);
         let lane = self.lanes.entry(key).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            let task = self.runtime.spawn(run_lane(
-                rx,
-                self.service.clone(),
-                self.permits.clone(),
-                self.completions.clone(),
-                self.shared.clone(),
-                self.commit_wait,
-            ));
+            let context = self.context.clone();
+            let task = match self.runner.clone() {
+                Runner::Single(service) => self.runtime.spawn(run_lane(rx, service, context)),
+                Runner::Batch {
+                    service,
+                    size,
+                    window,
+                } => self
+                    .runtime
+                    .spawn(run_batch_lane(rx, service, size.max(1), window, context)),
+            };
             Lane {
                 tx,
                 task: task.abort_handle(),
@@ -244,13 +273,71 @@ impl Dispatcher {
     }
 }
 
+/// Asks the poll thread to commit past `offset` before it is handled
+/// (at-most-once). `false`: not committed, the message must be dropped.
+async fn claim(cx: &LaneContext, tp: &TopicPartition, epoch: u64, offset: i64) -> Option<bool> {
+    let (committed, claimed) = oneshot::channel();
+    let claim = Claim {
+        tp: tp.clone(),
+        epoch,
+        offset,
+        committed,
+    };
+    cx.completions.send(Report::Claim(claim)).ok()?;
+    Some(claimed.await.is_ok())
+}
+
+/// Reports a finished message; returns what to wait for before the next
+/// one (manual commit), or `None` when the poll thread is gone.
+fn complete(
+    cx: &LaneContext,
+    tp: TopicPartition,
+    epoch: u64,
+    offset: i64,
+    settled: Settled,
+) -> Option<Option<oneshot::Receiver<()>>> {
+    let (committed, wait) = if cx.commit_wait == CommitWait::After {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let completion = Completion {
+        tp,
+        epoch,
+        offset,
+        settled,
+        committed,
+    };
+    cx.completions.send(Report::Completed(completion)).ok()?;
+    Some(wait)
+}
+
+/// Runs a service call, turning a panic into a failure.
+async fn call_caught<Req, S>(service: &mut S, request: Req) -> Result<Ack, BoxError>
+where
+    S: Service<Req, Response = Ack, Error = BoxError>,
+{
+    service.ready().await?;
+    AssertUnwindSafe(service.call(request))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(panic_error(panic)))
+}
+
+fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
+    Error::Handler {
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        offset,
+        source,
+    }
+}
+
 async fn run_lane(
     mut rx: mpsc::UnboundedReceiver<Work>,
     mut service: BoxCloneService<Message, Ack, BoxError>,
-    permits: Arc<Semaphore>,
-    completions: std_mpsc::Sender<Report>,
-    shared: Arc<Shared>,
-    commit_wait: CommitWait,
+    cx: LaneContext,
 ) {
     while let Some(work) = rx.recv().await {
         let Work {
@@ -260,81 +347,159 @@ async fn run_lane(
             gate,
             epoch,
         } = work;
-        let Ok(_permit) = permits.acquire().await else {
+        let Ok(_permit) = cx.permits.acquire().await else {
             return;
         };
         // Revoked or stopping: the message stays unread (the partition's next
         // owner, or our next run, reads it).
-        if !gate.is_open() || shared.shutdown.is_shutting_down() {
+        if !gate.is_open() || cx.shared.shutdown.is_shutting_down() {
             continue;
         }
-        if commit_wait == CommitWait::Before {
-            let (committed, claimed) = oneshot::channel();
-            let claim = Claim {
-                tp: tp.clone(),
-                epoch,
-                offset,
-                committed,
-            };
-            if completions.send(Report::Claim(claim)).is_err() {
-                return;
-            }
-            if claimed.await.is_err() {
-                // Not committed: handling it could process it twice after a
-                // restart, so at-most-once drops it (counted as skipped).
-                let done = Completion {
-                    tp,
-                    epoch,
-                    offset,
-                    settled: Settled::Done(Ack::Skip),
-                    committed: None,
-                };
-                if completions.send(Report::Completed(done)).is_err() {
-                    return;
+        if cx.commit_wait == CommitWait::Before {
+            match claim(&cx, &tp, epoch, offset).await {
+                None => return,
+                Some(true) => {}
+                Some(false) => {
+                    // Not committed: handling it could process it twice after
+                    // a restart, so at-most-once drops it (counted as skipped).
+                    if complete(&cx, tp, epoch, offset, Settled::Done(Ack::Skip)).is_none() {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
             }
         }
         gate.running.fetch_add(1, Atomic::AcqRel);
-        let outcome = async {
-            service.ready().await?;
-            AssertUnwindSafe(service.call(message))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| Err(panic_error(panic)))
-        }
-        .await;
-        let settled = match outcome {
+        let settled = match call_caught(&mut service, message).await {
             Ok(ack) => Settled::Done(ack),
-            Err(source) => Settled::Failed(shared.report(Error::Handler {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                offset,
-                source,
-            })),
-        };
-        let (committed, wait) = if commit_wait == CommitWait::After {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
+            Err(source) => Settled::Failed(cx.shared.report(handler_error(&tp, offset, source))),
         };
         // Report before lowering `running`, so that a drain that sees zero
         // running handlers also sees every completion.
-        let sent = completions.send(Report::Completed(Completion {
-            tp,
-            epoch,
-            offset,
-            settled,
-            committed,
-        }));
+        let wait = complete(&cx, tp, epoch, offset, settled);
         gate.running.fetch_sub(1, Atomic::AcqRel);
-        if sent.is_err() {
-            return;
-        }
-        if let Some(wait) = wait {
+        match wait {
+            None => return,
             // Manual commit: the next message of this lane waits until this
             // one's offset is committed (or the consumer is stopping).
+            Some(Some(wait)) => {
+                let _ = wait.await;
+            }
+            Some(None) => {}
+        }
+    }
+}
+
+/// Where a message of a batch came from.
+struct Origin {
+    tp: TopicPartition,
+    offset: i64,
+    epoch: u64,
+    gate: Arc<Gate>,
+}
+
+async fn run_batch_lane(
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut service: BoxCloneService<Batch, Ack, BoxError>,
+    size: usize,
+    window: Duration,
+    cx: LaneContext,
+) {
+    while let Some(first) = rx.recv().await {
+        // The window starts with the batch's first message and ends on time
+        // even when nothing else arrives.
+        let deadline = tokio::time::Instant::now() + window;
+        let mut works = vec![first];
+        while works.len() < size {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(work) => works.push(work),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let Ok(_permit) = cx.permits.acquire().await else {
+            return;
+        };
+        // Messages of revoked partitions are dropped; when stopping, the
+        // partial batch is not handled at all (rather than with a dying
+        // context).
+        if cx.shared.shutdown.is_shutting_down() {
+            continue;
+        }
+        works.retain(|w| w.gate.is_open());
+        let mut messages = Vec::with_capacity(works.len());
+        let mut origins = Vec::with_capacity(works.len());
+        for work in works {
+            if cx.commit_wait == CommitWait::Before {
+                match claim(&cx, &work.tp, work.epoch, work.offset).await {
+                    None => return,
+                    Some(true) => {}
+                    Some(false) => {
+                        if complete(
+                            &cx,
+                            work.tp,
+                            work.epoch,
+                            work.offset,
+                            Settled::Done(Ack::Skip),
+                        )
+                        .is_none()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            messages.push(work.message);
+            origins.push(Origin {
+                tp: work.tp,
+                offset: work.offset,
+                epoch: work.epoch,
+                gate: work.gate,
+            });
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        for origin in &origins {
+            origin.gate.running.fetch_add(1, Atomic::AcqRel);
+        }
+        let batch = Batch::new(messages);
+        let outcome = call_caught(&mut service, batch.clone()).await;
+        let recorded = batch.take_outcomes();
+        // A whole-batch failure is reported once, for its first message.
+        let overall = outcome.map_err(|source| {
+            let first = &origins[0];
+            cx.shared
+                .report(handler_error(&first.tp, first.offset, source))
+        });
+        let mut waits = Vec::new();
+        let mut gone = false;
+        for (origin, recorded) in origins.iter().zip(recorded) {
+            let settled = match (recorded, &overall) {
+                (Some(Ok(ack)), _) => Settled::Done(ack),
+                (Some(Err(source)), _) => Settled::Failed(cx.shared.report(handler_error(
+                    &origin.tp,
+                    origin.offset,
+                    source,
+                ))),
+                (None, Ok(ack)) => Settled::Done(*ack),
+                (None, Err(decision)) => Settled::Failed(*decision),
+            };
+            match complete(&cx, origin.tp.clone(), origin.epoch, origin.offset, settled) {
+                None => gone = true,
+                Some(wait) => waits.extend(wait),
+            }
+        }
+        for origin in &origins {
+            origin.gate.running.fetch_sub(1, Atomic::AcqRel);
+        }
+        if gone {
+            return;
+        }
+        for wait in waits {
             let _ = wait.await;
         }
     }

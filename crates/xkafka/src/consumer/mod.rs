@@ -62,10 +62,10 @@ use crate::config::{validate_topic, Config};
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::middleware::Stack;
 use crate::shutdown::ShutdownHandle;
-use crate::{Ack, BoxError, Handler, Message};
+use crate::{Ack, Batch, BatchHandler, BoxError, Handler, Message};
 use context::{Shared, XConsumerContext};
 pub use dispatch::Order;
-use dispatch::{CommitWait, Dispatcher};
+use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
@@ -74,6 +74,8 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: usize = 1_000;
 const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+const DEFAULT_BATCH_SIZE: usize = 1_000;
+const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than the shutdown timeout `run` waits for the poll thread
 /// to report before returning without it.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
@@ -138,7 +140,7 @@ pub struct Summary {
 pub struct Consumer {
     shared: Arc<Shared>,
     client: BaseConsumer<XConsumerContext>,
-    service: BoxCloneService<Message, Ack, BoxError>,
+    runner: Runner,
     commit_mode: CommitMode,
     concurrency: usize,
     order: Order,
@@ -151,24 +153,7 @@ pub struct Consumer {
 impl Consumer {
     /// Starts a consumer of consumer group `group` (librdkafka's `group.id`).
     pub fn builder(group: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder {
-            group: group.into(),
-            brokers: Vec::new(),
-            topics: Vec::new(),
-            config: Config::new(),
-            error_handler: None,
-            stack: Stack::new(),
-            service: None,
-            commit_mode: CommitMode::default(),
-            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            concurrency: 1,
-            order: Order::default(),
-            limits: Limits {
-                per_partition: DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
-                total: DEFAULT_MAX_IN_FLIGHT,
-            },
-            revoke_grace: DEFAULT_REVOKE_GRACE,
-        }
+        ConsumerBuilder::new(group.into())
     }
 
     /// A handle that stops [`run`](Self::run) from anywhere (another task, a
@@ -202,7 +187,7 @@ impl Consumer {
             self.order,
             self.concurrency,
             runtime,
-            self.service,
+            self.runner,
             completions_tx,
             shared.clone(),
             match self.commit_mode {
@@ -283,25 +268,52 @@ impl fmt::Debug for Consumer {
     }
 }
 
-/// Builds a [`Consumer`]; see [`Consumer::builder`].
+/// Builds a [`Consumer`] (see [`Consumer::builder`]) or a [`BatchConsumer`]
+/// (see [`BatchConsumer::builder`]); the settings they share are on every
+/// kind.
 #[must_use = "call .build() to create the consumer"]
-pub struct ConsumerBuilder {
+pub struct ConsumerBuilder<K: Kind = Streaming> {
     group: String,
     brokers: Vec<String>,
     topics: Vec<String>,
     config: Config,
     error_handler: Option<ErrorHandlerFn>,
-    stack: Stack<Ack>,
-    service: Option<BoxCloneService<Message, Ack, BoxError>>,
+    stack: Stack<K::Request, Ack>,
+    service: Option<BoxCloneService<K::Request, Ack, BoxError>>,
     commit_mode: CommitMode,
     shutdown_timeout: Duration,
     concurrency: usize,
     order: Order,
     limits: Limits,
     revoke_grace: Duration,
+    batch_size: usize,
+    batch_timeout: Duration,
 }
 
-impl ConsumerBuilder {
+impl<K: Kind> ConsumerBuilder<K> {
+    fn new(group: String) -> Self {
+        ConsumerBuilder {
+            group,
+            brokers: Vec::new(),
+            topics: Vec::new(),
+            config: Config::new(),
+            error_handler: None,
+            stack: Stack::new(),
+            service: None,
+            commit_mode: CommitMode::default(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            concurrency: 1,
+            order: Order::default(),
+            limits: Limits {
+                per_partition: DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
+                total: DEFAULT_MAX_IN_FLIGHT,
+            },
+            revoke_grace: DEFAULT_REVOKE_GRACE,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+        }
+    }
+
     /// Bootstrap brokers, `host:port` each.
     pub fn brokers<I, S>(mut self, brokers: I) -> Self
     where
@@ -331,10 +343,10 @@ impl ConsumerBuilder {
     }
 
     /// Sets many raw librdkafka properties.
-    pub fn configs<I, K, V>(mut self, entries: I) -> Self
+    pub fn configs<I, N, V>(mut self, entries: I) -> Self
     where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
+        I: IntoIterator<Item = (N, V)>,
+        N: Into<String>,
         V: Into<String>,
     {
         self.config.extend(entries);
@@ -403,47 +415,13 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Adds a middleware; the first added is the outermost.
-    pub fn layer<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<BoxCloneService<Message, Ack, BoxError>> + Send + Sync + 'static,
-        L::Service: Service<Message, Response = Ack> + Clone + Send + 'static,
-        <L::Service as Service<Message>>::Error: Into<BoxError>,
-        <L::Service as Service<Message>>::Future: Send + 'static,
-    {
-        self.stack.push(layer);
-        self
-    }
-
-    /// The handler: an `async fn(Message)` returning `()`, [`Ack`] or a
-    /// `Result` of either.
-    pub fn handler<H, T>(self, handler: H) -> Self
-    where
-        H: Handler<T>,
-        T: 'static,
-    {
-        self.service(handler.into_service())
-    }
-
-    /// The handler as any tower service.
-    pub fn service<S>(mut self, service: S) -> Self
-    where
-        S: Service<Message, Response = Ack> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        use tower::ServiceExt;
-        self.service = Some(BoxCloneService::new(service.map_err(Into::into)));
-        self
-    }
-
     /// Validates everything and creates the client.
     ///
     /// xkafka sets `enable.auto.offset.store=false` (offsets are stored only
     /// after processing) and `enable.auto.commit` according to the
     /// [`CommitMode`]; setting either to something else is an error rather
     /// than being silently overridden.
-    pub fn build(self) -> Result<Consumer, Error> {
+    pub fn build(self) -> Result<K::Consumer, Error> {
         if self.group.trim().is_empty() {
             return Err(Error::MissingGroupId);
         }
@@ -504,10 +482,11 @@ impl ConsumerBuilder {
         };
         let client = BaseConsumer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
-        Ok(Consumer {
+        let service = self.stack.apply(handler);
+        Ok(K::wrap(Consumer {
             shared,
             client,
-            service: self.stack.apply(handler),
+            runner: K::runner(service, self.batch_size, self.batch_timeout),
             commit_mode: self.commit_mode,
             concurrency: self.concurrency,
             order: self.order,
@@ -515,11 +494,11 @@ impl ConsumerBuilder {
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
             config,
-        })
+        }))
     }
 }
 
-impl fmt::Debug for ConsumerBuilder {
+impl<K: Kind> fmt::Debug for ConsumerBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerBuilder")
             .field("group", &self.group)
@@ -532,8 +511,225 @@ impl fmt::Debug for ConsumerBuilder {
             .field("limits", &self.limits)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("layers", &self.stack.len())
+            .field("kind", &std::any::type_name::<K>())
             .field("has_handler", &self.service.is_some())
             .field("has_error_handler", &self.error_handler.is_some())
             .finish()
+    }
+}
+
+impl ConsumerBuilder<Streaming> {
+    /// Adds a middleware; the first added is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxCloneService<Message, Ack, BoxError>> + Send + Sync + 'static,
+        L::Service: Service<Message, Response = Ack> + Clone + Send + 'static,
+        <L::Service as Service<Message>>::Error: Into<BoxError>,
+        <L::Service as Service<Message>>::Future: Send + 'static,
+    {
+        self.stack.push(layer);
+        self
+    }
+
+    /// The handler: an `async fn(Message)` returning `()`, [`Ack`] or a
+    /// `Result` of either.
+    pub fn handler<H, T>(self, handler: H) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        self.service(handler.into_service())
+    }
+
+    /// The handler as any tower service.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Message, Response = Ack> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        use tower::ServiceExt;
+        self.service = Some(BoxCloneService::new(service.map_err(Into::into)));
+        self
+    }
+}
+
+impl ConsumerBuilder<Batching> {
+    /// Adds a batch middleware; the first added is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<BoxCloneService<Batch, Ack, BoxError>> + Send + Sync + 'static,
+        L::Service: Service<Batch, Response = Ack> + Clone + Send + 'static,
+        <L::Service as Service<Batch>>::Error: Into<BoxError>,
+        <L::Service as Service<Batch>>::Future: Send + 'static,
+    {
+        self.stack.push(layer);
+        self
+    }
+
+    /// The batch handler: an `async fn(Batch)` returning `()`, [`Ack`] or a
+    /// `Result` of either; it may record per-message outcomes on the batch.
+    pub fn handler<H, T>(self, handler: H) -> Self
+    where
+        H: BatchHandler<T>,
+        T: 'static,
+    {
+        self.service(handler.into_service())
+    }
+
+    /// The batch handler as any tower service.
+    pub fn service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Batch, Response = Ack> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        use tower::ServiceExt;
+        self.service = Some(BoxCloneService::new(service.map_err(Into::into)));
+        self
+    }
+
+    /// The most messages in one batch (default 1,000).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+
+    /// The longest a batch waits for more messages, from its first message
+    /// (default 5 s); a partial batch is handled when it expires even if no
+    /// further message arrives.
+    pub fn batch_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_timeout = timeout;
+        self
+    }
+}
+
+mod sealed {
+    use super::*;
+
+    /// How a kind of consumer is put together; private so that the set of
+    /// kinds stays closed.
+    pub trait Sealed: Sized + 'static {
+        /// What the handler receives.
+        type Request: Send + 'static;
+        /// What `build` returns.
+        type Consumer;
+        fn runner(
+            service: BoxCloneService<Self::Request, Ack, BoxError>,
+            batch_size: usize,
+            batch_timeout: Duration,
+        ) -> Runner;
+        fn wrap(consumer: Consumer) -> Self::Consumer;
+    }
+}
+
+/// The kind of consumer a [`ConsumerBuilder`] builds: [`Streaming`] or
+/// [`Batching`]. Sealed.
+pub trait Kind: sealed::Sealed {}
+
+impl Kind for Streaming {}
+impl Kind for Batching {}
+
+/// Messages are handled one by one ([`Consumer`]).
+#[derive(Debug)]
+pub enum Streaming {}
+
+/// Messages are handled in batches ([`BatchConsumer`]).
+#[derive(Debug)]
+pub enum Batching {}
+
+impl sealed::Sealed for Streaming {
+    type Request = Message;
+    type Consumer = Consumer;
+    fn runner(service: BoxCloneService<Message, Ack, BoxError>, _: usize, _: Duration) -> Runner {
+        Runner::Single(service)
+    }
+    fn wrap(consumer: Consumer) -> Consumer {
+        consumer
+    }
+}
+
+impl sealed::Sealed for Batching {
+    type Request = Batch;
+    type Consumer = BatchConsumer;
+    fn runner(
+        service: BoxCloneService<Batch, Ack, BoxError>,
+        size: usize,
+        window: Duration,
+    ) -> Runner {
+        Runner::Batch {
+            service,
+            size,
+            window,
+        }
+    }
+    fn wrap(consumer: Consumer) -> BatchConsumer {
+        BatchConsumer { inner: consumer }
+    }
+}
+
+/// A consumer that hands its handler batches of messages (Go xkafka's
+/// `BatchConsumer`): up to [`batch_size`](ConsumerBuilder::batch_size)
+/// messages, or what arrived within
+/// [`batch_timeout`](ConsumerBuilder::batch_timeout) of the first one.
+///
+/// Everything else — commit modes, concurrency and ordering (a batch holds
+/// messages of one lane: one partition in [`Order::PerPartition`]), offsets
+/// held back by failed messages, bounded shutdown — is the same as for
+/// [`Consumer`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use xkafka::{Batch, BatchConsumer, BoxError, Decision};
+///
+/// async fn save(batch: Batch) -> Result<(), BoxError> {
+///     for (i, msg) in batch.iter().enumerate() {
+///         if msg.value().is_none() {
+///             batch.fail(i, "tombstones are not expected here");
+///         }
+///     }
+///     Ok(()) // the others succeeded
+/// }
+///
+/// # async fn run() -> Result<(), xkafka::Error> {
+/// let consumer = BatchConsumer::builder("warehouse")
+///     .brokers(["127.0.0.1:9092"])
+///     .topics(["orders"])
+///     .batch_size(500)
+///     .batch_timeout(Duration::from_millis(200))
+///     .error_handler(|_| Decision::Stop)
+///     .handler(save)
+///     .build()?;
+/// consumer.run(std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BatchConsumer {
+    inner: Consumer,
+}
+
+impl BatchConsumer {
+    /// Starts a batch consumer of consumer group `group`.
+    pub fn builder(group: impl Into<String>) -> ConsumerBuilder<Batching> {
+        ConsumerBuilder::new(group.into())
+    }
+
+    /// See [`Consumer::shutdown_handle`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.inner.shutdown_handle()
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        self.inner.group()
+    }
+
+    /// See [`Consumer::run`]; a partial batch is handled when its window
+    /// expires, or not at all once stopping.
+    pub async fn run<F>(self, shutdown: F) -> Result<Summary, Error>
+    where
+        F: Future<Output = ()>,
+    {
+        self.inner.run(shutdown).await
     }
 }

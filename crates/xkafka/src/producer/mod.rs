@@ -293,7 +293,7 @@ pub struct ProducerBuilder {
     config: Config,
     error_handler: Option<ProducerErrorHandler>,
     on_delivery: Option<OnDeliveryFn>,
-    stack: Stack<Delivery>,
+    stack: Stack<Message, Delivery>,
     close_timeout: Duration,
 }
 
