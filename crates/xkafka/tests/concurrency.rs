@@ -57,6 +57,7 @@ struct Observed {
 }
 
 async fn run_ordered(order: Order) -> (Observed, BTreeMap<i32, i64>, BTreeMap<i32, Option<i64>>) {
+    let _heavy = exclusive().await;
     let (topic, ends) = keyed_topic("order").await;
     let group = unique("order-g");
     let observed: Arc<Mutex<Observed>> = Arc::default();
@@ -335,6 +336,7 @@ async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
 /// Member A consumes a stream; member B joins, consumes, and leaves; A takes
 /// over. Returns the number of messages handled twice.
 async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> usize {
+    let _heavy = exclusive().await;
     const ROUND_ONE: usize = 600;
     let topic = topic("coop", 6).await;
     let producer = producer();
@@ -346,8 +348,9 @@ async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> u
         let (producer, topic) = (producer.clone(), topic.clone());
         let (stop, published) = (stop_publishing.clone(), published.clone());
         async move {
-            // Capped, in case the second member takes long to join.
-            while !stop.load(Ordering::Relaxed) && published.load(Ordering::Relaxed) < 20_000 {
+            // Until the second member consumes (bounded, in case it never does).
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let i = published.load(Ordering::Relaxed);
                 let msg = Message::builder(topic.as_str())
                     .key(format!("r0-{i}"))
@@ -355,9 +358,9 @@ async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> u
                     .build();
                 producer.publish_async(msg).await.unwrap();
                 published.fetch_add(1, Ordering::Relaxed);
-                if i % 20 == 19 {
-                    // Pacing, about 2,000 messages a second.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                if i % 10 == 9 {
+                    // Pacing, about 500 messages a second.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
@@ -403,7 +406,7 @@ async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> u
     let (b_stop, b) = start_member("member-b");
     // B has been given partitions (incrementally) and is consuming them.
     let consumed_by = |name| by_member.lock().unwrap().get(name).copied().unwrap_or(0);
-    until(|| consumed_by("member-b") >= 20, Duration::from_secs(60)).await;
+    until(|| consumed_by("member-b") >= 20, Duration::from_secs(90)).await;
     stop_publishing.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
     // B leaves; A must take over B's partitions from B's committed offsets.
@@ -419,7 +422,7 @@ async fn second_member_joins_and_leaves(assignor: &str, concurrency: usize) -> u
     producer.close().await;
     let expected = published.load(Ordering::Relaxed) + ROUND_ONE;
     let total = || seen.lock().unwrap().len();
-    until(|| total() >= expected, Duration::from_secs(60)).await;
+    until(|| total() >= expected, Duration::from_secs(120)).await;
     a_stop.shutdown();
     let a_summary = a.await.unwrap().expect("member a");
 

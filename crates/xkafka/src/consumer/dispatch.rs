@@ -61,16 +61,32 @@ impl Gate {
         })
     }
 
+    // SeqCst on both sides: a lane announces itself (`enter`) and then
+    // checks the gate, while a revocation closes the gate and then counts
+    // running handlers; with sequential consistency one of them must see the
+    // other, so no handler starts unseen after a drain found none running.
     pub(crate) fn close(&self) {
-        self.open.store(false, Atomic::Release);
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Atomic::Acquire)
+        self.open.store(false, Atomic::SeqCst);
     }
 
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Atomic::Acquire)
+        self.running.load(Atomic::SeqCst)
+    }
+
+    /// Counts a handler in; `false` (and counted out again) when the gate
+    /// is closed.
+    fn enter(&self) -> bool {
+        self.running.fetch_add(1, Atomic::SeqCst);
+        if self.open.load(Atomic::SeqCst) {
+            true
+        } else {
+            self.leave();
+            false
+        }
+    }
+
+    fn leave(&self) {
+        self.running.fetch_sub(1, Atomic::SeqCst);
     }
 }
 
@@ -352,24 +368,28 @@ async fn run_lane(
         };
         // Revoked or stopping: the message stays unread (the partition's next
         // owner, or our next run, reads it).
-        if !gate.is_open() || cx.shared.shutdown.is_shutting_down() {
+        if cx.shared.shutdown.is_shutting_down() || !gate.enter() {
             continue;
         }
         if cx.commit_wait == CommitWait::Before {
             match claim(&cx, &tp, epoch, offset).await {
-                None => return,
+                None => {
+                    gate.leave();
+                    return;
+                }
                 Some(true) => {}
                 Some(false) => {
                     // Not committed: handling it could process it twice after
                     // a restart, so at-most-once drops it (counted as skipped).
-                    if complete(&cx, tp, epoch, offset, Settled::Done(Ack::Skip)).is_none() {
+                    let sent = complete(&cx, tp, epoch, offset, Settled::Done(Ack::Skip));
+                    gate.leave();
+                    if sent.is_none() {
                         return;
                     }
                     continue;
                 }
             }
         }
-        gate.running.fetch_add(1, Atomic::AcqRel);
         let settled = match call_caught(&mut service, message).await {
             Ok(ack) => Settled::Done(ack),
             Err(source) => Settled::Failed(cx.shared.report(handler_error(&tp, offset, source))),
@@ -377,7 +397,7 @@ async fn run_lane(
         // Report before lowering `running`, so that a drain that sees zero
         // running handlers also sees every completion.
         let wait = complete(&cx, tp, epoch, offset, settled);
-        gate.running.fetch_sub(1, Atomic::AcqRel);
+        gate.leave();
         match wait {
             None => return,
             // Manual commit: the next message of this lane waits until this
@@ -428,7 +448,9 @@ async fn run_batch_lane(
         if cx.shared.shutdown.is_shutting_down() {
             continue;
         }
-        works.retain(|w| w.gate.is_open());
+        // Count every message's handler in before anything runs (see
+        // `Gate::enter`); those of closed gates are dropped here.
+        works.retain(|w| w.gate.enter());
         let mut messages = Vec::with_capacity(works.len());
         let mut origins = Vec::with_capacity(works.len());
         for work in works {
@@ -437,15 +459,15 @@ async fn run_batch_lane(
                     None => return,
                     Some(true) => {}
                     Some(false) => {
-                        if complete(
+                        let sent = complete(
                             &cx,
                             work.tp,
                             work.epoch,
                             work.offset,
                             Settled::Done(Ack::Skip),
-                        )
-                        .is_none()
-                        {
+                        );
+                        work.gate.leave();
+                        if sent.is_none() {
                             return;
                         }
                         continue;
@@ -462,9 +484,6 @@ async fn run_batch_lane(
         }
         if messages.is_empty() {
             continue;
-        }
-        for origin in &origins {
-            origin.gate.running.fetch_add(1, Atomic::AcqRel);
         }
         let batch = Batch::new(messages);
         let outcome = call_caught(&mut service, batch.clone()).await;
@@ -494,7 +513,7 @@ async fn run_batch_lane(
             }
         }
         for origin in &origins {
-            origin.gate.running.fetch_sub(1, Atomic::AcqRel);
+            origin.gate.leave();
         }
         if gone {
             return;

@@ -199,3 +199,10 @@ pub fn init_tracing() {
             .try_init();
     }
 }
+
+/// Serialises the heavy tests of one test binary: run side by side on two
+/// cores they starve each other (and the broker) into timeouts.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
