@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use xkafka::middleware::{from_fn, Next};
 use xkafka::mock::EmbeddedCluster;
-use xkafka::{Ack, BoxError, CommitMode, Consumer, Decision, Error, Message, Producer};
+use xkafka::{Ack, BoxError, CommitMode, Consumer, Decision, Error, Message, Order, Producer};
 
 #[derive(Parser, Debug)]
 #[command(about = "Publish and consume messages with xkafka, then print a summary")]
@@ -147,6 +147,9 @@ async fn run(args: Args) -> Result<bool, Error> {
         .topics([topic.as_str()])
         .config("auto.offset.reset", "earliest")
         .commit_mode(CommitMode::Auto)
+        // Four handlers at once; orders of one customer (key) stay in order.
+        .concurrency(4)
+        .order(Order::PerKey)
         .shutdown_timeout(Duration::from_secs(10))
         .error_handler(|err: &Error| {
             tracing::warn!(target: "demo", %err, "consumer error");

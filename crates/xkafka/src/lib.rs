@@ -44,6 +44,11 @@
 //!   `Manual` are at-least-once, `AtMostOnce` commits before handling.
 //! * Every error no middleware handled reaches the mandatory error handler,
 //!   which decides ([`Decision`]) whether to stop; it never sees a non-error.
+//! * [`Consumer`]s run handlers off the poll loop with
+//!   [`ConsumerBuilder::concurrency`] and an [`Order`] (per partition, per
+//!   key, unordered); the stored offset is the contiguous low watermark of
+//!   finished messages, and full buffers pause partitions instead of
+//!   stalling the poll loop. [`BatchConsumer`] does the same for batches.
 //! * Shutdown is bounded, even with unreachable brokers.
 //! * Producers default to `acks=all` and idempotence.
 //!
