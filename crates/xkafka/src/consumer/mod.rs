@@ -1,44 +1,4 @@
-//! The streaming consumer: one message at a time through a handler and its
-//! middleware, offsets stored only after processing.
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use xkafka::middleware::{from_fn, Next};
-//! use xkafka::{Ack, BoxError, CommitMode, Consumer, Decision, Error, Message};
-//!
-//! async fn handle(msg: Message) -> Result<Ack, BoxError> {
-//!     println!("{}: {:?}", msg.location(), msg.value_str());
-//!     Ok(Ack::Success)
-//! }
-//!
-//! # async fn run() -> Result<(), Error> {
-//! let consumer = Consumer::builder("billing")
-//!     .brokers(["127.0.0.1:9092"])
-//!     .topics(["orders"])
-//!     .config("auto.offset.reset", "earliest")
-//!     .commit_mode(CommitMode::Manual)
-//!     .shutdown_timeout(Duration::from_secs(5))
-//!     .error_handler(|err: &Error| match err {
-//!         // A message failed and no middleware dealt with it: stop, so that
-//!         // it is read again after a restart (nothing is lost).
-//!         Error::Handler { .. } => Decision::Stop,
-//!         // librdkafka recovers from most client errors by itself.
-//!         _ if err.is_fatal() => Decision::Stop,
-//!         _ => Decision::Continue,
-//!     })
-//!     .layer(from_fn(|msg: Message, next: Next| async move {
-//!         let started = std::time::Instant::now();
-//!         let outcome = next.run(msg).await;
-//!         println!("took {:?}", started.elapsed());
-//!         outcome
-//!     }))
-//!     .handler(handle)
-//!     .build()?;
-//!
-//! let summary = consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
-//! println!("{summary:?}");
-//! # Ok(()) }
-//! ```
+//! The streaming and batch consumers.
 
 mod context;
 mod dispatch;
@@ -136,7 +96,48 @@ pub struct Summary {
     pub closed_cleanly: bool,
 }
 
-/// A streaming Kafka consumer; see the [module docs](self).
+/// A streaming Kafka consumer: one message at a time through a handler and
+/// its middleware (or several at once with [`ConsumerBuilder::concurrency`]),
+/// offsets stored only after processing.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use xkafka::middleware::{from_fn, Next};
+/// use xkafka::{Ack, BoxError, CommitMode, Consumer, Decision, Error, Message};
+///
+/// async fn handle(msg: Message) -> Result<Ack, BoxError> {
+///     println!("{}: {:?}", msg.location(), msg.value_str());
+///     Ok(Ack::Success)
+/// }
+///
+/// # async fn run() -> Result<(), Error> {
+/// let consumer = Consumer::builder("billing")
+///     .brokers(["127.0.0.1:9092"])
+///     .topics(["orders"])
+///     .config("auto.offset.reset", "earliest")
+///     .commit_mode(CommitMode::Manual)
+///     .shutdown_timeout(Duration::from_secs(5))
+///     .error_handler(|err: &Error| match err {
+///         // A message failed and no middleware dealt with it: stop, so that
+///         // it is read again after a restart (nothing is lost).
+///         Error::Handler { .. } => Decision::Stop,
+///         // librdkafka recovers from most client errors by itself.
+///         _ if err.is_fatal() => Decision::Stop,
+///         _ => Decision::Continue,
+///     })
+///     .layer(from_fn(|msg: Message, next: Next| async move {
+///         let started = std::time::Instant::now();
+///         let outcome = next.run(msg).await;
+///         println!("took {:?}", started.elapsed());
+///         outcome
+///     }))
+///     .handler(handle)
+///     .build()?;
+///
+/// let summary = consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+/// println!("{summary:?}");
+/// # Ok(()) }
+/// ```
 pub struct Consumer {
     shared: Arc<Shared>,
     client: BaseConsumer<XConsumerContext>,

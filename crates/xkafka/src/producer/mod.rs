@@ -1,39 +1,5 @@
 //! The producer: publish messages synchronously or asynchronously, through a
 //! middleware stack.
-//!
-//! ```no_run
-//! use xkafka::{Message, Producer};
-//!
-//! # async fn run() -> Result<(), xkafka::Error> {
-//! let producer = Producer::builder("orders-api")
-//!     .brokers(["127.0.0.1:9092"])
-//!     .config("linger.ms", "5")
-//!     .error_handler(|err| eprintln!("producer: {err}"))
-//!     .on_delivery(|report| {
-//!         if let Err(err) = report {
-//!             eprintln!("not delivered: {err}");
-//!         }
-//!     })
-//!     .build()?;
-//!
-//! // Waits for the broker's acknowledgement.
-//! let delivery = producer
-//!     .publish(Message::builder("orders").key("42").value("created").build())
-//!     .await?;
-//! println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
-//!
-//! // Returns once librdkafka has queued the message; the outcome goes to
-//! // the callbacks.
-//! producer
-//!     .publish_async_with(Message::builder("orders").value("paid").build(), |report| {
-//!         println!("paid event: {report:?}");
-//!     })
-//!     .await?;
-//!
-//! let report = producer.close().await; // flushes within the close timeout
-//! assert_eq!(report.undelivered, 0);
-//! # Ok(()) }
-//! ```
 
 mod context;
 mod driver;
@@ -76,7 +42,41 @@ pub struct CloseReport {
 /// Publishes messages to Kafka. Cheap to clone: clones share one client.
 ///
 /// Durable by default: `acks=all` and `enable.idempotence=true` unless the
-/// configuration says otherwise. See the [module docs](self) for an example.
+/// configuration says otherwise.
+///
+/// ```no_run
+/// use xkafka::{Message, Producer};
+///
+/// # async fn run() -> Result<(), xkafka::Error> {
+/// let producer = Producer::builder("orders-api")
+///     .brokers(["127.0.0.1:9092"])
+///     .config("linger.ms", "5")
+///     .error_handler(|err| eprintln!("producer: {err}"))
+///     .on_delivery(|report| {
+///         if let Err(err) = report {
+///             eprintln!("not delivered: {err}");
+///         }
+///     })
+///     .build()?;
+///
+/// // Waits for the broker's acknowledgement.
+/// let delivery = producer
+///     .publish(Message::builder("orders").key("42").value("created").build())
+///     .await?;
+/// println!("stored at {}[{}]@{}", delivery.topic, delivery.partition, delivery.offset);
+///
+/// // Returns once librdkafka has queued the message; the outcome goes to
+/// // the callbacks.
+/// producer
+///     .publish_async_with(Message::builder("orders").value("paid").build(), |report| {
+///         println!("paid event: {report:?}");
+///     })
+///     .await?;
+///
+/// let report = producer.close().await; // flushes within the close timeout
+/// assert_eq!(report.undelivered, 0);
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
