@@ -66,6 +66,11 @@ impl Batch {
         &self.messages
     }
 
+    /// The messages, to change them (middleware setting extensions).
+    pub fn messages_mut(&mut self) -> &mut [Message] {
+        &mut self.messages
+    }
+
     /// Iterates over the messages.
     pub fn iter(&self) -> std::slice::Iter<'_, Message> {
         self.messages.iter()

@@ -18,6 +18,9 @@
 //! producers use internally.
 
 mod from_fn;
+pub mod logging;
+pub mod recover;
+pub mod retry;
 mod stack;
 
 pub use from_fn::{from_fn, FromFn, FromFnLayer, Next};

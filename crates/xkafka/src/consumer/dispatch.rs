@@ -25,6 +25,7 @@ use super::context::Shared;
 use super::offsets::TopicPartition;
 use crate::error::{Decision, Error};
 use crate::{Ack, BoxError, Message};
+use xkafka_core::middleware::recover::Panicked;
 use xkafka_core::Batch;
 
 /// Which messages may be handled in parallel.
@@ -338,7 +339,7 @@ where
     AssertUnwindSafe(service.call(request))
         .catch_unwind()
         .await
-        .unwrap_or_else(|panic| Err(panic_error(panic)))
+        .unwrap_or_else(|panic| Err(Box::new(Panicked::from_payload(panic)) as BoxError))
 }
 
 fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
@@ -521,35 +522,5 @@ async fn run_batch_lane(
         for wait in waits {
             let _ = wait.await;
         }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("handler panicked: {0}")]
-pub(crate) struct Panicked(String);
-
-pub(crate) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    Box::new(Panicked(text))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panic_payloads_become_messages() {
-        assert_eq!(
-            panic_error(Box::new("boom")).to_string(),
-            "handler panicked: boom"
-        );
-        assert_eq!(
-            panic_error(Box::new(String::from("bang"))).to_string(),
-            "handler panicked: bang"
-        );
     }
 }
