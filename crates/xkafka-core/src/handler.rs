@@ -9,18 +9,19 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
-use futures_util::future::{FutureExt, Map};
 use tower::Service;
 
-use crate::ack::{Ack, IntoOutcome};
+use crate::ack::Ack;
 use crate::message::Message;
 use crate::BoxError;
 
 /// An async function that settles a [`Message`].
 ///
-/// Implemented for every `FnOnce(Message) -> impl Future<Output = R>` that is
-/// `Clone + Send + Sync + 'static`, with `R:` [`IntoOutcome`]: `()`,
-/// [`Ack`], or a `Result` of either. The type parameter `T` only tells the
+/// Implemented for every `FnOnce(T1, …, Tn) -> impl Future<Output = R>`
+/// (up to 6 arguments) that is `Clone + Send + Sync + 'static`, where each
+/// argument is an [extractor](crate::extract::FromMessage) — a plain
+/// [`Message`] included — and `R:` [`IntoOutcome`](crate::IntoOutcome):
+/// `()`, [`Ack`], or a `Result` of either. The type parameter `T` only tells the
 /// implementations apart (as in axum) and is inferred.
 ///
 /// ```
@@ -57,20 +58,8 @@ pub trait Handler<T>: Clone + Send + Sync + Sized + 'static {
     }
 }
 
-type IntoOutcomeFn<R> = fn(R) -> Result<Ack, BoxError>;
-
-impl<F, Fut, R> Handler<(Message,)> for F
-where
-    F: FnOnce(Message) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = R> + Send + 'static,
-    R: IntoOutcome + 'static,
-{
-    type Future = Map<Fut, IntoOutcomeFn<R>>;
-
-    fn call(self, message: Message) -> Self::Future {
-        self(message).map(R::into_outcome as IntoOutcomeFn<R>)
-    }
-}
+// The implementations for functions of 1 to 6 extractors (a plain
+// `Message` argument included) are in `extract`.
 
 /// A [`Handler`] as a [`tower::Service`]: `Response = Ack`, `Error = BoxError`.
 pub struct HandlerService<H, T> {

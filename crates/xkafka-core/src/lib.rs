@@ -17,10 +17,12 @@
 mod ack;
 mod batch;
 mod delivery;
+pub mod extract;
 mod handler;
 mod headers;
 mod message;
 pub mod middleware;
+pub mod router;
 
 pub use ack::{Ack, IntoOutcome};
 pub use batch::{Batch, BatchHandler, BatchHandlerService};
@@ -28,6 +30,7 @@ pub use delivery::Delivery;
 pub use handler::{Handler, HandlerService};
 pub use headers::{Header, Headers};
 pub use message::{Message, MessageBuilder, Timestamp};
+pub use router::Router;
 
 /// The error type of handlers and middleware: any error, boxed (tower's
 /// convention, so that generic tower layers compose).

@@ -204,6 +204,13 @@ impl Message {
         self.timestamp = timestamp;
     }
 
+    /// Moves the message out, leaving an empty one (no topic, no payload) in
+    /// its place; used by the `Message` extractor.
+    pub fn take(&mut self) -> Message {
+        let empty = Message::builder(empty_topic()).build();
+        std::mem::replace(self, empty)
+    }
+
     /// `topic[partition]@offset`, for logs and error messages.
     pub fn location(&self) -> String {
         match (self.partition, self.offset) {
@@ -229,6 +236,11 @@ impl fmt::Debug for Message {
             .field("group", &self.group)
             .finish_non_exhaustive()
     }
+}
+
+fn empty_topic() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
 }
 
 /// Builds a [`Message`]; see [`Message::builder`].
