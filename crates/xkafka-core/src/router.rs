@@ -30,12 +30,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::{Ack, BoxError, Handler, Message};
 
-type Route = BoxCloneService<Message, Ack, BoxError>;
+// Sync so that the router (an `Arc` of routes) is Send and Sync.
+type Route = BoxCloneSyncService<Message, Ack, BoxError>;
 
 /// No route for a message's topic and no fallback.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +72,11 @@ impl Router {
     /// Routes `topic` to any tower service.
     pub fn route_service<S>(mut self, topic: impl Into<String>, service: S) -> Self
     where
-        S: Service<Message, Response = Ack> + Clone + Send + 'static,
+        S: Service<Message, Response = Ack> + Clone + Send + Sync + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        let route = BoxCloneService::new(service.map_err(Into::into));
+        let route = BoxCloneSyncService::new(service.map_err(Into::into));
         self.routes_mut().insert(topic.into(), route);
         self
     }
@@ -101,7 +102,7 @@ impl Router {
         H: Handler<T>,
         T: 'static,
     {
-        self.fallback = Some(BoxCloneService::new(handler.into_service()));
+        self.fallback = Some(BoxCloneSyncService::new(handler.into_service()));
         self
     }
 
@@ -153,11 +154,14 @@ impl Service<Message> for Router {
 mod tests {
     use super::*;
 
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+
     #[tokio::test]
     async fn routes_by_topic_and_fails_loudly_without_fallback() {
         let router = Router::new()
             .route("a", |_m: Message| async { Ack::Success })
             .route("b", |_m: Message| async { Ack::Skip });
+        assert_send_sync(&router);
         let to = |t: &'static str| Message::builder(t).build();
         assert_eq!(router.clone().oneshot(to("a")).await.unwrap(), Ack::Success);
         assert_eq!(router.clone().oneshot(to("b")).await.unwrap(), Ack::Skip);
