@@ -71,10 +71,10 @@ pub mod mock;
 mod producer;
 mod shutdown;
 
-pub use xkafka_core::middleware;
+pub use xkafka_core::{extract, middleware, router};
 pub use xkafka_core::{
     Ack, Batch, BatchHandler, BatchHandlerService, BoxError, Delivery, Handler, HandlerService,
-    Header, Headers, IntoOutcome, Message, MessageBuilder, Timestamp,
+    Header, Headers, IntoOutcome, Message, MessageBuilder, Router, Timestamp,
 };
 
 pub use config::{is_secret, Config};
