@@ -26,7 +26,9 @@ async fn a_backing_off_message_does_not_hold_up_other_partitions() {
         fill(&producer, &topic, p, 20).await;
     }
     producer.close().await;
-    let calls: Arc<Mutex<Vec<(i32, i64, u32, Instant)>>> = Arc::default();
+    // (partition, offset, attempt, when)
+    type Calls = Vec<(i32, i64, u32, Instant)>;
+    let calls: Arc<Mutex<Calls>> = Arc::default();
     let record = calls.clone();
     let consumer = consumer(&unique("retry-g"), &topic)
         .concurrency(3)
