@@ -65,6 +65,7 @@ pub mod admin;
 mod config;
 mod consumer;
 mod convert;
+pub mod dlq;
 mod error;
 mod log;
 pub mod mock;

@@ -33,8 +33,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tower::{Layer, Service, ServiceExt};
 
@@ -46,6 +47,37 @@ use crate::BoxError;
 /// extensions before each call (on every message of a batch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Attempt(pub u32);
+
+/// What the retry layer did to one message, readable by outer layers (a
+/// dead-letter layer puts it in headers). Insert an empty one into the
+/// message's extensions before the retry layer runs; the retry layer fills
+/// it in (clones share it).
+#[derive(Clone, Debug, Default)]
+pub struct AttemptLog(Arc<Mutex<AttemptRecord>>);
+
+/// The contents of an [`AttemptLog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// Calls made so far.
+    pub attempts: u32,
+    /// When the first call failed.
+    pub first_failure: Option<SystemTime>,
+}
+
+impl AttemptLog {
+    /// What was recorded.
+    pub fn get(&self) -> AttemptRecord {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, attempt: u32, failed: bool) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.attempts = r.attempts.max(attempt);
+        if failed && r.first_failure.is_none() {
+            r.first_failure = Some(SystemTime::now());
+        }
+    }
+}
 
 /// An error that retrying cannot fix: the retry layer gives up at once
 /// (Go xkafka's `ErrPermanent`). Wrap with [`permanent`].
@@ -176,11 +208,20 @@ impl Backoff {
 pub trait Retryable: Clone {
     /// Records the attempt number before a call.
     fn set_attempt(&mut self, attempt: Attempt);
+
+    /// Notes how a call ended, in the [`AttemptLog`]s the request carries.
+    fn log_attempt(&self, attempt: Attempt, failed: bool);
 }
 
 impl Retryable for Message {
     fn set_attempt(&mut self, attempt: Attempt) {
         self.extensions_mut().insert(attempt);
+    }
+
+    fn log_attempt(&self, attempt: Attempt, failed: bool) {
+        if let Some(log) = self.extensions().get::<AttemptLog>() {
+            log.record(attempt.0, failed);
+        }
     }
 }
 
@@ -188,6 +229,12 @@ impl Retryable for Batch {
     fn set_attempt(&mut self, attempt: Attempt) {
         for m in self.messages_mut() {
             m.extensions_mut().insert(attempt);
+        }
+    }
+
+    fn log_attempt(&self, attempt: Attempt, failed: bool) {
+        for m in self.messages() {
+            m.log_attempt(attempt, failed);
         }
     }
 }
@@ -246,11 +293,13 @@ where
             let started = tokio::time::Instant::now();
             let mut attempt = 1;
             loop {
-                let mut request = request.clone();
-                request.set_attempt(Attempt(attempt));
-                let error = match inner.clone().oneshot(request).await {
+                let mut call = request.clone();
+                call.set_attempt(Attempt(attempt));
+                let result = inner.clone().oneshot(call).await.map_err(Into::into);
+                request.log_attempt(Attempt(attempt), result.is_err());
+                let error: BoxError = match result {
                     Ok(response) => return Ok(response),
-                    Err(e) => e.into(),
+                    Err(e) => e,
                 };
                 if attempt >= backoff.max_attempts || is_permanent(&*error) {
                     return Err(error);
@@ -330,6 +379,18 @@ mod tests {
             Duration::from_millis(500),
             "200 ms then 300 ms"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_attempt_log_tells_outer_layers_what_happened() {
+        let handler = |_m: Message| async { Err::<(), _>("down") };
+        let log = AttemptLog::default();
+        let msg = Message::builder("t").extension(log.clone()).build();
+        let svc = RetryLayer::new(exact().max_attempts(3)).layer(handler.into_service());
+        assert!(svc.oneshot(msg).await.is_err());
+        let record = log.get();
+        assert_eq!(record.attempts, 3);
+        assert!(record.first_failure.is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,283 @@
+//! Dead-letter topic: when the inner layers (retry included) give up on a
+//! message, it is published to a dead-letter topic with its key, value and
+//! headers plus standard headers saying where it came from and why it
+//! failed. Only once the broker acknowledged that copy does the original
+//! count as skipped (its offset may then move on); if the dead-letter
+//! publish fails, the original failure goes on to the error handler, with
+//! the publish error attached — nothing is lost.
+//!
+//! Put it outside the retry layer, so that it sees the final failure:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use xkafka::dlq::DeadLetterLayer;
+//! use xkafka::middleware::retry::{Backoff, RetryLayer};
+//! use xkafka::{Consumer, Decision, Message, Producer};
+//!
+//! # async fn run() -> Result<(), xkafka::Error> {
+//! let producer = Producer::builder("orders-dlq")
+//!     .brokers(["127.0.0.1:9092"])
+//!     .error_handler(|err| eprintln!("{err}"))
+//!     .build()?;
+//! let consumer = Consumer::builder("billing")
+//!     .brokers(["127.0.0.1:9092"])
+//!     .topics(["orders"])
+//!     .error_handler(|_| Decision::Stop)
+//!     .layer(DeadLetterLayer::new(producer, "orders.dlq"))
+//!     .layer(RetryLayer::new(Backoff::new().max_attempts(5)))
+//!     .handler(|_m: Message| async { Err::<(), _>("cannot bill") })
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tower::{Layer, Service};
+use xkafka_core::middleware::retry::{AttemptLog, AttemptRecord};
+
+use crate::{Ack, BoxError, Error, Message, Producer};
+
+/// The headers a dead-lettered message carries besides its own.
+pub mod headers {
+    /// The topic it was consumed from.
+    pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
+    /// Its partition there.
+    pub const ORIGINAL_PARTITION: &str = "x-dlq-original-partition";
+    /// Its offset there.
+    pub const ORIGINAL_OFFSET: &str = "x-dlq-original-offset";
+    /// Its original timestamp, milliseconds since the Unix epoch.
+    pub const ORIGINAL_TIMESTAMP: &str = "x-dlq-original-timestamp";
+    /// The consumer group that gave up on it.
+    pub const CONSUMER_GROUP: &str = "x-dlq-consumer-group";
+    /// The last error, as text (at most 4 KiB).
+    pub const ERROR: &str = "x-dlq-error";
+    /// How many times the handler was called (1 without a retry layer).
+    pub const ATTEMPTS: &str = "x-dlq-attempts";
+    /// When the first attempt failed, milliseconds since the Unix epoch.
+    pub const FIRST_FAILURE: &str = "x-dlq-first-failure";
+}
+
+/// Longest error text kept in the [`headers::ERROR`] header.
+const MAX_ERROR_LEN: usize = 4096;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The dead-letter publish failed: the original failure stands.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (and publishing it to the dead-letter topic {topic} failed: {publish})")]
+pub struct DeadLetterFailed {
+    /// The handler's failure.
+    #[source]
+    pub error: BoxError,
+    /// The dead-letter topic.
+    pub topic: Arc<str>,
+    /// Why the publish failed.
+    pub publish: Error,
+}
+
+/// Sends failed messages to a dead-letter topic; see the [module docs](self).
+#[derive(Clone)]
+pub struct DeadLetterLayer {
+    producer: Producer,
+    topic: Arc<str>,
+    timeout: Duration,
+}
+
+impl DeadLetterLayer {
+    /// Dead-letters to `topic` with `producer` (keep it durable: `acks=all`,
+    /// the default).
+    pub fn new(producer: Producer, topic: impl Into<Arc<str>>) -> Self {
+        DeadLetterLayer {
+            producer,
+            topic: topic.into(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for the dead-letter publish (default 30 s); past it
+    /// the failure goes to the error handler.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for DeadLetterLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetterLayer")
+            .field("topic", &self.topic)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for DeadLetterLayer {
+    type Service = DeadLetter<S>;
+
+    fn layer(&self, inner: S) -> DeadLetter<S> {
+        DeadLetter {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`DeadLetterLayer`].
+#[derive(Clone, Debug)]
+pub struct DeadLetter<S> {
+    inner: S,
+    layer: DeadLetterLayer,
+}
+
+impl<S> Service<Message> for DeadLetter<S>
+where
+    S: Service<Message, Response = Ack>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Ack;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Ack, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut message: Message) -> Self::Future {
+        let log = AttemptLog::default();
+        message.extensions_mut().insert(log.clone());
+        let original = message.clone();
+        let future = self.inner.call(message);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let error = match future.await {
+                Ok(ack) => return Ok(ack),
+                Err(e) => e.into(),
+            };
+            let dead = dead_letter(&original, &layer.topic, &error, log.get());
+            let published = tokio::time::timeout(layer.timeout, layer.producer.publish(dead)).await;
+            let publish = match published {
+                Ok(Ok(delivery)) => {
+                    tracing::warn!(
+                        message = %original.location(),
+                        dead_letter = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
+                        %error,
+                        "dead-lettered",
+                    );
+                    return Ok(Ack::Skip);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => Error::Delivery {
+                    topic: layer.topic.clone(),
+                    partition: None,
+                    source: rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                    ),
+                },
+            };
+            Err(Box::new(DeadLetterFailed {
+                error,
+                topic: layer.topic,
+                publish,
+            }) as BoxError)
+        })
+    }
+}
+
+/// The copy of `original` that goes to the dead-letter topic.
+pub fn dead_letter(
+    original: &Message,
+    topic: &str,
+    error: &BoxError,
+    record: AttemptRecord,
+) -> Message {
+    let mut builder = Message::builder(topic).headers(original.headers().clone());
+    if let Some(key) = original.key() {
+        builder = builder.key(key.clone());
+    }
+    if let Some(value) = original.value() {
+        builder = builder.value(value.clone());
+    }
+    let mut text = error.to_string();
+    if text.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    builder = builder
+        .header(headers::ORIGINAL_TOPIC, original.topic().to_owned())
+        .header(headers::ERROR, text)
+        .header(headers::ATTEMPTS, record.attempts.max(1).to_string());
+    if let Some(p) = original.partition() {
+        builder = builder.header(headers::ORIGINAL_PARTITION, p.to_string());
+    }
+    if let Some(o) = original.offset() {
+        builder = builder.header(headers::ORIGINAL_OFFSET, o.to_string());
+    }
+    if let Some(ts) = original.timestamp() {
+        builder = builder.header(headers::ORIGINAL_TIMESTAMP, ts.millis().to_string());
+    }
+    if let Some(g) = original.group() {
+        builder = builder.header(headers::CONSUMER_GROUP, g.to_owned());
+    }
+    let first = record
+        .first_failure
+        .unwrap_or_else(std::time::SystemTime::now)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    builder
+        .header(headers::FIRST_FAILURE, first.to_string())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_copy_keeps_the_bytes_and_says_where_it_came_from() {
+        let original = Message::builder("orders")
+            .partition(3)
+            .offset(41)
+            .key(vec![0u8, 1])
+            .value("payload")
+            .header("trace", "abc")
+            .timestamp_millis(1_000)
+            .group("billing")
+            .build();
+        let error: BoxError = "x".repeat(10_000).into();
+        let copy = dead_letter(
+            &original,
+            "orders.dlq",
+            &error,
+            AttemptRecord {
+                attempts: 3,
+                first_failure: None,
+            },
+        );
+        assert_eq!(copy.topic(), "orders.dlq");
+        assert_eq!(copy.key(), original.key());
+        assert_eq!(copy.value(), original.value());
+        assert_eq!(
+            copy.partition(),
+            None,
+            "the dead-letter topic's partitioner decides"
+        );
+        let h = copy.headers();
+        assert_eq!(h.get_str("trace"), Some("abc"));
+        assert_eq!(h.get_str(headers::ORIGINAL_TOPIC), Some("orders"));
+        assert_eq!(h.get_str(headers::ORIGINAL_PARTITION), Some("3"));
+        assert_eq!(h.get_str(headers::ORIGINAL_OFFSET), Some("41"));
+        assert_eq!(h.get_str(headers::ORIGINAL_TIMESTAMP), Some("1000"));
+        assert_eq!(h.get_str(headers::CONSUMER_GROUP), Some("billing"));
+        assert_eq!(h.get_str(headers::ATTEMPTS), Some("3"));
+        assert_eq!(h.get_str(headers::ERROR).map(str::len), Some(MAX_ERROR_LEN));
+        assert!(h.get_str(headers::FIRST_FAILURE).is_some());
+    }
+}
