@@ -104,6 +104,17 @@ impl Batch {
         }
     }
 
+    /// The kinds of the outcomes recorded so far, without taking them
+    /// (`Some(Err(()))` for a failure); for layers that observe, like
+    /// metrics.
+    pub fn peek_outcomes(&self) -> Vec<Option<Result<Ack, ()>>> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        outcomes
+            .iter()
+            .map(|o| o.as_ref().map(|r| r.as_ref().map(|a| *a).map_err(|_| ())))
+            .collect()
+    }
+
     /// Takes the outcomes recorded so far, one slot per message (`None`:
     /// nothing recorded). Consumers call it after the handler returned.
     pub fn take_outcomes(&self) -> Vec<Option<Result<Ack, BoxError>>> {

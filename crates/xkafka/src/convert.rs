@@ -95,3 +95,29 @@ pub(crate) fn owned_headers(headers: &Headers) -> Option<OwnedHeaders> {
     }
     Some(out)
 }
+
+/// The high watermark librdkafka cached from its last fetch of the
+/// partition, without a broker round trip; `None` when unknown.
+#[allow(unsafe_code)]
+#[cfg(feature = "metrics")]
+pub(crate) fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer as _;
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client is alive for the call; the out-pointers are locals.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
+}

@@ -148,8 +148,7 @@ where
     }
 
     fn call(&mut self, mut message: Message) -> Self::Future {
-        let log = AttemptLog::default();
-        message.extensions_mut().insert(log.clone());
+        let log = AttemptLog::of(&mut message);
         let original = message.clone();
         let future = self.inner.call(message);
         let layer = self.layer.clone();
@@ -162,6 +161,7 @@ where
             let published = tokio::time::timeout(layer.timeout, layer.producer.publish(dead)).await;
             let publish = match published {
                 Ok(Ok(delivery)) => {
+                    log.mark_dead_lettered();
                     tracing::warn!(
                         message = %original.location(),
                         dead_letter = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),

@@ -68,6 +68,8 @@ mod convert;
 pub mod dlq;
 mod error;
 mod log;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod mock;
 mod producer;
 mod shutdown;

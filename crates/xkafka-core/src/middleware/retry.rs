@@ -62,12 +62,34 @@ pub struct AttemptRecord {
     pub attempts: u32,
     /// When the first call failed.
     pub first_failure: Option<SystemTime>,
+    /// Whether a dead-letter layer published the message after the last
+    /// failure.
+    pub dead_lettered: bool,
 }
 
 impl AttemptLog {
     /// What was recorded.
     pub fn get(&self) -> AttemptRecord {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The log already in `message`, or a new one inserted into it: layers
+    /// that read it (dead letters, metrics) share one.
+    pub fn of(message: &mut Message) -> AttemptLog {
+        if let Some(log) = message.extensions().get::<AttemptLog>() {
+            return log.clone();
+        }
+        let log = AttemptLog::default();
+        message.extensions_mut().insert(log.clone());
+        log
+    }
+
+    /// Notes that the message went to a dead-letter topic.
+    pub fn mark_dead_lettered(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dead_lettered = true;
     }
 
     fn record(&self, attempt: u32, failed: bool) {

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     /// Set while `run` runs; rebalance callbacks drain through it.
     pipeline: Mutex<Option<Pipeline>>,
     pub(crate) revoke_grace: Duration,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -46,6 +48,8 @@ impl Shared {
             shutdown,
             pipeline: Mutex::new(None),
             revoke_grace,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 

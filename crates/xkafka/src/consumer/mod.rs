@@ -289,6 +289,8 @@ pub struct ConsumerBuilder<K: Kind = Streaming> {
     revoke_grace: Duration,
     batch_size: usize,
     batch_timeout: Duration,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl<K: Kind> ConsumerBuilder<K> {
@@ -312,7 +314,19 @@ impl<K: Kind> ConsumerBuilder<K> {
             revoke_grace: DEFAULT_REVOKE_GRACE,
             batch_size: DEFAULT_BATCH_SIZE,
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
+    }
+
+    /// Publishes committed offsets and consumer lag (librdkafka's cached
+    /// high watermark − committed offset) per assigned partition to
+    /// `metrics`, every second. Message counts come from
+    /// [`Metrics::layer`](crate::metrics::Metrics::layer).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics.clone());
+        self
     }
 
     /// Bootstrap brokers, `host:port` each.
@@ -472,12 +486,18 @@ impl<K: Kind> ConsumerBuilder<K> {
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", auto_commit.to_string());
         let client_config = config.to_client_config()?;
-        let shared = Arc::new(Shared::new(
+        #[allow(unused_mut)]
+        let mut shared = Shared::new(
             self.group.into(),
             error_handler,
             ShutdownHandle::new(),
             self.revoke_grace,
-        ));
+        );
+        #[cfg(feature = "metrics")]
+        {
+            shared.metrics = self.metrics;
+        }
+        let shared = Arc::new(shared);
         let context = XConsumerContext {
             shared: shared.clone(),
         };

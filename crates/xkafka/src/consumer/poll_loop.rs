@@ -15,7 +15,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
 use super::context::{commit_sync, Shared, XConsumerContext};
+#[cfg(feature = "metrics")]
+use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
+#[cfg(feature = "metrics")]
+use crate::convert::cached_high_watermark;
 use crate::convert::owned_message;
 use crate::error::{Error, Operation};
 
@@ -26,6 +30,9 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// between polls, so this bounds how late an offset is stored (and, in
 /// manual mode, how long a lane waits for its commit).
 const BUSY_POLL: Duration = Duration::from_millis(1);
+/// How often committed offsets and lag go to the metrics.
+#[cfg(feature = "metrics")]
+const POSITIONS_EVERY: Duration = Duration::from_secs(1);
 
 pub(crate) struct PollLoop {
     pub(crate) consumer: BaseConsumer<XConsumerContext>,
@@ -54,7 +61,14 @@ impl PollLoop {
         // Interned topic names: one `Arc<str>` per topic, not per message.
         let mut topic_names: Vec<Arc<str>> = Vec::new();
         let mut busy = false;
+        #[cfg(feature = "metrics")]
+        let mut positions_at = Instant::now();
         while !self.shared.shutdown.is_shutting_down() {
+            #[cfg(feature = "metrics")]
+            if positions_at.elapsed() >= POSITIONS_EVERY {
+                positions_at = Instant::now();
+                self.record_positions();
+            }
             let polled = self.consumer.poll(if busy { BUSY_POLL } else { IDLE_POLL });
             let message = match polled {
                 None | Some(Err(KafkaError::PartitionEOF(_))) => None,
@@ -78,6 +92,26 @@ impl PollLoop {
             busy = pipeline.unsettled() > 0;
         }
         self.finish()
+    }
+
+    /// Committed offsets and lag of the assigned partitions, for metrics.
+    #[cfg(feature = "metrics")]
+    fn record_positions(&self) {
+        let Some(metrics) = &self.shared.metrics else {
+            return;
+        };
+        let positions: Vec<(TopicPartition, i64)> = {
+            let ledger = self.shared.ledger();
+            ledger
+                .assigned
+                .iter()
+                .filter_map(|tp| ledger.committed.get(tp).map(|c| (tp.clone(), *c)))
+                .collect()
+        };
+        for (tp, committed) in positions {
+            let high = cached_high_watermark(&self.consumer, &tp.topic, tp.partition);
+            metrics.record_position(&tp.topic, tp.partition, committed, high);
+        }
     }
 
     /// Drains in-flight work, commits what was processed, leaves the group

@@ -1,0 +1,389 @@
+//! Prometheus metrics (feature `metrics`).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `xkafka_messages_consumed_total` | topic, partition, outcome (`success`, `skip`, `fail`) | every message a handler settled, whatever the outcome |
+//! | `xkafka_handler_duration_seconds` | topic | handling time (histogram), per message or per batch |
+//! | `xkafka_messages_in_flight` | topic | messages inside the handler stack now |
+//! | `xkafka_retries_total` | topic | calls beyond the first, made by the retry layer |
+//! | `xkafka_dead_lettered_total` | topic | messages published to a dead-letter topic |
+//! | `xkafka_messages_published_total` | topic, outcome (`success`, `fail`) | publishes through the producer layer |
+//! | `xkafka_committed_offset` | topic, partition | last committed offset (next to read) |
+//! | `xkafka_consumer_lag` | topic, partition | high watermark (librdkafka's, from the last fetch) − committed offset |
+//!
+//! Label values come from the messages, never from user input that could
+//! change the label set, so recording never panics.
+//!
+//! ```no_run
+//! use xkafka::metrics::Metrics;
+//! use xkafka::{Consumer, Decision, Message};
+//!
+//! # fn build() -> Result<(), xkafka::Error> {
+//! let metrics = Metrics::new();
+//! let consumer = Consumer::builder("billing")
+//!     .brokers(["127.0.0.1:9092"])
+//!     .topics(["orders"])
+//!     .metrics(&metrics) // committed offsets and lag per partition
+//!     .error_handler(|_| Decision::Stop)
+//!     .layer(metrics.layer()) // outermost: sees every outcome
+//!     .handler(|_m: Message| async {})
+//!     .build()?;
+//! // Serve `metrics.render()` on /metrics (see the `metrics` example).
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tower::{Layer, Service};
+use xkafka_core::middleware::retry::AttemptLog;
+
+use crate::{Ack, Batch, BoxError, Delivery, Message};
+
+struct Families {
+    consumed: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    published: IntCounterVec,
+    committed: IntGaugeVec,
+    lag: IntGaugeVec,
+}
+
+/// xkafka's metric families in a Prometheus registry; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    families: Arc<Families>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// The metrics, in a registry of their own.
+    pub fn new() -> Self {
+        Metrics::with_registry(Registry::new())
+            .expect("a fresh registry has none of our metric names")
+    }
+
+    /// The metrics, registered in `registry` (e.g. the application's).
+    /// Fails if the names are registered there already.
+    pub fn with_registry(registry: Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels)
+        };
+        let families = Families {
+            consumed: counter(
+                "xkafka_messages_consumed_total",
+                "Messages settled by a handler, by outcome",
+                &["topic", "partition", "outcome"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "xkafka_handler_duration_seconds",
+                    "Time spent in the handler stack",
+                ),
+                &["topic"],
+            )?,
+            in_flight: gauge(
+                "xkafka_messages_in_flight",
+                "Messages inside the handler stack",
+                &["topic"],
+            )?,
+            retries: counter(
+                "xkafka_retries_total",
+                "Handler calls beyond the first",
+                &["topic"],
+            )?,
+            dead_lettered: counter(
+                "xkafka_dead_lettered_total",
+                "Messages published to a dead-letter topic",
+                &["topic"],
+            )?,
+            published: counter(
+                "xkafka_messages_published_total",
+                "Messages published, by outcome",
+                &["topic", "outcome"],
+            )?,
+            committed: gauge(
+                "xkafka_committed_offset",
+                "Last committed offset (next to read)",
+                &["topic", "partition"],
+            )?,
+            lag: gauge(
+                "xkafka_consumer_lag",
+                "High watermark minus committed offset",
+                &["topic", "partition"],
+            )?,
+        };
+        registry.register(Box::new(families.consumed.clone()))?;
+        registry.register(Box::new(families.duration.clone()))?;
+        registry.register(Box::new(families.in_flight.clone()))?;
+        registry.register(Box::new(families.retries.clone()))?;
+        registry.register(Box::new(families.dead_lettered.clone()))?;
+        registry.register(Box::new(families.published.clone()))?;
+        registry.register(Box::new(families.committed.clone()))?;
+        registry.register(Box::new(families.lag.clone()))?;
+        Ok(Metrics {
+            registry,
+            families: Arc::new(families),
+        })
+    }
+
+    /// The registry the metrics live in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything in the registry, in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// A layer for consumers (messages or batches): counts outcomes,
+    /// durations, in-flight messages, retries and dead letters. Add it first
+    /// (outermost).
+    pub fn layer(&self) -> MetricsLayer {
+        MetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+
+    /// A layer for producers: counts publishes by outcome.
+    pub fn producer_layer(&self) -> PublishMetricsLayer {
+        PublishMetricsLayer {
+            metrics: self.clone(),
+        }
+    }
+
+    /// The committed offset and lag of one partition.
+    pub(crate) fn record_position(
+        &self,
+        topic: &str,
+        partition: i32,
+        committed: i64,
+        high: Option<i64>,
+    ) {
+        let partition = partition.to_string();
+        let labels = [topic, partition.as_str()];
+        self.families
+            .committed
+            .with_label_values(&labels)
+            .set(committed);
+        if let Some(high) = high {
+            self.families
+                .lag
+                .with_label_values(&labels)
+                .set((high - committed).max(0));
+        }
+    }
+}
+
+/// Counts what passes through; see [`Metrics::layer`].
+#[derive(Clone, Debug)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> MetricsService<S> {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service made by [`MetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
+
+fn outcome(result: &Result<Ack, BoxError>) -> &'static str {
+    match result {
+        Ok(Ack::Success) => "success",
+        Ok(Ack::Skip) => "skip",
+        Err(_) => "fail",
+    }
+}
+
+impl<S> Service<Message> for MetricsService<S>
+where
+    S: Service<Message, Response = Ack>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Ack;
+    type Error = BoxError;
+    type Future = Boxed<Ack>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut message: Message) -> Self::Future {
+        let f = self.metrics.families.clone();
+        let topic = message.topic_arc().clone();
+        let partition = message.partition().unwrap_or(-1).to_string();
+        let log = AttemptLog::of(&mut message);
+        f.in_flight.with_label_values(&[&*topic]).inc();
+        let started = Instant::now();
+        let future = self.inner.call(message);
+        Box::pin(async move {
+            let result = future.await.map_err(Into::into);
+            f.in_flight.with_label_values(&[&*topic]).dec();
+            f.duration
+                .with_label_values(&[&*topic])
+                .observe(started.elapsed().as_secs_f64());
+            f.consumed
+                .with_label_values(&[&*topic, &partition, outcome(&result)])
+                .inc();
+            let record = log.get();
+            if record.attempts > 1 {
+                f.retries
+                    .with_label_values(&[&*topic])
+                    .inc_by(u64::from(record.attempts - 1));
+            }
+            if record.dead_lettered {
+                f.dead_lettered.with_label_values(&[&*topic]).inc();
+            }
+            result
+        })
+    }
+}
+
+impl<S> Service<Batch> for MetricsService<S>
+where
+    S: Service<Batch, Response = Ack>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Ack;
+    type Error = BoxError;
+    type Future = Boxed<Ack>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, batch: Batch) -> Self::Future {
+        let f = self.metrics.families.clone();
+        let labels: Vec<(Arc<str>, String)> = batch
+            .iter()
+            .map(|m| {
+                (
+                    m.topic_arc().clone(),
+                    m.partition().unwrap_or(-1).to_string(),
+                )
+            })
+            .collect();
+        for (topic, _) in &labels {
+            f.in_flight.with_label_values(&[&**topic]).inc();
+        }
+        let started = Instant::now();
+        let observer = batch.clone();
+        let future = self.inner.call(batch);
+        Box::pin(async move {
+            let result = future.await.map_err(Into::into);
+            let elapsed = started.elapsed().as_secs_f64();
+            let whole = outcome(&result);
+            for ((topic, partition), recorded) in labels.iter().zip(observer.peek_outcomes()) {
+                let kind = match recorded {
+                    Some(Ok(Ack::Success)) => "success",
+                    Some(Ok(Ack::Skip)) => "skip",
+                    Some(Err(())) => "fail",
+                    None => whole,
+                };
+                f.in_flight.with_label_values(&[&**topic]).dec();
+                f.consumed
+                    .with_label_values(&[&**topic, partition, kind])
+                    .inc();
+            }
+            if let Some((topic, _)) = labels.first() {
+                f.duration.with_label_values(&[&**topic]).observe(elapsed);
+            }
+            result
+        })
+    }
+}
+
+/// Counts publishes; see [`Metrics::producer_layer`].
+#[derive(Clone, Debug)]
+pub struct PublishMetricsLayer {
+    metrics: Metrics,
+}
+
+impl<S> Layer<S> for PublishMetricsLayer {
+    type Service = PublishMetrics<S>;
+
+    fn layer(&self, inner: S) -> PublishMetrics<S> {
+        PublishMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service made by [`PublishMetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct PublishMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> Service<Message> for PublishMetrics<S>
+where
+    S: Service<Message, Response = Delivery>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Delivery;
+    type Error = BoxError;
+    type Future = Boxed<Delivery>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, message: Message) -> Self::Future {
+        let published = self.metrics.families.published.clone();
+        let topic = message.topic_arc().clone();
+        let future = self.inner.call(message);
+        Box::pin(async move {
+            let result = future.await.map_err(Into::into);
+            let kind = if result.is_ok() { "success" } else { "fail" };
+            published.with_label_values(&[&*topic, kind]).inc();
+            result
+        })
+    }
+}
