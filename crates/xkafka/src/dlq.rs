@@ -258,7 +258,7 @@ mod tests {
             &error,
             AttemptRecord {
                 attempts: 3,
-                first_failure: None,
+                ..AttemptRecord::default()
             },
         );
         assert_eq!(copy.topic(), "orders.dlq");
