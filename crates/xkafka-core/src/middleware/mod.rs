@@ -22,6 +22,8 @@ pub mod logging;
 pub mod recover;
 pub mod retry;
 mod stack;
+#[cfg(feature = "opentelemetry")]
+pub mod trace_context;
 
 pub use from_fn::{from_fn, FromFn, FromFnLayer, Next};
 pub use stack::Stack;
