@@ -40,7 +40,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use tower::{Layer, Service};
 use xkafka_core::middleware::retry::{AttemptLog, AttemptRecord};
 
-use crate::{Ack, BoxError, Error, Message, Producer};
+use crate::{Ack, Batch, BoxError, Error, Message, Producer};
 
 /// The headers a dead-lettered message carries besides its own.
 pub mod headers {
@@ -157,33 +157,101 @@ where
                 Ok(ack) => return Ok(ack),
                 Err(e) => e.into(),
             };
-            let dead = dead_letter(&original, &layer.topic, &error, log.get());
-            let published = tokio::time::timeout(layer.timeout, layer.producer.publish(dead)).await;
-            let publish = match published {
-                Ok(Ok(delivery)) => {
-                    log.mark_dead_lettered();
-                    tracing::warn!(
-                        message = %original.location(),
-                        dead_letter = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
-                        %error,
-                        "dead-lettered",
-                    );
-                    return Ok(Ack::Skip);
+            layer.send(&original, error, &log).await.map(|()| Ack::Skip)
+        })
+    }
+}
+
+impl DeadLetterLayer {
+    /// Publishes the copy of a failed message; `Err` carries the original
+    /// failure and why the publish failed.
+    async fn send(
+        &self,
+        original: &Message,
+        error: BoxError,
+        log: &AttemptLog,
+    ) -> Result<(), BoxError> {
+        let dead = dead_letter(original, &self.topic, &error, log.get());
+        let published = tokio::time::timeout(self.timeout, self.producer.publish(dead)).await;
+        let publish = match published {
+            Ok(Ok(delivery)) => {
+                log.mark_dead_lettered();
+                tracing::warn!(
+                    message = %original.location(),
+                    dead_letter = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
+                    %error,
+                    "dead-lettered",
+                );
+                return Ok(());
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::Delivery {
+                topic: self.topic.clone(),
+                partition: None,
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                ),
+            },
+        };
+        Err(Box::new(DeadLetterFailed {
+            error,
+            topic: self.topic.clone(),
+            publish,
+        }))
+    }
+}
+
+/// The batch form: every failed message of the batch (recorded with
+/// `Batch::fail`, or all unrecorded ones when the batch as a whole failed)
+/// is dead-lettered and recorded as skipped; those whose publish failed stay
+/// failed.
+impl<S> Service<Batch> for DeadLetter<S>
+where
+    S: Service<Batch, Response = Ack>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Ack;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Ack, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut batch: Batch) -> Self::Future {
+        let logs: Vec<AttemptLog> = batch
+            .messages_mut()
+            .iter_mut()
+            .map(AttemptLog::of)
+            .collect();
+        let observer = batch.clone();
+        let future = self.inner.call(batch);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let overall = future.await.map_err(Into::into);
+            let overall_error = overall.as_ref().err().map(ToString::to_string);
+            let mut failed: Vec<(usize, BoxError)> = Vec::new();
+            for (i, recorded) in observer.take_outcomes().into_iter().enumerate() {
+                match (recorded, &overall, &overall_error) {
+                    (Some(Ok(ack)), _, _) => observer.ack(i, ack),
+                    (Some(Err(e)), _, _) => failed.push((i, e)),
+                    (None, Ok(ack), _) => observer.ack(i, *ack),
+                    (None, Err(_), Some(text)) => failed.push((i, text.clone().into())),
+                    (None, Err(_), None) => {}
                 }
-                Ok(Err(e)) => e,
-                Err(_) => Error::Delivery {
-                    topic: layer.topic.clone(),
-                    partition: None,
-                    source: rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
-                    ),
-                },
-            };
-            Err(Box::new(DeadLetterFailed {
-                error,
-                topic: layer.topic,
-                publish,
-            }) as BoxError)
+            }
+            if failed.is_empty() {
+                return overall;
+            }
+            for (i, error) in failed {
+                match layer.send(&observer.messages()[i], error, &logs[i]).await {
+                    Ok(()) => observer.ack(i, Ack::Skip),
+                    Err(e) => observer.fail(i, e),
+                }
+            }
+            // Every message now carries its own outcome.
+            Ok(Ack::Success)
         })
     }
 }

@@ -387,3 +387,88 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+    use xkafka_core::middleware::retry::{Backoff, RetryLayer};
+
+    use super::*;
+    use crate::{BatchHandler, Handler};
+
+    fn value(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn every_outcome_and_retry_is_counted() {
+        let metrics = Metrics::new();
+        let handler = |m: Message| async move {
+            match m.offset() {
+                Some(0) => Ok(Ack::Success),
+                Some(1) => Ok(Ack::Skip),
+                _ => Err("boom"),
+            }
+        };
+        let retry = RetryLayer::new(
+            Backoff::new()
+                .initial_delay(std::time::Duration::ZERO)
+                .max_attempts(2),
+        );
+        let svc = metrics.layer().layer(retry.layer(handler.into_service()));
+        for offset in 0..3 {
+            let msg = Message::builder("t").partition(4).offset(offset).build();
+            let _ = svc.clone().oneshot(msg).await;
+        }
+        let text = metrics.render();
+        for outcome in ["success", "skip", "fail"] {
+            let line = format!("xkafka_messages_consumed_total{{outcome=\"{outcome}\",partition=\"4\",topic=\"t\"}}");
+            assert_eq!(value(&text, &line), Some(1.0), "{outcome}: {text}");
+        }
+        assert_eq!(
+            value(&text, "xkafka_retries_total{topic=\"t\"}"),
+            Some(1.0),
+            "the failing one was retried once"
+        );
+        assert_eq!(
+            value(&text, "xkafka_handler_duration_seconds_count{topic=\"t\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&text, "xkafka_messages_in_flight{topic=\"t\"}"),
+            Some(0.0)
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_messages_count_by_their_own_outcome() {
+        let metrics = Metrics::new();
+        let handler = |b: Batch| async move {
+            b.fail(1, "bad one");
+            Ok::<(), BoxError>(())
+        };
+        let svc = metrics.layer().layer(BatchHandler::into_service(handler));
+        let batch = Batch::new(
+            (0..3)
+                .map(|o| Message::builder("t").partition(0).offset(o).build())
+                .collect(),
+        );
+        svc.oneshot(batch).await.unwrap();
+        let text = metrics.render();
+        let line = |o: &str| {
+            format!("xkafka_messages_consumed_total{{outcome=\"{o}\",partition=\"0\",topic=\"t\"}}")
+        };
+        assert_eq!(value(&text, &line("success")), Some(2.0), "{text}");
+        assert_eq!(value(&text, &line("fail")), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn registering_twice_is_an_error_not_a_panic() {
+        let registry = Registry::new();
+        assert!(Metrics::with_registry(registry.clone()).is_ok());
+        assert!(Metrics::with_registry(registry).is_err());
+    }
+}

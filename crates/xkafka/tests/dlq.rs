@@ -190,3 +190,73 @@ async fn an_unwritable_dead_letter_topic_skips_nothing() {
         "the poison message was not skipped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_messages_of_a_batch_are_dead_lettered_one_by_one() {
+    let source = topic("dlq-batch-src", 1).await;
+    let dead = topic("dlq-batch-dead", 1).await;
+    let producer = producer();
+    fill(&producer, &source, 0, 6).await;
+    producer.close().await;
+    let dlq_producer = Producer::builder("xkafka-tests-dlq-batch")
+        .brokers([brokers()])
+        .error_handler(|err| eprintln!("dlq producer: {err}"))
+        .build()
+        .unwrap();
+    let group = unique("dlq-batch-g");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let consumer = xkafka::BatchConsumer::builder(group.as_str())
+        .brokers([brokers()])
+        .topics([source.as_str()])
+        .config("auto.offset.reset", "earliest")
+        .batch_size(6)
+        .batch_timeout(Duration::from_secs(2))
+        .error_handler(|err| panic!("unexpected: {err}"))
+        .layer(DeadLetterLayer::new(dlq_producer.clone(), dead.as_str()))
+        .handler(move |b: xkafka::Batch| {
+            let counter = counter.clone();
+            async move {
+                for (i, m) in b.iter().enumerate() {
+                    if poison(m) {
+                        b.fail(i, format!("bad {}", m.location()));
+                    }
+                }
+                counter.fetch_add(b.len(), Ordering::Relaxed);
+                Ok::<(), BoxError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let probe = handled.clone();
+    let summary = consumer
+        .run(until(
+            move || probe.load(Ordering::Relaxed) >= 6,
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.succeeded, summary.skipped, summary.failed),
+        (5, 1, 0),
+        "offset 3 dead-lettered"
+    );
+    assert_eq!(committed(&group, &source, 0), Some(6));
+    dlq_producer.close().await;
+    let copies = consume(
+        &unique("dlq-batch-reader"),
+        &dead,
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        copies[0].headers().get_str(headers::ORIGINAL_OFFSET),
+        Some("3")
+    );
+    assert!(copies[0]
+        .headers()
+        .get_str(headers::ERROR)
+        .unwrap()
+        .starts_with("bad "));
+}
