@@ -1,7 +1,8 @@
 //! Logging through `tracing`: a span per message (topic, partition, offset,
 //! key, group) or per batch, and one event when it is settled, with the
 //! outcome and the duration. Failures are logged at `ERROR` with the error;
-//! skips are told apart from successes (`outcome = "skip"`).
+//! skips are told apart from successes (`outcome = "skip"`). On a producer
+//! it logs each publish with where it landed (`outcome = "published"`).
 //!
 //! ```
 //! use tracing::Level;
@@ -22,8 +23,33 @@ use tracing::{Instrument, Level, Span};
 
 use crate::ack::Ack;
 use crate::batch::Batch;
+use crate::delivery::Delivery;
 use crate::message::Message;
 use crate::BoxError;
+
+/// How a response describes itself in logs: handlers answer an [`Ack`],
+/// publishing a [`Delivery`].
+pub trait LoggedOutcome {
+    /// `(outcome, where)`: e.g. `("success", None)` or
+    /// `("published", Some("orders[2]@41"))`.
+    fn describe(&self) -> (&'static str, Option<String>);
+}
+
+impl LoggedOutcome for Ack {
+    fn describe(&self) -> (&'static str, Option<String>) {
+        match self {
+            Ack::Success => ("success", None),
+            Ack::Skip => ("skip", None),
+        }
+    }
+}
+
+impl LoggedOutcome for Delivery {
+    fn describe(&self) -> (&'static str, Option<String>) {
+        let at = format!("{}[{}]@{}", self.topic, self.partition, self.offset);
+        ("published", Some(at))
+    }
+}
 
 /// How a request names itself in logs.
 pub trait Loggable {
@@ -123,14 +149,15 @@ macro_rules! event_at {
 
 impl<S, Req> Service<Req> for Logging<S>
 where
-    S: Service<Req, Response = Ack>,
+    S: Service<Req>,
+    S::Response: LoggedOutcome + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     Req: Loggable,
 {
-    type Response = Ack;
+    type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Ack, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -146,10 +173,10 @@ where
                 let result = future.await.map_err(Into::into);
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
                 match &result {
-                    Ok(Ack::Success) => {
-                        event_at!(level, outcome = "success", elapsed_ms, "handled")
+                    Ok(response) => {
+                        let (outcome, at) = response.describe();
+                        event_at!(level, outcome, at = at.as_deref(), elapsed_ms, "done")
                     }
-                    Ok(Ack::Skip) => event_at!(level, outcome = "skip", elapsed_ms, "skipped"),
                     Err(error) => {
                         tracing::error!(outcome = "fail", elapsed_ms, error = %error, "failed")
                     }
@@ -245,6 +272,31 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn publishes_are_logged_with_where_they_landed() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_max_level(Level::INFO)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let publish = tower::service_fn(|m: Message| async move {
+            Ok::<_, BoxError>(Delivery::new(m.topic_arc().clone(), 1, 41))
+        });
+        let svc = LoggingLayer::new()
+            .success_level(Level::INFO)
+            .layer(publish);
+        svc.oneshot(Message::builder("orders").build())
+            .await
+            .unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("outcome=\"published\" at=\"orders[1]@41\""),
+            "{text}"
+        );
     }
 
     #[tokio::test]
