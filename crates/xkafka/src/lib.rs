@@ -35,6 +35,89 @@
 //! }
 //! ```
 //!
+//! ## A complete service
+//!
+//! A router with typed handlers, behind retries, panic recovery, a
+//! dead-letter topic, logging, metrics and trace propagation (features
+//! `metrics` and `opentelemetry`):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "metrics", feature = "opentelemetry"))]
+//! # mod service {
+//! use std::time::Duration;
+//!
+//! use serde::Deserialize;
+//! use xkafka::dlq::DeadLetterLayer;
+//! use xkafka::extract::{AddStateLayer, Json, Key, State};
+//! use xkafka::metrics::Metrics;
+//! use xkafka::middleware::logging::LoggingLayer;
+//! use xkafka::middleware::recover::RecoverLayer;
+//! use xkafka::middleware::retry::{permanent, Backoff, RetryLayer};
+//! use xkafka::middleware::trace_context::{ExtractLayer, InjectLayer};
+//! use xkafka::{Ack, BoxError, Consumer, Decision, Error, Message, Order, Producer, Router};
+//!
+//! #[derive(Deserialize)]
+//! struct OrderPlaced {
+//!     id: u64,
+//!     total_cents: u64,
+//! }
+//!
+//! #[derive(Clone)]
+//! struct App {
+//!     notifications: Producer,
+//! }
+//!
+//! async fn order_placed(
+//!     State(app): State<App>,
+//!     Key(customer): Key<u64>,
+//!     Json(order): Json<OrderPlaced>,
+//! ) -> Result<Ack, BoxError> {
+//!     if order.total_cents == 0 {
+//!         return Err(permanent("an order cannot be free")); // straight to the DLQ
+//!     }
+//!     let note = Message::builder("notifications")
+//!         .key(customer.to_string())
+//!         .value(format!("order {} received", order.id))
+//!         .build();
+//!     app.notifications.publish(note).await?; // carries the trace context
+//!     Ok(Ack::Success)
+//! }
+//!
+//! pub async fn run(brokers: &str, metrics: Metrics) -> Result<(), Error> {
+//!     let producer = Producer::builder("billing")
+//!         .brokers([brokers])
+//!         .error_handler(|err| tracing::error!(%err, "producer"))
+//!         .layer(metrics.producer_layer())
+//!         .layer(InjectLayer)
+//!         .build()?;
+//!     let router = Router::new()
+//!         .route("orders", order_placed)
+//!         .fallback(|_m: Message| async { Ack::Skip });
+//!     let consumer = Consumer::builder("billing")
+//!         .brokers([brokers])
+//!         .topics(["orders", "audit"])
+//!         .concurrency(16)
+//!         .order(Order::PerKey)
+//!         .metrics(&metrics)
+//!         .error_handler(|err: &Error| if err.is_fatal() { Decision::Stop } else { Decision::Continue })
+//!         .layer(metrics.layer())
+//!         .layer(ExtractLayer)
+//!         .layer(LoggingLayer::new())
+//!         .layer(DeadLetterLayer::new(producer.clone(), "orders.dlq"))
+//!         .layer(RetryLayer::new(Backoff::new().max_attempts(5).max_elapsed(Duration::from_secs(30))))
+//!         .layer(RecoverLayer::new())
+//!         .layer(AddStateLayer::new(App { notifications: producer.clone() }))
+//!         .service(router)
+//!         .build()?;
+//!     consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//!     producer.close().await;
+//!     Ok(())
+//! }
+//! # }
+//! ```
+//!
+//! Serve `metrics.render()` on `/metrics` (see `examples/metrics.rs`).
+//!
 //! ## Guarantees
 //!
 //! * An offset is stored only after the handler and its middleware finished
