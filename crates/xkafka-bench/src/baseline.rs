@@ -1,0 +1,239 @@
+//! The raw `rdkafka` baselines: what a user would write without xkafka.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+use xkafka::rdkafka::config::FromClientConfigAndContext;
+use xkafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use xkafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use xkafka::rdkafka::message::Message as _;
+use xkafka::rdkafka::producer::{
+    BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
+use xkafka::rdkafka::{ClientConfig, ClientContext};
+
+use crate::clock::Clock;
+use crate::ours::{open_loop, payload, producer_settings};
+use crate::{unique, Sizes, RUN_TIMEOUT};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// What the raw loop does with each message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Work {
+    /// What xkafka does: copy key and payload into owned bytes, store the
+    /// offset.
+    CopyAndStore,
+    /// Poll and count.
+    Bare,
+}
+
+fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.offset.store", "false");
+    config
+}
+
+/// A `BaseConsumer` poll loop; messages per second.
+pub(crate) fn consume(brokers: &str, topic: &str, messages: u64, work: Work) -> BoxResult<f64> {
+    let consumer: BaseConsumer = consumer_config(brokers, &unique("raw")).create()?;
+    consumer.subscribe(&[topic])?;
+    let clock = Clock::new(messages);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !clock.done() && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Work::CopyAndStore = work {
+                    let key = m.key().map(Bytes::copy_from_slice);
+                    let value = m.payload().map(Bytes::copy_from_slice);
+                    std::hint::black_box((key, value));
+                    consumer.store_offset_from_message(&m)?;
+                }
+                clock.tick(1);
+            }
+            Some(Err(e)) => eprintln!("raw consumer error: {e}"),
+            None => {}
+        }
+    }
+    Ok(clock.rate()?)
+}
+
+struct Counting {
+    clock: Arc<Clock>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.clock.tick(1);
+    }
+}
+
+fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in producer_settings() {
+        config.set(k, v);
+    }
+    config
+}
+
+/// A `ThreadedProducer` with a delivery callback; messages per second
+/// between the first and the last delivery report.
+pub(crate) fn publish_async(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
+    let clock = Arc::new(Clock::new(messages));
+    let failed = Arc::new(AtomicU64::new(0));
+    let producer: ThreadedProducer<Counting> = ThreadedProducer::from_config_and_context(
+        &producer_config(brokers),
+        Counting {
+            clock: clock.clone(),
+            failed: failed.clone(),
+        },
+    )?;
+    let value = payload(100);
+    for i in 0..messages {
+        let key = format!("k{}", i % 1000);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !clock.done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    producer.flush(Duration::from_secs(10))?;
+    if failed.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{} deliveries failed", failed.load(Ordering::Relaxed)).into());
+    }
+    Ok(clock.rate()?)
+}
+
+/// A `FutureProducer` awaited with 64 in flight.
+pub(crate) async fn publish_sync(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
+    let producer: FutureProducer = producer_config(brokers).create()?;
+    let value = payload(100);
+    let started = Instant::now();
+    let results: Vec<_> = stream::iter(0..messages)
+        .map(|i| {
+            let producer = &producer;
+            let value = &value;
+            async move {
+                let key = format!("k{}", i % 1000);
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(&key).payload(value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(Err((e, _))) = results.iter().find(|r| r.is_err()) {
+        return Err(format!("send failed: {e}").into());
+    }
+    Ok(messages as f64 / secs)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Open-loop end-to-end latency with a raw producer and a raw poll loop:
+/// p99 in milliseconds.
+pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxResult<f64> {
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let expected = sizes.latency_rate * sizes.latency_secs;
+    let warm = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU64::new(0));
+    let consumer_thread = {
+        let (histogram, warm, stop, seen) =
+            (histogram.clone(), warm.clone(), stop.clone(), seen.clone());
+        let mut config = consumer_config(brokers, &unique("raw-latency"));
+        config.set("fetch.wait.max.ms", "10");
+        let consumer: BaseConsumer = config.create()?;
+        consumer.subscribe(&[topic])?;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let now = now_micros();
+                let value = m.payload().map(Bytes::copy_from_slice);
+                let _ = consumer.store_offset_from_message(&m);
+                match value
+                    .as_deref()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                {
+                    Some(0) | None => warm.store(true, Ordering::Relaxed),
+                    Some(sent) => {
+                        let _ = histogram
+                            .lock()
+                            .unwrap()
+                            .record(now.saturating_sub(sent).max(1));
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let mut config = producer_config(brokers);
+    config.set("linger.ms", "0");
+    let producer: FutureProducer = config.create()?;
+    producer
+        .send(
+            FutureRecord::<(), _>::to(topic).payload("0"),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    let probe = warm.clone();
+    crate::ours::until(move || probe.load(Ordering::Relaxed)).await;
+    open_loop(sizes, |sent| {
+        let text = sent.to_string();
+        let result = producer
+            .send_result(FutureRecord::<(), _>::to(topic).payload(&text))
+            .map(|_delivery| ())
+            .map_err(|(e, _)| e.to_string());
+        async move { result }
+    })
+    .await?;
+    let probe = seen.clone();
+    crate::ours::until(move || probe.load(Ordering::Relaxed) >= expected).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = consumer_thread.join();
+    producer.flush(Duration::from_secs(10))?;
+    let p99 = histogram.lock().unwrap().value_at_quantile(0.99) as f64 / 1_000.0;
+    Ok(p99)
+}

@@ -1,0 +1,432 @@
+//! `xkafka-bench`: xkafka against a raw `rdkafka` baseline, on the same
+//! broker in the same run, alternating the two (A B A B …) so that machine
+//! drift cancels out, medians reported as ratios.
+//!
+//! ```text
+//! scripts/bench.sh --quick      # starts the broker, runs this, writes BENCHMARKS data
+//! ```
+//!
+//! Every comparison prints one line `RATIO <name> <ours/baseline> ours=… baseline=…`
+//! (for latency the ratio is baseline/ours, so higher is better everywhere).
+
+mod baseline;
+mod clock;
+mod ours;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use xkafka::mock::EmbeddedCluster;
+
+use report::{Comparison, Results};
+
+#[derive(Parser, Debug)]
+#[command(about = "xkafka vs raw rdkafka, same broker, same run")]
+struct Args {
+    /// Quick mode: smaller runs, 5 rounds (under 5 minutes on 2 cores).
+    #[arg(long)]
+    quick: bool,
+    /// A real broker (the Tansu started by scripts/bench.sh); without it only
+    /// the embedded mock cluster is measured.
+    #[arg(long, env = "XKAFKA_BENCH_BROKERS")]
+    brokers: Option<String>,
+    /// How the real broker stores data, for the report (e.g. memory://).
+    #[arg(long, default_value = "unknown")]
+    storage: String,
+    /// Skip the embedded mock cluster column.
+    #[arg(long)]
+    no_mock: bool,
+    /// Rounds per comparison (each round runs ours and the baseline).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Only the comparisons whose name contains one of these.
+    #[arg(long)]
+    only: Vec<String>,
+    /// Where to write the JSON results and the SVG charts.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// Sizes of one mode.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub(crate) struct Sizes {
+    pub(crate) rounds: usize,
+    pub(crate) consume: u64,
+    pub(crate) consume_1k: u64,
+    pub(crate) concurrent: u64,
+    pub(crate) sequential_slow: u64,
+    pub(crate) publish: u64,
+    pub(crate) publish_sync: u64,
+    pub(crate) latency_rate: u64,
+    pub(crate) latency_secs: u64,
+}
+
+impl Sizes {
+    fn new(quick: bool, rounds: Option<usize>) -> Self {
+        let s = if quick {
+            Sizes {
+                rounds: 5,
+                consume: 100_000,
+                consume_1k: 50_000,
+                concurrent: 8_000,
+                sequential_slow: 600,
+                publish: 100_000,
+                publish_sync: 20_000,
+                latency_rate: 1_000,
+                latency_secs: 3,
+            }
+        } else {
+            Sizes {
+                rounds: 9,
+                consume: 500_000,
+                consume_1k: 200_000,
+                concurrent: 40_000,
+                sequential_slow: 3_000,
+                publish: 500_000,
+                publish_sync: 100_000,
+                latency_rate: 2_000,
+                latency_secs: 10,
+            }
+        };
+        Sizes {
+            rounds: rounds.unwrap_or(s.rounds).max(1),
+            ..s
+        }
+    }
+}
+
+/// One broker to measure on.
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
+    pub(crate) brokers: String,
+    pub(crate) description: String,
+    mock: Option<EmbeddedCluster>,
+}
+
+impl Target {
+    /// The embedded cluster, when this target is one.
+    pub(crate) fn mock(&self) -> Option<&EmbeddedCluster> {
+        self.mock.as_ref()
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let sizes = Sizes::new(args.quick, args.rounds);
+    let started = Instant::now();
+    let mut targets = Vec::new();
+    if let Some(brokers) = &args.brokers {
+        targets.push(Target {
+            name: "tansu",
+            brokers: brokers.clone(),
+            description: format!("Tansu 0.6.0 at {brokers}, storage {}", args.storage),
+            mock: None,
+        });
+    }
+    if !args.no_mock {
+        let mock = EmbeddedCluster::start(1)?;
+        targets.push(Target {
+            name: "mock",
+            brokers: mock.bootstrap_servers().to_owned(),
+            description: "librdkafka mock cluster, in process, 1 broker".into(),
+            mock: Some(mock),
+        });
+    }
+    if targets.is_empty() {
+        return Err("nothing to measure: give --brokers or drop --no-mock".into());
+    }
+    let wanted =
+        |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+
+    let mut results = Results::new(&sizes, args.quick);
+    for target in &targets {
+        results
+            .brokers
+            .insert(target.name.to_owned(), target.description.clone());
+        let plan = plan(&sizes, &wanted);
+        let bar = ProgressBar::new(plan.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(target.name);
+        let topics = report::prepare(target, &sizes, &bar).await?;
+        for step in plan {
+            bar.set_message(step.label());
+            let outcome = step.run(target, &topics, &sizes, &mut results).await;
+            if let Err(err) = outcome {
+                bar.println(format!("{} {}: failed: {err}", target.name, step.label()));
+            }
+            bar.inc(1);
+        }
+        bar.finish_with_message("done");
+    }
+    results.elapsed_secs = started.elapsed().as_secs_f64();
+    results.print();
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;
+    report::charts(&results, &args.out)?;
+    println!(
+        "\nresults: {} · charts: {} · {:.0} s",
+        json.display(),
+        args.out.join("*.svg").display(),
+        results.elapsed_secs
+    );
+    Ok(())
+}
+
+/// A step of a target's run.
+enum Step {
+    Compare(&'static str),
+    Scaling,
+}
+
+impl Step {
+    fn label(&self) -> String {
+        match self {
+            Step::Compare(name) => (*name).to_owned(),
+            Step::Scaling => "concurrency scaling".into(),
+        }
+    }
+
+    async fn run(
+        &self,
+        target: &Target,
+        topics: &report::Topics,
+        sizes: &Sizes,
+        results: &mut Results,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        match self {
+            Step::Compare(name) => {
+                let comparison = compare(name, target, topics, sizes).await?;
+                results.add(target.name, comparison);
+            }
+            Step::Scaling => {
+                let mut points = BTreeMap::new();
+                for (label, n, order) in [
+                    ("1", 1, xkafka::Order::PerKey),
+                    ("4", 4, xkafka::Order::PerKey),
+                    ("16", 16, xkafka::Order::PerKey),
+                    ("64", 64, xkafka::Order::PerKey),
+                    ("16 unordered", 16, xkafka::Order::Unordered),
+                ] {
+                    let messages = if n == 1 {
+                        sizes.sequential_slow
+                    } else {
+                        sizes.concurrent
+                    };
+                    let rate = ours::consume(
+                        &target.brokers,
+                        &topics.keyed,
+                        messages,
+                        ours::Handler::Sleep1ms,
+                        n,
+                        order,
+                    )
+                    .await?;
+                    points.insert(label.to_owned(), rate);
+                }
+                results.scaling.insert(target.name.to_owned(), points);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool) -> Vec<Step> {
+    let mut steps: Vec<Step> = [
+        "consume_seq",
+        "consume_seq_1k",
+        "consume_conc16_1ms",
+        "consume_batch",
+        "publish_async",
+        "publish_sync",
+        "e2e_latency_p99",
+    ]
+    .into_iter()
+    .filter(|n| wanted(n))
+    .map(Step::Compare)
+    .collect();
+    if wanted("scaling") || wanted("consume_conc16_1ms") {
+        steps.push(Step::Scaling);
+    }
+    steps
+}
+
+/// Runs ours and the baseline alternately and keeps the medians.
+async fn compare(
+    name: &'static str,
+    target: &Target,
+    topics: &report::Topics,
+    sizes: &Sizes,
+) -> Result<Comparison, Box<dyn std::error::Error>> {
+    let b = &target.brokers;
+    let mut ours_runs = Vec::new();
+    let mut base_runs = Vec::new();
+    let mut extra_runs = Vec::new();
+    for round in 0..sizes.rounds {
+        // Alternate who goes first, too.
+        let ours_first = round % 2 == 0;
+        for side in [ours_first, !ours_first] {
+            if side {
+                ours_runs.push(run_ours(name, target, topics, sizes).await?);
+            } else {
+                base_runs.push(run_baseline(name, target, topics, sizes).await?);
+            }
+        }
+        if name == "consume_seq" || name == "consume_conc16_1ms" {
+            // The bare loop (poll + count), for information / the ideal's cap.
+            extra_runs.push(baseline::consume(
+                b,
+                &topics.small,
+                sizes.consume,
+                baseline::Work::Bare,
+            )?);
+        }
+    }
+    let ours = report::median(&ours_runs);
+    let mut baseline = report::median(&base_runs);
+    let mut note = String::new();
+    if name == "consume_conc16_1ms" {
+        // The ideal: 16 × the sequential rate with the same handler, capped
+        // by the bare loop.
+        let bare = report::median(&extra_runs);
+        let ideal = (16.0 * baseline).min(bare);
+        note =
+            format!("sequential {baseline:.0} msg/s × 16, capped by the bare loop {bare:.0} msg/s");
+        baseline = ideal;
+    } else if name == "consume_seq" {
+        note = format!(
+            "bare loop (poll + count): {:.0} msg/s",
+            report::median(&extra_runs)
+        );
+    }
+    let latency = name == "e2e_latency_p99";
+    Ok(Comparison {
+        name: name.to_owned(),
+        unit: if latency { "ms".into() } else { "msg/s".into() },
+        ours,
+        baseline,
+        ratio: if latency {
+            baseline / ours
+        } else {
+            ours / baseline
+        },
+        ours_runs,
+        baseline_runs: base_runs,
+        note,
+    })
+}
+
+async fn run_ours(
+    name: &str,
+    target: &Target,
+    topics: &report::Topics,
+    sizes: &Sizes,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use ours::Handler;
+    let brokers = target.brokers.as_str();
+    use xkafka::Order;
+    Ok(match name {
+        "consume_seq" => {
+            ours::consume(
+                brokers,
+                &topics.small,
+                sizes.consume,
+                Handler::Noop,
+                1,
+                Order::PerPartition,
+            )
+            .await?
+        }
+        "consume_seq_1k" => {
+            ours::consume(
+                brokers,
+                &topics.large,
+                sizes.consume_1k,
+                Handler::Noop,
+                1,
+                Order::PerPartition,
+            )
+            .await?
+        }
+        "consume_conc16_1ms" => {
+            ours::consume(
+                brokers,
+                &topics.keyed,
+                sizes.concurrent,
+                Handler::Sleep1ms,
+                16,
+                Order::PerKey,
+            )
+            .await?
+        }
+        "consume_batch" => ours::consume_batch(brokers, &topics.small, sizes.consume).await?,
+        "publish_async" => ours::publish_async(brokers, &topics.sink, sizes.publish).await?,
+        "publish_sync" => ours::publish_sync(brokers, &topics.sink, sizes.publish_sync).await?,
+        "e2e_latency_p99" => {
+            ours::latency(brokers, &report::fresh_topic(target).await?, sizes).await?
+        }
+        other => return Err(format!("unknown comparison {other}").into()),
+    })
+}
+
+async fn run_baseline(
+    name: &str,
+    target: &Target,
+    topics: &report::Topics,
+    sizes: &Sizes,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use baseline::Work;
+    let brokers = target.brokers.as_str();
+    Ok(match name {
+        "consume_seq" => {
+            baseline::consume(brokers, &topics.small, sizes.consume, Work::CopyAndStore)?
+        }
+        "consume_seq_1k" => {
+            baseline::consume(brokers, &topics.large, sizes.consume_1k, Work::CopyAndStore)?
+        }
+        // The sequential rate with the same handler, for the ideal.
+        "consume_conc16_1ms" => {
+            ours::consume(
+                brokers,
+                &topics.keyed,
+                sizes.sequential_slow,
+                ours::Handler::Sleep1ms,
+                1,
+                xkafka::Order::PerKey,
+            )
+            .await?
+        }
+        "consume_batch" => {
+            baseline::consume(brokers, &topics.small, sizes.consume, Work::CopyAndStore)?
+        }
+        "publish_async" => baseline::publish_async(brokers, &topics.sink, sizes.publish)?,
+        "publish_sync" => baseline::publish_sync(brokers, &topics.sink, sizes.publish_sync).await?,
+        "e2e_latency_p99" => {
+            baseline::latency(brokers, &report::fresh_topic(target).await?, sizes).await?
+        }
+        other => return Err(format!("unknown comparison {other}").into()),
+    })
+}
+
+/// A group id no earlier run used, so every run reads from the start.
+pub(crate) fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Bounded wait used while a run is in progress.
+pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(120);

@@ -1,0 +1,268 @@
+//! The xkafka side of each comparison.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::{self, StreamExt};
+use hdrhistogram::Histogram;
+use xkafka::{
+    Ack, Batch, BatchConsumer, Consumer, Decision, Delivery, Error, Message, Order, Producer,
+};
+
+use crate::clock::Clock;
+use crate::{unique, Sizes, RUN_TIMEOUT};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Handler {
+    Noop,
+    Sleep1ms,
+}
+
+/// Resolves when `done()` holds (or after the run timeout).
+pub(crate) async fn until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn quiet(err: &Error) -> Decision {
+    eprintln!("consumer error: {err}");
+    Decision::Continue
+}
+
+/// Streaming consumer throughput (messages per second).
+pub(crate) async fn consume(
+    brokers: &str,
+    topic: &str,
+    messages: u64,
+    handler: Handler,
+    concurrency: usize,
+    order: Order,
+) -> BoxResult<f64> {
+    let clock = Arc::new(Clock::new(messages));
+    let ticks = clock.clone();
+    let consumer = Consumer::builder(unique("ours"))
+        .brokers([brokers])
+        .topics([topic])
+        .config("auto.offset.reset", "earliest")
+        .concurrency(concurrency)
+        .order(order)
+        .max_in_flight_per_partition(
+            std::env::var("PP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+        )
+        .max_in_flight(
+            std::env::var("TOT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10000),
+        )
+        .error_handler(quiet)
+        .handler(move |_m: Message| {
+            ticks.tick(1);
+            async move {
+                if let Handler::Sleep1ms = handler {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ack::Success
+            }
+        })
+        .build()?;
+    let probe = clock.clone();
+    consumer.run(until(move || probe.done())).await?;
+    Ok(clock.rate()?)
+}
+
+/// Batch consumer throughput, batches of 1,000.
+pub(crate) async fn consume_batch(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
+    let clock = Arc::new(Clock::new(messages));
+    let ticks = clock.clone();
+    let consumer = BatchConsumer::builder(unique("ours-batch"))
+        .brokers([brokers])
+        .topics([topic])
+        .config("auto.offset.reset", "earliest")
+        .batch_size(1_000)
+        .batch_timeout(Duration::from_millis(100))
+        .error_handler(quiet)
+        .handler(move |b: Batch| {
+            ticks.tick(b.len() as u64);
+            async { Ack::Success }
+        })
+        .build()?;
+    let probe = clock.clone();
+    consumer.run(until(move || probe.done())).await?;
+    Ok(clock.rate()?)
+}
+
+pub(crate) fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// The settings both sides publish with.
+pub(crate) fn producer_settings() -> [(&'static str, &'static str); 3] {
+    [
+        ("linger.ms", "5"),
+        ("acks", "all"),
+        ("enable.idempotence", "true"),
+    ]
+}
+
+/// `publish_async` with a delivery callback: messages per second from the
+/// first publish to the last callback.
+pub(crate) async fn publish_async(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
+    let clock = Arc::new(Clock::new(messages));
+    let ticks = clock.clone();
+    let failed = Arc::new(AtomicU64::new(0));
+    let failures = failed.clone();
+    let producer = Producer::builder("bench-ours")
+        .brokers([brokers])
+        .configs(producer_settings())
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .on_delivery(move |report: &Result<Delivery, Error>| {
+            if report.is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+            ticks.tick(1);
+        })
+        .build()?;
+    let value = bytes::Bytes::from(payload(100));
+    for i in 0..messages {
+        let msg = Message::builder(topic)
+            .key(format!("k{}", i % 1000))
+            .value(value.clone())
+            .build();
+        producer.publish_async(msg).await?;
+    }
+    let probe = clock.clone();
+    until(move || probe.done()).await;
+    producer.close().await;
+    if failed.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{} deliveries failed", failed.load(Ordering::Relaxed)).into());
+    }
+    Ok(clock.rate()?)
+}
+
+/// `publish` awaited with 64 in flight.
+pub(crate) async fn publish_sync(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
+    let producer = Producer::builder("bench-ours-sync")
+        .brokers([brokers])
+        .configs(producer_settings())
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()?;
+    let value = bytes::Bytes::from(payload(100));
+    let started = Instant::now();
+    let results: Vec<Result<Delivery, Error>> = stream::iter(0..messages)
+        .map(|i| {
+            let msg = Message::builder(topic)
+                .key(format!("k{}", i % 1000))
+                .value(value.clone())
+                .build();
+            producer.publish(msg)
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    producer.close().await;
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        return Err(format!("publish failed: {e}").into());
+    }
+    Ok(messages as f64 / secs)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Open-loop end-to-end latency: p99 in milliseconds.
+pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxResult<f64> {
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let record = histogram.clone();
+    let warm = Arc::new(AtomicU64::new(0));
+    let warmed = warm.clone();
+    let expected = sizes.latency_rate * sizes.latency_secs;
+    let seen = Arc::new(AtomicU64::new(0));
+    let counter = seen.clone();
+    let consumer = Consumer::builder(unique("ours-latency"))
+        .brokers([brokers])
+        .topics([topic])
+        .config("auto.offset.reset", "earliest")
+        .config("fetch.wait.max.ms", "10")
+        .error_handler(quiet)
+        .handler(move |m: Message| {
+            let now = now_micros();
+            match m.value_str().and_then(|v| v.parse::<u64>().ok()) {
+                Some(0) | None => {
+                    warmed.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(sent) => {
+                    let _ = record
+                        .lock()
+                        .unwrap()
+                        .record(now.saturating_sub(sent).max(1));
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            async { Ack::Success }
+        })
+        .build()?;
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    let producer = Producer::builder("bench-ours-latency")
+        .brokers([brokers])
+        .configs(producer_settings())
+        .config("linger.ms", "0")
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()?;
+    // Warm up: the consumer has joined once it saw this.
+    producer
+        .publish(Message::builder(topic).value("0").build())
+        .await?;
+    let probe = warm.clone();
+    until(move || probe.load(Ordering::Relaxed) > 0).await;
+    open_loop(sizes, |sent| {
+        let producer = producer.clone();
+        let topic = topic.to_owned();
+        async move {
+            let msg = Message::builder(topic.as_str())
+                .value(sent.to_string())
+                .build();
+            producer.publish_async(msg).await.map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    let probe = seen.clone();
+    until(move || probe.load(Ordering::Relaxed) >= expected).await;
+    stop.shutdown();
+    let _ = run.await;
+    producer.close().await;
+    let p99 = histogram.lock().unwrap().value_at_quantile(0.99) as f64 / 1_000.0;
+    Ok(p99)
+}
+
+/// Publishes `rate` messages a second for the configured time, each stamped
+/// with its send time, whatever the consumer does (open loop).
+pub(crate) async fn open_loop<F, Fut>(sizes: &Sizes, mut publish: F) -> BoxResult<()>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let total = sizes.latency_rate * sizes.latency_secs;
+    let interval = Duration::from_secs_f64(1.0 / sizes.latency_rate as f64);
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+        publish(now_micros()).await?;
+    }
+    Ok(())
+}

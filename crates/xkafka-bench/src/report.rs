@@ -1,0 +1,355 @@
+//! Topics to measure on, medians, the printed table, the JSON file and the
+//! SVG charts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+use xkafka::rdkafka::producer::DefaultProducerContext;
+use xkafka::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use xkafka::rdkafka::ClientConfig;
+
+use crate::ours::payload;
+use crate::{unique, Sizes, Target};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The prefilled topics of a target.
+pub(crate) struct Topics {
+    /// 100-byte messages, 6 partitions.
+    pub(crate) small: String,
+    /// 1 KiB messages, 6 partitions.
+    pub(crate) large: String,
+    /// 100-byte messages with 1,000 distinct keys, 6 partitions.
+    pub(crate) keyed: String,
+    /// Where the publish comparisons write.
+    pub(crate) sink: String,
+}
+
+async fn create(target: &Target, name: &str, partitions: i32) -> BoxResult<()> {
+    match target.mock() {
+        // The mock cluster has no admin API.
+        Some(mock) => mock.create_topic(name, partitions)?,
+        None => {
+            let topics = [(name, partitions)];
+            xkafka::admin::ensure_topics(
+                &target.brokers,
+                &topics,
+                &xkafka::Config::new(),
+                Duration::from_secs(30),
+            )
+            .await?
+        }
+    }
+    Ok(())
+}
+
+fn fill(brokers: &str, topic: &str, messages: u64, size: usize) -> BoxResult<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()?;
+    let value = payload(size);
+    for i in 0..messages {
+        let key = format!("key-{}", i % 1000);
+        let mut record = BaseRecord::<String, Vec<u8>>::to(topic)
+            .key(&key)
+            .payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    if producer.in_flight_count() > 0 {
+        return Err(format!("could not fill {topic}").into());
+    }
+    Ok(())
+}
+
+/// Creates and fills the topics every round reads again from the start.
+pub(crate) async fn prepare(
+    target: &Target,
+    sizes: &Sizes,
+    bar: &ProgressBar,
+) -> BoxResult<Topics> {
+    let topics = Topics {
+        small: unique("bench-100b"),
+        large: unique("bench-1k"),
+        keyed: unique("bench-keyed"),
+        sink: unique("bench-sink"),
+    };
+    for name in [&topics.small, &topics.large, &topics.keyed, &topics.sink] {
+        create(target, name, 6).await?;
+    }
+    bar.set_message("filling topics");
+    fill(&target.brokers, &topics.small, sizes.consume, 100)?;
+    fill(&target.brokers, &topics.large, sizes.consume_1k, 1024)?;
+    fill(
+        &target.brokers,
+        &topics.keyed,
+        sizes.concurrent.max(sizes.sequential_slow),
+        100,
+    )?;
+    Ok(topics)
+}
+
+/// A new topic (latency runs must not see each other's messages).
+pub(crate) async fn fresh_topic(target: &Target) -> BoxResult<String> {
+    let name = unique("bench-latency");
+    create(target, &name, 1).await?;
+    Ok(name)
+}
+
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// One comparison on one broker.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Comparison {
+    pub(crate) name: String,
+    pub(crate) unit: String,
+    pub(crate) ours: f64,
+    pub(crate) baseline: f64,
+    /// Higher is better: ours/baseline for throughput, baseline/ours for
+    /// latency.
+    pub(crate) ratio: f64,
+    pub(crate) ours_runs: Vec<f64>,
+    pub(crate) baseline_runs: Vec<f64>,
+    pub(crate) note: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub(crate) quick: bool,
+    pub(crate) sizes: Sizes,
+    pub(crate) machine: String,
+    pub(crate) brokers: BTreeMap<String, String>,
+    pub(crate) comparisons: BTreeMap<String, Vec<Comparison>>,
+    /// Concurrency scaling with a 1 ms handler: msg/s per setting.
+    pub(crate) scaling: BTreeMap<String, BTreeMap<String, f64>>,
+    pub(crate) elapsed_secs: f64,
+}
+
+impl Results {
+    pub(crate) fn new(sizes: &Sizes, quick: bool) -> Self {
+        Results {
+            quick,
+            sizes: *sizes,
+            machine: machine(),
+            brokers: BTreeMap::new(),
+            comparisons: BTreeMap::new(),
+            scaling: BTreeMap::new(),
+            elapsed_secs: 0.0,
+        }
+    }
+
+    pub(crate) fn add(&mut self, broker: &str, comparison: Comparison) {
+        self.comparisons
+            .entry(broker.to_owned())
+            .or_default()
+            .push(comparison);
+    }
+
+    pub(crate) fn print(&self) {
+        println!("\nmachine: {}", self.machine);
+        for (broker, description) in &self.brokers {
+            println!("{broker}: {description}");
+        }
+        println!(
+            "\n{:<20} {:>7} {:>16} {:>16} {:>7}  note",
+            "comparison", "broker", "ours", "baseline", "ratio"
+        );
+        for (broker, comparisons) in &self.comparisons {
+            for c in comparisons {
+                println!(
+                    "{:<20} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3}  {}",
+                    c.name, broker, c.ours, c.unit, c.baseline, c.unit, c.ratio, c.note
+                );
+            }
+        }
+        for (broker, points) in &self.scaling {
+            let line: Vec<String> = points
+                .iter()
+                .map(|(k, v)| format!("N={k}: {v:.0}"))
+                .collect();
+            println!(
+                "scaling ({broker}, 1 ms handler, msg/s): {}",
+                line.join(", ")
+            );
+        }
+        println!();
+        // The primary broker's lines are plain; others carry a suffix.
+        let primary = if self.brokers.contains_key("tansu") {
+            "tansu"
+        } else {
+            "mock"
+        };
+        for (broker, comparisons) in &self.comparisons {
+            for c in comparisons {
+                let name = if broker == primary {
+                    c.name.clone()
+                } else {
+                    format!("{}.{broker}", c.name)
+                };
+                println!(
+                    "RATIO {name} {:.3} ours={:.1}{} baseline={:.1}{}",
+                    c.ratio, c.ours, c.unit, c.baseline, c.unit
+                );
+            }
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpus} cores, {model}, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// Writes `ratios.svg` (bars per comparison and broker, the 1.0 line) and
+/// `scaling.svg` (msg/s against concurrency with a 1 ms handler).
+pub(crate) fn charts(results: &Results, dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("ratios.svg"), ratios_svg(results))?;
+    std::fs::write(dir.join("scaling.svg"), scaling_svg(results))?;
+    Ok(())
+}
+
+fn ratios_svg(results: &Results) -> String {
+    let rows: Vec<(String, &str, f64)> = results
+        .comparisons
+        .iter()
+        .flat_map(|(b, cs)| {
+            cs.iter()
+                .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
+        })
+        .collect();
+    let (w, row_h, left) = (720.0, 22.0, 230.0);
+    let h = 40.0 + row_h * rows.len() as f64 + 30.0;
+    let max = rows
+        .iter()
+        .map(|r| r.2)
+        .filter(|r| r.is_finite())
+        .fold(1.2f64, f64::max);
+    let scale = (w - left - 60.0) / max;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="10" y="20" font-size="14">xkafka / raw rdkafka (higher is better)</text>"#
+    );
+    for (i, (name, broker, ratio)) in rows.iter().enumerate() {
+        let y = 40.0 + row_h * i as f64;
+        let color = if *broker == "tansu" {
+            "#3b7dd8"
+        } else {
+            "#9bb8e0"
+        };
+        let width = if ratio.is_finite() {
+            ratio * scale
+        } else {
+            0.0
+        };
+        let _ = write!(
+            svg,
+            r#"<text x="10" y="{:.0}">{name} ({broker})</text><rect x="{left}" y="{:.0}" width="{width:.1}" height="{:.0}" fill="{color}"/><text x="{:.1}" y="{:.0}">{ratio:.2}</text>"#,
+            y + 14.0,
+            y + 3.0,
+            row_h - 6.0,
+            left + width + 4.0,
+            y + 14.0
+        );
+    }
+    let x1 = left + scale;
+    let _ = write!(
+        svg,
+        r#"<line x1="{x1:.1}" y1="32" x2="{x1:.1}" y2="{:.0}" stroke="black" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.0}">1.0</text></svg>"#,
+        h - 20.0,
+        x1 - 8.0,
+        h - 6.0
+    );
+    svg
+}
+
+fn scaling_svg(results: &Results) -> String {
+    let (w, h, left, bottom) = (640.0, 320.0, 70.0, 40.0);
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">Concurrency scaling, 1 ms handler, per key (msg/s)</text>"#
+    );
+    let series: Vec<(&String, Vec<(String, f64)>)> = results
+        .scaling
+        .iter()
+        .map(|(b, pts)| (b, pts.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        .collect();
+    let max = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max);
+    let labels = ["1", "4", "16", "64", "16 unordered"];
+    let group_w = (w - left - 20.0) / labels.len() as f64;
+    for (li, label) in labels.iter().enumerate() {
+        let gx = left + group_w * li as f64;
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.0}">N={label}</text>"#,
+            gx + 4.0,
+            h - 20.0
+        );
+        for (si, (broker, points)) in series.iter().enumerate() {
+            let Some(v) = points.iter().find(|p| p.0 == *label).map(|p| p.1) else {
+                continue;
+            };
+            let bar_h = (v / max) * (h - bottom - 50.0);
+            let bw = (group_w - 12.0) / series.len().max(1) as f64;
+            let x = gx + 4.0 + bw * si as f64;
+            let color = if broker.as_str() == "tansu" {
+                "#3b7dd8"
+            } else {
+                "#9bb8e0"
+            };
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bar_h:.1}" fill="{color}"/><text x="{x:.1}" y="{:.1}" font-size="10">{v:.0}</text>"#,
+                h - bottom - bar_h,
+                bw - 2.0,
+                h - bottom - bar_h - 3.0
+            );
+        }
+    }
+    let _ = write!(svg, "</svg>");
+    svg
+}
