@@ -51,18 +51,6 @@ pub(crate) async fn consume(
         .config("auto.offset.reset", "earliest")
         .concurrency(concurrency)
         .order(order)
-        .max_in_flight_per_partition(
-            std::env::var("PP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000),
-        )
-        .max_in_flight(
-            std::env::var("TOT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10000),
-        )
         .error_handler(quiet)
         .handler(move |_m: Message| {
             ticks.tick(1);

@@ -13,10 +13,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as Atomic};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
@@ -164,8 +166,28 @@ impl LaneKey {
 }
 
 struct Lane {
-    tx: mpsc::UnboundedSender<Work>,
+    tx: mpsc::UnboundedSender<LaneItem>,
     task: AbortHandle,
+    /// Items sent to the lane and not finished yet: the inline fast path
+    /// may only run a message of this lane when it is zero (order).
+    busy: Arc<AtomicUsize>,
+}
+
+/// What a lane receives.
+enum LaneItem {
+    Work(Work),
+    /// A handler call started inline on the poll thread that did not finish
+    /// at once: the lane completes it before anything else.
+    Resume(Resume),
+}
+
+struct Resume {
+    future: BoxFuture<'static, Result<Ack, BoxError>>,
+    tp: TopicPartition,
+    offset: i64,
+    epoch: u64,
+    gate: Arc<Gate>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What a lane does with its messages.
@@ -201,6 +223,9 @@ pub(crate) struct Dispatcher {
     lanes: HashMap<LaneKey, Lane>,
     context: LaneContext,
     next_global: u64,
+    /// The handler stack for the inline fast path (streaming consumers with
+    /// automatic commits only).
+    inline: Option<BoxCloneService<Message, Ack, BoxError>>,
 }
 
 impl Dispatcher {
@@ -228,7 +253,18 @@ impl Dispatcher {
                 commit_wait,
             },
             next_global: 0,
+            inline: None,
         }
+        .with_inline()
+    }
+
+    fn with_inline(mut self) -> Self {
+        if let (Runner::Single(service), CommitWait::None) =
+            (&self.runner, self.context.commit_wait)
+        {
+            self.inline = Some(service.clone());
+        }
+        self
     }
 
     fn lane_key(&mut self, work: &Work) -> LaneKey {
@@ -251,13 +287,100 @@ impl Dispatcher {
         }
     }
 
-    pub(crate) fn dispatch(&mut self, work: Work) {
+    /// Hands a message to its lane, or — when its lane is idle and a
+    /// permit is free — runs it right here on the poll thread: a handler
+    /// that finishes without waiting (the common, fast case) then costs no
+    /// task switch at all. One that waits continues in its lane, ahead of
+    /// anything queued after it. Returns the completion when it finished
+    /// inline.
+    pub(crate) fn dispatch(&mut self, work: Work) -> Option<Completion> {
         let key = self.lane_key(&work);
+        let idle = self
+            .lanes
+            .get(&key)
+            .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0);
+        let work = match (idle, self.inline.is_some()) {
+            (true, true) => match self.run_inline(work) {
+                Inline::Done(completion) => return completion,
+                Inline::Pending(resume) => {
+                    self.send(key, LaneItem::Resume(resume));
+                    return None;
+                }
+                Inline::Declined(work) => work,
+            },
+            _ => work,
+        };
+        self.send(key, LaneItem::Work(work));
+        None
+    }
+
+    fn run_inline(&mut self, work: Work) -> Inline {
+        let Some(service) = self.inline.as_mut() else {
+            return Inline::Declined(work);
+        };
+        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+            return Inline::Declined(work);
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // A layer that is not ready at once (a rate limit…) waits in a lane.
+        if !matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            return Inline::Declined(work);
+        }
+        let Work {
+            message,
+            tp,
+            offset,
+            gate,
+            epoch,
+        } = work;
+        if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
+            return Inline::Done(None);
+        }
+        // Handlers may use timers or spawn tasks: give them the runtime.
+        let _runtime = self.runtime.enter();
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut future = service.call(message);
+            let first = future.as_mut().poll(&mut cx);
+            (future, first)
+        }));
+        let outcome = match called {
+            Ok((_, Poll::Ready(outcome))) => outcome,
+            Ok((future, Poll::Pending)) => {
+                // The lane's first poll registers its own waker; a wake-up
+                // sent to the no-op waker meanwhile is covered by that poll.
+                return Inline::Pending(Resume {
+                    future,
+                    tp,
+                    offset,
+                    epoch,
+                    gate,
+                    _permit: permit,
+                });
+            }
+            Err(panic) => Err(Box::new(Panicked::from_payload(panic)) as BoxError),
+        };
+        let settled = settle_outcome(&self.context, &tp, offset, outcome);
+        gate.leave();
+        drop(permit);
+        Inline::Done(Some(Completion {
+            tp,
+            epoch,
+            offset,
+            settled,
+            committed: None,
+        }))
+    }
+
+    fn send(&mut self, key: LaneKey, item: LaneItem) {
         let lane = self.lanes.entry(key).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let context = self.context.clone();
+            let busy = Arc::new(AtomicUsize::new(0));
             let task = match self.runner.clone() {
-                Runner::Single(service) => self.runtime.spawn(run_lane(rx, service, context)),
+                Runner::Single(service) => {
+                    self.runtime
+                        .spawn(run_lane(rx, service, context, busy.clone()))
+                }
                 Runner::Batch {
                     service,
                     size,
@@ -269,11 +392,13 @@ impl Dispatcher {
             Lane {
                 tx,
                 task: task.abort_handle(),
+                busy,
             }
         });
+        lane.busy.fetch_add(1, Atomic::AcqRel);
         // A lane only ends when its sender is dropped or it is aborted at
         // the shutdown deadline; then the message is simply not handled.
-        let _ = lane.tx.send(work);
+        let _ = lane.tx.send(item);
     }
 
     /// Forgets the lanes of a revoked partition; they end once their
@@ -330,6 +455,29 @@ fn complete(
     Some(wait)
 }
 
+enum Inline {
+    /// Finished (or dropped: revoked / stopping).
+    Done(Option<Completion>),
+    /// Waiting: continues in the lane.
+    Pending(Resume),
+    /// Not run inline (no permit, service not ready): goes to the lane.
+    Declined(Work),
+}
+
+/// Turns a handler's result into the settled outcome, asking the error
+/// handler about failures.
+fn settle_outcome(
+    cx: &LaneContext,
+    tp: &TopicPartition,
+    offset: i64,
+    outcome: Result<Ack, BoxError>,
+) -> Settled {
+    match outcome {
+        Ok(ack) => Settled::Done(ack),
+        Err(source) => Settled::Failed(cx.shared.report(handler_error(tp, offset, source))),
+    }
+}
+
 /// Runs a service call, turning a panic into a failure.
 async fn call_caught<Req, S>(service: &mut S, request: Req) -> Result<Ack, BoxError>
 where
@@ -352,62 +500,86 @@ fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
 }
 
 async fn run_lane(
-    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut rx: mpsc::UnboundedReceiver<LaneItem>,
     mut service: BoxCloneService<Message, Ack, BoxError>,
     cx: LaneContext,
+    busy: Arc<AtomicUsize>,
 ) {
-    while let Some(work) = rx.recv().await {
-        let Work {
-            message,
-            tp,
-            offset,
-            gate,
-            epoch,
-        } = work;
-        let Ok(_permit) = cx.permits.acquire().await else {
+    while let Some(item) = rx.recv().await {
+        let keep_going = match item {
+            LaneItem::Work(work) => handle_work(&mut service, &cx, work).await,
+            LaneItem::Resume(resume) => {
+                let outcome = AssertUnwindSafe(resume.future)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        Err(Box::new(Panicked::from_payload(panic)) as BoxError)
+                    });
+                let settled = settle_outcome(&cx, &resume.tp, resume.offset, outcome);
+                let sent = complete(&cx, resume.tp, resume.epoch, resume.offset, settled).is_some();
+                resume.gate.leave();
+                sent
+            }
+        };
+        busy.fetch_sub(1, Atomic::AcqRel);
+        if !keep_going {
             return;
-        };
-        // Revoked or stopping: the message stays unread (the partition's next
-        // owner, or our next run, reads it).
-        if cx.shared.shutdown.is_shutting_down() || !gate.enter() {
-            continue;
         }
-        if cx.commit_wait == CommitWait::Before {
-            match claim(&cx, &tp, epoch, offset).await {
-                None => {
-                    gate.leave();
-                    return;
-                }
-                Some(true) => {}
-                Some(false) => {
-                    // Not committed: handling it could process it twice after
-                    // a restart, so at-most-once drops it (counted as skipped).
-                    let sent = complete(&cx, tp, epoch, offset, Settled::Done(Ack::Skip));
-                    gate.leave();
-                    if sent.is_none() {
-                        return;
-                    }
-                    continue;
-                }
+    }
+}
+
+/// Handles one message in its lane; `false` when the poll thread is gone.
+async fn handle_work(
+    service: &mut BoxCloneService<Message, Ack, BoxError>,
+    cx: &LaneContext,
+    work: Work,
+) -> bool {
+    let Work {
+        message,
+        tp,
+        offset,
+        gate,
+        epoch,
+    } = work;
+    let Ok(_permit) = cx.permits.acquire().await else {
+        return false;
+    };
+    // Revoked or stopping: the message stays unread (the partition's next
+    // owner, or our next run, reads it).
+    if cx.shared.shutdown.is_shutting_down() || !gate.enter() {
+        return true;
+    }
+    if cx.commit_wait == CommitWait::Before {
+        match claim(cx, &tp, epoch, offset).await {
+            None => {
+                gate.leave();
+                return false;
+            }
+            Some(true) => {}
+            Some(false) => {
+                // Not committed: handling it could process it twice after a
+                // restart, so at-most-once drops it (counted as skipped).
+                let sent = complete(cx, tp, epoch, offset, Settled::Done(Ack::Skip));
+                gate.leave();
+                return sent.is_some();
             }
         }
-        let settled = match call_caught(&mut service, message).await {
-            Ok(ack) => Settled::Done(ack),
-            Err(source) => Settled::Failed(cx.shared.report(handler_error(&tp, offset, source))),
-        };
-        // Report before lowering `running`, so that a drain that sees zero
-        // running handlers also sees every completion.
-        let wait = complete(&cx, tp, epoch, offset, settled);
-        gate.leave();
-        match wait {
-            None => return,
-            // Manual commit: the next message of this lane waits until this
-            // one's offset is committed (or the consumer is stopping).
-            Some(Some(wait)) => {
-                let _ = wait.await;
-            }
-            Some(None) => {}
+    }
+    let outcome = call_caught(service, message).await;
+    let settled = settle_outcome(cx, &tp, offset, outcome);
+    // Report before lowering `running`, so that a drain that sees zero
+    // running handlers also sees every completion.
+    let wait = complete(cx, tp, epoch, offset, settled);
+    gate.leave();
+    match wait {
+        None => false,
+        // Manual commit: the next message of this lane waits until this
+        // one's offset is committed (or the consumer is stopping).
+        Some(Some(wait)) => {
+            let _ = wait.await;
+            true
         }
+        Some(None) => true,
     }
 }
 
@@ -420,13 +592,21 @@ struct Origin {
 }
 
 async fn run_batch_lane(
-    mut rx: mpsc::UnboundedReceiver<Work>,
+    mut rx: mpsc::UnboundedReceiver<LaneItem>,
     mut service: BoxCloneService<Batch, Ack, BoxError>,
     size: usize,
     window: Duration,
     cx: LaneContext,
 ) {
+    // Batch lanes only ever receive plain work (no inline fast path).
+    let work_of = |item: LaneItem| match item {
+        LaneItem::Work(work) => Some(work),
+        LaneItem::Resume(_) => None,
+    };
     while let Some(first) = rx.recv().await {
+        let Some(first) = work_of(first) else {
+            continue;
+        };
         // The window starts with the batch's first message and ends on time
         // even when nothing else arrives.
         let deadline = tokio::time::Instant::now() + window;
@@ -434,7 +614,7 @@ async fn run_batch_lane(
         while works.len() < size {
             tokio::select! {
                 next = rx.recv() => match next {
-                    Some(work) => works.push(work),
+                    Some(item) => works.extend(work_of(item)),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline) => break,

@@ -49,6 +49,8 @@ pub(crate) struct Pipeline {
     commit_mode: CommitMode,
     next_epoch: u64,
     unsettled: usize,
+    /// Completions of messages handled inline, not settled yet.
+    finished_inline: Vec<Completion>,
 }
 
 #[derive(Default)]
@@ -56,6 +58,10 @@ struct Settlement {
     changed: BTreeSet<TopicPartition>,
     acks: Vec<oneshot::Sender<()>>,
     claims: Vec<Claim>,
+    succeeded: u64,
+    skipped: u64,
+    failed: u64,
+    failed_skipped: u64,
 }
 
 impl Pipeline {
@@ -76,6 +82,7 @@ impl Pipeline {
             commit_mode,
             next_epoch: 0,
             unsettled: 0,
+            finished_inline: Vec::new(),
         }
     }
 
@@ -127,7 +134,9 @@ impl Pipeline {
             state.paused = true;
             pause(consumer, shared, std::slice::from_ref(&tp));
         }
-        self.dispatcher.dispatch(work);
+        if let Some(done) = self.dispatcher.dispatch(work) {
+            self.finished_inline.push(done);
+        }
         if self.unsettled >= self.limits.total {
             let unpaused: Vec<TopicPartition> = self
                 .partitions
@@ -160,10 +169,13 @@ impl Pipeline {
         first: Option<Report>,
     ) {
         let mut settlement = Settlement::default();
+        for done in std::mem::take(&mut self.finished_inline) {
+            self.apply(done, &mut settlement);
+        }
         let mut next = first;
         while let Some(report) = next.take().or_else(|| self.completions.try_recv().ok()) {
             match report {
-                Report::Completed(c) => self.apply(c, shared, &mut settlement),
+                Report::Completed(c) => self.apply(c, &mut settlement),
                 Report::Claim(claim) => settlement.claims.push(claim),
             }
         }
@@ -172,6 +184,13 @@ impl Pipeline {
             && settlement.claims.is_empty()
         {
             return;
+        }
+        {
+            let mut ledger = shared.ledger();
+            ledger.succeeded += settlement.succeeded;
+            ledger.skipped += settlement.skipped;
+            ledger.failed += settlement.failed;
+            ledger.failed_skipped += settlement.failed_skipped;
         }
         self.commit_claims(consumer, shared, std::mem::take(&mut settlement.claims));
         if self.commit_mode != CommitMode::AtMostOnce {
@@ -236,7 +255,7 @@ impl Pipeline {
         }
     }
 
-    fn apply(&mut self, c: Completion, shared: &Shared, settlement: &mut Settlement) {
+    fn apply(&mut self, c: Completion, settlement: &mut Settlement) {
         if let Some(ack) = c.committed {
             settlement.acks.push(ack);
         }
@@ -248,33 +267,32 @@ impl Pipeline {
             // A late report for an assignment we no longer hold.
             return;
         };
-        let settle = {
-            let mut ledger = shared.ledger();
-            match c.settled {
-                Settled::Done(Ack::Success) => {
-                    ledger.succeeded += 1;
-                    true
-                }
-                Settled::Done(Ack::Skip) => {
-                    ledger.skipped += 1;
-                    true
-                }
-                Settled::Failed(Decision::Continue) => {
-                    ledger.failed += 1;
-                    ledger.failed_skipped += 1;
-                    true
-                }
-                // Held: the watermark stays at this offset for good.
-                Settled::Failed(Decision::Stop) => {
-                    ledger.failed += 1;
-                    false
-                }
+        let settle = match c.settled {
+            Settled::Done(Ack::Success) => {
+                settlement.succeeded += 1;
+                true
+            }
+            Settled::Done(Ack::Skip) => {
+                settlement.skipped += 1;
+                true
+            }
+            Settled::Failed(Decision::Continue) => {
+                settlement.failed += 1;
+                settlement.failed_skipped += 1;
+                true
+            }
+            // Held: the watermark stays at this offset for good.
+            Settled::Failed(Decision::Stop) => {
+                settlement.failed += 1;
+                false
             }
         };
         if settle && state.tracker.settled(c.offset) {
             self.unsettled -= 1;
         }
-        settlement.changed.insert(c.tp);
+        if !settlement.changed.contains(&c.tp) {
+            settlement.changed.insert(c.tp);
+        }
     }
 
     fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {

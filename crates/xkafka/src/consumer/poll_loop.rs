@@ -30,6 +30,8 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// between polls, so this bounds how late an offset is stored (and, in
 /// manual mode, how long a lane waits for its commit).
 const BUSY_POLL: Duration = Duration::from_millis(1);
+/// Most messages taken from librdkafka between two settlements.
+const POLL_BATCH: usize = 512;
 /// How often committed offsets and lag go to the metrics.
 #[cfg(feature = "metrics")]
 const POSITIONS_EVERY: Duration = Duration::from_secs(1);
@@ -69,23 +71,30 @@ impl PollLoop {
                 positions_at = Instant::now();
                 self.record_positions();
             }
-            let polled = self.consumer.poll(if busy { BUSY_POLL } else { IDLE_POLL });
-            let message = match polled {
-                None | Some(Err(KafkaError::PartitionEOF(_))) => None,
-                Some(Err(e)) => {
-                    self.shared.report(Error::kafka(Operation::Poll, e));
-                    None
+            // Take what librdkafka has ready (up to a bound), then settle
+            // once: stores and commits are batched, not per message.
+            let mut timeout = if busy { BUSY_POLL } else { IDLE_POLL };
+            let mut messages = Vec::new();
+            while messages.len() < POLL_BATCH {
+                match self.consumer.poll(timeout) {
+                    None => break,
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
+                    Some(Err(e)) => {
+                        self.shared.report(Error::kafka(Operation::Poll, e));
+                        break;
+                    }
+                    Some(Ok(m)) => {
+                        let topic = intern(&mut topic_names, m.topic());
+                        messages.push(owned_message(&m, topic, &self.shared.group));
+                    }
                 }
-                Some(Ok(m)) => {
-                    let topic = intern(&mut topic_names, m.topic());
-                    Some(owned_message(&m, topic, &self.shared.group))
-                }
-            };
+                timeout = Duration::ZERO;
+            }
             let mut guard = self.shared.pipeline();
             let Some(pipeline) = guard.as_mut() else {
                 break;
             };
-            if let Some(message) = message {
+            for message in messages {
                 pipeline.dispatch(&self.consumer, &self.shared, message);
             }
             pipeline.settle(&self.consumer, &self.shared);
