@@ -159,9 +159,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let topics = report::prepare(target, &sizes, &bar).await?;
         for step in plan {
             bar.set_message(step.label());
+            let step_started = Instant::now();
             let outcome = step.run(target, &topics, &sizes, &mut results).await;
-            if let Err(err) = outcome {
+            if let Err(err) = &outcome {
                 bar.println(format!("{} {}: failed: {err}", target.name, step.label()));
+            }
+            if bar.is_hidden() {
+                // Not a terminal (CI, a log file): one line per step instead.
+                let failure = outcome.as_ref().err().map(|e| format!(" (failed: {e})"));
+                eprintln!(
+                    "[{}] {} done in {:.1} s{}",
+                    target.name,
+                    step.label(),
+                    step_started.elapsed().as_secs_f64(),
+                    failure.unwrap_or_default()
+                );
             }
             bar.inc(1);
         }

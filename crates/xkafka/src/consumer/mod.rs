@@ -32,8 +32,8 @@ use poll_loop::PollLoop;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(5);
-const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: usize = 1_000;
-const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+const DEFAULT_MAX_IN_FLIGHT_PER_PARTITION: usize = 5_000;
+const DEFAULT_MAX_IN_FLIGHT: usize = 50_000;
 const DEFAULT_BATCH_SIZE: usize = 1_000;
 const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than the shutdown timeout `run` waits for the poll thread
@@ -389,7 +389,8 @@ impl<K: Kind> ConsumerBuilder<K> {
     }
 
     /// How many messages of one partition may be fetched and not yet
-    /// finished before that partition is paused (default 1,000). Other
+    /// finished before that partition is paused (default 5,000; for a batch
+    /// consumer at least twice the batch size). Other
     /// partitions keep flowing; it resumes when half drained.
     pub fn max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.limits.per_partition = n.max(1);
@@ -397,7 +398,7 @@ impl<K: Kind> ConsumerBuilder<K> {
     }
 
     /// How many messages may be fetched and not yet finished over all
-    /// partitions before every partition is paused (default 10,000).
+    /// partitions before every partition is paused (default 50,000).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.limits.total = n.max(1);
         self
@@ -504,6 +505,13 @@ impl<K: Kind> ConsumerBuilder<K> {
         let client = BaseConsumer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
         let service = self.stack.apply(handler);
+        let mut limits = self.limits;
+        if K::BATCHES {
+            // Pausing drops librdkafka's prefetched messages of the partition;
+            // a limit below two batches would pause and refetch every batch.
+            limits.per_partition = limits.per_partition.max(2 * self.batch_size);
+            limits.total = limits.total.max(limits.per_partition);
+        }
         Ok(K::wrap(Consumer {
             shared,
             client,
@@ -511,7 +519,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             commit_mode: self.commit_mode,
             concurrency: self.concurrency,
             order: self.order,
-            limits: self.limits,
+            limits,
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
             config,
@@ -635,6 +643,8 @@ mod sealed {
         type Request: Send + 'static;
         /// What `build` returns.
         type Consumer;
+        /// Whether messages are handled in batches.
+        const BATCHES: bool;
         fn runner(
             service: BoxCloneService<Self::Request, Ack, BoxError>,
             batch_size: usize,
@@ -662,6 +672,7 @@ pub enum Batching {}
 impl sealed::Sealed for Streaming {
     type Request = Message;
     type Consumer = Consumer;
+    const BATCHES: bool = false;
     fn runner(service: BoxCloneService<Message, Ack, BoxError>, _: usize, _: Duration) -> Runner {
         Runner::Single(service)
     }
@@ -673,6 +684,7 @@ impl sealed::Sealed for Streaming {
 impl sealed::Sealed for Batching {
     type Request = Batch;
     type Consumer = BatchConsumer;
+    const BATCHES: bool = true;
     fn runner(
         service: BoxCloneService<Batch, Ack, BoxError>,
         size: usize,
