@@ -9,12 +9,22 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::oneshot;
 
+use super::driver::Completion;
 use crate::error::{Error, Operation};
 use crate::log::forward_log;
 use crate::Delivery;
 
 /// Where librdkafka's delivery report for one message goes.
 pub(crate) type DeliverySender = oneshot::Sender<Result<Delivery, KafkaError>>;
+
+/// The delivery opaque of one message.
+pub(crate) enum DeliveryTarget {
+    /// A `publish` (or a middleware stack) waits for it.
+    Waiter(DeliverySender),
+    /// `publish_async` without middleware: the callbacks run right in
+    /// librdkafka's delivery thread, with no task in between.
+    Callback(Completion),
+}
 
 pub(crate) type ProducerErrorFn = Arc<dyn Fn(&Error) + Send + Sync>;
 
@@ -37,16 +47,29 @@ impl ClientContext for XProducerContext {
 }
 
 impl ProducerContext for XProducerContext {
-    type DeliveryOpaque = Box<DeliverySender>;
+    type DeliveryOpaque = Box<DeliveryTarget>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Box<DeliverySender>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, target: Box<DeliveryTarget>) {
         let report = match result {
             Ok(msg) => Ok(Delivery::new(msg.topic(), msg.partition(), msg.offset())
                 .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
-            Err((err, _)) => Err(err.clone()),
+            Err((err, msg)) => Err((err.clone(), msg.topic().to_owned(), msg.partition())),
         };
-        // The receiver is gone when the caller stopped waiting (cancelled
-        // `publish`); the report is then of no use to anyone.
-        let _ = tx.send(report);
+        match *target {
+            // The receiver is gone when the caller stopped waiting (cancelled
+            // `publish`); the report is then of no use to anyone.
+            DeliveryTarget::Waiter(tx) => {
+                let _ = tx.send(report.map_err(|(err, _, _)| err));
+            }
+            DeliveryTarget::Callback(completion) => {
+                completion.finish(
+                    report.map_err(|(source, topic, partition)| Error::Delivery {
+                        topic: topic.into(),
+                        partition: (partition >= 0).then_some(partition),
+                        source,
+                    }),
+                );
+            }
+        }
     }
 }

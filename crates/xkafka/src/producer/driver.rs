@@ -2,7 +2,7 @@
 //! calls the delivery callbacks exactly once per message.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -46,7 +46,9 @@ impl Pending {
 pub(crate) struct Completion {
     topic: Arc<str>,
     on_delivery: Option<OnDeliveryFn>,
-    callback: Option<MessageCallback>,
+    // In a Mutex only to be Sync: librdkafka's opaques must be, the
+    // user's callback need not.
+    callback: Option<Mutex<MessageCallback>>,
     pending: Arc<Pending>,
     done: bool,
 }
@@ -62,7 +64,7 @@ impl Completion {
         Completion {
             topic,
             on_delivery,
-            callback,
+            callback: callback.map(Mutex::new),
             pending,
             done: false,
         }
@@ -72,6 +74,17 @@ impl Completion {
         self.complete(result);
     }
 
+    /// Drops the completion without calling anything: the message was never
+    /// accepted and the caller got the error instead.
+    pub(crate) fn forget(mut self) {
+        self.done = true;
+        self.callback = None;
+        self.on_delivery = None;
+        if self.pending.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.pending.drained.notify_waiters();
+        }
+    }
+
     fn complete(&mut self, result: Result<Delivery, Error>) {
         if std::mem::replace(&mut self.done, true) {
             return;
@@ -79,7 +92,10 @@ impl Completion {
         // A panicking user callback must not take the driver (and with it
         // every other message's callback) down.
         let on_delivery = self.on_delivery.take();
-        let callback = self.callback.take();
+        let callback = self
+            .callback
+            .take()
+            .map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
             if let Some(cb) = on_delivery {
                 cb(&result);

@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::error::{Error, Operation};
 use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
-use context::XProducerContext;
+use context::{DeliveryTarget, XProducerContext};
 use driver::{Completion, InFlight, OnDeliveryFn, Pending};
 use publish::{EnqueueSignal, RawPublish};
 
@@ -96,6 +96,9 @@ struct Inner {
     close_report: OnceCell<CloseReport>,
     close_timeout: Duration,
     config: Config,
+    /// No middleware: publishes skip the tower stack (and, for
+    /// `publish_async`, the driver task).
+    direct: bool,
 }
 
 impl Producer {
@@ -123,6 +126,9 @@ impl Producer {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::ProducerClosed);
         }
+        if self.inner.direct {
+            return publish::publish(&self.inner.client, message).await;
+        }
         self.service()
             .oneshot(message)
             .await
@@ -133,7 +139,9 @@ impl Producer {
     /// librdkafka has queued it (waiting only while its queue is full). The
     /// outcome goes to the producer's [`on_delivery`](ProducerBuilder::on_delivery)
     /// callback, exactly once — also for messages still in flight when the
-    /// producer closes.
+    /// producer closes. Without middleware the callbacks run on librdkafka's
+    /// delivery thread (keep them short); with middleware, on a tokio task
+    /// that runs the middleware to the end.
     ///
     /// An `Err` means the message was not accepted (closed producer, invalid
     /// topic, message too large, middleware refusal); callbacks are then not
@@ -160,6 +168,20 @@ impl Producer {
             return Err(Error::ProducerClosed);
         }
         let topic = message.topic_arc().clone();
+        if self.inner.direct {
+            let completion = Completion::new(
+                topic,
+                self.inner.on_delivery.clone(),
+                callback,
+                self.inner.pending.clone(),
+            );
+            return publish::enqueue(
+                &self.inner.client,
+                &message,
+                DeliveryTarget::Callback(completion),
+            )
+            .await;
+        }
         let signal = EnqueueSignal::default();
         message.extensions_mut().insert(signal.clone());
         let mut service = self.service();
@@ -389,6 +411,7 @@ impl ProducerBuilder {
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
+        let direct = self.stack.is_empty();
         let service = self.stack.apply(RawPublish {
             client: client.clone(),
         });
@@ -408,6 +431,7 @@ impl ProducerBuilder {
                 close_report: OnceCell::new(),
                 close_timeout: self.close_timeout,
                 config,
+                direct,
             }),
         })
     }

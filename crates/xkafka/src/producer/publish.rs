@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseRecord, ThreadedProducer};
 use tokio::sync::oneshot;
 use tower::Service;
 
-use super::context::XProducerContext;
+use super::context::{DeliveryTarget, XProducerContext};
 use crate::config::validate_topic;
 use crate::convert::owned_headers;
 use crate::error::{Error, Operation};
@@ -56,21 +56,40 @@ impl Service<Message> for RawPublish {
     }
 }
 
-async fn publish(
+pub(crate) async fn publish(
     client: &ThreadedProducer<XProducerContext>,
     message: Message,
 ) -> Result<Delivery, Error> {
     let topic = message.topic_arc().clone();
-    validate_topic(&topic)?;
     let partition = message.partition();
-    let delivery_error = |source: KafkaError| Error::Delivery {
-        topic: topic.clone(),
-        partition,
-        source,
-    };
     let (tx, rx) = oneshot::channel();
-    let mut record = BaseRecord::with_opaque_to(&topic, Box::new(tx));
-    if let Some(p) = partition {
+    enqueue(client, &message, DeliveryTarget::Waiter(tx)).await?;
+    if let Some(signal) = message.extensions().get::<EnqueueSignal>() {
+        signal.set();
+    }
+    match rx.await {
+        Ok(Ok(delivery)) => Ok(delivery),
+        Ok(Err(source)) => Err(Error::Delivery {
+            topic,
+            partition,
+            source,
+        }),
+        // librdkafka dropped the opaque without a report: the client is gone.
+        Err(_) => Err(Error::Undelivered { topic }),
+    }
+}
+
+/// Hands `message` to librdkafka with `target` as its delivery opaque,
+/// waiting (not failing) while librdkafka's queue is full.
+pub(crate) async fn enqueue(
+    client: &ThreadedProducer<XProducerContext>,
+    message: &Message,
+    target: DeliveryTarget,
+) -> Result<(), Error> {
+    let topic = message.topic();
+    validate_topic(topic)?;
+    let mut record = BaseRecord::with_opaque_to(topic, Box::new(target));
+    if let Some(p) = message.partition() {
         record = record.partition(p);
     }
     if let Some(key) = message.key() {
@@ -87,28 +106,28 @@ async fn publish(
     }
     loop {
         match client.send(record) {
-            Ok(()) => break,
+            Ok(()) => return Ok(()),
             // Backpressure: librdkafka's queue (queue.buffering.max.messages)
             // is full; wait for deliveries to make room instead of failing.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
             }
-            Err((source, _)) => {
+            Err((source, back)) => {
+                // Not accepted: the caller reports it; the opaque (and a
+                // completion in it) must not report it a second time.
+                if let DeliveryTarget::Callback(completion) = *back.delivery_opaque {
+                    completion.forget();
+                }
                 return Err(match source {
-                    KafkaError::MessageProduction(_) => delivery_error(source),
+                    KafkaError::MessageProduction(_) => Error::Delivery {
+                        topic: message.topic_arc().clone(),
+                        partition: message.partition(),
+                        source,
+                    },
                     other => Error::kafka(Operation::Enqueue, other),
-                })
+                });
             }
         }
-    }
-    if let Some(signal) = message.extensions().get::<EnqueueSignal>() {
-        signal.set();
-    }
-    match rx.await {
-        Ok(Ok(delivery)) => Ok(delivery),
-        Ok(Err(source)) => Err(delivery_error(source)),
-        // librdkafka dropped the opaque without a report: the client is gone.
-        Err(_) => Err(Error::Undelivered { topic }),
     }
 }
