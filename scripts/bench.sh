@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# bench.sh - xkafka against the raw rdkafka client, on the same brokers, in one run.
+#
+#   scripts/bench.sh --quick     # under 5 minutes on 2 cores (the target), 5 rounds
+#   scripts/bench.sh             # the full mode: bigger runs, 9 rounds
+#
+# Starts a Tansu broker of its own (port 9095, sqlite engine: the memory engine mishandles a paused
+# and resumed partition, see BENCHMARKS.md), measures on it and on librdkafka's in-process mock
+# cluster, prints the table and one `RATIO <name> <ours/baseline> ours=... baseline=...` line per
+# comparison, writes target/bench/results.json and the SVG charts, stops the broker.
+# Extra arguments go to the tool (e.g. --only consume, --rounds 3, --no-mock).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+export XKAFKA_BROKER_PORT=${XKAFKA_BENCH_PORT:-9095}
+export XKAFKA_BROKER_DATA=$PWD/target/xkafka-broker-bench
+export XKAFKA_BROKER_STORAGE=${XKAFKA_BENCH_STORAGE:-sqlite://tansu.db}
+scripts/broker.sh install
+scripts/broker.sh reset
+scripts/broker.sh start
+trap 'scripts/broker.sh stop' EXIT
+
+cargo build --release -q -p xkafka-bench
+./target/release/xkafka-bench --brokers "127.0.0.1:$XKAFKA_BROKER_PORT" --storage "$XKAFKA_BROKER_STORAGE" "$@"
