@@ -77,6 +77,10 @@ pub(crate) async fn consume_batch(brokers: &str, topic: &str, messages: u64) -> 
         .config("auto.offset.reset", "earliest")
         .batch_size(1_000)
         .batch_timeout(Duration::from_millis(100))
+        // The whole topic may be buffered: the run measures handling, not
+        // backpressure (and Tansu's memory engine stalls resumed partitions).
+        .max_in_flight_per_partition(1_000_000)
+        .max_in_flight(10_000_000)
         .error_handler(quiet)
         .handler(move |b: Batch| {
             ticks.tick(b.len() as u64);
