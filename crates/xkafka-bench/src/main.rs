@@ -70,8 +70,10 @@ impl Sizes {
         let s = if quick {
             Sizes {
                 rounds: 5,
-                consume: 100_000,
-                consume_1k: 50_000,
+                // Multiples of 6 partitions × 1,000 (the batch size).
+                consume: 102_000,
+                // The mock cluster keeps about 5 MB per partition.
+                consume_1k: 24_000,
                 concurrent: 8_000,
                 sequential_slow: 600,
                 publish: 100_000,
@@ -82,8 +84,8 @@ impl Sizes {
         } else {
             Sizes {
                 rounds: 9,
-                consume: 500_000,
-                consume_1k: 200_000,
+                consume: 504_000,
+                consume_1k: 24_000,
                 concurrent: 40_000,
                 sequential_slow: 3_000,
                 publish: 500_000,

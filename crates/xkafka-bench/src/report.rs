@@ -51,7 +51,6 @@ fn fill(brokers: &str, topic: &str, messages: u64, size: usize) -> BoxResult<()>
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
         .create()?;
     let value = payload(size);
     for i in 0..messages {

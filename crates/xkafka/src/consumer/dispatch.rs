@@ -166,7 +166,10 @@ impl LaneKey {
 }
 
 struct Lane {
-    tx: mpsc::UnboundedSender<LaneItem>,
+    tx: mpsc::UnboundedSender<Vec<LaneItem>>,
+    /// Items of this poll round, sent together by `flush`: one wake-up of
+    /// the lane per round rather than one per message.
+    pending: Vec<LaneItem>,
     task: AbortHandle,
     /// Items sent to the lane and not finished yet: the inline fast path
     /// may only run a message of this lane when it is zero (order).
@@ -373,7 +376,7 @@ impl Dispatcher {
 
     fn send(&mut self, key: LaneKey, item: LaneItem) {
         let lane = self.lanes.entry(key).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::unbounded_channel::<Vec<LaneItem>>();
             let context = self.context.clone();
             let busy = Arc::new(AtomicUsize::new(0));
             let task = match self.runner.clone() {
@@ -391,14 +394,25 @@ impl Dispatcher {
             };
             Lane {
                 tx,
+                pending: Vec::new(),
                 task: task.abort_handle(),
                 busy,
             }
         });
         lane.busy.fetch_add(1, Atomic::AcqRel);
-        // A lane only ends when its sender is dropped or it is aborted at
-        // the shutdown deadline; then the message is simply not handled.
-        let _ = lane.tx.send(item);
+        lane.pending.push(item);
+    }
+
+    /// Hands each lane what this poll round gave it.
+    pub(crate) fn flush(&mut self) {
+        for lane in self.lanes.values_mut() {
+            if !lane.pending.is_empty() {
+                // A lane only ends when its sender is dropped or it is
+                // aborted at the shutdown deadline; then the messages are
+                // simply not handled.
+                let _ = lane.tx.send(std::mem::take(&mut lane.pending));
+            }
+        }
     }
 
     /// Forgets the lanes of a revoked partition; they end once their
@@ -500,30 +514,33 @@ fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
 }
 
 async fn run_lane(
-    mut rx: mpsc::UnboundedReceiver<LaneItem>,
+    mut rx: mpsc::UnboundedReceiver<Vec<LaneItem>>,
     mut service: BoxCloneService<Message, Ack, BoxError>,
     cx: LaneContext,
     busy: Arc<AtomicUsize>,
 ) {
-    while let Some(item) = rx.recv().await {
-        let keep_going = match item {
-            LaneItem::Work(work) => handle_work(&mut service, &cx, work).await,
-            LaneItem::Resume(resume) => {
-                let outcome = AssertUnwindSafe(resume.future)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(Box::new(Panicked::from_payload(panic)) as BoxError)
-                    });
-                let settled = settle_outcome(&cx, &resume.tp, resume.offset, outcome);
-                let sent = complete(&cx, resume.tp, resume.epoch, resume.offset, settled).is_some();
-                resume.gate.leave();
-                sent
+    while let Some(items) = rx.recv().await {
+        for item in items {
+            let keep_going = match item {
+                LaneItem::Work(work) => handle_work(&mut service, &cx, work).await,
+                LaneItem::Resume(resume) => {
+                    let outcome = AssertUnwindSafe(resume.future)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(Box::new(Panicked::from_payload(panic)) as BoxError)
+                        });
+                    let settled = settle_outcome(&cx, &resume.tp, resume.offset, outcome);
+                    let sent =
+                        complete(&cx, resume.tp, resume.epoch, resume.offset, settled).is_some();
+                    resume.gate.leave();
+                    sent
+                }
+            };
+            busy.fetch_sub(1, Atomic::AcqRel);
+            if !keep_going {
+                return;
             }
-        };
-        busy.fetch_sub(1, Atomic::AcqRel);
-        if !keep_going {
-            return;
         }
     }
 }
@@ -592,7 +609,7 @@ struct Origin {
 }
 
 async fn run_batch_lane(
-    mut rx: mpsc::UnboundedReceiver<LaneItem>,
+    mut rx: mpsc::UnboundedReceiver<Vec<LaneItem>>,
     mut service: BoxCloneService<Batch, Ack, BoxError>,
     size: usize,
     window: Duration,
@@ -603,18 +620,29 @@ async fn run_batch_lane(
         LaneItem::Work(work) => Some(work),
         LaneItem::Resume(_) => None,
     };
-    while let Some(first) = rx.recv().await {
-        let Some(first) = work_of(first) else {
-            continue;
-        };
+    let mut backlog: std::collections::VecDeque<Work> = std::collections::VecDeque::new();
+    loop {
+        if backlog.is_empty() {
+            match rx.recv().await {
+                Some(items) => backlog.extend(items.into_iter().filter_map(work_of)),
+                None => return,
+            }
+            if backlog.is_empty() {
+                continue;
+            }
+        }
         // The window starts with the batch's first message and ends on time
         // even when nothing else arrives.
         let deadline = tokio::time::Instant::now() + window;
-        let mut works = vec![first];
+        let mut works = Vec::with_capacity(size.min(backlog.len()));
         while works.len() < size {
+            if let Some(work) = backlog.pop_front() {
+                works.push(work);
+                continue;
+            }
             tokio::select! {
                 next = rx.recv() => match next {
-                    Some(item) => works.extend(work_of(item)),
+                    Some(items) => backlog.extend(items.into_iter().filter_map(work_of)),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline) => break,

@@ -168,6 +168,7 @@ impl Pipeline {
         shared: &Shared,
         first: Option<Report>,
     ) {
+        self.dispatcher.flush();
         let mut settlement = Settlement::default();
         for done in std::mem::take(&mut self.finished_inline) {
             self.apply(done, &mut settlement);
