@@ -291,9 +291,7 @@ impl Pipeline {
         if settle && state.tracker.settled(c.offset) {
             self.unsettled -= 1;
         }
-        if !settlement.changed.contains(&c.tp) {
-            settlement.changed.insert(c.tp);
-        }
+        settlement.changed.insert(c.tp);
     }
 
     fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {
