@@ -1,0 +1,188 @@
+//! What the harnesses need from the broker: a topic, a stream of numbered
+//! messages with their acknowledgements, and the group's lag.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::{BoxError, Message, Producer};
+
+/// A name no earlier run used.
+pub fn unique(prefix: &str) -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("{prefix}-{ms}-{}", std::process::id())
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), BoxError> {
+    xkafka::admin::ensure_topics(
+        brokers,
+        &[(topic, partitions)],
+        &xkafka::Config::new(),
+        Duration::from_secs(15),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes numbered messages (value = the id, key = `k{id % 1000}`) with
+/// `publish_async` and keeps the ids the broker acknowledged.
+#[derive(Clone)]
+pub struct Input {
+    producer: Producer,
+    topic: String,
+    next: Arc<AtomicU64>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Input {
+    /// A producer for `topic` (acks=all, idempotent: xkafka's defaults).
+    pub fn new(brokers: &str, topic: &str) -> Result<Self, BoxError> {
+        let errors = Arc::new(AtomicU64::new(0));
+        let counter = errors.clone();
+        let producer = Producer::builder("xkafka-chaos-input")
+            .brokers([brokers])
+            .config("linger.ms", "5")
+            .error_handler(move |err| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                eprintln!("input producer: {err}");
+            })
+            .build()?;
+        Ok(Input {
+            producer,
+            topic: topic.to_owned(),
+            next: Arc::default(),
+            acked: Arc::default(),
+            failed: Arc::default(),
+            errors,
+        })
+    }
+
+    /// Publishes the next `count` ids.
+    pub async fn publish(&self, count: u64) -> Result<(), BoxError> {
+        for _ in 0..count {
+            let id = self.next.fetch_add(1, Ordering::Relaxed);
+            let message = Message::builder(self.topic.as_str())
+                .key(format!("k{}", id % 1000))
+                .value(id.to_string())
+                .build();
+            let acked = self.acked.clone();
+            let failed = self.failed.clone();
+            self.producer
+                .publish_async_with(message, move |outcome| match outcome {
+                    Ok(_) => acked.lock().unwrap_or_else(|p| p.into_inner()).push(id),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `rate` messages per second (in 20 ms steps) until `stop` is
+    /// set.
+    pub async fn feed(&self, rate: u64, stop: Arc<AtomicBool>) -> Result<(), BoxError> {
+        let step = Duration::from_millis(20);
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let due = (started.elapsed().as_millis() as u64 * rate) / 1000;
+            if due > sent {
+                self.publish(due - sent).await?;
+                sent = due;
+            }
+            tokio::time::sleep(step).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until every message published so far was acknowledged or failed
+    /// (the producer's close), and returns the acknowledged ids.
+    pub async fn finish(&self) -> Acked {
+        let report = self.producer.close().await;
+        Acked {
+            ids: self
+                .acked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect(),
+            published: self.next.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            undelivered_at_close: report.undelivered as u64,
+            client_errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ids acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Ids handed to the producer so far.
+    pub fn published(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+}
+
+/// What the broker acknowledged, once the input producer closed.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// The acknowledged ids.
+    pub ids: HashSet<u64>,
+    /// Ids handed to `publish_async`.
+    pub published: u64,
+    /// Ids whose delivery callback reported an error.
+    pub failed: u64,
+    /// Of those, purged at close because the broker had not acknowledged them.
+    pub undelivered_at_close: u64,
+    /// Client errors the producer's error handler saw.
+    pub client_errors: u64,
+}
+
+/// Messages of `topic` the group has not committed yet (end offset minus
+/// committed offset, summed over partitions). Blocking: call it from
+/// `spawn_blocking`.
+pub fn lag(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<i64, BoxError> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = client.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for p in 0..partitions {
+        let (low, high) = client.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        lag += (high - at).max(0);
+    }
+    Ok(lag)
+}
+
+/// [`lag`] on a blocking thread.
+pub async fn lag_async(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<i64, BoxError> {
+    let (b, g, t) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || lag(&b, &g, &t, partitions)).await?
+}

@@ -1,0 +1,235 @@
+//! The crash harness: a worker killed with SIGKILL at random moments while
+//! messages flow, restarted each time, then the ledger checked against
+//! everything the broker acknowledged.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xkafka::BoxError;
+
+use crate::cluster::{self, Input};
+use crate::ledger::{self, Tally};
+use crate::process::{self, WorkerSpec};
+use crate::worker::{Mode, AUTO_COMMIT_INTERVAL};
+
+/// One crash scenario.
+#[derive(Clone, Debug)]
+pub struct CrashPlan {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// How the worker consumes.
+    pub mode: Mode,
+    /// SIGKILLs (each followed by a restart).
+    pub kills: u32,
+    /// Seeds the kill moments: the same seed gives the same delays.
+    pub seed: u64,
+    /// Messages published before the first worker starts.
+    pub prefill: u64,
+    /// Messages per second published while the worker is being killed.
+    pub rate: u64,
+    /// Partitions of the input topic.
+    pub partitions: i32,
+    /// Simulated work per message (per batch in batch mode), ms.
+    pub work_ms: u64,
+    /// The worker's in-flight bound.
+    pub max_in_flight: usize,
+    /// The worker's `session.timeout.ms`.
+    pub session_timeout_ms: u32,
+    /// A kill lands this long (uniformly drawn) after the restarted worker
+    /// recorded its first message.
+    pub kill_after: (Duration, Duration),
+    /// The `xkafka-chaos` binary.
+    pub exe: PathBuf,
+    /// Base directory for ledgers and worker logs.
+    pub dir: PathBuf,
+}
+
+impl CrashPlan {
+    /// The suite's defaults for `mode`.
+    pub fn new(brokers: impl Into<String>, mode: Mode, exe: PathBuf, dir: PathBuf) -> Self {
+        CrashPlan {
+            brokers: brokers.into(),
+            mode,
+            kills: 10,
+            seed: 1,
+            prefill: 2_000,
+            rate: 300,
+            partitions: 6,
+            work_ms: if mode == Mode::Batch { 20 } else { 1 },
+            max_in_flight: 500,
+            session_timeout_ms: 6_000,
+            kill_after: (Duration::from_millis(50), Duration::from_millis(1_500)),
+            exe,
+            dir,
+        }
+    }
+
+    /// The most messages one kill may send round again: those in flight, plus
+    /// — with automatic commits — those handled since the last commit (at
+    /// most the handler's rate times the commit interval).
+    pub fn duplicate_bound_per_kill(&self) -> u64 {
+        let in_flight = self.max_in_flight.max(2 * self.mode.batch_size()) as u64;
+        let auto_commit = matches!(
+            self.mode,
+            Mode::Sequential | Mode::Concurrent | Mode::PerKey | Mode::Batch
+        );
+        if !auto_commit {
+            return in_flight;
+        }
+        // Each handler call takes at least `work_ms`.
+        let per_ms = (self.mode.concurrency() * self.mode.batch_size()) as u64;
+        in_flight + per_ms * AUTO_COMMIT_INTERVAL.as_millis() as u64 / self.work_ms.max(1)
+    }
+}
+
+/// What a crash scenario measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CrashReport {
+    /// The scenario.
+    pub mode: Mode,
+    /// The seed of the kill moments.
+    pub seed: u64,
+    /// SIGKILLs delivered.
+    pub kills: u32,
+    /// The kill delays drawn from the seed, ms after the first record.
+    pub kill_delays_ms: Vec<u64>,
+    /// The ledger against the acknowledged input.
+    pub tally: Tally,
+    /// Input messages whose publish failed (not expected).
+    pub publish_failed: u64,
+    /// The duplicate bound per kill ([`CrashPlan::duplicate_bound_per_kill`]).
+    pub duplicate_bound_per_kill: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+impl CrashReport {
+    /// One line for logs and the README tables.
+    pub fn line(&self) -> String {
+        format!(
+            "crash {:<12} seed={} kills={} messages={} handled={} lost={} duplicated={} \
+             (bound {}) max_handled={} {:.0}s",
+            self.mode.name(),
+            self.seed,
+            self.kills,
+            self.tally.expected,
+            self.tally.handled,
+            self.tally.lost,
+            self.tally.duplicated,
+            self.duplicate_bound_per_kill * u64::from(self.kills),
+            self.tally.max_handled,
+            self.seconds,
+        )
+    }
+}
+
+/// Runs one crash scenario: prefill, then `kills` times start a worker, wait
+/// for it to record something, let it run a random while and SIGKILL it —
+/// with messages flowing all along; then a last worker drains the topic and
+/// stops cleanly, and the ledger is counted.
+pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
+    let started = Instant::now();
+    let name = cluster::unique(&format!("crash-{}", plan.mode.name()));
+    let dir = process::run_dir(&plan.dir, &name)?;
+    cluster::create_topic(&plan.brokers, &name, plan.partitions).await?;
+    let spec = WorkerSpec {
+        exe: plan.exe.clone(),
+        brokers: plan.brokers.clone(),
+        topic: name.clone(),
+        group: name.clone(),
+        mode: plan.mode,
+        work_ms: plan.work_ms,
+        session_timeout_ms: plan.session_timeout_ms,
+        max_in_flight: plan.max_in_flight,
+        dir: dir.clone(),
+    };
+    let input = Input::new(&plan.brokers, &name)?;
+    input.publish(plan.prefill).await?;
+    let stop_feeding = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let input = input.clone();
+        let stop = stop_feeding.clone();
+        let rate = plan.rate;
+        tokio::spawn(async move { input.feed(rate, stop).await })
+    };
+
+    let mut rng = fastrand::Rng::with_seed(plan.seed);
+    let (lo, hi) = (
+        plan.kill_after.0.as_millis() as u64,
+        plan.kill_after.1.as_millis() as u64,
+    );
+    let mut delays = Vec::new();
+    let tag = format!("[crash {}]", plan.mode.name());
+    for kill in 0..plan.kills {
+        let ledgers = ledger::files(&dir)?;
+        let before = ledger::size(&ledgers);
+        let mut worker = spec.spawn(&format!("worker-{kill:02}"), plan.work_ms)?;
+        let mut all = ledgers;
+        all.push(worker.ledger.clone());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while ledger::size(&all) <= before {
+            if let Some(status) = worker.exited()? {
+                return Err(format!("{tag} worker {kill} exited by itself: {status}").into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{tag} worker {kill} recorded nothing within 90 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let delay = rng.u64(lo..=hi);
+        delays.push(delay);
+        // The random moment of death: this sleep is the experiment, not a
+        // synchronisation.
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if let Some(status) = worker.exited()? {
+            return Err(format!("{tag} worker {kill} exited by itself: {status}").into());
+        }
+        worker.kill().await?;
+        eprintln!(
+            "{tag} kill {}/{} {delay} ms after its first record; published {}, ledger {} B, {:.0}s",
+            kill + 1,
+            plan.kills,
+            input.published(),
+            ledger::size(&all),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    stop_feeding.store(true, Ordering::Relaxed);
+    feeder.await??;
+    let acked = input.finish().await;
+
+    // The last worker drains everything, with no simulated work.
+    let last = spec.spawn("worker-final", 0)?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let recorded: std::collections::HashSet<u64> =
+            ledger::read(&ledger::files(&dir)?)?.into_iter().collect();
+        let missing = acked.ids.iter().filter(|id| !recorded.contains(id)).count();
+        let lag = cluster::lag_async(&plan.brokers, &name, &name, plan.partitions).await?;
+        // At-most-once loses messages by design: there, wait for the commits.
+        if lag == 0 && (missing == 0 || !plan.mode.at_least_once()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("{tag} final drain timed out: {missing} missing, lag {lag}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last.terminate(Duration::from_secs(30)).await?;
+    let recorded = ledger::read(&ledger::files(&dir)?)?;
+    let report = CrashReport {
+        mode: plan.mode,
+        seed: plan.seed,
+        kills: plan.kills,
+        kill_delays_ms: delays,
+        tally: Tally::new(&acked.ids, &recorded),
+        publish_failed: acked.failed,
+        duplicate_bound_per_kill: plan.duplicate_bound_per_kill(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    eprintln!("{tag} {}", report.line());
+    Ok(report)
+}

@@ -1,0 +1,26 @@
+//! xkafka's reliability suite: harnesses that kill things and count.
+//!
+//! - [`worker`]: the process under test — an xkafka consumer that records each
+//!   message it handled, durably, before acknowledging it.
+//! - [`crash`]: SIGKILLs a worker at seeded random moments while messages
+//!   flow, restarts it, and checks the ledger against what the broker
+//!   acknowledged: nothing lost (at-least-once modes), duplicates bounded.
+//! - [`storm`]: three workers of one group, one killed or restarted every few
+//!   seconds.
+//! - [`soak`]: a slow worker flooded with messages, its resident memory
+//!   sampled.
+//! - [`tansu`]: a private Tansu broker process the broker-fault tests stop and
+//!   restart.
+//!
+//! The `xkafka-chaos` binary runs each of them from the command line (see
+//! `RELIABILITY.md` at the repository root); the tests in `tests/` run short
+//! versions against the suite's broker.
+
+pub mod cluster;
+pub mod crash;
+pub mod ledger;
+pub mod process;
+pub mod soak;
+pub mod storm;
+pub mod tansu;
+pub mod worker;

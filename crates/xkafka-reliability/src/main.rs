@@ -1,0 +1,213 @@
+//! `xkafka-chaos`: kills xkafka consumers and counts what they handled.
+//!
+//! ```text
+//! xkafka-chaos crash --mode sequential --kills 10 --seed 1   # one crash scenario
+//! xkafka-chaos crash --all                                   # every scenario
+//! xkafka-chaos storm --seconds 60                            # rebalance storm
+//! xkafka-chaos soak --seconds 600                            # memory soak
+//! xkafka-chaos worker --topic t --group g --mode per-key --out x.ledger
+//! ```
+//!
+//! Against `--brokers` (default `$XKAFKA_BROKERS` or 127.0.0.1:9092); start
+//! one with `scripts/broker.sh install && scripts/broker.sh start`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use xkafka::BoxError;
+use xkafka_reliability::crash::{self, CrashPlan};
+use xkafka_reliability::soak::{self, SoakPlan};
+use xkafka_reliability::storm::{self, StormPlan};
+use xkafka_reliability::worker::{self, Mode, WorkerArgs};
+
+#[derive(Parser)]
+#[command(version, about = "Kills xkafka consumers and counts what they handled")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// `bootstrap.servers`.
+    #[arg(long, env = "XKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Where ledgers and worker logs go.
+    #[arg(long, default_value = "target/xkafka-chaos")]
+    dir: PathBuf,
+    /// Write the report(s) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed for kill moments and victims.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker (what the harnesses start and kill).
+    Worker(WorkerArgs),
+    /// Crash scenarios: SIGKILL a worker at random moments, restart, count.
+    Crash {
+        #[command(flatten)]
+        common: Common,
+        /// The scenario.
+        #[arg(long, value_enum, required_unless_present = "all")]
+        mode: Option<Mode>,
+        /// Every scenario, one after the other.
+        #[arg(long)]
+        all: bool,
+        /// SIGKILLs per scenario.
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        /// Messages per second published during the kills.
+        #[arg(long, default_value_t = 300)]
+        rate: u64,
+    },
+    /// Rebalance storm: 3 workers, 12 partitions, one disrupted every 2–5 s.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// How long the storm lasts.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// Messages per second published during the storm.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+    },
+    /// Memory soak: flood a slow worker, sample its RSS every second.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        /// How long to flood.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Messages per second published.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+    },
+}
+
+fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> Result<(), BoxError> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
+    let exe = std::env::current_exe()?;
+    match cli.command {
+        Command::Worker(args) => {
+            let summary = worker::run(args).await?;
+            println!("{summary:?}");
+            Ok(true)
+        }
+        Command::Crash {
+            common,
+            mode,
+            all,
+            kills,
+            rate,
+        } => {
+            let modes = if all {
+                Mode::ALL.to_vec()
+            } else {
+                mode.into_iter().collect()
+            };
+            let mut reports = Vec::new();
+            let mut ok = true;
+            for mode in modes {
+                let mut plan =
+                    CrashPlan::new(&common.brokers, mode, exe.clone(), common.dir.clone());
+                plan.kills = kills;
+                plan.seed = common.seed;
+                plan.rate = rate;
+                let report = crash::run(&plan).await?;
+                let lost_ok = !mode.at_least_once() || report.tally.lost == 0;
+                let dup_ok = if mode.at_least_once() {
+                    report.tally.duplicated
+                        <= report.duplicate_bound_per_kill * u64::from(report.kills)
+                } else {
+                    report.tally.duplicated == 0
+                };
+                ok &= lost_ok && dup_ok;
+                reports.push(report);
+            }
+            println!();
+            for report in &reports {
+                println!("{}", report.line());
+            }
+            write_json(&common.json, &reports)?;
+            Ok(ok)
+        }
+        Command::Storm {
+            common,
+            seconds,
+            workers,
+            rate,
+        } => {
+            let mut plan = StormPlan::new(&common.brokers, exe, common.dir.clone());
+            plan.duration = Duration::from_secs(seconds);
+            plan.workers = workers;
+            plan.rate = rate;
+            plan.seed = common.seed;
+            let report = storm::run(&plan).await?;
+            println!("{}", report.line());
+            write_json(&common.json, &report)?;
+            Ok(report.tally.lost == 0)
+        }
+        Command::Soak {
+            common,
+            seconds,
+            rate,
+        } => {
+            let mut plan = SoakPlan::new(&common.brokers, exe, common.dir.clone());
+            plan.duration = Duration::from_secs(seconds);
+            plan.warm_up = Duration::from_secs((seconds / 10).max(10));
+            plan.rate = rate;
+            let report = soak::run(&plan).await?;
+            println!("{}", report.line());
+            write_json(&common.json, &report)?;
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("xkafka-chaos: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_inner(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("xkafka-chaos: a guarantee was broken (see the report)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("xkafka-chaos: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

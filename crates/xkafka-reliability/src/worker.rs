@@ -1,0 +1,262 @@
+//! The worker: an xkafka consumer that records every message it handled,
+//! durably, before acknowledging it.
+//!
+//! The harnesses run it as a separate process (`xkafka-chaos worker …`) so
+//! that they can kill it with SIGKILL. Each message's value is its id (a
+//! decimal number); the worker appends the ids it handled to its ledger file
+//! — one `write` of whole lines, then `fdatasync` — and only then returns
+//! success, so an id in the ledger means "handled" even if the process dies
+//! the next instant. SIGTERM stops it gracefully; it then prints its
+//! [`Summary`] as one JSON line on stdout.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use xkafka::{
+    Ack, Batch, BatchConsumer, BoxError, CommitMode, Consumer, ConsumerBuilder, Decision, Error,
+    Kind, Message, Order, Summary,
+};
+
+/// How the worker consumes: one scenario of the crash suite each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One message at a time, automatic offset commits.
+    Sequential,
+    /// `Concurrency(16)`, per-partition order.
+    Concurrent,
+    /// `Concurrency(16)`, per-key order.
+    PerKey,
+    /// The batch consumer, batches of up to 100 messages.
+    Batch,
+    /// `CommitMode::Manual`: a synchronous commit after each message.
+    Manual,
+    /// `CommitMode::AtMostOnce`: committed before the handler runs.
+    AtMostOnce,
+}
+
+impl Mode {
+    /// Every scenario, in the order the suite reports them.
+    pub const ALL: [Mode; 6] = [
+        Mode::Sequential,
+        Mode::Concurrent,
+        Mode::PerKey,
+        Mode::Batch,
+        Mode::Manual,
+        Mode::AtMostOnce,
+    ];
+
+    /// Whether the mode promises at-least-once (every other mode promises
+    /// at-most-once).
+    pub fn at_least_once(self) -> bool {
+        self != Mode::AtMostOnce
+    }
+
+    /// Handlers running at once.
+    pub fn concurrency(self) -> usize {
+        match self {
+            Mode::Concurrent | Mode::PerKey => 16,
+            _ => 1,
+        }
+    }
+
+    /// Messages per batch (1 for the streaming modes).
+    pub fn batch_size(self) -> usize {
+        if self == Mode::Batch {
+            100
+        } else {
+            1
+        }
+    }
+
+    /// The mode's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sequential => "sequential",
+            Mode::Concurrent => "concurrent",
+            Mode::PerKey => "per-key",
+            Mode::Batch => "batch",
+            Mode::Manual => "manual",
+            Mode::AtMostOnce => "at-most-once",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The automatic commit interval the worker uses: it bounds how many handled
+/// messages a kill can send round again in the automatic modes.
+pub const AUTO_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The worker's command line.
+#[derive(Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// `bootstrap.servers`.
+    #[arg(long, env = "XKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The topic to consume (values are decimal ids).
+    #[arg(long)]
+    pub topic: String,
+    /// The consumer group.
+    #[arg(long)]
+    pub group: String,
+    /// How to consume.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// The ledger: ids are appended here, one per line, before each ack.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Simulated work per message (per batch in batch mode), milliseconds.
+    #[arg(long, default_value_t = 1)]
+    pub work_ms: u64,
+    /// `session.timeout.ms`: how soon the group notices a killed worker.
+    #[arg(long, default_value_t = 6000)]
+    pub session_timeout_ms: u32,
+    /// The consumer's total in-flight bound (messages taken, not settled).
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
+    /// Skip the `fdatasync` after each ledger write (a SIGKILL cannot lose a
+    /// completed `write`; only a machine crash can).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+/// Appends ids to the ledger: one `write` per call, then `fdatasync`.
+#[derive(Clone)]
+struct Ledger {
+    file: Arc<Mutex<File>>,
+    fsync: bool,
+}
+
+impl Ledger {
+    fn open(path: &Path, fsync: bool) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Ledger {
+            file: Arc::new(Mutex::new(file)),
+            fsync,
+        })
+    }
+
+    fn record(&self, ids: &[u64]) -> io::Result<()> {
+        let mut lines = String::with_capacity(ids.len() * 8);
+        for id in ids {
+            lines.push_str(&id.to_string());
+            lines.push('\n');
+        }
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        // O_APPEND + one write: a line is never torn or interleaved.
+        file.write_all(lines.as_bytes())?;
+        if self.fsync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+fn id_of(message: &Message) -> Result<u64, BoxError> {
+    let text = message
+        .value_str()
+        .ok_or_else(|| format!("{}: value is not an id", message.location()))?;
+    text.parse()
+        .map_err(|e| format!("{}: value {text:?}: {e}", message.location()).into())
+}
+
+/// What every mode shares: the broker, short session, frequent automatic
+/// commits, the in-flight bound, an error handler that stops on anything that
+/// could mean an unrecorded acknowledgement.
+fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> ConsumerBuilder<K> {
+    let heartbeat = (args.session_timeout_ms / 4).max(100);
+    let per_partition = args.max_in_flight.max(2 * args.mode.batch_size());
+    builder
+        .brokers([args.brokers.as_str()])
+        .topics([args.topic.as_str()])
+        .config("auto.offset.reset", "earliest")
+        .config("session.timeout.ms", args.session_timeout_ms.to_string())
+        .config("heartbeat.interval.ms", heartbeat.to_string())
+        .config(
+            "auto.commit.interval.ms",
+            AUTO_COMMIT_INTERVAL.as_millis().to_string(),
+        )
+        .max_in_flight(per_partition)
+        .max_in_flight_per_partition(per_partition)
+        .shutdown_timeout(Duration::from_secs(10))
+        .error_handler(|err: &Error| {
+            eprintln!("worker: {err}");
+            // A failed handler here is a broken ledger (disk full…): stop, so
+            // that nothing is acknowledged unrecorded.
+            if err.message_location().is_some() || err.is_fatal() {
+                Decision::Stop
+            } else {
+                Decision::Continue
+            }
+        })
+}
+
+/// Runs the worker until SIGTERM (or SIGINT), then returns the consumer's
+/// summary.
+pub async fn run(args: WorkerArgs) -> Result<Summary, BoxError> {
+    let ledger = Ledger::open(&args.out, !args.no_fsync)?;
+    let work = Duration::from_millis(args.work_ms);
+    let mode = args.mode;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    let summary = if mode == Mode::Batch {
+        let ledger = ledger.clone();
+        configure(BatchConsumer::builder(args.group.clone()), &args)
+            .batch_size(mode.batch_size())
+            .batch_timeout(Duration::from_millis(100))
+            .handler(move |batch: Batch| {
+                let ledger = ledger.clone();
+                async move {
+                    if !work.is_zero() {
+                        tokio::time::sleep(work).await;
+                    }
+                    let ids = batch.iter().map(id_of).collect::<Result<Vec<_>, _>>()?;
+                    ledger.record(&ids)?;
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .build()?
+            .run(shutdown)
+            .await?
+    } else {
+        let (commit_mode, order) = match mode {
+            Mode::Manual => (CommitMode::Manual, Order::PerPartition),
+            Mode::AtMostOnce => (CommitMode::AtMostOnce, Order::PerPartition),
+            Mode::PerKey => (CommitMode::Auto, Order::PerKey),
+            _ => (CommitMode::Auto, Order::PerPartition),
+        };
+        configure(Consumer::builder(args.group.clone()), &args)
+            .commit_mode(commit_mode)
+            .concurrency(mode.concurrency())
+            .order(order)
+            .handler(move |message: Message| {
+                let ledger = ledger.clone();
+                async move {
+                    if !work.is_zero() {
+                        tokio::time::sleep(work).await;
+                    }
+                    ledger.record(&[id_of(&message)?])?;
+                    Ok::<_, BoxError>(Ack::Success)
+                }
+            })
+            .build()?
+            .run(shutdown)
+            .await?
+    };
+    Ok(summary)
+}
