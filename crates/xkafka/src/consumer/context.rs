@@ -103,6 +103,11 @@ impl ClientContext for XConsumerContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // With `enable.partition.eof`, the end of a partition comes as an
+        // error event too; it is not an error.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         tracing::debug!(group = %self.shared.group, %error, reason, "consumer client error");
         self.shared.report(Error::kafka(Operation::Client, error));
     }

@@ -79,10 +79,11 @@ impl PollLoop {
                 match self.consumer.poll(timeout) {
                     None => break,
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => {
-                        self.shared.report(Error::kafka(Operation::Poll, e));
-                        break;
-                    }
+                    // rdkafka (0.39) makes every poll error out of an error
+                    // event that it has first handed to
+                    // `ClientContext::error`, which reported it: reporting it
+                    // here as well gave the error handler each error twice.
+                    Some(Err(_)) => break,
                     Some(Ok(m)) => {
                         let topic = intern(&mut topic_names, m.topic());
                         messages.push(owned_message(&m, topic, &self.shared.group));

@@ -1,10 +1,11 @@
 //! librdkafka callbacks of the producer: delivery reports, errors, logs.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::oneshot;
@@ -41,6 +42,9 @@ impl ClientContext for XProducerContext {
     // Global errors (all brokers down, fatal idempotence errors, auth
     // failures) are not tied to one message: only the error handler sees them.
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_echo(&error, reason) {
+            return;
+        }
         tracing::debug!(producer = %self.name, %error, reason, "producer client error");
         (self.error_handler)(&Error::kafka(Operation::Client, error));
     }
@@ -71,5 +75,52 @@ impl ProducerContext for XProducerContext {
                 );
             }
         }
+    }
+}
+
+thread_local! {
+    /// The error event this thread has just reported.
+    static LAST_EVENT: RefCell<Option<(Option<RDKafkaErrorCode>, String)>> =
+        const { RefCell::new(None) };
+}
+
+/// Whether this call is the second delivery of the error event this thread
+/// has just reported. rdkafka 0.39's producer poll hands every error event to
+/// `ClientContext::error` twice in a row on the polling thread
+/// (`Client::poll_event`, then `BaseProducer::handle_error_event`): without
+/// this the error handler saw each error twice.
+fn is_echo(error: &KafkaError, reason: &str) -> bool {
+    let event = (error.rdkafka_error_code(), reason.to_owned());
+    LAST_EVENT.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref() == Some(&event) {
+            *last = None;
+            true
+        } else {
+            *last = Some(event);
+            false
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_event_is_reported_once() {
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        let transport = KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure);
+        let calls = [
+            (&down, "1/1 brokers are down"),
+            (&down, "1/1 brokers are down"),
+            (&transport, "broker 1: connection refused"),
+            (&transport, "broker 1: connection refused"),
+            // The same error again is a new event.
+            (&transport, "broker 1: connection refused"),
+            (&transport, "broker 1: connection refused"),
+        ];
+        let reported: Vec<bool> = calls.iter().map(|(e, r)| !is_echo(e, r)).collect();
+        assert_eq!(reported, [true, false, true, false, true, false]);
     }
 }
