@@ -19,6 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, Producer as _};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 
 use crate::error::{Error, Operation};
@@ -95,8 +96,69 @@ impl EmbeddedCluster {
         self.with_mock(|m| m.broker_round_trip_time(broker_id, delay))
     }
 
+    /// Fails the next requests of kind `api_key`, one error per request in
+    /// the order given, whichever client sends them (the errors are
+    /// cluster-wide). The whole request fails: a Produce request carrying
+    /// several partitions' batches fails for all of them, and nothing is
+    /// written. `RD_KAFKA_RESP_ERR__TRANSPORT` makes the broker close the
+    /// connection instead of answering.
+    pub fn request_errors(
+        &self,
+        api_key: RDKafkaApiKey,
+        errors: &[RDKafkaRespErr],
+    ) -> Result<(), Error> {
+        self.with_mock(|m| {
+            m.request_errors(api_key, errors);
+            Ok(())
+        })
+    }
+
+    /// Starts (or restarts, forgetting what was recorded) recording the
+    /// requests the brokers receive, for [`requests`](Self::requests): a
+    /// test can then check that an injected fault was actually hit.
+    #[allow(unsafe_code)]
+    pub fn start_request_tracking(&self) {
+        use rdkafka::bindings as rd;
+        // SAFETY: the client is alive; a null mock cluster is checked.
+        unsafe {
+            let mcluster = rd::rd_kafka_handle_mock_cluster(self.client.client().native_ptr());
+            if !mcluster.is_null() {
+                rd::rd_kafka_mock_start_request_tracking(mcluster);
+            }
+        }
+    }
+
+    /// How many requests of kind `api_key` the brokers received since
+    /// [`start_request_tracking`](Self::start_request_tracking) (0 when not
+    /// tracking).
+    #[allow(unsafe_code)]
+    pub fn requests(&self, api_key: RDKafkaApiKey) -> usize {
+        use rdkafka::bindings as rd;
+        let wanted = i16::from(api_key);
+        // SAFETY: the client is alive; a null mock cluster is checked.
+        // `rd_kafka_mock_get_requests` returns `count` copies (or null when
+        // there are none) that we own and free with
+        // `rd_kafka_mock_request_destroy_array`.
+        unsafe {
+            let mcluster = rd::rd_kafka_handle_mock_cluster(self.client.client().native_ptr());
+            if mcluster.is_null() {
+                return 0;
+            }
+            let mut count = 0usize;
+            let requests = rd::rd_kafka_mock_get_requests(mcluster, &mut count);
+            if requests.is_null() {
+                return 0;
+            }
+            let matching = (0..count)
+                .filter(|&i| rd::rd_kafka_mock_request_api_key(*requests.add(i)) == wanted)
+                .count();
+            rd::rd_kafka_mock_request_destroy_array(requests, count);
+            matching
+        }
+    }
+
     /// The underlying rdkafka mock, for fault injection this type does not
-    /// wrap (e.g. `request_errors`).
+    /// wrap.
     pub fn with_mock<T>(
         &self,
         f: impl FnOnce(
