@@ -58,8 +58,8 @@ impl CrashPlan {
             rate: 300,
             partitions: 6,
             work_ms: if mode == Mode::Batch { 20 } else { 1 },
-            max_in_flight: 500,
-            session_timeout_ms: 6_000,
+            max_in_flight: 1_000,
+            session_timeout_ms: 3_000,
             kill_after: (Duration::from_millis(50), Duration::from_millis(1_500)),
             exe,
             dir,
@@ -84,6 +84,26 @@ impl CrashPlan {
     }
 }
 
+impl CrashPlan {
+    /// At-most-once: the most messages one kill may lose. A handler claims
+    /// its message (its offset is committed) right before it runs, so a kill
+    /// loses at most the messages whose handlers were running.
+    pub fn loss_bound_per_kill(&self) -> u64 {
+        (self.mode.concurrency() * self.mode.batch_size()) as u64
+    }
+
+    /// Whether `report` keeps this mode's promise.
+    pub fn kept(&self, report: &CrashReport) -> bool {
+        let kills = u64::from(report.kills);
+        if self.mode.at_least_once() {
+            report.tally.lost == 0
+                && report.tally.duplicated <= self.duplicate_bound_per_kill() * kills
+        } else {
+            report.tally.max_handled <= 1 && report.tally.lost <= self.loss_bound_per_kill() * kills
+        }
+    }
+}
+
 /// What a crash scenario measured.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CrashReport {
@@ -101,6 +121,8 @@ pub struct CrashReport {
     pub publish_failed: u64,
     /// The duplicate bound per kill ([`CrashPlan::duplicate_bound_per_kill`]).
     pub duplicate_bound_per_kill: u64,
+    /// At-most-once: the loss bound per kill ([`CrashPlan::loss_bound_per_kill`]).
+    pub loss_bound_per_kill: u64,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -109,16 +131,25 @@ impl CrashReport {
     /// One line for logs and the README tables.
     pub fn line(&self) -> String {
         format!(
-            "crash {:<12} seed={} kills={} messages={} handled={} lost={} duplicated={} \
-             (bound {}) max_handled={} {:.0}s",
+            "crash {:<12} seed={} kills={} messages={} handled={} lost={} (bound {}) \
+             duplicated={} (bound {}) max_handled={} {:.0}s",
             self.mode.name(),
             self.seed,
             self.kills,
             self.tally.expected,
             self.tally.handled,
             self.tally.lost,
+            if self.mode.at_least_once() {
+                0
+            } else {
+                self.loss_bound_per_kill * u64::from(self.kills)
+            },
             self.tally.duplicated,
-            self.duplicate_bound_per_kill * u64::from(self.kills),
+            if self.mode.at_least_once() {
+                self.duplicate_bound_per_kill * u64::from(self.kills)
+            } else {
+                0
+            },
             self.tally.max_handled,
             self.seconds,
         )
@@ -199,6 +230,11 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
     stop_feeding.store(true, Ordering::Relaxed);
     feeder.await??;
     let acked = input.finish().await;
+    eprintln!(
+        "{tag} input closed: {} acknowledged, {:.0}s; draining",
+        acked.ids.len(),
+        started.elapsed().as_secs_f64()
+    );
 
     // The last worker drains everything, with no simulated work.
     let last = spec.spawn("worker-final", 0)?;
@@ -210,6 +246,7 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         let lag = cluster::lag_async(&plan.brokers, &name, &name, plan.partitions).await?;
         // At-most-once loses messages by design: there, wait for the commits.
         if lag == 0 && (missing == 0 || !plan.mode.at_least_once()) {
+            eprintln!("{tag} drained, {:.0}s", started.elapsed().as_secs_f64());
             break;
         }
         if Instant::now() > deadline {
@@ -228,6 +265,7 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         tally: Tally::new(&acked.ids, &recorded),
         publish_failed: acked.failed,
         duplicate_bound_per_kill: plan.duplicate_bound_per_kill(),
+        loss_bound_per_kill: plan.loss_bound_per_kill(),
         seconds: started.elapsed().as_secs_f64(),
     };
     eprintln!("{tag} {}", report.line());

@@ -130,14 +130,7 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
                 plan.seed = common.seed;
                 plan.rate = rate;
                 let report = crash::run(&plan).await?;
-                let lost_ok = !mode.at_least_once() || report.tally.lost == 0;
-                let dup_ok = if mode.at_least_once() {
-                    report.tally.duplicated
-                        <= report.duplicate_bound_per_kill * u64::from(report.kills)
-                } else {
-                    report.tally.duplicated == 0
-                };
-                ok &= lost_ok && dup_ok;
+                ok &= plan.kept(&report);
                 reports.push(report);
             }
             println!();

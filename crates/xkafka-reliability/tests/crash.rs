@@ -48,13 +48,14 @@ async fn scenario(mode: Mode) -> CrashReport {
     assert_eq!(report.kills, 10, "every kill landed");
     assert_eq!(report.publish_failed, 0, "the input was published");
     assert!(report.tally.expected > 0);
-    let bound = report.duplicate_bound_per_kill * u64::from(report.kills);
+    let kills = u64::from(report.kills);
     if mode.at_least_once() {
         assert_eq!(
             report.tally.lost, 0,
             "lost messages (first: {:?})",
             report.tally.lost_sample
         );
+        let bound = report.duplicate_bound_per_kill * kills;
         assert!(
             report.tally.duplicated <= bound,
             "{} duplicates, bound {bound}",
@@ -65,12 +66,14 @@ async fn scenario(mode: Mode) -> CrashReport {
             report.tally.max_handled, 1,
             "at-most-once handled something twice"
         );
+        let bound = report.loss_bound_per_kill * kills;
         assert!(
-            report.tally.lost <= u64::from(report.kills) * plan.max_in_flight as u64,
-            "{} lost, more than the in-flight bound per kill",
+            report.tally.lost <= bound,
+            "{} lost, more than the {bound} handlers running at the kills",
             report.tally.lost
         );
     }
+    assert!(plan.kept(&report));
     report
 }
 
