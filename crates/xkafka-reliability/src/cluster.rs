@@ -150,10 +150,14 @@ pub struct Acked {
     pub client_errors: u64,
 }
 
-/// Messages of `topic` the group has not committed yet (end offset minus
-/// committed offset, summed over partitions). Blocking: call it from
-/// `spawn_blocking`.
-pub fn lag(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<i64, BoxError> {
+/// Per partition: (partition, committed offset or the low watermark when
+/// none, end offset). Blocking: call it from `spawn_blocking`.
+pub fn positions(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<Vec<(i32, i64, i64)>, BoxError> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -164,16 +168,26 @@ pub fn lag(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<i
         tpl.add_partition(topic, p);
     }
     let committed = client.committed_offsets(tpl, Duration::from_secs(10))?;
-    let mut lag = 0;
+    let mut positions = Vec::new();
     for p in 0..partitions {
         let (low, high) = client.fetch_watermarks(topic, p, Duration::from_secs(10))?;
         let at = match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             _ => low,
         };
-        lag += (high - at).max(0);
+        positions.push((p, at, high));
     }
-    Ok(lag)
+    Ok(positions)
+}
+
+/// Messages of `topic` the group has not committed yet (end offset minus
+/// committed offset, summed over partitions). Blocking: call it from
+/// `spawn_blocking`.
+pub fn lag(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<i64, BoxError> {
+    Ok(positions(brokers, group, topic, partitions)?
+        .iter()
+        .map(|(_, at, high)| (high - at).max(0))
+        .sum())
 }
 
 /// [`lag`] on a blocking thread.

@@ -66,6 +66,21 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         rate: u64,
     },
+    /// Committed and end offsets of a group, per partition.
+    Lag {
+        /// `bootstrap.servers`.
+        #[arg(long, env = "XKAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// The group (default: the topic's name, as the harnesses use).
+        #[arg(long)]
+        group: Option<String>,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 12)]
+        partitions: i32,
+    },
     /// Rebalance storm: 3 workers, 12 partitions, one disrupted every 2–5 s.
     Storm {
         #[command(flatten)]
@@ -107,6 +122,25 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
         Command::Worker(args) => {
             let summary = worker::run(args).await?;
             println!("{summary:?}");
+            Ok(true)
+        }
+        Command::Lag {
+            brokers,
+            topic,
+            group,
+            partitions,
+        } => {
+            let group = group.unwrap_or_else(|| topic.clone());
+            let positions = tokio::task::spawn_blocking(move || {
+                xkafka_reliability::cluster::positions(&brokers, &group, &topic, partitions)
+            })
+            .await??;
+            for (p, committed, end) in positions {
+                println!(
+                    "partition {p:>3} committed {committed:>8} end {end:>8} lag {:>6}",
+                    end - committed
+                );
+            }
             Ok(true)
         }
         Command::Crash {

@@ -78,8 +78,15 @@ pub struct StormReport {
     pub restarts: u32,
     /// The ledger against the acknowledged input.
     pub tally: Tally,
-    /// Seconds from the end of the storm until every message was handled.
+    /// Seconds from the end of the storm until every message was handled
+    /// (or the drain gave up).
     pub drain_seconds: f64,
+    /// Acknowledged messages the surviving workers had not handled when the
+    /// drain gave up (then handed to a fresh worker).
+    pub stalled: u64,
+    /// Partitions with uncommitted messages at that moment: (partition,
+    /// committed, end).
+    pub stalled_partitions: Vec<(i32, i64, i64)>,
     /// Wall time, seconds.
     pub seconds: f64,
 }
@@ -89,7 +96,7 @@ impl StormReport {
     pub fn line(&self) -> String {
         format!(
             "storm workers={} partitions={} kills={} restarts={} messages={} handled={} lost={} \
-             duplicated={} drain={:.1}s {:.0}s",
+             duplicated={} drain={:.1}s stalled={} {:.0}s",
             self.workers,
             self.partitions,
             self.kills,
@@ -99,6 +106,7 @@ impl StormReport {
             self.tally.lost,
             self.tally.duplicated,
             self.drain_seconds,
+            self.stalled,
             self.seconds,
         )
     }
@@ -172,26 +180,37 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
     feeder.await??;
     let acked = input.finish().await;
     let storm_over = Instant::now();
-    let deadline = storm_over + Duration::from_secs(180);
-    loop {
-        let recorded: HashSet<u64> = ledger::read(&ledger::files(&dir)?)?.into_iter().collect();
-        let missing = acked.ids.iter().filter(|id| !recorded.contains(id)).count();
-        let lag = cluster::lag_async(&plan.brokers, &name, &name, plan.partitions).await?;
-        if missing == 0 && lag == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            eprintln!("[storm] drain timed out: {missing} missing, lag {lag}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let missing = drain(plan, &dir, &name, &acked.ids, Duration::from_secs(90)).await?;
     let drain_seconds = storm_over.elapsed().as_secs_f64();
     for worker in workers {
         worker.terminate(Duration::from_secs(30)).await?;
     }
+    // Messages the surviving workers did not reach: their partitions were
+    // still assigned to killed members (see RELIABILITY.md). A new worker
+    // alone in the group must get them — if it does, they were stalled, not
+    // lost: their offsets were never committed.
+    let mut stalled_partitions = Vec::new();
+    if missing > 0 {
+        let (b, g, t, n) = (
+            plan.brokers.clone(),
+            name.clone(),
+            name.clone(),
+            plan.partitions,
+        );
+        stalled_partitions = tokio::task::spawn_blocking(move || cluster::positions(&b, &g, &t, n))
+            .await??
+            .into_iter()
+            .filter(|(_, committed, end)| committed < end)
+            .collect();
+        eprintln!("[storm] {missing} messages not reached; uncommitted: {stalled_partitions:?}; one fresh worker drains");
+        let recovery = spec.spawn("recovery", 0)?;
+        drain(plan, &dir, &name, &acked.ids, Duration::from_secs(120)).await?;
+        recovery.terminate(Duration::from_secs(30)).await?;
+    }
     let recorded = ledger::read(&ledger::files(&dir)?)?;
     let report = StormReport {
+        stalled: missing,
+        stalled_partitions,
         workers: plan.workers,
         partitions: plan.partitions,
         kills: *kills,
@@ -202,4 +221,29 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
     };
     eprintln!("[storm] {}", report.line());
     Ok(report)
+}
+
+/// Waits until every acknowledged id is in the ledgers and the group has
+/// committed everything, or `limit`; returns how many ids are missing.
+async fn drain(
+    plan: &StormPlan,
+    dir: &std::path::Path,
+    name: &str,
+    acked: &HashSet<u64>,
+    limit: Duration,
+) -> Result<u64, BoxError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let recorded: HashSet<u64> = ledger::read(&ledger::files(dir)?)?.into_iter().collect();
+        let missing = acked.iter().filter(|id| !recorded.contains(id)).count() as u64;
+        let lag = cluster::lag_async(&plan.brokers, name, name, plan.partitions).await?;
+        if missing == 0 && lag == 0 {
+            return Ok(0);
+        }
+        if Instant::now() > deadline {
+            eprintln!("[storm] drain gave up after {limit:?}: {missing} missing, lag {lag}");
+            return Ok(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
