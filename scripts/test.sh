@@ -11,6 +11,22 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n=== %s\n' "$*"; }
 started=$(date +%s)
 
+step "system libraries for --all-features (OpenSSL for ssl/sasl, Cyrus SASL for gssapi)"
+# librdkafka is built against the system's libssl and libsasl2 when those features are on.
+# Idempotent: nothing happens when pkg-config finds both; apt-get runs only as root (else: what to install).
+sys_pkgs="libssl-dev libsasl2-dev pkg-config"
+if ! pkg-config --exists openssl libsasl2 2>/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086 # a list of package names
+    apt-get install -y --no-install-recommends $sys_pkgs \
+      || { apt-get update && apt-get install -y --no-install-recommends $sys_pkgs; }
+  else
+    echo "missing system libraries: install $sys_pkgs (or run as root with apt-get)" >&2
+    exit 1
+  fi
+fi
+
 step "formatting"
 cargo fmt --all -- --check
 
