@@ -158,6 +158,14 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn kafka(operation: Operation, source: KafkaError) -> Self {
+        // librdkafka may quote part of a secret property's value when it
+        // cannot create a client.
+        let source = match source {
+            KafkaError::ClientCreation(reason) => {
+                KafkaError::ClientCreation(crate::log::scrub(&reason).into_owned())
+            }
+            other => other,
+        };
         Error::Kafka { operation, source }
     }
 
@@ -241,6 +249,18 @@ mod tests {
         assert_eq!(err.to_string(), "handler failed on orders[2]@41: db down");
         assert_eq!(err.message_location(), Some(("orders", 2, 41)));
         assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn client_creation_errors_do_not_quote_secrets() {
+        let quoted = "Invalid sasl.oauthbearer.config: '\"' cannot appear in principal: s3\"cr3t";
+        let err = Error::kafka(Operation::Create, KafkaError::ClientCreation(quoted.into()));
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("cr3t"), "{shown}");
+        assert!(
+            shown.contains("Invalid sasl.oauthbearer.config: <redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]

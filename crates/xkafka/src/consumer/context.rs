@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::offsets::{Ledger, TopicPartition};
 use super::pipeline::Pipeline;
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
-use crate::log::forward_log;
+use crate::log::{forward_log, scrub};
 use crate::shutdown::ShutdownHandle;
 
 /// State shared by the poll loop, the rebalance callbacks and `run`.
@@ -108,7 +108,8 @@ impl ClientContext for XConsumerContext {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
             return;
         }
-        tracing::debug!(group = %self.shared.group, %error, reason, "consumer client error");
+        let reason = scrub(reason);
+        tracing::debug!(group = %self.shared.group, %error, %reason, "consumer client error");
         self.shared.report(Error::kafka(Operation::Client, error));
     }
 }

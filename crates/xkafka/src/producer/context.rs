@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::driver::Completion;
 use crate::error::{Error, Operation};
-use crate::log::forward_log;
+use crate::log::{forward_log, scrub};
 use crate::Delivery;
 
 /// Where librdkafka's delivery report for one message goes.
@@ -45,7 +45,8 @@ impl ClientContext for XProducerContext {
         if is_echo(&error, reason) {
             return;
         }
-        tracing::debug!(producer = %self.name, %error, reason, "producer client error");
+        let reason = scrub(reason);
+        tracing::debug!(producer = %self.name, %error, %reason, "producer client error");
         (self.error_handler)(&Error::kafka(Operation::Client, error));
     }
 }
