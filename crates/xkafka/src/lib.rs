@@ -140,6 +140,51 @@
 //! The first middleware added is the outermost, as in Go xkafka's `Use` and
 //! tower's `ServiceBuilder` — see [`middleware`].
 //!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `metrics` | Prometheus metrics (`xkafka::metrics`) |
+//! | `opentelemetry` | W3C trace-context propagation (`middleware::trace_context`) |
+//! | `ssl` | TLS (`security.protocol` = `ssl` / `sasl_ssl`): librdkafka built against the system's OpenSSL (Debian: `libssl-dev`, `pkg-config`) |
+//! | `sasl` | SASL/SCRAM-SHA-256/512 and PLAIN, implemented by librdkafka itself (no Cyrus SASL); SCRAM needs OpenSSL, so `sasl` turns on `ssl` |
+//! | `gssapi` | SASL/GSSAPI (Kerberos) through Cyrus SASL: `libsasl2-dev` to build, a GSSAPI plugin (`libsasl2-modules-gssapi-mit`) and a keytab to run |
+//!
+//! Without them, `build()` fails rather than the client at run time:
+//! `security.protocol` = `ssl` / `sasl_ssl` is an [`Error::InvalidConfig`]
+//! ("OpenSSL not available at build time"), a SCRAM mechanism an
+//! [`Error::Kafka`] ("No provider for SASL mechanism SCRAM-SHA-512").
+//! SASL/PLAIN works in every build.
+//!
+//! Security settings are ordinary librdkafka properties. Secret values
+//! (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`…,
+//! see [`is_secret`]) never appear in `Debug` output, errors or logs:
+//!
+//! ```no_run
+//! use xkafka::{Error, Producer};
+//! use xkafka::rdkafka::error::RDKafkaErrorCode;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let producer = Producer::builder("orders-api")
+//!     .brokers(["kafka-1.internal:9093"])
+//!     .config("security.protocol", "sasl_ssl")          // sasl_plaintext without TLS
+//!     .config("sasl.mechanisms", "SCRAM-SHA-512")        // or PLAIN, SCRAM-SHA-256
+//!     .config("sasl.username", "orders-api")
+//!     .config("sasl.password", std::env::var("KAFKA_PASSWORD")?)
+//!     .config("ssl.ca.location", "/etc/kafka/ca.pem")    // the broker's CA
+//!     .error_handler(|err: &Error| {
+//!         // A wrong password arrives here as a client error (and a publish
+//!         // fails once `message.timeout.ms` passed).
+//!         if err.kafka_code() == Some(RDKafkaErrorCode::Authentication) {
+//!             eprintln!("check the Kafka credentials: {err}");
+//!         }
+//!     })
+//!     .build()?;
+//! # drop(producer);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Testing without a broker
 //!
 //! [`mock::EmbeddedCluster`] starts librdkafka's in-process mock cluster.
