@@ -18,7 +18,10 @@ pub enum Operation {
     Create,
     /// Subscribing to the topics.
     Subscribe,
-    /// Fetching messages.
+    /// Controlling the fetch: pausing or resuming partitions for
+    /// backpressure. (Errors of the fetch itself, like a broker going away,
+    /// arrive as [`Operation::Client`]: librdkafka reports them once, as
+    /// client errors.)
     Poll,
     /// Storing a processed offset.
     StoreOffset,
