@@ -24,6 +24,26 @@ impl Header {
         }
     }
 
+    /// A header as it arrived from the wire: the name's bytes are decoded
+    /// lossily (each invalid UTF-8 sequence becomes U+FFFD, so a bad
+    /// producer cannot make a message unreadable, nor panic the consumer),
+    /// the value is kept byte for byte and `None` stays null.
+    ///
+    /// ```
+    /// use xkafka_core::Header;
+    ///
+    /// let h = Header::from_wire(b"trace\xff", Some(b"\x00\xfe"));
+    /// assert_eq!(h.name(), "trace\u{fffd}");
+    /// assert_eq!(h.value().map(|v| v.as_ref()), Some(&b"\x00\xfe"[..]));
+    /// assert_eq!(Header::from_wire(b"tombstone", None).value(), None);
+    /// ```
+    pub fn from_wire(name: &[u8], value: Option<&[u8]>) -> Self {
+        Header {
+            name: String::from_utf8_lossy(name).into_owned(),
+            value: value.map(Bytes::copy_from_slice),
+        }
+    }
+
     /// A header whose value is null (distinct from an empty value on the wire).
     pub fn null(name: impl Into<String>) -> Self {
         Header {

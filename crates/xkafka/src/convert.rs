@@ -66,17 +66,13 @@ fn headers(msg: &BorrowedMessage<'_>) -> Headers {
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
             continue;
         }
-        // SAFETY: librdkafka guarantees a NUL-terminated name and `size`
-        // readable bytes at `value` when it is non-null.
-        let name = unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned();
-        if value.is_null() {
-            out.push(Header::null(name));
-        } else {
-            let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) };
-            out.push(Header::new(name, Bytes::copy_from_slice(bytes)));
-        }
+        // SAFETY: librdkafka guarantees a NUL-terminated name (so a name
+        // is cut at its first NUL byte: librdkafka exposes no length) and
+        // `size` readable bytes at `value` when it is non-null.
+        let name = unsafe { CStr::from_ptr(name) }.to_bytes();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
+        out.push(Header::from_wire(name, value));
     }
     out
 }
