@@ -35,7 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower::{Layer, Service};
 use xkafka_core::middleware::retry::{AttemptLog, AttemptRecord};
@@ -61,6 +61,94 @@ pub mod headers {
     /// When the first attempt failed, milliseconds since the Unix epoch.
     pub const FIRST_FAILURE: &str = "x-dlq-first-failure";
 }
+
+/// What the `x-dlq-*` headers of a dead-lettered message say: where it came
+/// from and why it failed — for a service that reprocesses a dead-letter
+/// topic.
+///
+/// [`DeadLetterInfo::from_message`] reads them leniently: only the original
+/// topic is required (without it the message is not a dead letter); any
+/// other header that is missing, not UTF-8 or does not parse is `None`, so
+/// a copy written by another tool, or damaged, is still readable. When a
+/// header appears more than once, the last one counts (as in
+/// [`Headers::get`](crate::Headers::get)).
+///
+/// ```
+/// use xkafka::dlq::{dead_letter, DeadLetterInfo};
+/// use xkafka::middleware::retry::AttemptRecord;
+/// use xkafka::{BoxError, Message};
+///
+/// let original = Message::builder("orders").partition(2).offset(41).value("{oops").build();
+/// let error: BoxError = "invalid JSON".into();
+/// let record = AttemptRecord { attempts: 3, ..AttemptRecord::default() };
+/// let copy = dead_letter(&original, "orders.dlq", &error, record);
+///
+/// // In the service that reads `orders.dlq`:
+/// let info = DeadLetterInfo::from_message(&copy).expect("a dead letter");
+/// assert_eq!(info.original_topic, "orders");
+/// assert_eq!((info.original_partition, info.original_offset), (Some(2), Some(41)));
+/// assert_eq!(info.attempts, Some(3));
+/// assert_eq!(info.error.as_deref(), Some("invalid JSON"));
+/// assert!(DeadLetterInfo::from_message(&original).is_none(), "not a dead letter");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterInfo {
+    /// [`headers::ORIGINAL_TOPIC`]: the topic it was consumed from.
+    pub original_topic: String,
+    /// [`headers::ORIGINAL_PARTITION`].
+    pub original_partition: Option<i32>,
+    /// [`headers::ORIGINAL_OFFSET`].
+    pub original_offset: Option<i64>,
+    /// [`headers::ORIGINAL_TIMESTAMP`], milliseconds since the Unix epoch.
+    pub original_timestamp: Option<i64>,
+    /// [`headers::CONSUMER_GROUP`].
+    pub consumer_group: Option<String>,
+    /// [`headers::ERROR`]: the last error, as text (cut at 4 KiB).
+    pub error: Option<String>,
+    /// [`headers::ATTEMPTS`]: how many times the handler was called.
+    pub attempts: Option<u32>,
+    /// [`headers::FIRST_FAILURE`], to the millisecond.
+    pub first_failure: Option<SystemTime>,
+}
+
+impl DeadLetterInfo {
+    /// Reads the `x-dlq-*` headers of `message`; `None` when it has no
+    /// (UTF-8) [`headers::ORIGINAL_TOPIC`] header, i.e. it is not a dead
+    /// letter. See the [type docs](DeadLetterInfo).
+    pub fn from_message(message: &Message) -> Option<DeadLetterInfo> {
+        let h = message.headers();
+        let text = |name: &str| h.get_str(name).map(str::to_owned);
+        Some(DeadLetterInfo {
+            original_topic: text(headers::ORIGINAL_TOPIC)?,
+            original_partition: number(h.get_str(headers::ORIGINAL_PARTITION)),
+            original_offset: number(h.get_str(headers::ORIGINAL_OFFSET)),
+            original_timestamp: number(h.get_str(headers::ORIGINAL_TIMESTAMP)),
+            consumer_group: text(headers::CONSUMER_GROUP),
+            error: text(headers::ERROR),
+            attempts: number(h.get_str(headers::ATTEMPTS)),
+            first_failure: number(h.get_str(headers::FIRST_FAILURE))
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+        })
+    }
+}
+
+/// A decimal integer (optional sign) within `T`'s range.
+fn number<T: TryFrom<i128>>(text: Option<&str>) -> Option<T> {
+    text?.parse::<i128>().ok().and_then(|n| T::try_from(n).ok())
+}
+
+/// Every header [`dead_letter`] writes.
+const ALL_HEADERS: [&str; 8] = [
+    headers::ORIGINAL_TOPIC,
+    headers::ORIGINAL_PARTITION,
+    headers::ORIGINAL_OFFSET,
+    headers::ORIGINAL_TIMESTAMP,
+    headers::CONSUMER_GROUP,
+    headers::ERROR,
+    headers::ATTEMPTS,
+    headers::FIRST_FAILURE,
+];
 
 /// Longest error text kept in the [`headers::ERROR`] header.
 const MAX_ERROR_LEN: usize = 4096;
@@ -256,14 +344,26 @@ where
     }
 }
 
-/// The copy of `original` that goes to the dead-letter topic.
+/// The copy of `original` that goes to the dead-letter topic: its key,
+/// value and headers, plus the [`headers`] describing this failure.
+///
+/// `x-dlq-*` headers the original already carried (a message consumed from
+/// a dead-letter topic and dead-lettered again) are replaced rather than
+/// kept: stale ones would otherwise describe a field this failure does not
+/// set (e.g. the timestamp), and readers would mix two failures.
 pub fn dead_letter(
     original: &Message,
     topic: &str,
     error: &BoxError,
     record: AttemptRecord,
 ) -> Message {
-    let mut builder = Message::builder(topic).headers(original.headers().clone());
+    let own: crate::Headers = original
+        .headers()
+        .iter()
+        .filter(|h| !ALL_HEADERS.contains(&h.name()))
+        .cloned()
+        .collect();
+    let mut builder = Message::builder(topic).headers(own);
     if let Some(key) = original.key() {
         builder = builder.key(key.clone());
     }
@@ -347,5 +447,25 @@ mod tests {
         assert_eq!(h.get_str(headers::ATTEMPTS), Some("3"));
         assert_eq!(h.get_str(headers::ERROR).map(str::len), Some(MAX_ERROR_LEN));
         assert!(h.get_str(headers::FIRST_FAILURE).is_some());
+    }
+
+    #[test]
+    fn dead_lettering_a_dead_letter_replaces_its_headers() {
+        // Consumed from a dead-letter topic, without a timestamp this time.
+        let earlier = Message::builder("orders.dlq")
+            .header(headers::ORIGINAL_TOPIC, "orders")
+            .header(headers::ORIGINAL_TIMESTAMP, "1000")
+            .header("trace", "abc")
+            .partition(0)
+            .offset(5)
+            .build();
+        let error: BoxError = "still broken".into();
+        let copy = dead_letter(&earlier, "orders.dlq.dlq", &error, AttemptRecord::default());
+        let info = DeadLetterInfo::from_message(&copy).unwrap();
+        assert_eq!(info.original_topic, "orders.dlq");
+        assert_eq!(info.original_offset, Some(5));
+        assert_eq!(info.original_timestamp, None, "not the stale one");
+        assert_eq!(copy.headers().get_all(headers::ORIGINAL_TOPIC).count(), 1);
+        assert_eq!(copy.headers().iter().next().unwrap().name(), "trace");
     }
 }
