@@ -135,6 +135,51 @@
 //! * Shutdown is bounded, even with unreachable brokers.
 //! * Producers default to `acks=all` and idempotence.
 //!
+//! ## Bad input
+//!
+//! A consumer meets whatever producers send; nothing is filtered before the
+//! handler, and nothing a producer sends can crash or stall the consumer:
+//!
+//! * **Keys and values** arrive byte for byte. An empty value is `Some` of
+//!   zero bytes, a null value (a tombstone) is `None` — likewise for keys;
+//!   [`Message::key_str`] / [`Message::value_str`] are `None` when the bytes
+//!   are not UTF-8.
+//! * **Size**: a producer refuses a message over its `message.max.bytes`
+//!   (librdkafka's default: 1,000,000 bytes) with an error from `publish`,
+//!   never truncating it; raise it, within the broker's limit (Kafka's
+//!   default: about 1 MiB), for bigger ones. A consumer needs no setting:
+//!   librdkafka returns a record larger than `fetch.max.bytes` /
+//!   `max.partition.fetch.bytes` whole, up to `receive.message.max.bytes`
+//!   (100 MB).
+//! * **Headers** keep their wire order and duplicates ([`Headers::get`] is
+//!   the last one, [`Headers::get_all`] every one); a null value is `None`,
+//!   distinct from an empty one; values are kept byte for byte. A header
+//!   *name* that is not UTF-8 is decoded lossily (U+FFFD, see
+//!   [`Header::from_wire`]) and cut at a NUL byte (librdkafka hands names
+//!   over as C strings).
+//! * **Extractors**: a key or value that does not decode is a typed
+//!   [`extract::Rejection`] naming the message. `Json<T>` gives
+//!   `Rejection::Json` for invalid JSON, JSON of the wrong type or an empty
+//!   value, and `MissingValue` for a null one; `Key<T>` gives `MissingKey`
+//!   for a null key and `InvalidKey` for one that is not UTF-8 or does not
+//!   parse (an empty key is a key). By default a rejection is a failure like
+//!   any other: the error handler receives [`Error::Handler`] with the
+//!   rejection as its source; [`Decision::Continue`] skips the message
+//!   (counted in [`Summary::failed_skipped`]), [`Decision::Stop`] stops the
+//!   consumer without storing its offset, so it is read again.
+//!   [`extract::SkipRejectedLayer`] skips it instead ([`Summary::skipped`]);
+//!   [`dlq::DeadLetterLayer`] publishes its original bytes to a dead-letter
+//!   topic, then skips it ([`dlq::DeadLetterInfo`] reads the copy's
+//!   `x-dlq-*` headers back).
+//! * **Trace context** (feature `opentelemetry`): a missing, garbled, not
+//!   UTF-8 or all-zero `traceparent` starts a new trace; an invalid
+//!   `tracestate` is dropped; the message is handled as usual.
+//!
+//! Unless the error handler says [`Decision::Stop`], the consumer moves on
+//! and commits past every such message (`tests/bad_input.rs`, on a real
+//! broker; the parsers are property-tested in `tests/fuzz.rs` of both
+//! crates).
+//!
 //! ## Middleware order
 //!
 //! The first middleware added is the outermost, as in Go xkafka's `Use` and
