@@ -94,6 +94,10 @@ enum Command {
         /// Messages per second published during the storm.
         #[arg(long, default_value_t = 500)]
         rate: u64,
+        /// The workers' `max.poll.interval.ms`: the rebalance timeout Tansu
+        /// waits for killed members (300000 is librdkafka's default).
+        #[arg(long, default_value_t = 20_000)]
+        max_poll_interval_ms: u32,
     },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {
@@ -179,12 +183,14 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             seconds,
             workers,
             rate,
+            max_poll_interval_ms,
         } => {
             let mut plan = StormPlan::new(&common.brokers, exe, common.dir.clone());
             plan.duration = Duration::from_secs(seconds);
             plan.workers = workers;
             plan.rate = rate;
             plan.seed = common.seed;
+            plan.max_poll_interval_ms = max_poll_interval_ms;
             let report = storm::run(&plan).await?;
             println!("{}", report.line());
             write_json(&common.json, &report)?;

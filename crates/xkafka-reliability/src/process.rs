@@ -30,6 +30,8 @@ pub struct WorkerSpec {
     pub max_in_flight: usize,
     /// Where ledgers and logs go.
     pub dir: PathBuf,
+    /// Extra librdkafka properties.
+    pub configs: Vec<(String, String)>,
 }
 
 /// A running worker.
@@ -47,8 +49,12 @@ impl WorkerSpec {
     pub fn spawn(&self, name: &str, work_ms: u64) -> Result<Worker, BoxError> {
         let ledger = self.dir.join(format!("{name}.ledger"));
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(&self.exe)
-            .arg("worker")
+        let mut command = Command::new(&self.exe);
+        command.arg("worker");
+        for (key, value) in &self.configs {
+            command.arg("--config").arg(format!("{key}={value}"));
+        }
+        let child = command
             .args(["--brokers", &self.brokers])
             .args(["--topic", &self.topic])
             .args(["--group", &self.group])

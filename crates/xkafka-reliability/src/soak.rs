@@ -108,6 +108,7 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         session_timeout_ms: 10_000,
         max_in_flight: plan.max_in_flight,
         dir: dir.clone(),
+        configs: Vec::new(),
     };
     let input = Input::new(&plan.brokers, &name)?;
     let stop_feeding = Arc::new(AtomicBool::new(false));

@@ -38,6 +38,8 @@ pub struct StormPlan {
     pub work_ms: u64,
     /// Seeds victims, actions and intervals.
     pub seed: u64,
+    /// The workers' `max.poll.interval.ms` (the rebalance timeout).
+    pub max_poll_interval_ms: u32,
     /// The `xkafka-chaos` binary.
     pub exe: PathBuf,
     /// Base directory for ledgers and logs.
@@ -59,6 +61,7 @@ impl StormPlan {
             mode: Mode::PerKey,
             work_ms: 2,
             seed: 7,
+            max_poll_interval_ms: 20_000,
             exe,
             dir,
         }
@@ -128,6 +131,14 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
         session_timeout_ms: 6_000,
         max_in_flight: 500,
         dir: dir.clone(),
+        // The rebalance timeout librdkafka announces in JoinGroup. Tansu
+        // waits that long for killed members to rejoin before it completes
+        // a rebalance (Kafka drops them at their session timeout instead);
+        // the default 300 s stalls their partitions for minutes.
+        configs: vec![(
+            "max.poll.interval.ms".into(),
+            plan.max_poll_interval_ms.to_string(),
+        )],
     };
     let input = Input::new(&plan.brokers, &name)?;
     let stop_feeding = Arc::new(AtomicBool::new(false));

@@ -124,10 +124,19 @@ pub struct WorkerArgs {
     /// The consumer's total in-flight bound (messages taken, not settled).
     #[arg(long, default_value_t = 1000)]
     pub max_in_flight: usize,
+    /// Extra librdkafka properties, `key=value` (e.g. `debug=fetch,cgrp`).
+    #[arg(long = "config", value_parser = parse_property)]
+    pub configs: Vec<(String, String)>,
     /// Skip the `fdatasync` after each ledger write (a SIGKILL cannot lose a
     /// completed `write`; only a machine crash can).
     #[arg(long)]
     pub no_fsync: bool,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 /// Appends ids to the ledger: one `write` per call, then `fdatasync`.
@@ -186,6 +195,7 @@ fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> Consume
             "auto.commit.interval.ms",
             AUTO_COMMIT_INTERVAL.as_millis().to_string(),
         )
+        .configs(args.configs.iter().cloned())
         .max_in_flight(per_partition)
         .max_in_flight_per_partition(per_partition)
         .shutdown_timeout(Duration::from_secs(10))

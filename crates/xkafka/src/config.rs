@@ -59,6 +59,15 @@ impl Config {
     pub(crate) fn to_client_config(&self) -> Result<ClientConfig, Error> {
         let mut config = ClientConfig::new();
         for (k, v) in &self.entries {
+            // librdkafka takes C strings: rdkafka would fail later with an
+            // error that names no property.
+            if k.contains('\0') || v.contains('\0') {
+                return Err(Error::InvalidConfig {
+                    key: k.replace('\0', "\\0"),
+                    value: shown_value(k, v),
+                    reason: "a property name or value cannot contain a NUL byte".into(),
+                });
+            }
             config.set(k, v);
         }
         config
@@ -231,6 +240,19 @@ mod tests {
             &[("sasl.password", "pw-secret")].into_iter().collect(),
         );
         assert!(!err.to_string().contains("pw-secret"), "{err}");
+    }
+
+    #[test]
+    fn a_nul_byte_is_refused_naming_the_property() {
+        let mut config = Config::new();
+        config.set("client.id", "a\0b");
+        match config.to_client_config() {
+            Err(Error::InvalidConfig { key, reason, .. }) => {
+                assert_eq!(key, "client.id");
+                assert!(reason.contains("NUL"), "{reason}");
+            }
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
     }
 
     #[test]
