@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # broker.sh - a real Kafka-protocol broker on 127.0.0.1 for xkafka's tests, demo and benchmarks.
 #
-# The broker is Tansu (Apache-2.0, a Kafka-protocol broker written in Rust, built from crates.io):
+# The broker is Tansu (Apache-2.0, a Kafka-protocol broker written in Rust, built with cargo install):
 # Apache Kafka and Redpanda cannot be downloaded on our build machines.
 #
 #   scripts/broker.sh install   # idempotent; builds tansu once into $XKAFKA_BROKER_PREFIX (~8 min on 2 cores)
@@ -20,7 +20,10 @@
 #                         faster but under-reports the latest offset)
 #
 # Tansu's limits that matter to us: topics are not auto-created (tests create them), no transactions,
-# one broker, and the sqlite engine cannot serve snappy-compressed batches.
+# one broker, and the sqlite engine cannot serve snappy-compressed batches. Fetches serve at most 5 MiB
+# per record (a larger one is stored but never delivered, and stalls its partition). A JoinGroup waits up
+# to the rebalance timeout (the clients' max.poll.interval.ms) for members that were killed, instead of
+# dropping them at their session timeout.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -106,5 +109,5 @@ case "${1:-}" in
   reset) stop; rm -rf "$DATA"; log "removed $DATA" ;;
   status) status ;;
   env) echo "export XKAFKA_TEST_BROKERS=$HOST:$PORT" ;;
-  *) sed -n '2,24p' "$0"; exit 2 ;;
+  *) sed -n '2,26p' "$0"; exit 2 ;;
 esac
