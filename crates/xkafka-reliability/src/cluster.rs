@@ -135,6 +135,43 @@ impl Input {
     }
 }
 
+/// [`Input::feed`] on a task of its own, until [`Feeder::stop`].
+pub struct Feeder {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(), BoxError>>,
+}
+
+impl Feeder {
+    /// Starts publishing `rate` messages per second.
+    pub fn start(input: &Input, rate: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let input = input.clone();
+        let flag = stop.clone();
+        let task = tokio::spawn(async move { input.feed(rate, flag).await });
+        Feeder { stop, task }
+    }
+
+    /// Stops publishing; returns the first publish error, if any.
+    pub async fn stop(self) -> Result<(), BoxError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await?
+    }
+}
+
+/// A run's topic (also its group's name) and its directory for ledgers and
+/// logs: `<base>/<name>`, fresh.
+pub async fn prepare(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    base: &std::path::Path,
+) -> Result<(String, std::path::PathBuf), BoxError> {
+    let name = unique(prefix);
+    let dir = crate::process::run_dir(base, &name)?;
+    create_topic(brokers, &name, partitions).await?;
+    Ok((name, dir))
+}
+
 /// What the broker acknowledged, once the input producer closed.
 #[derive(Debug, Clone)]
 pub struct Acked {

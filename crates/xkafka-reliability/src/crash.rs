@@ -3,15 +3,13 @@
 //! everything the broker acknowledged.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xkafka::BoxError;
 
-use crate::cluster::{self, Input};
+use crate::cluster::{self, Feeder, Input};
 use crate::ledger::{self, Tally};
-use crate::process::{self, WorkerSpec};
+use crate::process::WorkerSpec;
 use crate::worker::{Mode, AUTO_COMMIT_INTERVAL};
 
 /// One crash scenario.
@@ -162,9 +160,13 @@ impl CrashReport {
 /// stops cleanly, and the ledger is counted.
 pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
     let started = Instant::now();
-    let name = cluster::unique(&format!("crash-{}", plan.mode.name()));
-    let dir = process::run_dir(&plan.dir, &name)?;
-    cluster::create_topic(&plan.brokers, &name, plan.partitions).await?;
+    let (name, dir) = cluster::prepare(
+        &plan.brokers,
+        &format!("crash-{}", plan.mode.name()),
+        plan.partitions,
+        &plan.dir,
+    )
+    .await?;
     let spec = WorkerSpec {
         exe: plan.exe.clone(),
         brokers: plan.brokers.clone(),
@@ -179,13 +181,7 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
     };
     let input = Input::new(&plan.brokers, &name)?;
     input.publish(plan.prefill).await?;
-    let stop_feeding = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let input = input.clone();
-        let stop = stop_feeding.clone();
-        let rate = plan.rate;
-        tokio::spawn(async move { input.feed(rate, stop).await })
-    };
+    let feeder = Feeder::start(&input, plan.rate);
 
     let mut rng = fastrand::Rng::with_seed(plan.seed);
     let (lo, hi) = (
@@ -228,8 +224,7 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
             started.elapsed().as_secs_f64(),
         );
     }
-    stop_feeding.store(true, Ordering::Relaxed);
-    feeder.await??;
+    feeder.stop().await?;
     let acked = input.finish().await;
     eprintln!(
         "{tag} input closed: {} acknowledged, {:.0}s; draining",

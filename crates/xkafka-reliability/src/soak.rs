@@ -3,15 +3,13 @@
 //! backpressure must keep it flat: the backlog stays in the broker.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xkafka::BoxError;
 
-use crate::cluster::{self, Input};
+use crate::cluster::{self, Feeder, Input};
 use crate::ledger;
-use crate::process::{self, WorkerSpec};
+use crate::process::WorkerSpec;
 use crate::worker::Mode;
 
 /// One soak.
@@ -95,9 +93,7 @@ impl SoakReport {
 /// Floods a slow worker and samples its memory.
 pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
     let started = Instant::now();
-    let name = cluster::unique("soak");
-    let dir = process::run_dir(&plan.dir, &name)?;
-    cluster::create_topic(&plan.brokers, &name, plan.partitions).await?;
+    let (name, dir) = cluster::prepare(&plan.brokers, "soak", plan.partitions, &plan.dir).await?;
     let spec = WorkerSpec {
         exe: plan.exe.clone(),
         brokers: plan.brokers.clone(),
@@ -111,13 +107,7 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         configs: Vec::new(),
     };
     let input = Input::new(&plan.brokers, &name)?;
-    let stop_feeding = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let input = input.clone();
-        let stop = stop_feeding.clone();
-        let rate = plan.rate;
-        tokio::spawn(async move { input.feed(rate, stop).await })
-    };
+    let feeder = Feeder::start(&input, plan.rate);
     let mut worker = spec.spawn("worker", plan.work_ms)?;
     let mut samples = Vec::new();
     let mut next = Instant::now();
@@ -139,8 +129,7 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
             );
         }
     }
-    stop_feeding.store(true, Ordering::Relaxed);
-    feeder.await??;
+    feeder.stop().await?;
     let ledger_file = worker.ledger.clone();
     worker.terminate(Duration::from_secs(30)).await?;
     let acked = input.finish().await;

@@ -3,15 +3,13 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xkafka::BoxError;
 
-use crate::cluster::{self, Input};
+use crate::cluster::{self, Feeder, Input};
 use crate::ledger::{self, Tally};
-use crate::process::{self, Worker, WorkerSpec};
+use crate::process::{Worker, WorkerSpec};
 use crate::worker::Mode;
 
 /// One storm.
@@ -118,9 +116,7 @@ impl StormReport {
 /// Runs the storm and counts.
 pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
     let started = Instant::now();
-    let name = cluster::unique("storm");
-    let dir = process::run_dir(&plan.dir, &name)?;
-    cluster::create_topic(&plan.brokers, &name, plan.partitions).await?;
+    let (name, dir) = cluster::prepare(&plan.brokers, "storm", plan.partitions, &plan.dir).await?;
     let spec = WorkerSpec {
         exe: plan.exe.clone(),
         brokers: plan.brokers.clone(),
@@ -141,13 +137,7 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
         )],
     };
     let input = Input::new(&plan.brokers, &name)?;
-    let stop_feeding = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let input = input.clone();
-        let stop = stop_feeding.clone();
-        let rate = plan.rate;
-        tokio::spawn(async move { input.feed(rate, stop).await })
-    };
+    let feeder = Feeder::start(&input, plan.rate);
     let mut incarnation = 0u32;
     let mut spawn = |slot: usize| {
         incarnation += 1;
@@ -187,8 +177,7 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
             started.elapsed().as_secs_f64()
         );
     }
-    stop_feeding.store(true, Ordering::Relaxed);
-    feeder.await??;
+    feeder.stop().await?;
     let acked = input.finish().await;
     let storm_over = Instant::now();
     let missing = drain(plan, &dir, &name, &acked.ids, Duration::from_secs(90)).await?;
