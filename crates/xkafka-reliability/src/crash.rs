@@ -177,6 +177,7 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         session_timeout_ms: plan.session_timeout_ms,
         max_in_flight: plan.max_in_flight,
         dir: dir.clone(),
+        max_in_flight_per_partition: None,
         configs: Vec::new(),
     };
     let input = Input::new(&plan.brokers, &name)?;

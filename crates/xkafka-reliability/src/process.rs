@@ -28,6 +28,8 @@ pub struct WorkerSpec {
     pub session_timeout_ms: u32,
     /// The consumer's in-flight bound.
     pub max_in_flight: usize,
+    /// The per-partition bound (`None`: the total bound).
+    pub max_in_flight_per_partition: Option<usize>,
     /// Where ledgers and logs go.
     pub dir: PathBuf,
     /// Extra librdkafka properties.
@@ -64,6 +66,12 @@ impl WorkerSpec {
             .args(["--work-ms", &work_ms.to_string()])
             .args(["--session-timeout-ms", &self.session_timeout_ms.to_string()])
             .args(["--max-in-flight", &self.max_in_flight.to_string()])
+            .args(
+                self.max_in_flight_per_partition
+                    .map(|n| ["--max-in-flight-per-partition".to_owned(), n.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -28,8 +28,12 @@ pub struct SoakPlan {
     pub partitions: i32,
     /// Simulated work per message, ms (the worker runs `Concurrency(16)`).
     pub work_ms: u64,
-    /// The worker's in-flight bound (the library's default per partition).
+    /// The worker's in-flight bound, in all.
     pub max_in_flight: usize,
+    /// The worker's in-flight bound per partition (the library's default).
+    /// Below the total bound over the partitions, a partition that filled the
+    /// total would pause the others until it drained by half.
+    pub max_in_flight_per_partition: usize,
     /// The `xkafka-chaos` binary.
     pub exe: PathBuf,
     /// Base directory for the ledger and log.
@@ -47,7 +51,8 @@ impl SoakPlan {
             rate: 2_000,
             partitions: 6,
             work_ms: 20,
-            max_in_flight: 5_000,
+            max_in_flight: 30_000,
+            max_in_flight_per_partition: 5_000,
             exe,
             dir,
         }
@@ -104,7 +109,10 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         session_timeout_ms: 10_000,
         max_in_flight: plan.max_in_flight,
         dir: dir.clone(),
-        configs: Vec::new(),
+        max_in_flight_per_partition: Some(plan.max_in_flight_per_partition),
+        // See the storm: Tansu waits this long for a member that lost its
+        // session before it completes the rejoin.
+        configs: vec![("max.poll.interval.ms".into(), "20000".into())],
     };
     let input = Input::new(&plan.brokers, &name)?;
     let feeder = Feeder::start(&input, plan.rate);

@@ -131,6 +131,7 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
         // waits that long for killed members to rejoin before it completes
         // a rebalance (Kafka drops them at their session timeout instead);
         // the default 300 s stalls their partitions for minutes.
+        max_in_flight_per_partition: None,
         configs: vec![(
             "max.poll.interval.ms".into(),
             plan.max_poll_interval_ms.to_string(),

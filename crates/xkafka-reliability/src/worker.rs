@@ -124,6 +124,10 @@ pub struct WorkerArgs {
     /// The consumer's total in-flight bound (messages taken, not settled).
     #[arg(long, default_value_t = 1000)]
     pub max_in_flight: usize,
+    /// The per-partition in-flight bound (default: the total bound, so one
+    /// partition may fill it).
+    #[arg(long)]
+    pub max_in_flight_per_partition: Option<usize>,
     /// Extra librdkafka properties, `key=value` (e.g. `debug=fetch,cgrp`).
     #[arg(long = "config", value_parser = parse_property)]
     pub configs: Vec<(String, String)>,
@@ -184,7 +188,11 @@ fn id_of(message: &Message) -> Result<u64, BoxError> {
 /// could mean an unrecorded acknowledgement.
 fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> ConsumerBuilder<K> {
     let heartbeat = (args.session_timeout_ms / 4).max(100);
-    let per_partition = args.max_in_flight.max(2 * args.mode.batch_size());
+    let total = args.max_in_flight.max(2 * args.mode.batch_size());
+    let per_partition = args
+        .max_in_flight_per_partition
+        .unwrap_or(total)
+        .clamp(2 * args.mode.batch_size(), total);
     builder
         .brokers([args.brokers.as_str()])
         .topics([args.topic.as_str()])
@@ -196,7 +204,7 @@ fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> Consume
             AUTO_COMMIT_INTERVAL.as_millis().to_string(),
         )
         .configs(args.configs.iter().cloned())
-        .max_in_flight(per_partition)
+        .max_in_flight(total)
         .max_in_flight_per_partition(per_partition)
         .shutdown_timeout(Duration::from_secs(10))
         .error_handler(|err: &Error| {

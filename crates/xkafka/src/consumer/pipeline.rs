@@ -39,6 +39,10 @@ struct PartitionState {
     gate: Arc<Gate>,
     epoch: u64,
     paused: bool,
+    /// Being revoked or shut down: stays paused while its handlers drain
+    /// (resuming it would let librdkafka prefetch, up to its queue limit,
+    /// messages nobody will handle).
+    closing: bool,
 }
 
 pub(crate) struct Pipeline {
@@ -100,6 +104,7 @@ impl Pipeline {
                 gate: Gate::new(),
                 epoch,
                 paused: false,
+                closing: false,
             });
         }
     }
@@ -302,7 +307,7 @@ impl Pipeline {
         let drained: Vec<TopicPartition> = self
             .partitions
             .iter_mut()
-            .filter(|(_, s)| s.paused && s.tracker.unsettled() <= low)
+            .filter(|(_, s)| s.paused && !s.closing && s.tracker.unsettled() <= low)
             .map(|(tp, s)| {
                 s.paused = false;
                 tp.clone()
@@ -356,11 +361,18 @@ impl Pipeline {
         lost: bool,
         grace: Duration,
     ) {
+        let mut unpaused = Vec::new();
         for tp in partitions {
-            if let Some(state) = self.partitions.get(tp) {
+            if let Some(state) = self.partitions.get_mut(tp) {
                 state.gate.close();
+                state.closing = true;
+                if !state.paused {
+                    state.paused = true;
+                    unpaused.push(tp.clone());
+                }
             }
         }
+        pause(consumer, shared, &unpaused);
         if !lost {
             self.drain(consumer, shared, Some(partitions), Instant::now() + grace);
             let pending = shared.ledger().uncommitted(Some(partitions));
@@ -382,9 +394,16 @@ impl Pipeline {
         shared: &Shared,
         deadline: Instant,
     ) -> u64 {
-        for state in self.partitions.values() {
+        let mut unpaused = Vec::new();
+        for (tp, state) in self.partitions.iter_mut() {
             state.gate.close();
+            state.closing = true;
+            if !state.paused {
+                state.paused = true;
+                unpaused.push(tp.clone());
+            }
         }
+        pause(consumer, shared, &unpaused);
         self.drain(consumer, shared, None, deadline);
         let abandoned: usize = self.partitions.values().map(|s| s.gate.running()).sum();
         self.dispatcher.abort_all();
