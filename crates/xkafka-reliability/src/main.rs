@@ -109,6 +109,9 @@ enum Command {
         /// Messages per second published.
         #[arg(long, default_value_t = 2_000)]
         rate: u64,
+        /// The worker's `fetch.max.bytes` and prefetch bound, bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        fetch_max_bytes: u64,
     },
 }
 
@@ -200,11 +203,13 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             common,
             seconds,
             rate,
+            fetch_max_bytes,
         } => {
             let mut plan = SoakPlan::new(&common.brokers, exe, common.dir.clone());
             plan.duration = Duration::from_secs(seconds);
             plan.warm_up = Duration::from_secs((seconds / 10).max(10));
             plan.rate = rate;
+            plan.fetch_max_bytes = fetch_max_bytes;
             let report = soak::run(&plan).await?;
             println!("{}", report.line());
             write_json(&common.json, &report)?;

@@ -34,6 +34,9 @@ pub struct SoakPlan {
     /// Below the total bound over the partitions, a partition that filled the
     /// total would pause the others until it drained by half.
     pub max_in_flight_per_partition: usize,
+    /// librdkafka's `fetch.max.bytes`, also its prefetch queue bound
+    /// (`queued.max.messages.kbytes`).
+    pub fetch_max_bytes: u64,
     /// The `xkafka-chaos` binary.
     pub exe: PathBuf,
     /// Base directory for the ledger and log.
@@ -53,6 +56,7 @@ impl SoakPlan {
             work_ms: 20,
             max_in_flight: 30_000,
             max_in_flight_per_partition: 5_000,
+            fetch_max_bytes: 4 << 20,
             exe,
             dir,
         }
@@ -72,6 +76,10 @@ pub struct SoakReport {
     pub end_rss_kib: u64,
     /// Highest RSS after the warm-up, KiB.
     pub max_rss_kib: u64,
+    /// Median RSS of the first 10 samples after the warm-up, KiB.
+    pub start_median_kib: u64,
+    /// Median RSS of the last 10 samples, KiB.
+    pub end_median_kib: u64,
     /// One sample per second: (seconds, KiB).
     pub samples: Vec<(u64, u64)>,
     /// Wall time, seconds.
@@ -83,13 +91,15 @@ impl SoakReport {
     pub fn line(&self) -> String {
         format!(
             "soak published={} handled={} backlog={} rss_start={:.1}MiB rss_end={:.1}MiB \
-             rss_max={:.1}MiB {:.0}s",
+             rss_max={:.1}MiB (medians {:.1} -> {:.1} MiB) {:.0}s",
             self.published,
             self.handled,
             self.published.saturating_sub(self.handled),
             self.start_rss_kib as f64 / 1024.0,
             self.end_rss_kib as f64 / 1024.0,
             self.max_rss_kib as f64 / 1024.0,
+            self.start_median_kib as f64 / 1024.0,
+            self.end_median_kib as f64 / 1024.0,
             self.seconds,
         )
     }
@@ -112,7 +122,17 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         max_in_flight_per_partition: Some(plan.max_in_flight_per_partition),
         // See the storm: Tansu waits this long for a member that lost its
         // session before it completes the rejoin.
-        configs: vec![("max.poll.interval.ms".into(), "20000".into())],
+        configs: vec![
+            ("max.poll.interval.ms".into(), "20000".into()),
+            // librdkafka's own buffers, bounded like ours: one fetch
+            // response (default up to 50 MiB, which Tansu fills) and the
+            // prefetch queue (default 64 MiB).
+            ("fetch.max.bytes".into(), plan.fetch_max_bytes.to_string()),
+            (
+                "queued.max.messages.kbytes".into(),
+                (plan.fetch_max_bytes / 1024).to_string(),
+            ),
+        ],
     };
     let input = Input::new(&plan.brokers, &name)?;
     let feeder = Feeder::start(&input, plan.rate);
@@ -152,9 +172,17 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         start_rss_kib: after_warm_up.first().copied().unwrap_or_default(),
         end_rss_kib: after_warm_up.last().copied().unwrap_or_default(),
         max_rss_kib: after_warm_up.iter().copied().max().unwrap_or_default(),
+        start_median_kib: median(after_warm_up.iter().take(10).copied()),
+        end_median_kib: median(after_warm_up.iter().rev().take(10).copied()),
         samples,
         seconds: started.elapsed().as_secs_f64(),
     };
     eprintln!("[soak] {}", report.line());
     Ok(report)
+}
+
+fn median(samples: impl Iterator<Item = u64>) -> u64 {
+    let mut samples: Vec<u64> = samples.collect();
+    samples.sort_unstable();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
