@@ -112,6 +112,9 @@ enum Command {
         /// The worker's `fetch.max.bytes` and prefetch bound, bytes.
         #[arg(long, default_value_t = 4 << 20)]
         fetch_max_bytes: u64,
+        /// The worker's `session.timeout.ms`.
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u32,
     },
 }
 
@@ -204,12 +207,14 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             seconds,
             rate,
             fetch_max_bytes,
+            session_timeout_ms,
         } => {
             let mut plan = SoakPlan::new(&common.brokers, exe, common.dir.clone());
             plan.duration = Duration::from_secs(seconds);
             plan.warm_up = Duration::from_secs((seconds / 10).max(10));
             plan.rate = rate;
             plan.fetch_max_bytes = fetch_max_bytes;
+            plan.session_timeout_ms = session_timeout_ms;
             let report = soak::run(&plan).await?;
             println!("{}", report.line());
             write_json(&common.json, &report)?;

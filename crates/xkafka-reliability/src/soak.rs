@@ -34,6 +34,8 @@ pub struct SoakPlan {
     /// Below the total bound over the partitions, a partition that filled the
     /// total would pause the others until it drained by half.
     pub max_in_flight_per_partition: usize,
+    /// The worker's `session.timeout.ms`.
+    pub session_timeout_ms: u32,
     /// librdkafka's `fetch.max.bytes`, also its prefetch queue bound
     /// (`queued.max.messages.kbytes`).
     pub fetch_max_bytes: u64,
@@ -57,6 +59,7 @@ impl SoakPlan {
             max_in_flight: 30_000,
             max_in_flight_per_partition: 5_000,
             fetch_max_bytes: 4 << 20,
+            session_timeout_ms: 10_000,
             exe,
             dir,
         }
@@ -116,7 +119,7 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         group: name.clone(),
         mode: Mode::Concurrent,
         work_ms: plan.work_ms,
-        session_timeout_ms: 10_000,
+        session_timeout_ms: plan.session_timeout_ms,
         max_in_flight: plan.max_in_flight,
         dir: dir.clone(),
         max_in_flight_per_partition: Some(plan.max_in_flight_per_partition),
