@@ -392,13 +392,21 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// finished before that partition is paused (default 5,000; for a batch
     /// consumer at least twice the batch size). Other
     /// partitions keep flowing; it resumes when half drained.
+    ///
+    /// Pausing is not free: librdkafka drops what it prefetched for the
+    /// partition and fetches it again on resume. Keep the bounds well above
+    /// one poll round (512 messages): a sequential consumer bounded at 500
+    /// handled 256 msg/s on Tansu, against over 7,000 msg/s at 1,000.
     pub fn max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.limits.per_partition = n.max(1);
         self
     }
 
     /// How many messages may be fetched and not yet finished over all
-    /// partitions before every partition is paused (default 50,000).
+    /// partitions before every partition is paused (default 50,000). Keep it
+    /// above the per-partition bound times the partitions you expect to be
+    /// backlogged: a partition that fills it pauses all the others until the
+    /// total has drained by half.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.limits.total = n.max(1);
         self
