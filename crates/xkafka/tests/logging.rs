@@ -5,36 +5,14 @@
 
 mod common;
 
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use tracing::Level;
-use tracing_subscriber::fmt::MakeWriter;
 use xkafka::middleware::logging::LoggingLayer;
 use xkafka::{Ack, Decision, Message};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_message_is_logged_with_its_outcome() {
@@ -78,7 +56,7 @@ async fn each_message_is_logged_with_its_outcome() {
         ))
         .await
         .unwrap();
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = String::from_utf8(out.bytes()).unwrap();
     let ours: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("kafka.message{"))

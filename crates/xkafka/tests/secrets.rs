@@ -11,10 +11,9 @@
 //! A test binary of its own because it installs the global `tracing`
 //! subscriber (librdkafka logs from its own threads).
 
-use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
 
-use tracing_subscriber::fmt::MakeWriter;
+use common::captured_debug_logs as logs;
 use xkafka::{Ack, Config, Consumer, Decision, Error, Message, Producer};
 
 /// Distinctive values of properties every client accepts (with TLS built
@@ -35,50 +34,6 @@ const QUOTED: &str = "xk-oauth-cfg-7a61be30";
 
 /// An unreachable broker: nothing here needs one.
 const NOWHERE: &str = "127.0.0.1:9";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-/// Every log line of this binary: xkafka's and librdkafka's at DEBUG (the
-/// rdkafka crate's own at TRACE). `try_init` also routes the `log` crate,
-/// which rdkafka asks for the level librdkafka should log at, so librdkafka
-/// really logs at debug level.
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let out = Captured::default();
-        tracing_subscriber::fmt()
-            .with_writer(out.clone())
-            .with_env_filter("xkafka=debug,librdkafka=debug,rdkafka=trace")
-            .with_ansi(false)
-            .try_init()
-            .expect("the only global subscriber of this binary");
-        out
-    })
-}
 
 fn assert_hidden(what: &str, text: &str) {
     let all = ACCEPTED.iter().chain(&REJECTED).map(|(_, v)| *v);
@@ -170,6 +125,7 @@ async fn debug_output_and_build_errors_redact_secrets() {
 /// OpenSSL in librdkafka's build.
 #[cfg(feature = "ssl")]
 mod oauthbearer {
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use xkafka::rdkafka::error::RDKafkaErrorCode;

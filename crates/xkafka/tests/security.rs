@@ -22,14 +22,13 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::fmt::MakeWriter;
+use common::captured_debug_logs as logs;
 use xkafka::rdkafka::error::RDKafkaErrorCode;
 use xkafka::{Ack, Config, Consumer, Decision, Error, Message, Producer};
 
@@ -291,50 +290,6 @@ async fn wait_for(done: impl Fn() -> bool, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
-/// Every log line of this binary: xkafka's and librdkafka's at DEBUG, the
-/// rdkafka crate's own at TRACE. `try_init` also routes the `log` crate,
-/// which rdkafka asks what level librdkafka should log at; every test calls
-/// this before it creates a client.
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let out = Captured::default();
-        tracing_subscriber::fmt()
-            .with_writer(out.clone())
-            .with_env_filter("xkafka=debug,librdkafka=debug,rdkafka=trace")
-            .with_ansi(false)
-            .try_init()
-            .expect("the only global subscriber of this binary");
-        out
-    })
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 fn assert_hidden(what: &str, text: &str) {

@@ -206,3 +206,55 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
 }
+
+/// An in-memory log sink for a `tracing_subscriber::fmt` subscriber: tests
+/// read back what was logged.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// The bytes written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// Every log line of this test binary: xkafka's and librdkafka's at DEBUG,
+/// the rdkafka crate's own at TRACE. `try_init` also routes the `log` crate,
+/// which rdkafka asks what level librdkafka should log at, so call this
+/// before creating a client.
+pub fn captured_debug_logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let out = Captured::default();
+        tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_env_filter("xkafka=debug,librdkafka=debug,rdkafka=trace")
+            .with_ansi(false)
+            .try_init()
+            .expect("the only global subscriber of this binary");
+        out
+    })
+}
