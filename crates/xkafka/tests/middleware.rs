@@ -69,21 +69,26 @@ async fn a_backing_off_message_does_not_hold_up_other_partitions() {
     );
     let (t1, t3) = (first[0].3, first[2].3);
     assert!(t3 - t1 >= BACKOFF * 2, "waited 2 s then 3 s: {:?}", t3 - t1);
-    // Partition 0 waits in its lane; the other two flow meanwhile.
+    // Partition 0 waits in its lane; the other two flow meanwhile: none of
+    // their 40 messages waits for the backoff to end. (How many of them
+    // come before partition 0's first call depends on fetch timing, so the
+    // count during the backoff is only required to be non-zero.)
     let others_during = calls
         .iter()
         .filter(|c| c.0 != 0 && c.3 > t1 && c.3 < t3)
         .count();
+    let others_after = calls.iter().filter(|c| c.0 != 0 && c.3 >= t3).count();
     let p0_during = calls
         .iter()
         .filter(|c| c.0 == 0 && c.1 > 0 && c.3 < t3)
         .count();
-    println!("during partition 0's backoff: {others_during} messages of other partitions handled, {p0_during} of partition 0");
-    assert_eq!(p0_during, 0, "partition order holds while backing off");
-    assert!(
-        others_during >= 30,
-        "other partitions stalled: {others_during}"
+    println!(
+        "during partition 0's backoff: {others_during} messages of other partitions handled, \
+         {others_after} after it, {p0_during} of partition 0"
     );
+    assert_eq!(p0_during, 0, "partition order holds while backing off");
+    assert!(others_during > 0, "other partitions stalled");
+    assert_eq!(others_after, 0, "other partitions waited for the backoff");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
