@@ -70,6 +70,8 @@ pub(crate) fn consume(brokers: &str, topic: &str, messages: u64, work: Work) -> 
 struct Counting {
     clock: Arc<Clock>,
     failed: Arc<AtomicU64>,
+    /// Set while the warm-up message is in flight: its report is not counted.
+    warming: AtomicBool,
 }
 
 impl ClientContext for Counting {}
@@ -81,7 +83,9 @@ impl ProducerContext for Counting {
         if result.is_err() {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.clock.tick(1);
+        if !self.warming.swap(false, Ordering::AcqRel) {
+            self.clock.tick(1);
+        }
     }
 }
 
@@ -95,7 +99,7 @@ fn producer_config(brokers: &str) -> ClientConfig {
 }
 
 /// A `ThreadedProducer` with a delivery callback; messages per second
-/// between the first and the last delivery report.
+/// from the first send to the last delivery report.
 pub(crate) fn publish_async(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
     let clock = Arc::new(Clock::new(messages));
     let failed = Arc::new(AtomicU64::new(0));
@@ -104,9 +108,16 @@ pub(crate) fn publish_async(brokers: &str, topic: &str, messages: u64) -> BoxRes
         Counting {
             clock: clock.clone(),
             failed: failed.clone(),
+            warming: AtomicBool::new(true),
         },
     )?;
     let value = payload(100);
+    // Warm up as ours does: connected, producer id, metadata.
+    producer
+        .send(BaseRecord::<(), _>::to(topic).payload(&value))
+        .map_err(|(e, _)| e)?;
+    producer.flush(Duration::from_secs(30))?;
+    clock.start();
     for i in 0..messages {
         let key = format!("k{}", i % 1000);
         let mut record = BaseRecord::to(topic).key(&key).payload(&value);

@@ -22,12 +22,22 @@ impl Clock {
         }
     }
 
+    /// Starts the clock now rather than at the first tick: for publishing,
+    /// whose first delivery report comes only after `linger.ms` and a round
+    /// trip, while the rest of the reports then arrive in bursts.
+    pub(crate) fn start(&self) {
+        let mut first = self.first.lock().unwrap();
+        if first.is_none() {
+            *first = Some(Instant::now());
+        }
+    }
+
     /// Counts `n` messages; returns whether the target is reached.
     pub(crate) fn tick(&self, n: u64) -> bool {
         let before = self.count.fetch_add(n, Ordering::AcqRel);
         let now_count = before + n;
         if before == 0 {
-            *self.first.lock().unwrap() = Some(Instant::now());
+            self.start();
         }
         if now_count >= self.target && before < self.target {
             *self.last.lock().unwrap() = Some(Instant::now());

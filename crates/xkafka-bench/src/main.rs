@@ -46,9 +46,21 @@ struct Args {
     /// Only the comparisons whose name contains one of these.
     #[arg(long)]
     only: Vec<String>,
+    /// Run only one side of each comparison (`ours` or `baseline`), e.g. to
+    /// profile it alone with `perf record`; ratios are then not computed.
+    #[arg(long, value_enum, default_value_t = Side::Both)]
+    side: Side,
     /// Where to write the JSON results and the SVG charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+/// Which side(s) of a comparison run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Side {
+    Both,
+    Ours,
+    Baseline,
 }
 
 /// Sizes of one mode.
@@ -162,7 +174,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for step in plan {
             bar.set_message(step.label());
             let step_started = Instant::now();
-            let outcome = step.run(target, &topics, &sizes, &mut results).await;
+            let outcome = step
+                .run(target, &topics, &sizes, args.side, &mut results)
+                .await;
             if let Err(err) = &outcome {
                 bar.println(format!("{} {}: failed: {err}", target.name, step.label()));
             }
@@ -215,11 +229,12 @@ impl Step {
         target: &Target,
         topics: &report::Topics,
         sizes: &Sizes,
+        side: Side,
         results: &mut Results,
     ) -> Result<(), Box<dyn std::error::Error>> {
         match self {
             Step::Compare(name) => {
-                let comparison = compare(name, target, topics, sizes).await?;
+                let comparison = compare(name, target, topics, sizes, side).await?;
                 results.add(target.name, comparison);
             }
             Step::Scaling => {
@@ -280,6 +295,7 @@ async fn compare(
     target: &Target,
     topics: &report::Topics,
     sizes: &Sizes,
+    side: Side,
 ) -> Result<Comparison, Box<dyn std::error::Error>> {
     let b = &target.brokers;
     let mut ours_runs = Vec::new();
@@ -288,14 +304,17 @@ async fn compare(
     for round in 0..sizes.rounds {
         // Alternate who goes first, too.
         let ours_first = round % 2 == 0;
-        for side in [ours_first, !ours_first] {
-            if side {
+        for ours_turn in [ours_first, !ours_first] {
+            if ours_turn && side == Side::Baseline || !ours_turn && side == Side::Ours {
+                continue;
+            }
+            if ours_turn {
                 ours_runs.push(run_ours(name, target, topics, sizes).await?);
             } else {
                 base_runs.push(run_baseline(name, target, topics, sizes).await?);
             }
         }
-        if name == "consume_seq" || name == "consume_conc16_1ms" {
+        if side == Side::Both && (name == "consume_seq" || name == "consume_conc16_1ms") {
             // The bare loop (poll + count), for information / the ideal's cap.
             extra_runs.push(baseline::consume(
                 b,

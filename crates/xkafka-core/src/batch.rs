@@ -26,8 +26,10 @@ type Recorded = Vec<Option<Result<Ack, BoxError>>>;
 /// same rule as for single messages: a failed message holds back its
 /// partition's offset.
 ///
-/// Clones share the recorded outcomes (a retrying middleware may call the
-/// handler again with a clone).
+/// Clones are cheap and share the messages and the recorded outcomes (a
+/// retrying middleware may call the handler again with a clone); changing
+/// the messages through [`Batch::messages_mut`] copies them first if another
+/// clone still shares them.
 ///
 /// ```
 /// use xkafka_core::{Ack, Batch, Message};
@@ -47,7 +49,9 @@ type Recorded = Vec<Option<Result<Ack, BoxError>>>;
 /// ```
 #[derive(Clone)]
 pub struct Batch {
-    messages: Vec<Message>,
+    // Shared: a consumer keeps a clone to read the outcomes back, and a
+    // deep copy of a thousand messages per call cost more than the handler.
+    messages: Arc<Vec<Message>>,
     outcomes: Arc<Mutex<Recorded>>,
 }
 
@@ -56,7 +60,7 @@ impl Batch {
     pub fn new(messages: Vec<Message>) -> Self {
         let outcomes = (0..messages.len()).map(|_| None).collect();
         Batch {
-            messages,
+            messages: Arc::new(messages),
             outcomes: Arc::new(Mutex::new(outcomes)),
         }
     }
@@ -68,7 +72,7 @@ impl Batch {
 
     /// The messages, to change them (middleware setting extensions).
     pub fn messages_mut(&mut self) -> &mut [Message] {
-        &mut self.messages
+        Arc::make_mut(&mut self.messages).as_mut_slice()
     }
 
     /// Iterates over the messages.
@@ -130,7 +134,7 @@ impl Batch {
     /// helper dropped them).
     pub fn max_offsets(&self) -> BTreeMap<(String, i32), i64> {
         let mut max = BTreeMap::new();
-        for m in &self.messages {
+        for m in self.messages.iter() {
             if let (Some(p), Some(o)) = (m.partition(), m.offset()) {
                 let entry = max.entry((m.topic().to_owned(), p)).or_insert(o);
                 *entry = (*entry).max(o);

@@ -94,7 +94,12 @@ impl<Req: 'static, R: 'static> Stack<Req, R> {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        let innermost = BoxCloneService::new(service.map_err(Into::into));
+        self.apply_boxed(BoxCloneService::new(service.map_err(Into::into)))
+    }
+
+    /// [`apply`](Self::apply) for a service that is boxed already: boxing
+    /// it again would cost one more allocation per call.
+    pub fn apply_boxed(&self, innermost: Boxed<Req, R>) -> Boxed<Req, R> {
         self.layers
             .iter()
             .rev()

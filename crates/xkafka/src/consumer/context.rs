@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub(crate) shutdown: ShutdownHandle,
     /// Set while `run` runs; rebalance callbacks drain through it.
     pipeline: Mutex<Option<Pipeline>>,
+    /// One `Arc` per topic name, shared by fetched messages and assigned
+    /// partitions so that comparing them is a pointer comparison.
+    topics: Mutex<Vec<Arc<str>>>,
     pub(crate) revoke_grace: Duration,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
@@ -47,6 +50,7 @@ impl Shared {
             stop_error: Mutex::new(None),
             shutdown,
             pipeline: Mutex::new(None),
+            topics: Mutex::new(Vec::new()),
             revoke_grace,
             #[cfg(feature = "metrics")]
             metrics: None,
@@ -57,6 +61,17 @@ impl Shared {
     /// `consumer.poll`, which may call back into the rebalance handler.
     pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
         self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The consumer's one shared name for `topic`.
+    pub(crate) fn topic(&self, topic: &str) -> Arc<str> {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = topics.iter().find(|n| &***n == topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = topic.into();
+        topics.push(name.clone());
+        name
     }
 
     pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
@@ -132,7 +147,7 @@ impl ConsumerContext for XConsumerContext {
         let partitions: BTreeSet<TopicPartition> = tpl
             .elements()
             .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .map(|e| TopicPartition::new(self.shared.topic(e.topic()), e.partition()))
             .collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {

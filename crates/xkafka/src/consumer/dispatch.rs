@@ -7,7 +7,6 @@
 //! the keys of one partition run in parallel; unordered lanes take any
 //! message. A semaphore of N permits bounds how many handlers run at once.
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as Atomic};
@@ -18,6 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tower::util::BoxCloneService;
@@ -114,6 +114,9 @@ pub(crate) enum Settled {
 pub(crate) enum Report {
     /// A message finished.
     Completed(Completion),
+    /// The messages of a batch finished: one send (and one wake-up of the
+    /// poll thread) per batch, not per message.
+    Batch(Vec<Completion>),
     /// At-most-once: a lane is about to handle a message and waits for its
     /// offset to be committed first (the sender is dropped if that fails).
     Claim(Claim),
@@ -223,7 +226,7 @@ pub(crate) struct Dispatcher {
     concurrency: usize,
     runtime: tokio::runtime::Handle,
     runner: Runner,
-    lanes: HashMap<LaneKey, Lane>,
+    lanes: FxHashMap<LaneKey, Lane>,
     context: LaneContext,
     next_global: u64,
     /// The handler stack for the inline fast path (streaming consumers with
@@ -248,7 +251,7 @@ impl Dispatcher {
             concurrency,
             runtime,
             runner,
-            lanes: HashMap::new(),
+            lanes: FxHashMap::default(),
             context: LaneContext {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 completions,
@@ -298,20 +301,23 @@ impl Dispatcher {
     /// inline.
     pub(crate) fn dispatch(&mut self, work: Work) -> Option<Completion> {
         let key = self.lane_key(&work);
-        let idle = self
-            .lanes
-            .get(&key)
-            .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0);
-        let work = match (idle, self.inline.is_some()) {
-            (true, true) => match self.run_inline(work) {
+        let idle = || {
+            self.lanes
+                .get(&key)
+                .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0)
+        };
+        // Batch runners have no inline path: no need to look the lane up.
+        let work = if self.inline.is_some() && idle() {
+            match self.run_inline(work) {
                 Inline::Done(completion) => return completion,
                 Inline::Pending(resume) => {
                     self.send(key, LaneItem::Resume(resume));
                     return None;
                 }
                 Inline::Declined(work) => work,
-            },
-            _ => work,
+            }
+        } else {
+            work
         };
         self.send(key, LaneItem::Work(work));
         None
@@ -410,7 +416,10 @@ impl Dispatcher {
                 // A lane only ends when its sender is dropped or it is
                 // aborted at the shutdown deadline; then the messages are
                 // simply not handled.
-                let _ = lane.tx.send(std::mem::take(&mut lane.pending));
+                // The next round's vector starts at this one's size rather
+                // than growing from empty again.
+                let next = Vec::with_capacity(lane.pending.len());
+                let _ = lane.tx.send(std::mem::replace(&mut lane.pending, next));
             }
         }
     }
@@ -703,31 +712,49 @@ async fn run_batch_lane(
             cx.shared
                 .report(handler_error(&first.tp, first.offset, source))
         });
-        let mut waits = Vec::new();
-        let mut gone = false;
-        for (origin, recorded) in origins.iter().zip(recorded) {
-            let settled = match (recorded, &overall) {
-                (Some(Ok(ack)), _) => Settled::Done(ack),
-                (Some(Err(source)), _) => Settled::Failed(cx.shared.report(handler_error(
-                    &origin.tp,
-                    origin.offset,
-                    source,
-                ))),
-                (None, Ok(ack)) => Settled::Done(*ack),
-                (None, Err(decision)) => Settled::Failed(*decision),
-            };
-            match complete(&cx, origin.tp.clone(), origin.epoch, origin.offset, settled) {
-                None => gone = true,
-                Some(wait) => waits.extend(wait),
+        let mut completions: Vec<Completion> = origins
+            .iter()
+            .zip(recorded)
+            .map(|(origin, recorded)| {
+                let settled = match (recorded, &overall) {
+                    (Some(Ok(ack)), _) => Settled::Done(ack),
+                    (Some(Err(source)), _) => Settled::Failed(cx.shared.report(handler_error(
+                        &origin.tp,
+                        origin.offset,
+                        source,
+                    ))),
+                    (None, Ok(ack)) => Settled::Done(*ack),
+                    (None, Err(decision)) => Settled::Failed(*decision),
+                };
+                Completion {
+                    tp: origin.tp.clone(),
+                    epoch: origin.epoch,
+                    offset: origin.offset,
+                    settled,
+                    committed: None,
+                }
+            })
+            .collect();
+        // Manual commit: the poll thread settles a report as a whole before
+        // it commits, so one acknowledgement covers the batch.
+        let wait = if cx.commit_wait == CommitWait::After {
+            let (tx, rx) = oneshot::channel();
+            if let Some(last) = completions.last_mut() {
+                last.committed = Some(tx);
             }
-        }
+            Some(rx)
+        } else {
+            None
+        };
+        // Report before lowering `running` (see `handle_work`).
+        let sent = cx.completions.send(Report::Batch(completions)).is_ok();
         for origin in &origins {
             origin.gate.leave();
         }
-        if gone {
+        if !sent {
             return;
         }
-        for wait in waits {
+        if let Some(wait) = wait {
             let _ = wait.await;
         }
     }

@@ -512,7 +512,7 @@ impl<K: Kind> ConsumerBuilder<K> {
         };
         let client = BaseConsumer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
-        let service = self.stack.apply(handler);
+        let service = self.stack.apply_boxed(handler);
         let mut limits = self.limits;
         if K::BATCHES {
             // Pausing drops librdkafka's prefetched messages of the partition;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// A topic and partition.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord)]
 pub struct TopicPartition {
     /// The topic.
     pub topic: Arc<str>,
@@ -24,6 +24,24 @@ impl TopicPartition {
             topic: topic.into(),
             partition,
         }
+    }
+}
+
+// By value, like the derived impl would; but the consumer interns its topic
+// names, so the pointer comparison usually decides without reading the
+// strings (`Arc<str>`'s own `==` always compares the bytes).
+impl PartialEq for TopicPartition {
+    fn eq(&self, other: &Self) -> bool {
+        self.partition == other.partition
+            && (Arc::ptr_eq(&self.topic, &other.topic) || self.topic == other.topic)
+    }
+}
+
+// By value, consistent with `eq`.
+impl std::hash::Hash for TopicPartition {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.topic.hash(state);
+        self.partition.hash(state);
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
 use rdkafka::TopicPartitionList;
+use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::context::{commit_sync, store_batch, Shared};
@@ -46,7 +47,9 @@ struct PartitionState {
 }
 
 pub(crate) struct Pipeline {
-    partitions: HashMap<TopicPartition, PartitionState>,
+    // Looked up several times per message on the poll thread: FxHash, since
+    // SipHash of the topic name was a visible share of its time.
+    partitions: FxHashMap<TopicPartition, PartitionState>,
     dispatcher: Dispatcher,
     completions: std_mpsc::Receiver<Report>,
     limits: Limits,
@@ -60,6 +63,7 @@ pub(crate) struct Pipeline {
 #[derive(Default)]
 struct Settlement {
     changed: BTreeSet<TopicPartition>,
+    last_changed: Option<TopicPartition>,
     acks: Vec<oneshot::Sender<()>>,
     claims: Vec<Claim>,
     succeeded: u64,
@@ -76,7 +80,7 @@ impl Pipeline {
         commit_mode: CommitMode,
     ) -> Self {
         Pipeline {
-            partitions: HashMap::new(),
+            partitions: FxHashMap::default(),
             dispatcher,
             completions,
             limits: Limits {
@@ -182,6 +186,11 @@ impl Pipeline {
         while let Some(report) = next.take().or_else(|| self.completions.try_recv().ok()) {
             match report {
                 Report::Completed(c) => self.apply(c, &mut settlement),
+                Report::Batch(batch) => {
+                    for c in batch {
+                        self.apply(c, &mut settlement);
+                    }
+                }
                 Report::Claim(claim) => settlement.claims.push(claim),
             }
         }
@@ -296,7 +305,12 @@ impl Pipeline {
         if settle && state.tracker.settled(c.offset) {
             self.unsettled -= 1;
         }
-        settlement.changed.insert(c.tp);
+        // Completions come in runs of one partition; `==` on the `Arc`'d
+        // topic is a pointer comparison, the set's ordering is not.
+        if settlement.last_changed.as_ref() != Some(&c.tp) {
+            settlement.changed.insert(c.tp.clone());
+            settlement.last_changed = Some(c.tp);
+        }
     }
 
     fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {

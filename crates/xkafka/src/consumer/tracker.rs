@@ -52,7 +52,12 @@ impl OffsetTracker {
     /// Returns whether it was open.
     pub(crate) fn settled(&mut self, offset: i64) -> bool {
         let mut was_open = false;
-        if let Ok(at) = self.open.binary_search_by_key(&offset, |e| e.0) {
+        // Usually the oldest open offset (handlers finish in order): no search.
+        let found = match self.open.front() {
+            Some(&(first, _)) if first == offset => Ok(0),
+            _ => self.open.binary_search_by_key(&offset, |e| e.0),
+        };
+        if let Ok(at) = found {
             if !self.open[at].1 {
                 self.open[at].1 = true;
                 self.unsettled -= 1;

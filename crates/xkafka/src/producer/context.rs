@@ -21,7 +21,11 @@ pub(crate) type DeliverySender = oneshot::Sender<Result<Delivery, KafkaError>>;
 /// The delivery opaque of one message.
 pub(crate) enum DeliveryTarget {
     /// A `publish` (or a middleware stack) waits for it.
-    Waiter(DeliverySender),
+    Waiter {
+        tx: DeliverySender,
+        /// The message's topic, so that the report need not allocate it.
+        topic: Arc<str>,
+    },
     /// `publish_async` without middleware: the callbacks run right in
     /// librdkafka's delivery thread, with no task in between.
     Callback(Completion),
@@ -55,21 +59,27 @@ impl ProducerContext for XProducerContext {
     type DeliveryOpaque = Box<DeliveryTarget>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, target: Box<DeliveryTarget>) {
+        // The topic comes from the opaque: reading librdkafka's name back
+        // would cost a string check and an allocation per message.
+        let topic = match &*target {
+            DeliveryTarget::Waiter { topic, .. } => topic.clone(),
+            DeliveryTarget::Callback(completion) => completion.topic().clone(),
+        };
         let report = match result {
-            Ok(msg) => Ok(Delivery::new(msg.topic(), msg.partition(), msg.offset())
+            Ok(msg) => Ok(Delivery::new(topic, msg.partition(), msg.offset())
                 .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
-            Err((err, msg)) => Err((err.clone(), msg.topic().to_owned(), msg.partition())),
+            Err((err, msg)) => Err((err.clone(), topic, msg.partition())),
         };
         match *target {
             // The receiver is gone when the caller stopped waiting (cancelled
             // `publish`); the report is then of no use to anyone.
-            DeliveryTarget::Waiter(tx) => {
+            DeliveryTarget::Waiter { tx, .. } => {
                 let _ = tx.send(report.map_err(|(err, _, _)| err));
             }
             DeliveryTarget::Callback(completion) => {
                 completion.finish(
                     report.map_err(|(source, topic, partition)| Error::Delivery {
-                        topic: topic.into(),
+                        topic,
                         partition: (partition >= 0).then_some(partition),
                         source,
                     }),

@@ -70,6 +70,10 @@ impl Completion {
         }
     }
 
+    pub(crate) fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
     pub(crate) fn finish(mut self, result: Result<Delivery, Error>) {
         self.complete(result);
     }

@@ -63,7 +63,11 @@ pub(crate) async fn publish(
     let topic = message.topic_arc().clone();
     let partition = message.partition();
     let (tx, rx) = oneshot::channel();
-    enqueue(client, &message, DeliveryTarget::Waiter(tx)).await?;
+    let target = DeliveryTarget::Waiter {
+        tx,
+        topic: topic.clone(),
+    };
+    enqueue(client, &message, target).await?;
     if let Some(signal) = message.extensions().get::<EnqueueSignal>() {
         signal.set();
     }
