@@ -47,7 +47,18 @@ async fn create(target: &Target, name: &str, partitions: i32) -> BoxResult<()> {
     Ok(())
 }
 
-fn fill(brokers: &str, topic: &str, messages: u64, size: usize) -> BoxResult<()> {
+/// How a prefilled topic's messages are spread over its partitions.
+#[derive(Clone, Copy)]
+enum Spread {
+    /// Round robin: every partition gets the same number, so the batch
+    /// consumer's batches are all full (a trailing partial batch would wait
+    /// for its window, which would then weigh on a sub-second run).
+    Even,
+    /// By key (1,000 keys): the per-key concurrency runs need real keys.
+    ByKey,
+}
+
+fn fill(brokers: &str, topic: &str, messages: u64, size: usize, spread: Spread) -> BoxResult<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -58,6 +69,9 @@ fn fill(brokers: &str, topic: &str, messages: u64, size: usize) -> BoxResult<()>
         let mut record = BaseRecord::<String, Vec<u8>>::to(topic)
             .key(&key)
             .payload(&value);
+        if let Spread::Even = spread {
+            record = record.partition((i % PARTITIONS as u64) as i32);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -75,6 +89,9 @@ fn fill(brokers: &str, topic: &str, messages: u64, size: usize) -> BoxResult<()>
     Ok(())
 }
 
+/// Partitions of every prefilled topic.
+const PARTITIONS: i32 = 6;
+
 /// Creates and fills the topics every round reads again from the start.
 pub(crate) async fn prepare(
     target: &Target,
@@ -88,16 +105,29 @@ pub(crate) async fn prepare(
         sink: unique("bench-sink"),
     };
     for name in [&topics.small, &topics.large, &topics.keyed, &topics.sink] {
-        create(target, name, 6).await?;
+        create(target, name, PARTITIONS).await?;
     }
     bar.set_message("filling topics");
-    fill(&target.brokers, &topics.small, sizes.consume, 100)?;
-    fill(&target.brokers, &topics.large, sizes.consume_1k, 1024)?;
+    fill(
+        &target.brokers,
+        &topics.small,
+        sizes.consume,
+        100,
+        Spread::Even,
+    )?;
+    fill(
+        &target.brokers,
+        &topics.large,
+        sizes.consume_1k,
+        1024,
+        Spread::Even,
+    )?;
     fill(
         &target.brokers,
         &topics.keyed,
         sizes.concurrent.max(sizes.sequential_slow),
         100,
+        Spread::ByKey,
     )?;
     Ok(topics)
 }

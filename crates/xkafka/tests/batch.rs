@@ -201,3 +201,74 @@ async fn partitions_whose_messages_are_all_at_offset_zero_are_committed() {
         assert_eq!(committed(&group, &topic, p), Some(1), "partition {p}");
     }
 }
+
+/// Batches whose handler finishes at once run on the poll thread; one that
+/// waits continues in its lane. Mixing both must keep each partition's
+/// batches in offset order, run partitions in parallel and handle each
+/// message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_wait_keep_partition_order() {
+    let topic = topic("batch-wait", 3).await;
+    let producer = producer();
+    for p in 0..3 {
+        fill(&producer, &topic, p, 60).await;
+    }
+    producer.close().await;
+    let batches: Batches = Arc::default();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (record, run, top) = (batches.clone(), running.clone(), peak.clone());
+    let consumer = batch_consumer(&unique("batch-wait-g"), &topic)
+        .batch_size(7)
+        .batch_timeout(Duration::from_millis(50))
+        .concurrency(3)
+        .order(Order::PerPartition)
+        .error_handler(|err| panic!("unexpected: {err}"))
+        .handler(move |batch: Batch| {
+            let seen: Vec<(i32, i64)> = batch
+                .iter()
+                .map(|m| (m.partition().unwrap(), m.offset().unwrap()))
+                .collect();
+            // Every other batch (by its first offset) waits.
+            let waits = seen[0].1 % 2 == 0;
+            let (record, run, top) = (record.clone(), run.clone(), top.clone());
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = run.fetch_add(1, SeqCst) + 1;
+                top.fetch_max(now, SeqCst);
+                if waits {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                record.lock().unwrap().push((Instant::now(), seen));
+                run.fetch_sub(1, SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    let probe = batches.clone();
+    let summary = consumer
+        .run(until(
+            move || handled(&probe) >= 180,
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(summary.succeeded, 180);
+    let batches = batches.lock().unwrap();
+    for p in 0..3 {
+        let offsets: Vec<i64> = batches
+            .iter()
+            .flat_map(|(_, b)| b.iter().filter(|(q, _)| *q == p).map(|(_, o)| *o))
+            .collect();
+        assert_eq!(
+            offsets,
+            (0..60).collect::<Vec<_>>(),
+            "partition {p}: once each, in offset order"
+        );
+    }
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&peak),
+        "partitions in parallel, within Concurrency(3): peak {peak}"
+    );
+}

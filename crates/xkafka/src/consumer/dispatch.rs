@@ -6,6 +6,10 @@
 //! partition order; one lane per (partition, key slot) keeps key order while
 //! the keys of one partition run in parallel; unordered lanes take any
 //! message. A semaphore of N permits bounds how many handlers run at once.
+//!
+//! Two fast paths keep the common case on the poll thread: a message (or a
+//! batch, assembled here per lane) whose lane is idle runs right away, and
+//! only a handler that actually waits moves to its lane's task.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -13,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as Atomic};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -185,6 +189,24 @@ enum LaneItem {
     /// A handler call started inline on the poll thread that did not finish
     /// at once: the lane completes it before anything else.
     Resume(Resume),
+    /// A batch, complete (full, or its window expired) — batch lanes only.
+    Batch(Vec<Work>),
+    /// A batch handler call started inline that did not finish at once.
+    ResumeBatch(BatchResume),
+}
+
+struct BatchResume {
+    future: BoxFuture<'static, Result<Ack, BoxError>>,
+    batch: Batch,
+    origins: Vec<Origin>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A batch being filled on the poll thread.
+struct Filling {
+    works: Vec<Work>,
+    /// The window ends here: it started with the batch's first message.
+    deadline: Instant,
 }
 
 struct Resume {
@@ -232,6 +254,12 @@ pub(crate) struct Dispatcher {
     /// The handler stack for the inline fast path (streaming consumers with
     /// automatic commits only).
     inline: Option<BoxCloneService<Message, Ack, BoxError>>,
+    /// The same for batch consumers with automatic commits.
+    inline_batch: Option<BoxCloneService<Batch, Ack, BoxError>>,
+    /// Batches being filled, per lane.
+    filling: FxHashMap<LaneKey, Filling>,
+    /// Batches complete since the last flush, in completion order.
+    ready: Vec<(LaneKey, Vec<Work>)>,
 }
 
 impl Dispatcher {
@@ -260,15 +288,21 @@ impl Dispatcher {
             },
             next_global: 0,
             inline: None,
+            inline_batch: None,
+            filling: FxHashMap::default(),
+            ready: Vec::new(),
         }
         .with_inline()
     }
 
     fn with_inline(mut self) -> Self {
-        if let (Runner::Single(service), CommitWait::None) =
-            (&self.runner, self.context.commit_wait)
-        {
-            self.inline = Some(service.clone());
+        // With manual commits or at-most-once, lanes wait for commits
+        // around each call: those stay in the lanes.
+        if self.context.commit_wait == CommitWait::None {
+            match &self.runner {
+                Runner::Single(service) => self.inline = Some(service.clone()),
+                Runner::Batch { service, .. } => self.inline_batch = Some(service.clone()),
+            }
         }
         self
     }
@@ -301,6 +335,10 @@ impl Dispatcher {
     /// inline.
     pub(crate) fn dispatch(&mut self, work: Work) -> Option<Completion> {
         let key = self.lane_key(&work);
+        if let Runner::Batch { size, window, .. } = self.runner {
+            self.fill(key, work, size.max(1), window);
+            return None;
+        }
         let idle = || {
             self.lanes
                 .get(&key)
@@ -390,13 +428,10 @@ impl Dispatcher {
                     self.runtime
                         .spawn(run_lane(rx, service, context, busy.clone()))
                 }
-                Runner::Batch {
-                    service,
-                    size,
-                    window,
-                } => self
-                    .runtime
-                    .spawn(run_batch_lane(rx, service, size.max(1), window, context)),
+                Runner::Batch { service, .. } => {
+                    self.runtime
+                        .spawn(run_batch_lane(rx, service, context, busy.clone()))
+                }
             };
             Lane {
                 tx,
@@ -409,8 +444,51 @@ impl Dispatcher {
         lane.pending.push(item);
     }
 
-    /// Hands each lane what this poll round gave it.
-    pub(crate) fn flush(&mut self) {
+    /// Adds a message to its lane's batch; a full batch is ready.
+    fn fill(&mut self, key: LaneKey, work: Work, size: usize, window: Duration) {
+        let full = match self.filling.get_mut(&key) {
+            Some(filling) => {
+                filling.works.push(work);
+                filling.works.len() >= size
+            }
+            None => {
+                let mut works = Vec::with_capacity(size.min(1024));
+                works.push(work);
+                let deadline = Instant::now() + window;
+                self.filling
+                    .insert(key.clone(), Filling { works, deadline });
+                size == 1
+            }
+        };
+        if full {
+            if let Some(filling) = self.filling.remove(&key) {
+                self.ready.push((key, filling.works));
+            }
+        }
+    }
+
+    /// Starts the batches that are complete (full, or whose window has
+    /// expired) — inline when their lane is idle and the handler finishes at
+    /// once, completions into `done` — then hands each lane what this poll
+    /// round gave it.
+    pub(crate) fn flush(&mut self, done: &mut Vec<Completion>) {
+        if !self.filling.is_empty() {
+            let now = Instant::now();
+            let expired: Vec<LaneKey> = self
+                .filling
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                if let Some(filling) = self.filling.remove(&key) {
+                    self.ready.push((key, filling.works));
+                }
+            }
+        }
+        for (key, works) in std::mem::take(&mut self.ready) {
+            self.start_batch(key, works, done);
+        }
         for lane in self.lanes.values_mut() {
             if !lane.pending.is_empty() {
                 // A lane only ends when its sender is dropped or it is
@@ -424,18 +502,157 @@ impl Dispatcher {
         }
     }
 
-    /// Forgets the lanes of a revoked partition; they end once their
-    /// running handler (if any) finished.
+    fn start_batch(&mut self, key: LaneKey, works: Vec<Work>, done: &mut Vec<Completion>) {
+        let idle = self
+            .lanes
+            .get(&key)
+            .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0);
+        let works = if idle {
+            match self.run_batch_inline(works) {
+                InlineBatch::Done(completions) => {
+                    done.extend(completions);
+                    return;
+                }
+                InlineBatch::Pending(resume) => {
+                    self.send(key, LaneItem::ResumeBatch(resume));
+                    return;
+                }
+                InlineBatch::Declined(works) => works,
+            }
+        } else {
+            works
+        };
+        self.send(key, LaneItem::Batch(works));
+    }
+
+    fn run_batch_inline(&mut self, mut works: Vec<Work>) -> InlineBatch {
+        let Some(service) = self.inline_batch.as_mut() else {
+            return InlineBatch::Declined(works);
+        };
+        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+            return InlineBatch::Declined(works);
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if !matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            return InlineBatch::Declined(works);
+        }
+        // As in the lane: not handled at all once stopping; messages of
+        // revoked partitions dropped.
+        if self.context.shared.shutdown.is_shutting_down() {
+            return InlineBatch::Done(Vec::new());
+        }
+        works.retain(|w| w.gate.enter());
+        if works.is_empty() {
+            return InlineBatch::Done(Vec::new());
+        }
+        let (batch, origins) = batch_of(works);
+        let _runtime = self.runtime.enter();
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut future = service.call(batch.clone());
+            let first = future.as_mut().poll(&mut cx);
+            (future, first)
+        }));
+        let outcome = match called {
+            Ok((_, Poll::Ready(outcome))) => outcome,
+            Ok((future, Poll::Pending)) => {
+                return InlineBatch::Pending(BatchResume {
+                    future,
+                    batch,
+                    origins,
+                    _permit: permit,
+                });
+            }
+            Err(panic) => Err(Box::new(Panicked::from_payload(panic)) as BoxError),
+        };
+        let completions = batch_completions(&self.context, &batch, &origins, outcome);
+        for origin in &origins {
+            origin.gate.leave();
+        }
+        InlineBatch::Done(completions)
+    }
+
+    /// Forgets the lanes (and batches being filled) of a revoked partition;
+    /// the lanes end once their running handler (if any) finished.
     pub(crate) fn close_partition(&mut self, tp: &TopicPartition) {
         self.lanes.retain(|key, _| key.partition() != Some(tp));
+        self.filling.retain(|key, _| key.partition() != Some(tp));
+        self.ready.retain(|(key, _)| key.partition() != Some(tp));
     }
 
     /// Stops every lane now, dropping running handlers (shutdown deadline).
     pub(crate) fn abort_all(&mut self) {
+        self.filling.clear();
+        self.ready.clear();
         for (_, lane) in self.lanes.drain() {
             lane.task.abort();
         }
     }
+}
+
+enum InlineBatch {
+    /// Finished (or dropped: stopping, all revoked).
+    Done(Vec<Completion>),
+    /// Waiting: continues in the lane.
+    Pending(BatchResume),
+    /// Not run inline (lane busy, no permit, service not ready, commits
+    /// to wait for): goes to the lane.
+    Declined(Vec<Work>),
+}
+
+/// The batch handed to the handler, and where each message came from.
+fn batch_of(works: Vec<Work>) -> (Batch, Vec<Origin>) {
+    let mut messages = Vec::with_capacity(works.len());
+    let mut origins = Vec::with_capacity(works.len());
+    for work in works {
+        messages.push(work.message);
+        origins.push(Origin {
+            tp: work.tp,
+            offset: work.offset,
+            epoch: work.epoch,
+            gate: work.gate,
+        });
+    }
+    (Batch::new(messages), origins)
+}
+
+/// Each message's outcome: the one the handler recorded for it, else the
+/// batch's. Failures go to the error handler (a whole-batch failure once,
+/// for its first message).
+fn batch_completions(
+    cx: &LaneContext,
+    batch: &Batch,
+    origins: &[Origin],
+    outcome: Result<Ack, BoxError>,
+) -> Vec<Completion> {
+    let recorded = batch.take_outcomes();
+    let overall = outcome.map_err(|source| {
+        let first = &origins[0];
+        cx.shared
+            .report(handler_error(&first.tp, first.offset, source))
+    });
+    origins
+        .iter()
+        .zip(recorded)
+        .map(|(origin, recorded)| {
+            let settled = match (recorded, &overall) {
+                (Some(Ok(ack)), _) => Settled::Done(ack),
+                (Some(Err(source)), _) => Settled::Failed(cx.shared.report(handler_error(
+                    &origin.tp,
+                    origin.offset,
+                    source,
+                ))),
+                (None, Ok(ack)) => Settled::Done(*ack),
+                (None, Err(decision)) => Settled::Failed(*decision),
+            };
+            Completion {
+                tp: origin.tp.clone(),
+                epoch: origin.epoch,
+                offset: origin.offset,
+                settled,
+                committed: None,
+            }
+        })
+        .collect()
 }
 
 /// Asks the poll thread to commit past `offset` before it is handled
@@ -545,6 +762,8 @@ async fn run_lane(
                     resume.gate.leave();
                     sent
                 }
+                // Only batch lanes receive batches.
+                LaneItem::Batch(_) | LaneItem::ResumeBatch(_) => true,
             };
             busy.fetch_sub(1, Atomic::AcqRel);
             if !keep_going {
@@ -620,142 +839,106 @@ struct Origin {
 async fn run_batch_lane(
     mut rx: mpsc::UnboundedReceiver<Vec<LaneItem>>,
     mut service: BoxCloneService<Batch, Ack, BoxError>,
-    size: usize,
-    window: Duration,
     cx: LaneContext,
+    busy: Arc<AtomicUsize>,
 ) {
-    // Batch lanes only ever receive plain work (no inline fast path).
-    let work_of = |item: LaneItem| match item {
-        LaneItem::Work(work) => Some(work),
-        LaneItem::Resume(_) => None,
+    while let Some(items) = rx.recv().await {
+        for item in items {
+            let keep_going = match item {
+                LaneItem::Batch(works) => handle_batch(&mut service, &cx, works).await,
+                LaneItem::ResumeBatch(resume) => {
+                    let outcome = AssertUnwindSafe(resume.future)
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(Box::new(Panicked::from_payload(panic)) as BoxError)
+                        });
+                    let completions =
+                        batch_completions(&cx, &resume.batch, &resume.origins, outcome);
+                    let sent = cx.completions.send(Report::Batch(completions)).is_ok();
+                    for origin in &resume.origins {
+                        origin.gate.leave();
+                    }
+                    sent
+                }
+                // Only single-message lanes receive single messages.
+                LaneItem::Work(_) | LaneItem::Resume(_) => true,
+            };
+            busy.fetch_sub(1, Atomic::AcqRel);
+            if !keep_going {
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one batch in its lane; `false` when the poll thread is gone.
+async fn handle_batch(
+    service: &mut BoxCloneService<Batch, Ack, BoxError>,
+    cx: &LaneContext,
+    mut works: Vec<Work>,
+) -> bool {
+    let Ok(_permit) = cx.permits.acquire().await else {
+        return false;
     };
-    let mut backlog: std::collections::VecDeque<Work> = std::collections::VecDeque::new();
-    loop {
-        if backlog.is_empty() {
-            match rx.recv().await {
-                Some(items) => backlog.extend(items.into_iter().filter_map(work_of)),
-                None => return,
-            }
-            if backlog.is_empty() {
-                continue;
-            }
-        }
-        // The window starts with the batch's first message and ends on time
-        // even when nothing else arrives.
-        let deadline = tokio::time::Instant::now() + window;
-        let mut works = Vec::with_capacity(size.min(backlog.len()));
-        while works.len() < size {
-            if let Some(work) = backlog.pop_front() {
-                works.push(work);
-                continue;
-            }
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(items) => backlog.extend(items.into_iter().filter_map(work_of)),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let Ok(_permit) = cx.permits.acquire().await else {
-            return;
-        };
-        // Messages of revoked partitions are dropped; when stopping, the
-        // partial batch is not handled at all (rather than with a dying
-        // context).
-        if cx.shared.shutdown.is_shutting_down() {
-            continue;
-        }
-        // Count every message's handler in before anything runs (see
-        // `Gate::enter`); those of closed gates are dropped here.
-        works.retain(|w| w.gate.enter());
-        let mut messages = Vec::with_capacity(works.len());
-        let mut origins = Vec::with_capacity(works.len());
+    // Messages of revoked partitions are dropped; when stopping, the batch
+    // is not handled at all (rather than with a dying context).
+    if cx.shared.shutdown.is_shutting_down() {
+        return true;
+    }
+    // Count every message's handler in before anything runs (see
+    // `Gate::enter`); those of closed gates are dropped here.
+    works.retain(|w| w.gate.enter());
+    if cx.commit_wait == CommitWait::Before {
+        let mut granted = Vec::with_capacity(works.len());
         for work in works {
-            if cx.commit_wait == CommitWait::Before {
-                match claim(&cx, &work.tp, work.epoch, work.offset).await {
-                    None => return,
-                    Some(true) => {}
-                    Some(false) => {
-                        let sent = complete(
-                            &cx,
-                            work.tp,
-                            work.epoch,
-                            work.offset,
-                            Settled::Done(Ack::Skip),
-                        );
-                        work.gate.leave();
-                        if sent.is_none() {
-                            return;
-                        }
-                        continue;
+            match claim(cx, &work.tp, work.epoch, work.offset).await {
+                None => return false,
+                Some(true) => granted.push(work),
+                Some(false) => {
+                    let sent = complete(
+                        cx,
+                        work.tp,
+                        work.epoch,
+                        work.offset,
+                        Settled::Done(Ack::Skip),
+                    );
+                    work.gate.leave();
+                    if sent.is_none() {
+                        return false;
                     }
                 }
             }
-            messages.push(work.message);
-            origins.push(Origin {
-                tp: work.tp,
-                offset: work.offset,
-                epoch: work.epoch,
-                gate: work.gate,
-            });
         }
-        if messages.is_empty() {
-            continue;
-        }
-        let batch = Batch::new(messages);
-        let outcome = call_caught(&mut service, batch.clone()).await;
-        let recorded = batch.take_outcomes();
-        // A whole-batch failure is reported once, for its first message.
-        let overall = outcome.map_err(|source| {
-            let first = &origins[0];
-            cx.shared
-                .report(handler_error(&first.tp, first.offset, source))
-        });
-        let mut completions: Vec<Completion> = origins
-            .iter()
-            .zip(recorded)
-            .map(|(origin, recorded)| {
-                let settled = match (recorded, &overall) {
-                    (Some(Ok(ack)), _) => Settled::Done(ack),
-                    (Some(Err(source)), _) => Settled::Failed(cx.shared.report(handler_error(
-                        &origin.tp,
-                        origin.offset,
-                        source,
-                    ))),
-                    (None, Ok(ack)) => Settled::Done(*ack),
-                    (None, Err(decision)) => Settled::Failed(*decision),
-                };
-                Completion {
-                    tp: origin.tp.clone(),
-                    epoch: origin.epoch,
-                    offset: origin.offset,
-                    settled,
-                    committed: None,
-                }
-            })
-            .collect();
-        // Manual commit: the poll thread settles a report as a whole before
-        // it commits, so one acknowledgement covers the batch.
-        let wait = if cx.commit_wait == CommitWait::After {
-            let (tx, rx) = oneshot::channel();
-            if let Some(last) = completions.last_mut() {
-                last.committed = Some(tx);
-            }
-            Some(rx)
-        } else {
-            None
-        };
-        // Report before lowering `running` (see `handle_work`).
-        let sent = cx.completions.send(Report::Batch(completions)).is_ok();
-        for origin in &origins {
-            origin.gate.leave();
-        }
-        if !sent {
-            return;
-        }
-        if let Some(wait) = wait {
-            let _ = wait.await;
-        }
+        works = granted;
     }
+    if works.is_empty() {
+        return true;
+    }
+    let (batch, origins) = batch_of(works);
+    let outcome = call_caught(service, batch.clone()).await;
+    let mut completions = batch_completions(cx, &batch, &origins, outcome);
+    // Manual commit: the poll thread settles a report as a whole before
+    // it commits, so one acknowledgement covers the batch.
+    let wait = if cx.commit_wait == CommitWait::After {
+        let (tx, rx) = oneshot::channel();
+        if let Some(last) = completions.last_mut() {
+            last.committed = Some(tx);
+        }
+        Some(rx)
+    } else {
+        None
+    };
+    // Report before lowering `running` (see `handle_work`).
+    let sent = cx.completions.send(Report::Batch(completions)).is_ok();
+    for origin in &origins {
+        origin.gate.leave();
+    }
+    if !sent {
+        return false;
+    }
+    if let Some(wait) = wait {
+        let _ = wait.await;
+    }
+    true
 }

@@ -177,7 +177,7 @@ impl Pipeline {
         shared: &Shared,
         first: Option<Report>,
     ) {
-        self.dispatcher.flush();
+        self.dispatcher.flush(&mut self.finished_inline);
         let mut settlement = Settlement::default();
         for done in std::mem::take(&mut self.finished_inline) {
             self.apply(done, &mut settlement);
