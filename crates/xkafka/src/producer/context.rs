@@ -1,7 +1,7 @@
 //! librdkafka callbacks of the producer: delivery reports, errors, logs.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -10,7 +10,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::oneshot;
 
-use super::driver::Completion;
+use super::driver::{run_callbacks, MessageCallback, OnDeliveryFn, Pending};
 use crate::error::{Error, Operation};
 use crate::log::{forward_log, scrub};
 use crate::Delivery;
@@ -27,8 +27,45 @@ pub(crate) enum DeliveryTarget {
         topic: Arc<str>,
     },
     /// `publish_async` without middleware: the callbacks run right in
-    /// librdkafka's delivery thread, with no task in between.
-    Callback(Completion),
+    /// librdkafka's delivery thread, with no task in between. Only the
+    /// message's own callback travels with it; the producer-wide one and the
+    /// pending count live in the context (no per-message reference counts).
+    Async {
+        // In a Mutex only to be Sync, as librdkafka's opaques must be.
+        callback: Option<Mutex<MessageCallback>>,
+    },
+}
+
+impl DeliveryTarget {
+    /// The opaque librdkafka carries with the message. The common case, an
+    /// asynchronous publish without a callback of its own, needs nothing
+    /// (0) and allocates nothing; the rest travel boxed, as an address.
+    pub(crate) fn into_opaque(self) -> usize {
+        match self {
+            DeliveryTarget::Async { callback: None } => 0,
+            target => Box::into_raw(Box::new(target)).expose_provenance(),
+        }
+    }
+
+    /// Takes back what [`into_opaque`](Self::into_opaque) made.
+    ///
+    /// Each opaque must be taken back exactly once: librdkafka hands it to
+    /// the delivery callback once per message it accepted, and returns it
+    /// with a message it refused.
+    #[allow(unsafe_code)]
+    pub(crate) fn from_opaque(opaque: usize) -> Self {
+        if opaque == 0 {
+            return DeliveryTarget::Async { callback: None };
+        }
+        // SAFETY: a non-zero opaque is the address of a leaked
+        // `Box<DeliveryTarget>` (see `into_opaque`), reclaimed only here and
+        // only once (see above).
+        *unsafe {
+            Box::from_raw(std::ptr::with_exposed_provenance_mut::<DeliveryTarget>(
+                opaque,
+            ))
+        }
+    }
 }
 
 pub(crate) type ProducerErrorFn = Arc<dyn Fn(&Error) + Send + Sync>;
@@ -36,6 +73,26 @@ pub(crate) type ProducerErrorFn = Arc<dyn Fn(&Error) + Send + Sync>;
 pub(crate) struct XProducerContext {
     pub(crate) name: Arc<str>,
     pub(crate) error_handler: ProducerErrorFn,
+    pub(crate) on_delivery: Option<OnDeliveryFn>,
+    /// Counts `DeliveryTarget::Async` messages whose callbacks are owed.
+    pub(crate) pending: Arc<Pending>,
+    /// Topic names for `Async` reports, used by the delivery thread only.
+    /// A name carried in each message's opaque instead was cloned on the
+    /// publishing thread and dropped on this one: its reference count
+    /// bounced between the two cores for every message.
+    pub(crate) topics: Mutex<Vec<Arc<str>>>,
+}
+
+impl XProducerContext {
+    fn topic(&self, name: &str) -> Arc<str> {
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(topic) = topics.iter().find(|t| &***t == name) {
+            return topic.clone();
+        }
+        let topic: Arc<str> = name.into();
+        topics.push(topic.clone());
+        topic
+    }
 }
 
 impl ClientContext for XProducerContext {
@@ -56,36 +113,53 @@ impl ClientContext for XProducerContext {
 }
 
 impl ProducerContext for XProducerContext {
-    type DeliveryOpaque = Box<DeliveryTarget>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, target: Box<DeliveryTarget>) {
-        // The topic comes from the opaque: reading librdkafka's name back
-        // would cost a string check and an allocation per message.
-        let topic = match &*target {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let target = DeliveryTarget::from_opaque(opaque);
+        let topic = match &target {
             DeliveryTarget::Waiter { topic, .. } => topic.clone(),
-            DeliveryTarget::Callback(completion) => completion.topic().clone(),
+            DeliveryTarget::Async { .. } => {
+                let message = match result {
+                    Ok(msg) | Err((_, msg)) => msg,
+                };
+                self.topic(message.topic())
+            }
         };
         let report = match result {
             Ok(msg) => Ok(Delivery::new(topic, msg.partition(), msg.offset())
                 .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
             Err((err, msg)) => Err((err.clone(), topic, msg.partition())),
         };
-        match *target {
+        match target {
             // The receiver is gone when the caller stopped waiting (cancelled
             // `publish`); the report is then of no use to anyone.
             DeliveryTarget::Waiter { tx, .. } => {
                 let _ = tx.send(report.map_err(|(err, _, _)| err));
             }
-            DeliveryTarget::Callback(completion) => {
-                completion.finish(
-                    report.map_err(|(source, topic, partition)| Error::Delivery {
-                        topic,
-                        partition: (partition >= 0).then_some(partition),
-                        source,
-                    }),
+            DeliveryTarget::Async { callback } => {
+                let callback = callback.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
+                let topic = match &report {
+                    Ok(delivery) => delivery.topic.clone(),
+                    Err((_, topic, _)) => topic.clone(),
+                };
+                run_callbacks(
+                    &topic,
+                    self.on_delivery.as_ref(),
+                    callback,
+                    report.map_err(delivery_error),
                 );
+                self.pending.done();
             }
         }
+    }
+}
+
+fn delivery_error((source, topic, partition): (KafkaError, Arc<str>, i32)) -> Error {
+    Error::Delivery {
+        topic,
+        partition: (partition >= 0).then_some(partition),
+        source,
     }
 }
 

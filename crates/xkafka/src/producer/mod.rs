@@ -25,7 +25,7 @@ use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
 use context::{DeliveryTarget, XProducerContext};
 use driver::{Completion, InFlight, OnDeliveryFn, Pending};
-use publish::{EnqueueSignal, RawPublish};
+use publish::{EnqueueSignal, RawPublish, Refused};
 
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,7 +147,20 @@ impl Producer {
     /// topic, message too large, middleware refusal); callbacks are then not
     /// called.
     pub async fn publish_async(&self, message: Message) -> Result<(), Error> {
-        self.enqueue(message, None).await
+        if self.inner.direct {
+            // One synchronous attempt first; the waiting future is built
+            // (boxed) only when librdkafka's queue is full. Nested futures
+            // are copied whole each time one is moved into another, and
+            // that showed as the largest share of our cost per publish.
+            return match self.try_enqueue_direct(&message, None) {
+                Ok(()) => Ok(()),
+                Err(Refused::Full(opaque)) => {
+                    Box::pin(self.enqueue_direct_when_room(&message, opaque)).await
+                }
+                Err(Refused::Failed(err)) => Err(err),
+            };
+        }
+        Box::pin(self.enqueue(message, None)).await
     }
 
     /// [`publish_async`](Self::publish_async), plus a callback for this one
@@ -164,24 +177,17 @@ impl Producer {
         mut message: Message,
         callback: Option<driver::MessageCallback>,
     ) -> Result<(), Error> {
+        if self.inner.direct {
+            return match self.try_enqueue_direct(&message, callback) {
+                Ok(()) => Ok(()),
+                Err(Refused::Full(opaque)) => self.enqueue_direct_when_room(&message, opaque).await,
+                Err(Refused::Failed(err)) => Err(err),
+            };
+        }
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::ProducerClosed);
         }
         let topic = message.topic_arc().clone();
-        if self.inner.direct {
-            let completion = Completion::new(
-                topic,
-                self.inner.on_delivery.clone(),
-                callback,
-                self.inner.pending.clone(),
-            );
-            return publish::enqueue(
-                &self.inner.client,
-                &message,
-                DeliveryTarget::Callback(completion),
-            )
-            .await;
-        }
         let signal = EnqueueSignal::default();
         message.extensions_mut().insert(signal.clone());
         let mut service = self.service();
@@ -225,6 +231,47 @@ impl Producer {
         Ok(())
     }
 
+    /// Without middleware: straight into librdkafka, the callbacks run by
+    /// its delivery thread. One attempt, without waiting.
+    fn try_enqueue_direct(
+        &self,
+        message: &Message,
+        callback: Option<driver::MessageCallback>,
+    ) -> Result<(), Refused> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Refused::Failed(Error::ProducerClosed));
+        }
+        // Counted before librdkafka can report it, uncounted if refused
+        // (while the queue is full it stays counted: it is still owed).
+        self.inner.pending.add();
+        let target = DeliveryTarget::Async {
+            callback: callback.map(Mutex::new),
+        };
+        let result = publish::try_enqueue(&self.inner.client, message, target.into_opaque());
+        if let Err(Refused::Failed(_)) = result {
+            self.inner.pending.done();
+        }
+        result
+    }
+
+    /// The rest of [`try_enqueue_direct`](Self::try_enqueue_direct) when
+    /// librdkafka's queue was full.
+    async fn enqueue_direct_when_room(
+        &self,
+        message: &Message,
+        opaque: usize,
+    ) -> Result<(), Error> {
+        // Owed until librdkafka takes the message; refused or cancelled
+        // (the caller dropped this future), nothing will be called for it.
+        let owed = Owed(&self.inner.pending);
+        let result = publish::enqueue_when_room(&self.inner.client, message, opaque).await;
+        if result.is_ok() {
+            // Accepted: its delivery report settles the count.
+            std::mem::forget(owed);
+        }
+        result
+    }
+
     fn service(&self) -> BoxCloneService<Message, Delivery, BoxError> {
         self.inner
             .service
@@ -260,6 +307,15 @@ impl Producer {
     /// The producer's name (`client.id`).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+}
+
+/// A publish counted in [`Pending`] that is given up unless forgotten.
+struct Owed<'a>(&'a Pending);
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -405,9 +461,13 @@ impl ProducerBuilder {
         }
         let client_config = config.to_client_config()?;
         let name: Arc<str> = self.name.into();
+        let pending = Arc::new(Pending::default());
         let context = XProducerContext {
             name: name.clone(),
             error_handler,
+            on_delivery: self.on_delivery.clone(),
+            pending: pending.clone(),
+            topics: Mutex::new(Vec::new()),
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
@@ -425,7 +485,7 @@ impl ProducerBuilder {
                 service: Mutex::new(service),
                 in_flight,
                 stop_driver,
-                pending: Arc::new(Pending::default()),
+                pending,
                 on_delivery: self.on_delivery,
                 closed: AtomicBool::new(false),
                 close_report: OnceCell::new(),

@@ -90,9 +90,36 @@ pub(crate) async fn enqueue(
     message: &Message,
     target: DeliveryTarget,
 ) -> Result<(), Error> {
+    match try_enqueue(client, message, target.into_opaque()) {
+        Ok(()) => Ok(()),
+        Err(Refused::Full(opaque)) => enqueue_when_room(client, message, opaque).await,
+        Err(Refused::Failed(err)) => Err(err),
+    }
+}
+
+/// Why librdkafka did not take a message.
+pub(crate) enum Refused {
+    /// Its queue (`queue.buffering.max.messages`) is full: try again once
+    /// deliveries made room. The opaque comes back with it.
+    Full(usize),
+    /// Not accepted at all; the opaque was dropped without calling anything.
+    Failed(Error),
+}
+
+/// One synchronous attempt to hand `message` to librdkafka. No future is
+/// involved: the publish paths that must keep up with librdkafka call this
+/// first and only build the waiting future when the queue is full.
+pub(crate) fn try_enqueue(
+    client: &ThreadedProducer<XProducerContext>,
+    message: &Message,
+    opaque: usize,
+) -> Result<(), Refused> {
     let topic = message.topic();
-    validate_topic(topic)?;
-    let mut record = BaseRecord::with_opaque_to(topic, Box::new(target));
+    if let Err(err) = validate_topic(topic) {
+        drop(DeliveryTarget::from_opaque(opaque));
+        return Err(Refused::Failed(err));
+    }
+    let mut record = BaseRecord::with_opaque_to(topic, opaque);
     if let Some(p) = message.partition() {
         record = record.partition(p);
     }
@@ -108,30 +135,54 @@ pub(crate) async fn enqueue(
     if let Some(headers) = owned_headers(message.headers()) {
         record = record.headers(headers);
     }
-    loop {
-        match client.send(record) {
-            Ok(()) => return Ok(()),
-            // Backpressure: librdkafka's queue (queue.buffering.max.messages)
-            // is full; wait for deliveries to make room instead of failing.
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
-            }
-            Err((source, back)) => {
-                // Not accepted: the caller reports it; the opaque (and a
-                // completion in it) must not report it a second time.
-                if let DeliveryTarget::Callback(completion) = *back.delivery_opaque {
-                    completion.forget();
-                }
-                return Err(match source {
-                    KafkaError::MessageProduction(_) => Error::Delivery {
-                        topic: message.topic_arc().clone(),
-                        partition: message.partition(),
-                        source,
-                    },
-                    other => Error::kafka(Operation::Enqueue, other),
-                });
-            }
+    match client.send(record) {
+        Ok(()) => Ok(()),
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err(Refused::Full(back.delivery_opaque))
         }
+        Err((source, back)) => {
+            // Not accepted: the caller reports it; the target is dropped
+            // without calling anything.
+            drop(DeliveryTarget::from_opaque(back.delivery_opaque));
+            Err(Refused::Failed(match source {
+                KafkaError::MessageProduction(_) => Error::Delivery {
+                    topic: message.topic_arc().clone(),
+                    partition: message.partition(),
+                    source,
+                },
+                other => Error::kafka(Operation::Enqueue, other),
+            }))
+        }
+    }
+}
+
+/// Backpressure: waits for deliveries to make room in librdkafka's queue
+/// instead of failing, then hands the message over.
+pub(crate) async fn enqueue_when_room(
+    client: &ThreadedProducer<XProducerContext>,
+    message: &Message,
+    opaque: usize,
+) -> Result<(), Error> {
+    // Cancelled while waiting (the caller dropped the future): the opaque
+    // was never handed over and must not leak.
+    let mut unsent = Unsent(opaque);
+    loop {
+        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+        // 0 left behind is the opaque that owns nothing.
+        match try_enqueue(client, message, std::mem::take(&mut unsent.0)) {
+            Ok(()) => return Ok(()),
+            Err(Refused::Full(back)) => unsent.0 = back,
+            Err(Refused::Failed(err)) => return Err(err),
+        }
+    }
+}
+
+/// An opaque librdkafka has not taken; dropping it drops its target
+/// without calling anything.
+struct Unsent(usize);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        drop(DeliveryTarget::from_opaque(self.0));
     }
 }
