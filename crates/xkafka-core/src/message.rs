@@ -104,27 +104,32 @@ impl Message {
     }
 
     /// The topic.
+    #[inline]
     pub fn topic(&self) -> &str {
         &self.topic
     }
 
     /// The topic as a shared string (cheap to clone into logs or metrics).
+    #[inline]
     pub fn topic_arc(&self) -> &Arc<str> {
         &self.topic
     }
 
     /// The partition: always set on consumed messages; on a message to
     /// publish, `None` lets the configured partitioner choose.
+    #[inline]
     pub fn partition(&self) -> Option<i32> {
         self.partition
     }
 
     /// The offset in its partition; `None` on a message not yet stored.
+    #[inline]
     pub fn offset(&self) -> Option<i64> {
         self.offset
     }
 
     /// The key, `None` for a null key.
+    #[inline]
     pub fn key(&self) -> Option<&Bytes> {
         self.key.as_ref()
     }
@@ -137,6 +142,7 @@ impl Message {
     }
 
     /// The value (payload), `None` for a null value (a tombstone).
+    #[inline]
     pub fn value(&self) -> Option<&Bytes> {
         self.value.as_ref()
     }
@@ -149,32 +155,38 @@ impl Message {
     }
 
     /// The headers, in wire order.
+    #[inline]
     pub fn headers(&self) -> &Headers {
         &self.headers
     }
 
     /// The headers, to change them (e.g. in a producer middleware).
+    #[inline]
     pub fn headers_mut(&mut self) -> &mut Headers {
         &mut self.headers
     }
 
     /// The timestamp, if the record has one.
+    #[inline]
     pub fn timestamp(&self) -> Option<Timestamp> {
         self.timestamp
     }
 
     /// The consumer group that read the message; `None` on messages to publish.
+    #[inline]
     pub fn group(&self) -> Option<&str> {
         self.group.as_deref()
     }
 
     /// Typed, per-message values that middleware pass to inner layers and
     /// handlers (like `http::Request::extensions`). Never sent to Kafka.
+    #[inline]
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
     }
 
     /// Mutable access to the extensions.
+    #[inline]
     pub fn extensions_mut(&mut self) -> &mut Extensions {
         &mut self.extensions
     }
@@ -277,12 +289,14 @@ impl MessageBuilder {
     }
 
     /// Replaces all headers.
+    #[inline]
     pub fn headers(mut self, headers: Headers) -> Self {
         self.message.headers = headers;
         self
     }
 
     /// An explicit target partition (otherwise the partitioner chooses).
+    #[inline]
     pub fn partition(mut self, partition: i32) -> Self {
         self.message.partition = Some(partition);
         self
@@ -290,18 +304,21 @@ impl MessageBuilder {
 
     /// The offset: only meaningful for messages built in tests to feed a
     /// handler directly; the producer ignores it.
+    #[inline]
     pub fn offset(mut self, offset: i64) -> Self {
         self.message.offset = Some(offset);
         self
     }
 
     /// A create-time timestamp in milliseconds since the Unix epoch.
+    #[inline]
     pub fn timestamp_millis(mut self, millis: i64) -> Self {
         self.message.timestamp = Some(Timestamp::CreateTime(millis));
         self
     }
 
     /// A timestamp of either kind.
+    #[inline]
     pub fn timestamp(mut self, timestamp: Timestamp) -> Self {
         self.message.timestamp = Some(timestamp);
         self
@@ -320,6 +337,7 @@ impl MessageBuilder {
     }
 
     /// The message.
+    #[inline]
     pub fn build(self) -> Message {
         self.message
     }
