@@ -127,11 +127,17 @@
 //!   `Manual` are at-least-once, `AtMostOnce` commits before handling.
 //! * Every error no middleware handled reaches the mandatory error handler,
 //!   which decides ([`Decision`]) whether to stop; it never sees a non-error.
-//! * [`Consumer`]s run handlers off the poll loop with
-//!   [`ConsumerBuilder::concurrency`] and an [`Order`] (per partition, per
-//!   key, unordered); the stored offset is the contiguous low watermark of
-//!   finished messages, and full buffers pause partitions instead of
-//!   stalling the poll loop. [`BatchConsumer`] does the same for batches.
+//! * [`Consumer`]s run handlers with [`ConsumerBuilder::concurrency`] and an
+//!   [`Order`] (per partition, per key, unordered); the stored offset is the
+//!   contiguous low watermark of finished messages, and full buffers pause
+//!   partitions instead of stalling the poll loop. [`BatchConsumer`] does the
+//!   same for batches.
+//! * A handler that awaits never holds up polling. For speed, a call whose
+//!   lane is idle starts on the poll thread and, if it finishes without
+//!   waiting, settles there with no task switch; at its first real wait it
+//!   continues on a tokio task. So do not block inside a handler (CPU-heavy
+//!   or blocking calls): use `tokio::task::spawn_blocking`, as in any async
+//!   code.
 //! * Shutdown is bounded, even with unreachable brokers.
 //! * Producers default to `acks=all` and idempotence.
 //!

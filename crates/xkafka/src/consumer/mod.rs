@@ -375,8 +375,10 @@ impl<K: Kind> ConsumerBuilder<K> {
     }
 
     /// How many handlers may run at once (default 1: one message at a time,
-    /// as Go xkafka's default). Handlers always run off the poll loop, so a
-    /// slow handler never stops polling.
+    /// as Go xkafka's default). A handler that awaits never stops polling:
+    /// a call may start on the poll thread (when its lane is idle) but
+    /// continues on a tokio task at its first wait. Blocking calls belong in
+    /// `tokio::task::spawn_blocking`.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
