@@ -58,6 +58,12 @@ pub(crate) async fn consume(
         .topics([topic])
         .config("auto.offset.reset", "earliest")
         .config("fetch.wait.max.ms", fetch_wait)
+        // The whole topic may be buffered, as the raw loop never pauses
+        // either: slow handlers would otherwise reach the per-partition
+        // bound and pause, and Tansu's memory engine stalls a partition
+        // resumed after a pause (the full mode's 40k-message runs did).
+        .max_in_flight_per_partition(1_000_000)
+        .max_in_flight(10_000_000)
         .concurrency(concurrency)
         .order(order)
         .error_handler(quiet)

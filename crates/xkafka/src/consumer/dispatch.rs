@@ -368,9 +368,7 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return Inline::Declined(work);
         };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        // A layer that is not ready at once (a rate limit…) waits in a lane.
-        if !matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+        if !ready_now(service) {
             return Inline::Declined(work);
         }
         let Work {
@@ -383,18 +381,9 @@ impl Dispatcher {
         if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
             return Inline::Done(None);
         }
-        // Handlers may use timers or spawn tasks: give them the runtime.
-        let _runtime = self.runtime.enter();
-        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut future = service.call(message);
-            let first = future.as_mut().poll(&mut cx);
-            (future, first)
-        }));
-        let outcome = match called {
-            Ok((_, Poll::Ready(outcome))) => outcome,
-            Ok((future, Poll::Pending)) => {
-                // The lane's first poll registers its own waker; a wake-up
-                // sent to the no-op waker meanwhile is covered by that poll.
+        let outcome = match call_inline(&self.runtime, service, message) {
+            FirstPoll::Ready(outcome) => outcome,
+            FirstPoll::Pending(future) => {
                 return Inline::Pending(Resume {
                     future,
                     tp,
@@ -404,7 +393,6 @@ impl Dispatcher {
                     _permit: permit,
                 });
             }
-            Err(panic) => Err(Box::new(Panicked::from_payload(panic)) as BoxError),
         };
         let settled = settle_outcome(&self.context, &tp, offset, outcome);
         gate.leave();
@@ -423,16 +411,9 @@ impl Dispatcher {
             let (tx, rx) = mpsc::unbounded_channel::<Vec<LaneItem>>();
             let context = self.context.clone();
             let busy = Arc::new(AtomicUsize::new(0));
-            let task = match self.runner.clone() {
-                Runner::Single(service) => {
-                    self.runtime
-                        .spawn(run_lane(rx, service, context, busy.clone()))
-                }
-                Runner::Batch { service, .. } => {
-                    self.runtime
-                        .spawn(run_batch_lane(rx, service, context, busy.clone()))
-                }
-            };
+            let task = self
+                .runtime
+                .spawn(run_lane(rx, self.runner.clone(), context, busy.clone()));
             Lane {
                 tx,
                 pending: Vec::new(),
@@ -532,8 +513,7 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return InlineBatch::Declined(works);
         };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if !matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+        if !ready_now(service) {
             return InlineBatch::Declined(works);
         }
         // As in the lane: not handled at all once stopping; messages of
@@ -546,15 +526,9 @@ impl Dispatcher {
             return InlineBatch::Done(Vec::new());
         }
         let (batch, origins) = batch_of(works);
-        let _runtime = self.runtime.enter();
-        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let mut future = service.call(batch.clone());
-            let first = future.as_mut().poll(&mut cx);
-            (future, first)
-        }));
-        let outcome = match called {
-            Ok((_, Poll::Ready(outcome))) => outcome,
-            Ok((future, Poll::Pending)) => {
+        let outcome = match call_inline(&self.runtime, service, batch.clone()) {
+            FirstPoll::Ready(outcome) => outcome,
+            FirstPoll::Pending(future) => {
                 return InlineBatch::Pending(BatchResume {
                     future,
                     batch,
@@ -562,7 +536,6 @@ impl Dispatcher {
                     _permit: permit,
                 });
             }
-            Err(panic) => Err(Box::new(Panicked::from_payload(panic)) as BoxError),
         };
         let completions = batch_completions(&self.context, &batch, &origins, outcome);
         for origin in &origins {
@@ -730,6 +703,52 @@ where
         .unwrap_or_else(|panic| Err(Box::new(Panicked::from_payload(panic)) as BoxError))
 }
 
+/// What calling a handler on the poll thread gave.
+enum FirstPoll {
+    /// Finished at once (a panic is a `Panicked` failure).
+    Ready(Result<Ack, BoxError>),
+    /// Waiting: its lane's task polls it on.
+    Pending(BoxFuture<'static, Result<Ack, BoxError>>),
+}
+
+/// Whether `service` is ready without waiting: one that is not (a rate
+/// limit…) gets its call in a lane instead of on the poll thread.
+fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+}
+
+/// Calls `service` and polls the call once, right here on the poll thread.
+fn call_inline<Req>(
+    runtime: &tokio::runtime::Handle,
+    service: &mut BoxCloneService<Req, Ack, BoxError>,
+    request: Req,
+) -> FirstPoll {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Handlers may use timers or spawn tasks: give them the runtime.
+    let _runtime = runtime.enter();
+    let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut future = service.call(request);
+        let first = future.as_mut().poll(&mut cx);
+        (future, first)
+    }));
+    match called {
+        Ok((_, Poll::Ready(outcome))) => FirstPoll::Ready(outcome),
+        // The lane's first poll registers its own waker; a wake-up sent to
+        // the no-op waker meanwhile is covered by that poll.
+        Ok((future, Poll::Pending)) => FirstPoll::Pending(future),
+        Err(panic) => FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))),
+    }
+}
+
+/// Awaits the rest of a call started on the poll thread.
+async fn finish_caught(future: BoxFuture<'static, Result<Ack, BoxError>>) -> Result<Ack, BoxError> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(Box::new(Panicked::from_payload(panic)) as BoxError))
+}
+
 fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
     Error::Handler {
         topic: tp.topic.clone(),
@@ -739,31 +758,43 @@ fn handler_error(tp: &TopicPartition, offset: i64, source: BoxError) -> Error {
     }
 }
 
+/// A lane's task: handles what it receives, one item after another.
 async fn run_lane(
     mut rx: mpsc::UnboundedReceiver<Vec<LaneItem>>,
-    mut service: BoxCloneService<Message, Ack, BoxError>,
+    mut runner: Runner,
     cx: LaneContext,
     busy: Arc<AtomicUsize>,
 ) {
     while let Some(items) = rx.recv().await {
         for item in items {
-            let keep_going = match item {
-                LaneItem::Work(work) => handle_work(&mut service, &cx, work).await,
-                LaneItem::Resume(resume) => {
-                    let outcome = AssertUnwindSafe(resume.future)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|panic| {
-                            Err(Box::new(Panicked::from_payload(panic)) as BoxError)
-                        });
+            let keep_going = match (item, &mut runner) {
+                (LaneItem::Work(work), Runner::Single(service)) => {
+                    handle_work(service, &cx, work).await
+                }
+                (LaneItem::Batch(works), Runner::Batch { service, .. }) => {
+                    handle_batch(service, &cx, works).await
+                }
+                (LaneItem::Resume(resume), _) => {
+                    let outcome = finish_caught(resume.future).await;
                     let settled = settle_outcome(&cx, &resume.tp, resume.offset, outcome);
                     let sent =
                         complete(&cx, resume.tp, resume.epoch, resume.offset, settled).is_some();
                     resume.gate.leave();
                     sent
                 }
-                // Only batch lanes receive batches.
-                LaneItem::Batch(_) | LaneItem::ResumeBatch(_) => true,
+                (LaneItem::ResumeBatch(resume), _) => {
+                    let outcome = finish_caught(resume.future).await;
+                    let completions =
+                        batch_completions(&cx, &resume.batch, &resume.origins, outcome);
+                    let sent = cx.completions.send(Report::Batch(completions)).is_ok();
+                    for origin in &resume.origins {
+                        origin.gate.leave();
+                    }
+                    sent
+                }
+                // A lane receives only what its runner's dispatch makes.
+                (LaneItem::Work(_), Runner::Batch { .. })
+                | (LaneItem::Batch(_), Runner::Single(_)) => true,
             };
             busy.fetch_sub(1, Atomic::AcqRel);
             if !keep_going {
@@ -834,42 +865,6 @@ struct Origin {
     offset: i64,
     epoch: u64,
     gate: Arc<Gate>,
-}
-
-async fn run_batch_lane(
-    mut rx: mpsc::UnboundedReceiver<Vec<LaneItem>>,
-    mut service: BoxCloneService<Batch, Ack, BoxError>,
-    cx: LaneContext,
-    busy: Arc<AtomicUsize>,
-) {
-    while let Some(items) = rx.recv().await {
-        for item in items {
-            let keep_going = match item {
-                LaneItem::Batch(works) => handle_batch(&mut service, &cx, works).await,
-                LaneItem::ResumeBatch(resume) => {
-                    let outcome = AssertUnwindSafe(resume.future)
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|panic| {
-                            Err(Box::new(Panicked::from_payload(panic)) as BoxError)
-                        });
-                    let completions =
-                        batch_completions(&cx, &resume.batch, &resume.origins, outcome);
-                    let sent = cx.completions.send(Report::Batch(completions)).is_ok();
-                    for origin in &resume.origins {
-                        origin.gate.leave();
-                    }
-                    sent
-                }
-                // Only single-message lanes receive single messages.
-                LaneItem::Work(_) | LaneItem::Resume(_) => true,
-            };
-            busy.fetch_sub(1, Atomic::AcqRel);
-            if !keep_going {
-                return;
-            }
-        }
-    }
 }
 
 /// Handles one batch in its lane; `false` when the poll thread is gone.
