@@ -1,7 +1,7 @@
 //! Conversions between rdkafka's borrowed records and our owned [`Message`].
 
 use std::ffi::CStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rdkafka::message::{BorrowedMessage, Header as RdHeader, Message as _, OwnedHeaders};
@@ -14,6 +14,35 @@ pub(crate) fn timestamp(ts: rdkafka::Timestamp) -> Option<Timestamp> {
         rdkafka::Timestamp::CreateTime(ms) => Some(Timestamp::CreateTime(ms)),
         rdkafka::Timestamp::LogAppendTime(ms) => Some(Timestamp::LogAppendTime(ms)),
     }
+}
+
+/// One shared `Arc<str>` per topic name, so that names handed out to
+/// messages, assignments and delivery reports are clones (compared by
+/// pointer, never allocated again) rather than fresh copies.
+#[derive(Debug, Default)]
+pub(crate) struct TopicNames(Mutex<Vec<Arc<str>>>);
+
+impl TopicNames {
+    /// The shared name for `name`.
+    pub(crate) fn get(&self, name: &str) -> Arc<str> {
+        let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        intern(&mut names, name, |n| n.into())
+    }
+}
+
+/// The entry of `names` equal to `name`; when there is none, the one `make`
+/// returns, kept for next time.
+pub(crate) fn intern(
+    names: &mut Vec<Arc<str>>,
+    name: &str,
+    make: impl FnOnce(&str) -> Arc<str>,
+) -> Arc<str> {
+    if let Some(found) = names.iter().find(|n| &***n == name) {
+        return found.clone();
+    }
+    let made = make(name);
+    names.push(made.clone());
+    made
 }
 
 /// Copies a fetched record into an owned [`Message`], so that nothing pins

@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::offsets::{Ledger, TopicPartition};
 use super::pipeline::Pipeline;
+use crate::convert::TopicNames;
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::log::{forward_log, scrub};
 use crate::shutdown::ShutdownHandle;
@@ -30,7 +31,7 @@ pub(crate) struct Shared {
     pipeline: Mutex<Option<Pipeline>>,
     /// One `Arc` per topic name, shared by fetched messages and assigned
     /// partitions so that comparing them is a pointer comparison.
-    topics: Mutex<Vec<Arc<str>>>,
+    topics: TopicNames,
     pub(crate) revoke_grace: Duration,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
@@ -50,7 +51,7 @@ impl Shared {
             stop_error: Mutex::new(None),
             shutdown,
             pipeline: Mutex::new(None),
-            topics: Mutex::new(Vec::new()),
+            topics: TopicNames::default(),
             revoke_grace,
             #[cfg(feature = "metrics")]
             metrics: None,
@@ -65,13 +66,7 @@ impl Shared {
 
     /// The consumer's one shared name for `topic`.
     pub(crate) fn topic(&self, topic: &str) -> Arc<str> {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(name) = topics.iter().find(|n| &***n == topic) {
-            return name.clone();
-        }
-        let name: Arc<str> = topic.into();
-        topics.push(name.clone());
-        name
+        self.topics.get(topic)
     }
 
     pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {

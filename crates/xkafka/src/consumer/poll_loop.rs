@@ -172,12 +172,7 @@ fn handler_grace(shutdown_timeout: Duration) -> Duration {
 
 /// The shared name of `topic`, from a lock-free local cache.
 fn intern(names: &mut Vec<Arc<str>>, shared: &Shared, topic: &str) -> Arc<str> {
-    if let Some(name) = names.iter().find(|n| &***n == topic) {
-        return name.clone();
-    }
-    let name = shared.topic(topic);
-    names.push(name.clone());
-    name
+    crate::convert::intern(names, topic, |t| shared.topic(t))
 }
 
 #[cfg(test)]

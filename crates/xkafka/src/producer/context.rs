@@ -11,6 +11,7 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use tokio::sync::oneshot;
 
 use super::driver::{run_callbacks, MessageCallback, OnDeliveryFn, Pending};
+use crate::convert::TopicNames;
 use crate::error::{Error, Operation};
 use crate::log::{forward_log, scrub};
 use crate::Delivery;
@@ -80,19 +81,7 @@ pub(crate) struct XProducerContext {
     /// A name carried in each message's opaque instead was cloned on the
     /// publishing thread and dropped on this one: its reference count
     /// bounced between the two cores for every message.
-    pub(crate) topics: Mutex<Vec<Arc<str>>>,
-}
-
-impl XProducerContext {
-    fn topic(&self, name: &str) -> Arc<str> {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(topic) = topics.iter().find(|t| &***t == name) {
-            return topic.clone();
-        }
-        let topic: Arc<str> = name.into();
-        topics.push(topic.clone());
-        topic
-    }
+    pub(crate) topics: TopicNames,
 }
 
 impl ClientContext for XProducerContext {
@@ -123,7 +112,7 @@ impl ProducerContext for XProducerContext {
                 let message = match result {
                     Ok(msg) | Err((_, msg)) => msg,
                 };
-                self.topic(message.topic())
+                self.topics.get(message.topic())
             }
         };
         let report = match result {

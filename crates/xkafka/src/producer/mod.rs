@@ -467,7 +467,7 @@ impl ProducerBuilder {
             error_handler,
             on_delivery: self.on_delivery.clone(),
             pending: pending.clone(),
-            topics: Mutex::new(Vec::new()),
+            topics: Default::default(),
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
