@@ -4,12 +4,11 @@
 #   scripts/bench.sh --quick     # under 5 minutes on 2 cores (the target), 5 rounds
 #   scripts/bench.sh             # the full mode: bigger runs, 9 rounds
 #
-# Starts a Tansu broker of its own (port 9095, memory engine: the sqlite engine serves only a few
-# thousand messages a second to a consumer, which would measure the broker, not the client; note that
-# the memory engine stalls a partition after a pause/resume, so the runs avoid pausing), measures on it
-# and on librdkafka's in-process mock
-# cluster, prints the table and one `RATIO <name> <ours/baseline> ours=... baseline=...` line per
-# comparison, writes target/bench/results.json and the SVG charts, stops the broker.
+# Starts an Apache Kafka node of its own (scripts/broker.sh with port 9095 and data under
+# target/xkafka-broker-bench, so the test suite's node on 9092 is left alone), measures on it and on
+# librdkafka's in-process mock cluster, prints the table and one
+# `RATIO <name> <ours/baseline> ours=... baseline=...` line per comparison, writes
+# target/bench/results.json and the SVG charts, stops the broker.
 # Extra arguments go to the tool (e.g. --only consume, --rounds 3, --no-mock).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,11 +16,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export XKAFKA_BROKER_PORT=${XKAFKA_BENCH_PORT:-9095}
 export XKAFKA_BROKER_DATA=$PWD/target/xkafka-broker-bench
-export XKAFKA_BROKER_STORAGE=${XKAFKA_BENCH_STORAGE:-memory://tansu/}
 scripts/broker.sh install
 scripts/broker.sh reset
 scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
 
 cargo build --release -q -p xkafka-bench
-./target/release/xkafka-bench --brokers "127.0.0.1:$XKAFKA_BROKER_PORT" --storage "$XKAFKA_BROKER_STORAGE" "$@"
+version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
+./target/release/xkafka-bench --brokers "127.0.0.1:$XKAFKA_BROKER_PORT" \
+  --broker-name "Apache Kafka $version, one node (KRaft)" "$@"

@@ -21,13 +21,15 @@
 #   scripts/broker.sh ctl ARGS...      the admin tool (scripts/kafka/KafkaCtl.java): ready, leader, coordinator, offsets
 #
 # Ports (all on 127.0.0.1):
-#   single node   9092 PLAINTEXT, 9093 controller, 9094 SASL_PLAINTEXT (SCRAM-SHA-256/512 and PLAIN,
-#                 user "xkafka-app"; the security tests' broker)
+#   single node   $XKAFKA_BROKER_PORT (default 9092) PLAINTEXT, the next port controller, the one
+#                 after SASL_PLAINTEXT (SCRAM-SHA-256/512 and PLAIN, user "xkafka-app"; the security
+#                 tests' listener). The benchmark runs its own node on 9095 (other data folder).
 #   cluster       broker N: N9092 PLAINTEXT, N9093 controller  (19092, 29092, 39092)
 #
 # Settings (environment):
 #   XKAFKA_BROKER_PREFIX  where the jars are installed   (default /opt/xkafka-broker)
 #   XKAFKA_BROKER_DATA    where data and logs live       (default <repo>/target/xkafka-broker)
+#   XKAFKA_BROKER_PORT    the single node's first port   (default 9092)
 #   XKAFKA_BROKER_HEAP    JVM heap of the single node    (default -Xms256m -Xmx1g)
 #   XKAFKA_CLUSTER_HEAP   JVM heap of each cluster node  (default -Xms256m -Xmx768m)
 #   JAVA_HOME             the JDK (17 or newer) to run;  default: java on PATH
@@ -43,6 +45,9 @@ PREFIX=${XKAFKA_BROKER_PREFIX:-/opt/xkafka-broker}
 INSTALL="$PREFIX/kafka-$KAFKA_VERSION"
 DATA=${XKAFKA_BROKER_DATA:-$REPO/target/xkafka-broker}
 HOST=127.0.0.1
+PORT=${XKAFKA_BROKER_PORT:-9092}
+CONTROLLER_PORT=$((PORT + 1))
+SASL_PORT=$((PORT + 2))
 SASL_USER=xkafka-app
 SASL_PASSWORD=xk-scram-pw-2c9e71a4
 JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
@@ -137,9 +142,9 @@ single_props() {
   cat <<EOF
 process.roles=broker,controller
 node.id=1
-controller.quorum.bootstrap.servers=$HOST:9093
-listeners=PLAINTEXT://$HOST:9092,CONTROLLER://$HOST:9093,SASL_PLAINTEXT://$HOST:9094
-advertised.listeners=PLAINTEXT://$HOST:9092,CONTROLLER://$HOST:9093,SASL_PLAINTEXT://$HOST:9094
+controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 log.dirs=$dir/log
 # One broker: the internal topics cannot have more than one replica.
@@ -284,8 +289,8 @@ single_start() {
   prepare_node single "$(cat "$dir/cluster-id")" --standalone \
     --add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]"
-  launch single "${XKAFKA_BROKER_HEAP:--Xms256m -Xmx1g}" 9092
-  await single "$HOST:9092" 1
+  launch single "${XKAFKA_BROKER_HEAP:--Xms256m -Xmx1g}" "$PORT"
+  await single "$HOST:$PORT" 1
 }
 
 ctl_uuid() { "$JAVA" -cp "$INSTALL/libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1; }
@@ -341,7 +346,7 @@ case "${1:-}" in
   restart) halt single TERM; single_start ;;
   reset) halt single KILL; rm -rf "$(node_dir single)"; log "removed $(node_dir single)" ;;
   status) describe single ;;
-  env) echo "export XKAFKA_TEST_BROKERS=$HOST:9092 XKAFKA_SASL_BROKERS=$HOST:9094" ;;
+  env) echo "export XKAFKA_TEST_BROKERS=$HOST:$PORT XKAFKA_SASL_BROKERS=$HOST:$SASL_PORT" ;;
   cluster) shift; cluster "$@" ;;
   ctl) shift; ctl "$@" ;;
   *) sed -n '2,35p' "$0"; exit 2 ;;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# test.sh - the whole test suite, on a fresh machine: installs and starts the Kafka broker
-# (scripts/broker.sh), checks formatting and lints, runs every test (unit, doc, integration against
-# the real broker) and the demo, then stops the broker. `.ci/run` calls exactly this.
+# test.sh - the whole test suite, on a fresh machine: installs Apache Kafka (scripts/broker.sh:
+# its jars from Maven) and starts a single node and a 3-broker cluster, checks formatting and
+# lints, runs every test (unit, doc, integration and reliability against the real brokers) and the
+# demo on both the embedded cluster and the real broker, then stops the brokers. `.ci/run` calls
+# exactly this.
 #
-# Broker tests fail (never skip) when the broker is missing.
+# Broker tests fail (never skip) when a broker is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
@@ -30,13 +32,16 @@ fi
 step "formatting"
 cargo fmt --all -- --check
 
-step "broker: install (cached) and start"
+step "Apache Kafka: install (cached), then a fresh single node and a fresh 3-broker cluster"
 scripts/broker.sh install
 scripts/broker.sh reset
+scripts/broker.sh cluster reset
+trap 'scripts/broker.sh stop; scripts/broker.sh cluster stop' EXIT
 scripts/broker.sh start
-trap 'scripts/broker.sh stop' EXIT
-export XKAFKA_TEST_BROKERS=127.0.0.1:${XKAFKA_BROKER_PORT:-9092}
-export XKAFKA_REQUIRE_BROKER=1
+scripts/broker.sh cluster start
+export XKAFKA_TEST_BROKERS=127.0.0.1:9092
+export XKAFKA_SASL_BROKERS=127.0.0.1:9094
+export XKAFKA_CLUSTER_BROKERS=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 
 step "clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -30,13 +30,13 @@ struct Args {
     /// Quick mode: smaller runs, 5 rounds (under 5 minutes on 2 cores).
     #[arg(long)]
     quick: bool,
-    /// A real broker (the Tansu started by scripts/bench.sh); without it only
-    /// the embedded mock cluster is measured.
+    /// A real broker (the Apache Kafka node started by scripts/bench.sh);
+    /// without it only the embedded mock cluster is measured.
     #[arg(long, env = "XKAFKA_BENCH_BROKERS")]
     brokers: Option<String>,
-    /// How the real broker stores data, for the report (e.g. memory://).
-    #[arg(long, default_value = "unknown")]
-    storage: String,
+    /// What the real broker is, for the report.
+    #[arg(long, default_value = "Apache Kafka, one node")]
+    broker_name: String,
     /// Skip the embedded mock cluster column.
     #[arg(long)]
     no_mock: bool,
@@ -154,9 +154,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut targets = Vec::new();
     if let Some(brokers) = &args.brokers {
         targets.push(Target {
-            name: "tansu",
+            name: "kafka",
             brokers: brokers.clone(),
-            description: format!("Tansu 0.6.0 at {brokers}, storage {}", args.storage),
+            description: format!("{} at {brokers}", args.broker_name),
             mock: None,
         });
     }

@@ -229,8 +229,8 @@ impl Results {
         }
         println!();
         // The primary broker's lines are plain; others carry a suffix.
-        let primary = if self.brokers.contains_key("tansu") {
-            "tansu"
+        let primary = if self.brokers.contains_key("kafka") {
+            "kafka"
         } else {
             "mock"
         };
@@ -302,7 +302,7 @@ fn ratios_svg(results: &Results) -> String {
     );
     for (i, (name, broker, ratio)) in rows.iter().enumerate() {
         let y = 40.0 + row_h * i as f64;
-        let color = if *broker == "tansu" {
+        let color = if *broker == "kafka" {
             "#3b7dd8"
         } else {
             "#9bb8e0"
@@ -365,7 +365,7 @@ fn scaling_svg(results: &Results) -> String {
             let bar_h = (v / max) * (h - bottom - 50.0);
             let bw = (group_w - 12.0) / series.len().max(1) as f64;
             let x = gx + 4.0 + bw * si as f64;
-            let color = if broker.as_str() == "tansu" {
+            let color = if broker.as_str() == "kafka" {
                 "#3b7dd8"
             } else {
                 "#9bb8e0"

@@ -94,10 +94,10 @@ enum Command {
         /// Messages per second published during the storm.
         #[arg(long, default_value_t = 500)]
         rate: u64,
-        /// The workers' `max.poll.interval.ms`: the rebalance timeout Tansu
-        /// waits for killed members (300000 is librdkafka's default).
-        #[arg(long, default_value_t = 20_000)]
-        max_poll_interval_ms: u32,
+        /// The workers' `max.poll.interval.ms` (the rebalance timeout);
+        /// librdkafka's default (300000) when not given.
+        #[arg(long)]
+        max_poll_interval_ms: Option<u32>,
     },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {

@@ -123,13 +123,10 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
         max_in_flight: plan.max_in_flight,
         dir: dir.clone(),
         max_in_flight_per_partition: Some(plan.max_in_flight_per_partition),
-        // See the storm: Tansu waits this long for a member that lost its
-        // session before it completes the rejoin.
         configs: vec![
-            ("max.poll.interval.ms".into(), "20000".into()),
             // librdkafka's own buffers, bounded like ours: one fetch
-            // response (default up to 50 MiB, which Tansu fills) and the
-            // prefetch queue (default 64 MiB).
+            // response (default up to 50 MiB, which a broker with a backlog
+            // fills) and the prefetch queue (default 64 MiB).
             ("fetch.max.bytes".into(), plan.fetch_max_bytes.to_string()),
             (
                 "queued.max.messages.kbytes".into(),

@@ -36,8 +36,9 @@ pub struct StormPlan {
     pub work_ms: u64,
     /// Seeds victims, actions and intervals.
     pub seed: u64,
-    /// The workers' `max.poll.interval.ms` (the rebalance timeout).
-    pub max_poll_interval_ms: u32,
+    /// The workers' `max.poll.interval.ms` (the rebalance timeout); `None`:
+    /// librdkafka's default (300 s).
+    pub max_poll_interval_ms: Option<u32>,
     /// The `xkafka-chaos` binary.
     pub exe: PathBuf,
     /// Base directory for ledgers and logs.
@@ -59,7 +60,7 @@ impl StormPlan {
             mode: Mode::PerKey,
             work_ms: 2,
             seed: 7,
-            max_poll_interval_ms: 20_000,
+            max_poll_interval_ms: None,
             exe,
             dir,
         }
@@ -127,15 +128,16 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
         session_timeout_ms: 6_000,
         max_in_flight: 500,
         dir: dir.clone(),
-        // The rebalance timeout librdkafka announces in JoinGroup. Tansu
-        // waits that long for killed members to rejoin before it completes
-        // a rebalance (Kafka drops them at their session timeout instead);
-        // the default 300 s stalls their partitions for minutes.
         max_in_flight_per_partition: None,
-        configs: vec![(
-            "max.poll.interval.ms".into(),
-            plan.max_poll_interval_ms.to_string(),
-        )],
+        // librdkafka's default rebalance timeout (300 s) unless asked: Kafka
+        // drops a killed member at its session timeout even while a
+        // rebalance waits for it. (Tansu did not, and the storm ran with
+        // 20 s on it.)
+        configs: plan
+            .max_poll_interval_ms
+            .map(|ms| ("max.poll.interval.ms".into(), ms.to_string()))
+            .into_iter()
+            .collect(),
     };
     let input = Input::new(&plan.brokers, &name)?;
     let feeder = Feeder::start(&input, plan.rate);
