@@ -64,23 +64,50 @@ impl CrashPlan {
         }
     }
 
-    /// The most messages one kill may send round again: those in flight, plus
-    /// — with automatic commits — those handled since the last commit (at
-    /// most the handler's rate times the commit interval).
-    pub fn duplicate_bound_per_kill(&self) -> u64 {
-        let in_flight = self.max_in_flight.max(2 * self.mode.batch_size()) as u64;
+    /// Handled messages whose offsets a kill can find not yet storable:
+    /// under per-key order a message may finish while an earlier one of its
+    /// partition still runs or waits, and such messages are bounded by the
+    /// in-flight bound. Under per-partition order (and in batches) a finished
+    /// message is stored at once.
+    pub fn unstorable_bound(&self) -> u64 {
+        match self.mode {
+            Mode::PerKey => self.max_in_flight as u64,
+            _ => 0,
+        }
+    }
+
+    /// Handlers running at once (messages in them).
+    pub fn running_bound(&self) -> u64 {
+        (self.mode.concurrency() * self.mode.batch_size()) as u64
+    }
+
+    /// The most messages the kill of an incarnation that handled `handled`
+    /// messages in the `window_ms` between its first record and the kill may
+    /// send round again: those whose handler finished but whose offset was
+    /// not stored ([`running_bound`](Self::running_bound) +
+    /// [`unstorable_bound`](Self::unstorable_bound)), plus — with automatic
+    /// commits — those stored since the last commit: the incarnation's own
+    /// rate times [`COMMIT_WINDOW`] (one commit interval plus the commit's
+    /// round trip, with margin). Never more than it handled.
+    pub fn duplicate_bound(&self, handled: u64, window_ms: u64) -> u64 {
         let auto_commit = matches!(
             self.mode,
             Mode::Sequential | Mode::Concurrent | Mode::PerKey | Mode::Batch
         );
-        if !auto_commit {
-            return in_flight;
-        }
-        // Each handler call takes at least `work_ms`.
-        let per_ms = (self.mode.concurrency() * self.mode.batch_size()) as u64;
-        in_flight + per_ms * AUTO_COMMIT_INTERVAL.as_millis() as u64 / self.work_ms.max(1)
+        let since_commit = if auto_commit {
+            (handled * COMMIT_WINDOW.as_millis() as u64).div_ceil(window_ms.max(1))
+        } else {
+            0
+        };
+        handled.min(self.running_bound() + self.unstorable_bound() + since_commit)
     }
 }
+
+/// How long handled and stored messages can wait for the automatic commit
+/// that covers them: one interval (200 ms) plus 100 ms for the commit's round
+/// trip, times 1.5 for the rate's unevenness over an incarnation's life.
+pub const COMMIT_WINDOW: Duration =
+    Duration::from_millis((AUTO_COMMIT_INTERVAL.as_millis() as u64 + 100) * 3 / 2);
 
 impl CrashPlan {
     /// At-most-once: the most messages one kill may lose. A handler claims
@@ -94,8 +121,7 @@ impl CrashPlan {
     pub fn kept(&self, report: &CrashReport) -> bool {
         let kills = u64::from(report.kills);
         if self.mode.at_least_once() {
-            report.tally.lost == 0
-                && report.tally.duplicated <= self.duplicate_bound_per_kill() * kills
+            report.tally.lost == 0 && report.tally.duplicated <= report.duplicate_bound
         } else {
             report.tally.max_handled <= 1 && report.tally.lost <= self.loss_bound_per_kill() * kills
         }
@@ -117,8 +143,15 @@ pub struct CrashReport {
     pub tally: Tally,
     /// Input messages whose publish failed (not expected).
     pub publish_failed: u64,
-    /// The duplicate bound per kill ([`CrashPlan::duplicate_bound_per_kill`]).
-    pub duplicate_bound_per_kill: u64,
+    /// Per killed incarnation: what it handled and how much of that a later
+    /// one handled again, against its bound.
+    pub incarnations: Vec<Incarnation>,
+    /// The duplicate bound of the run: the sum of the incarnations' bounds.
+    pub duplicate_bound: u64,
+    /// What the killed incarnations handled in all: the duplicates a worker
+    /// that never committed would cause. The bound must be well below it,
+    /// or the duplicate check could not fail.
+    pub handled_by_killed: u64,
     /// At-most-once: the loss bound per kill ([`CrashPlan::loss_bound_per_kill`]).
     pub loss_bound_per_kill: u64,
     /// Wall time, seconds.
@@ -144,7 +177,7 @@ impl CrashReport {
             },
             self.tally.duplicated,
             if self.mode.at_least_once() {
-                self.duplicate_bound_per_kill * u64::from(self.kills)
+                self.duplicate_bound
             } else {
                 0
             },
@@ -253,7 +286,9 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     last.terminate(Duration::from_secs(30)).await?;
-    let recorded = ledger::read(&ledger::files(&dir)?)?;
+    let files = ledger::files(&dir)?;
+    let recorded = ledger::read(&files)?;
+    let incarnations = account(plan, &files, &delays)?;
     let report = CrashReport {
         mode: plan.mode,
         seed: plan.seed,
@@ -261,10 +296,63 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         kill_delays_ms: delays,
         tally: Tally::new(&acked.ids, &recorded),
         publish_failed: acked.failed,
-        duplicate_bound_per_kill: plan.duplicate_bound_per_kill(),
+        duplicate_bound: incarnations.iter().map(|i| i.bound).sum(),
+        handled_by_killed: incarnations.iter().map(|i| i.handled).sum(),
+        incarnations,
         loss_bound_per_kill: plan.loss_bound_per_kill(),
         seconds: started.elapsed().as_secs_f64(),
     };
     eprintln!("{tag} {}", report.line());
     Ok(report)
+}
+
+/// One killed worker incarnation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Incarnation {
+    /// Its kill delay, ms after its first record.
+    pub delay_ms: u64,
+    /// Messages it handled.
+    pub handled: u64,
+    /// Of those, handled again by a later incarnation.
+    pub handled_again: u64,
+    /// [`CrashPlan::duplicate_bound`] for it.
+    pub bound: u64,
+}
+
+/// Per killed incarnation (ledgers `worker-00` … in kill order; the final,
+/// clean one is `worker-final` and sorts last): how much of what it handled
+/// a later incarnation handled again.
+fn account(
+    plan: &CrashPlan,
+    files: &[std::path::PathBuf],
+    delays: &[u64],
+) -> Result<Vec<Incarnation>, BoxError> {
+    let ledgers = files
+        .iter()
+        .map(|f| ledger::read(std::slice::from_ref(f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut later: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    let mut accounts = Vec::new();
+    for (i, ids) in ledgers.iter().enumerate().rev() {
+        if i < delays.len() {
+            let handled = ids.len() as u64;
+            accounts.push(Incarnation {
+                delay_ms: delays[i],
+                handled,
+                handled_again: ids.iter().filter(|id| later.contains(id)).count() as u64,
+                bound: plan.duplicate_bound(handled, delays[i]),
+            });
+        }
+        later.extend(ids.iter().copied());
+    }
+    accounts.reverse();
+    if accounts.len() != delays.len() {
+        return Err(format!(
+            "{} ledgers for {} kills: {files:?}",
+            accounts.len(),
+            delays.len()
+        )
+        .into());
+    }
+    Ok(accounts)
 }
