@@ -7,7 +7,26 @@ use rdkafka::config::RDKafkaLogLevel;
 
 use crate::config::is_secret;
 
+/// Forwards one librdkafka log line. Runs on a client's polling thread:
+/// a panic in the application's `tracing` subscriber is caught here, or it
+/// would end that thread (and every delivery report or callback after it).
 pub(crate) fn forward_log(client: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
+    let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        emit(client, level, fac, line)
+    }));
+    if forwarded.is_err() {
+        // Not through `tracing`: that is what panicked. Said once, not per line.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "xkafka: the tracing subscriber panicked on a librdkafka log line of {client}; \
+                 such panics are caught and the line dropped"
+            );
+        });
+    }
+}
+
+fn emit(client: &str, level: RDKafkaLogLevel, fac: &str, line: &str) {
     let line = scrub(line);
     match level {
         RDKafkaLogLevel::Emerg

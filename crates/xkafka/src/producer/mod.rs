@@ -13,6 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer as _, PurgeConfig, ThreadedProducer};
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
@@ -24,7 +25,7 @@ use crate::error::{Error, Operation};
 use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
 use context::{DeliveryTarget, XProducerContext};
-use driver::{Completion, InFlight, OnDeliveryFn, Pending};
+use driver::{Completion, Hooks, InFlight, OnDeliveryFn, Pending};
 use publish::{EnqueueSignal, RawPublish, Refused};
 
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +38,13 @@ pub struct CloseReport {
     /// expired; they were purged and their callbacks (or `publish` callers)
     /// received an error. They may or may not have been written.
     pub undelivered: usize,
+    /// Delivery callbacks that had still not run when `close` stopped
+    /// waiting for them ([`Producer::CLOSE_GRACE`] after the close timeout). Normally
+    /// 0: only a callback that blocks (holding up the others behind it) or a
+    /// librdkafka that never reports a purged message leaves any. They run
+    /// whenever librdkafka reports their messages; the error handler was
+    /// told ([`Error::Incomplete`] with [`Operation::Close`]).
+    pub callbacks_pending: usize,
 }
 
 /// Publishes messages to Kafka. Cheap to clone: clones share one client.
@@ -90,8 +98,7 @@ struct Inner {
     service: Mutex<BoxCloneService<Message, Delivery, BoxError>>,
     in_flight: mpsc::UnboundedSender<InFlight>,
     stop_driver: watch::Sender<bool>,
-    pending: Arc<Pending>,
-    on_delivery: Option<OnDeliveryFn>,
+    hooks: Arc<Hooks>,
     closed: AtomicBool,
     close_report: OnceCell<CloseReport>,
     close_timeout: Duration,
@@ -102,6 +109,10 @@ struct Inner {
 }
 
 impl Producer {
+    /// How long [`close_within`](Self::close_within) waits, after its
+    /// timeout, for the callbacks of the messages it gave up on.
+    pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
     /// Starts a producer; `name` becomes librdkafka's `client.id`.
     pub fn builder(name: impl Into<String>) -> ProducerBuilder {
         ProducerBuilder {
@@ -207,24 +218,13 @@ impl Producer {
             // middleware answering by itself.
             return match result {
                 Ok(delivery) => {
-                    Completion::new(
-                        topic,
-                        self.inner.on_delivery.clone(),
-                        callback,
-                        self.inner.pending.clone(),
-                    )
-                    .finish(Ok(delivery));
+                    Completion::new(topic, self.inner.hooks.clone(), callback).finish(Ok(delivery));
                     Ok(())
                 }
                 Err(err) => Err(Error::from_boxed_publish(err)),
             };
         }
-        let completion = Completion::new(
-            topic,
-            self.inner.on_delivery.clone(),
-            callback,
-            self.inner.pending.clone(),
-        );
+        let completion = Completion::new(topic, self.inner.hooks.clone(), callback);
         // If the driver is gone, the returned value drops here and the
         // completion reports `Undelivered`.
         let _ = self.inner.in_flight.send(InFlight { future, completion });
@@ -243,13 +243,13 @@ impl Producer {
         }
         // Counted before librdkafka can report it, uncounted if refused
         // (while the queue is full it stays counted: it is still owed).
-        self.inner.pending.add();
+        self.inner.hooks.pending.add();
         let target = DeliveryTarget::Async {
             callback: callback.map(Mutex::new),
         };
         let result = publish::try_enqueue(&self.inner.client, message, target.into_opaque());
         if let Err(Refused::Failed(_)) = result {
-            self.inner.pending.done();
+            self.inner.hooks.pending.done();
         }
         result
     }
@@ -263,7 +263,7 @@ impl Producer {
     ) -> Result<(), Error> {
         // Owed until librdkafka takes the message; refused or cancelled
         // (the caller dropped this future), nothing will be called for it.
-        let owed = Owed(&self.inner.pending);
+        let owed = Owed(&self.inner.hooks.pending);
         let result = publish::enqueue_when_room(&self.inner.client, message, opaque).await;
         if result.is_ok() {
             // Accepted: its delivery report settles the count.
@@ -290,6 +290,12 @@ impl Producer {
     /// be acknowledged, then purges what is left: every pending `publish` and
     /// callback gets its outcome (an error for purged messages) before this
     /// returns. Closing again (from any clone) returns the first report.
+    ///
+    /// Bounded: returns at the latest `timeout` + [`Producer::CLOSE_GRACE`] after it
+    /// was called, whatever the broker or the callbacks do (see
+    /// [`CloseReport::callbacks_pending`]). When messages had to be purged,
+    /// the error handler receives [`Error::Incomplete`] with
+    /// [`Operation::Flush`] and their number.
     pub async fn close_within(&self, timeout: Duration) -> CloseReport {
         self.inner.closed.store(true, Ordering::Release);
         *self
@@ -326,27 +332,68 @@ impl Inner {
         let reserve = (timeout / 5).min(Duration::from_millis(500));
         let flush_for = timeout.saturating_sub(reserve);
         let client = self.client.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            let result = client.flush(flush_for);
-            (result, client.in_flight_count())
-        })
-        .await;
+        let flush = tokio::task::spawn_blocking(move || client.flush(flush_for));
+        // The flush ends by itself after `flush_for`; the deadline only
+        // guards against a blocking pool too busy to start it.
+        let flushed = tokio::time::timeout_at(deadline, flush).await;
+        let left = usize::try_from(self.client.in_flight_count()).unwrap_or(0);
         let undelivered = match flushed {
-            Ok((_, left)) => usize::try_from(left).unwrap_or(0),
-            Err(_) => self.client.in_flight_count().try_into().unwrap_or(0),
+            Ok(Ok(Ok(()))) => left,
+            Ok(Ok(Err(source))) => {
+                // A flush that timed out while the last reports were
+                // arriving lost nothing: report only what is really left.
+                if left > 0 {
+                    self.report_unflushed(left, Some(source));
+                }
+                left
+            }
+            Ok(Err(_)) | Err(_) => {
+                // The flush panicked (only librdkafka's bindings could) or
+                // never started.
+                if left > 0 {
+                    self.report_unflushed(left, None);
+                }
+                left
+            }
         };
         if undelivered > 0 {
-            tracing::warn!(producer = %self.name, undelivered, "close timeout: purging undelivered messages");
+            // Their reports (with a purge error) reach the callbacks from
+            // librdkafka's polling thread.
             self.client
                 .purge(PurgeConfig::default().queue().inflight().non_blocking());
-            // librdkafka reports purged messages on the next poll.
-            self.client.poll(Duration::ZERO);
         }
-        let _ = tokio::time::timeout_at(deadline, self.pending.drained()).await;
+        let _ = tokio::time::timeout_at(deadline, self.hooks.pending.drained()).await;
         // Whatever is still waiting now gets `Undelivered` from the driver.
         let _ = self.stop_driver.send(true);
-        self.pending.drained().await;
-        CloseReport { undelivered }
+        let _ = tokio::time::timeout_at(
+            deadline + Producer::CLOSE_GRACE,
+            self.hooks.pending.drained(),
+        )
+        .await;
+        let callbacks_pending = self.hooks.pending.count();
+        if callbacks_pending > 0 {
+            let error = Error::Incomplete {
+                operation: Operation::Close,
+                count: callbacks_pending,
+                source: None,
+            };
+            tracing::warn!(producer = %self.name, %error, "close: giving up waiting for callbacks");
+            self.hooks.report(&error);
+        }
+        CloseReport {
+            undelivered,
+            callbacks_pending,
+        }
+    }
+
+    fn report_unflushed(&self, count: usize, source: Option<KafkaError>) {
+        let error = Error::Incomplete {
+            operation: Operation::Flush,
+            count,
+            source,
+        };
+        tracing::warn!(producer = %self.name, %error, "close timeout: purging undelivered messages");
+        self.hooks.report(&error);
     }
 }
 
@@ -356,7 +403,7 @@ impl fmt::Debug for Producer {
             .field("name", &self.inner.name)
             .field("config", &self.inner.config)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
-            .field("pending_callbacks", &self.inner.pending.count())
+            .field("pending_callbacks", &self.inner.hooks.pending.count())
             .finish_non_exhaustive()
     }
 }
@@ -461,12 +508,14 @@ impl ProducerBuilder {
         }
         let client_config = config.to_client_config()?;
         let name: Arc<str> = self.name.into();
-        let pending = Arc::new(Pending::default());
-        let context = XProducerContext {
+        let hooks = Arc::new(Hooks {
             name: name.clone(),
             error_handler,
-            on_delivery: self.on_delivery.clone(),
-            pending: pending.clone(),
+            on_delivery: self.on_delivery,
+            pending: Pending::default(),
+        });
+        let context = XProducerContext {
+            hooks: hooks.clone(),
             topics: Default::default(),
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
@@ -485,8 +534,7 @@ impl ProducerBuilder {
                 service: Mutex::new(service),
                 in_flight,
                 stop_driver,
-                pending,
-                on_delivery: self.on_delivery,
+                hooks,
                 closed: AtomicBool::new(false),
                 close_report: OnceCell::new(),
                 close_timeout: self.close_timeout,
