@@ -170,6 +170,7 @@ async fn close_is_bounded_when_the_error_handler_panics_and_the_broker_is_down()
         .await
         .expect("close hung");
     let took = started.elapsed();
+    eprintln!("close took {took:?}");
     // The documented bound is the close timeout plus `CLOSE_GRACE` (1 s);
     // a second more for a loaded machine.
     assert!(
@@ -407,4 +408,104 @@ async fn a_clean_close_reports_no_error() {
     }
     assert_eq!(producer.close().await.undelivered, 0);
     assert_eq!(*errors.lock().unwrap(), Vec::<String>::new());
+}
+
+/// The OS thread running the caller (Linux: `/proc/self/task/<tid>`), to
+/// tell afterwards whether it has ended.
+fn this_thread() -> std::path::PathBuf {
+    std::fs::read_link("/proc/thread-self").expect("/proc/thread-self")
+}
+
+/// Dropping a producer without closing it: every callback still runs
+/// exactly once, and librdkafka's polling thread ends with the drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_producer_calls_back_and_leaves_no_thread() {
+    let cluster = cluster_with("orders");
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let producer = builder(&cluster, "xkafka-tests-dropped")
+        .error_handler({
+            let errors = errors.clone();
+            move |err| errors.lock().unwrap().push(err.to_string())
+        })
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    producer
+        .publish_async_with(msg("orders", 0), move |_| {
+            let _ = tx.send(this_thread());
+        })
+        .await
+        .unwrap();
+    let polling_thread = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .expect("no delivery report")
+        .unwrap();
+    cluster.broker_down(1).unwrap();
+    const N: usize = 5;
+    let got = outcomes(N);
+    for i in 0..N {
+        producer
+            .publish_async_with(msg("orders", i), record(&got, i))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    drop(producer);
+    let took = started.elapsed();
+    eprintln!("drop took {took:?}");
+    assert_eq!(
+        calls(&got),
+        vec![1; N],
+        "every callback exactly once, by the drop"
+    );
+    assert!(
+        got.iter().all(|o| o.lock().unwrap()[0].is_err()),
+        "none can be delivered with the broker down"
+    );
+    assert!(
+        !polling_thread.exists(),
+        "the polling thread outlived the producer"
+    );
+    // librdkafka's own bound: the drop flushes the purged reports for 500 ms.
+    assert!(took < Duration::from_secs(3), "the drop took {took:?}");
+}
+
+/// The last clone of a producer dropped by one of its own callbacks, on
+/// librdkafka's polling thread (which cannot join itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_dropped_by_its_own_callback() {
+    let cluster = cluster_with("orders");
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let producer = builder(&cluster, "xkafka-tests-dropped-in-callback")
+        .error_handler({
+            let errors = errors.clone();
+            move |err| errors.lock().unwrap().push(err.to_string())
+        })
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let last = producer.clone();
+    producer
+        .publish_async_with(msg("orders", 0), move |report| {
+            let polling_thread = this_thread();
+            drop(last);
+            let _ = tx.send((polling_thread, report.is_ok()));
+        })
+        .await
+        .unwrap();
+    drop(producer);
+    let (polling_thread, delivered) = tokio::task::spawn_blocking(move || {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the callback never ran")
+    })
+    .await
+    .unwrap();
+    assert!(delivered);
+    until(|| !polling_thread.exists(), Duration::from_secs(10)).await;
+    assert!(
+        !polling_thread.exists(),
+        "the polling thread outlived the producer"
+    );
+    let errors = errors.lock().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
 }

@@ -7,6 +7,7 @@ mod publish;
 
 use std::fmt;
 use std::future::poll_fn;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -92,10 +93,12 @@ pub struct Producer {
 
 struct Inner {
     name: Arc<str>,
-    client: ThreadedProducer<XProducerContext>,
+    // Both hold the client; dropped by `Drop for Inner`, which must choose
+    // the thread (see there).
+    client: ManuallyDrop<ThreadedProducer<XProducerContext>>,
     // A Mutex because tower services are Send but not Sync; it is only held
     // to clone the service, never across a publish.
-    service: Mutex<BoxCloneService<Message, Delivery, BoxError>>,
+    service: ManuallyDrop<Mutex<BoxCloneService<Message, Delivery, BoxError>>>,
     in_flight: mpsc::UnboundedSender<InFlight>,
     stop_driver: watch::Sender<bool>,
     hooks: Arc<Hooks>,
@@ -331,7 +334,8 @@ impl Inner {
         // Keep a slice of the budget to collect the reports of purged messages.
         let reserve = (timeout / 5).min(Duration::from_millis(500));
         let flush_for = timeout.saturating_sub(reserve);
-        let client = self.client.clone();
+        // Not `self.client.clone()`: that would clone the `ManuallyDrop`.
+        let client = ThreadedProducer::clone(&self.client);
         let flush = tokio::task::spawn_blocking(move || client.flush(flush_for));
         // The flush ends by itself after `flush_for`; the deadline only
         // guards against a blocking pool too busy to start it.
@@ -394,6 +398,40 @@ impl Inner {
         };
         tracing::warn!(producer = %self.name, %error, "close timeout: purging undelivered messages");
         self.hooks.report(&error);
+    }
+}
+
+/// The name rdkafka gives the thread that polls a `ThreadedProducer` (and
+/// runs our delivery callbacks). The test `a_producer_dropped_by_its_own_callback`
+/// fails if an rdkafka upgrade renames it.
+const POLLING_THREAD: &str = "producer polling thread";
+
+impl Drop for Inner {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: taken here once, and `self` is never used again.
+        let (service, client) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.service),
+                ManuallyDrop::take(&mut self.client),
+            )
+        };
+        // The last client dropped joins librdkafka's polling thread. When a
+        // callback running on that thread drops the last `Producer`, the
+        // thread would join itself (a panic, and a client left half-closed):
+        // another thread does the drop, which waits for this callback to
+        // return (and librdkafka to report what is left, within 500 ms).
+        if std::thread::current().name() == Some(POLLING_THREAD) {
+            let dropping = move || drop((service, client));
+            let spawned = std::thread::Builder::new()
+                .name("xkafka producer drop".into())
+                .spawn(dropping);
+            if let Err(err) = spawned {
+                tracing::error!(producer = %self.name, %err, "cannot start a thread to drop the producer");
+            }
+        } else {
+            drop((service, client));
+        }
     }
 }
 
@@ -530,8 +568,8 @@ impl ProducerBuilder {
         Ok(Producer {
             inner: Arc::new(Inner {
                 name,
-                client,
-                service: Mutex::new(service),
+                client: ManuallyDrop::new(client),
+                service: ManuallyDrop::new(Mutex::new(service)),
                 in_flight,
                 stop_driver,
                 hooks,
