@@ -86,7 +86,32 @@ pub(crate) fn scrub(text: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::scrub;
+    use super::*;
+
+    /// A writer that panics, as a broken `tracing` subscriber would.
+    struct Panicking;
+
+    impl std::io::Write for Panicking {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            panic!("subscriber bug")
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panicking_subscriber_cannot_end_the_polling_thread() {
+        let subscriber = tracing_subscriber::fmt().with_writer(|| Panicking).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let unguarded = std::panic::catch_unwind(|| {
+                emit("c", RDKafkaLogLevel::Error, "FAIL", "broker down")
+            });
+            assert!(unguarded.is_err(), "the subscriber does panic");
+            // What the polling thread calls: returns normally.
+            forward_log("c", RDKafkaLogLevel::Error, "FAIL", "broker down");
+        });
+    }
 
     #[test]
     fn quoted_secret_values_are_redacted() {

@@ -53,6 +53,14 @@ pub struct CloseReport {
 /// Durable by default: `acks=all` and `enable.idempotence=true` unless the
 /// configuration says otherwise.
 ///
+/// Close it with [`close`](Self::close). Dropping the last clone instead
+/// blocks the dropping thread briefly (rdkafka joins its polling thread and
+/// gives librdkafka 500 ms to report purged messages): without middleware,
+/// messages still in flight are purged and their callbacks get an error
+/// before the drop returns; with middleware, asynchronous publishes in
+/// flight keep the client alive until their real outcome (at most
+/// `message.timeout.ms`) and complete on the runtime.
+///
 /// ```no_run
 /// use xkafka::{Message, Producer};
 ///
@@ -490,8 +498,11 @@ impl ProducerBuilder {
 
     /// The mandatory error handler: receives client-level errors that belong
     /// to no single message (all brokers down, fatal idempotence errors,
-    /// authentication failures). Called from librdkafka's thread: keep it
-    /// short.
+    /// authentication failures), what `close` had to give up
+    /// ([`Error::Incomplete`]), and the panics of the other callbacks
+    /// ([`Error::CallbackPanicked`]). Called from librdkafka's thread (and
+    /// from `close`): keep it short. A panic in it is caught and logged with
+    /// `tracing`; the producer goes on.
     pub fn error_handler<F>(mut self, handler: F) -> Self
     where
         F: Fn(&Error) + Send + Sync + 'static,
@@ -501,7 +512,9 @@ impl ProducerBuilder {
     }
 
     /// A callback for the outcome of every [`Producer::publish_async`]
-    /// message, called exactly once per accepted message.
+    /// message, called exactly once per accepted message. A panic in it is
+    /// caught and reported to the error handler; the message's own callback
+    /// (from [`Producer::publish_async_with`]) still runs.
     pub fn on_delivery<F>(mut self, callback: F) -> Self
     where
         F: Fn(&Result<Delivery, Error>) + Send + Sync + 'static,
