@@ -92,7 +92,10 @@ impl ClientContext for XProducerContext {
             return;
         }
         let reason = scrub(reason);
-        tracing::debug!(producer = %self.hooks.name, %error, %reason, "producer client error");
+        // The application's subscriber runs here, on the polling thread.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::debug!(producer = %self.hooks.name, %error, %reason, "producer client error");
+        }));
         self.hooks.report(&Error::kafka(Operation::Client, error));
     }
 }

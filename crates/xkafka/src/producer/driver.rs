@@ -94,12 +94,15 @@ impl Hooks {
     /// logged, not reported to itself (that could only panic again).
     pub(crate) fn report(&self, error: &Error) {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (self.error_handler)(error))) {
-            tracing::error!(
-                producer = %self.name,
-                %error,
-                panic = %panic_message(&*panic),
-                "the producer's error handler panicked"
-            );
+            // Guarded too: a panicking subscriber would otherwise escape here.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                tracing::error!(
+                    producer = %self.name,
+                    %error,
+                    panic = %panic_message(&*panic),
+                    "the producer's error handler panicked"
+                );
+            }));
         }
     }
 

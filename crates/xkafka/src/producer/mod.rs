@@ -524,6 +524,13 @@ impl ProducerBuilder {
     }
 
     /// Adds a middleware around publishing; the first added is outermost.
+    ///
+    /// A middleware that panics while it runs in the caller's task
+    /// ([`Producer::publish`], or [`Producer::publish_async`] until the
+    /// message is queued) unwinds there, as any future would. Once
+    /// `publish_async` returned, the rest runs on the runtime, where a panic
+    /// is caught: that publish fails with [`Error::CallbackPanicked`], which
+    /// the error handler receives too, and the others go on.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: Layer<BoxCloneService<Message, Delivery, BoxError>> + Send + Sync + 'static,
