@@ -29,11 +29,15 @@ pub enum Operation {
     Commit,
     /// Assigning or revoking partitions during a rebalance.
     Rebalance,
-    /// Leaving the group and closing the client.
+    /// Leaving the group and closing the client. For the producer: `close`
+    /// stopped waiting for delivery callbacks that had not run yet (see
+    /// [`Error::Incomplete`]).
     Close,
     /// Handing a message to librdkafka's queue.
     Enqueue,
-    /// Flushing the producer.
+    /// Flushing the producer: at close, messages the broker had not
+    /// acknowledged within the close timeout were purged (see
+    /// [`Error::Incomplete`]).
     Flush,
 }
 
@@ -150,6 +154,41 @@ pub enum Error {
     /// The producer was closed before this publish.
     #[error("the producer is closed")]
     ProducerClosed,
+    /// A user callback panicked: a delivery callback (`on_delivery` or a
+    /// `publish_async_with` callback) or a producer middleware completing an
+    /// asynchronous publish. The panic was caught where it happened and the
+    /// client goes on; a middleware's publish fails with this error.
+    ///
+    /// (A panicking error handler cannot be told about itself: that panic is
+    /// caught too and logged with `tracing` at error level.)
+    #[error("{callback} panicked{}: {message}", on_topic(topic.as_deref()))]
+    CallbackPanicked {
+        /// Which callback: `"the on_delivery callback"`, `"a publish_async_with
+        /// callback"` or `"a producer middleware"`.
+        callback: &'static str,
+        /// The topic of the message it was called for.
+        topic: Option<Arc<str>>,
+        /// The panic's message.
+        message: String,
+    },
+    /// Closing the producer could not finish everything within its bound.
+    ///
+    /// With [`Operation::Flush`]: `count` messages the broker had not
+    /// acknowledged when the close timeout expired were purged (their
+    /// callbacks or `publish` callers get an error; they may or may not have
+    /// been written). With [`Operation::Close`]: `count` delivery callbacks
+    /// had still not run when `close` stopped waiting for them; they run when
+    /// librdkafka reports those messages.
+    #[error("{operation} failed: {}", incomplete(*operation, *count, source.as_ref()))]
+    Incomplete {
+        /// [`Operation::Flush`] or [`Operation::Close`].
+        operation: Operation,
+        /// How many messages (see above).
+        count: usize,
+        /// librdkafka's error, when it gave one (the flush's result).
+        #[source]
+        source: Option<KafkaError>,
+    },
     /// The producer was closed or dropped before the broker acknowledged the
     /// message; it may or may not have been written.
     #[error("no delivery report for a message to {topic}: the producer closed first")]
@@ -159,7 +198,38 @@ pub enum Error {
     },
 }
 
+fn on_topic(topic: Option<&str>) -> String {
+    topic
+        .map(|t| format!(" on a message to {t}"))
+        .unwrap_or_default()
+}
+
+fn incomplete(operation: Operation, count: usize, source: Option<&KafkaError>) -> String {
+    let what = match operation {
+        Operation::Flush => format!(
+            "{count} message(s) not acknowledged within the close timeout were purged \
+             (they may or may not have been written)"
+        ),
+        _ => format!("{count} delivery callback(s) had not run when close returned"),
+    };
+    match source {
+        Some(source) => format!("{what}: {source}"),
+        None => what,
+    }
+}
+
 impl Error {
+    /// What was being done, for errors of a client operation
+    /// ([`Error::Kafka`], [`Error::Incomplete`]).
+    pub fn operation(&self) -> Option<Operation> {
+        match self {
+            Error::Kafka { operation, .. } | Error::Incomplete { operation, .. } => {
+                Some(*operation)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn kafka(operation: Operation, source: KafkaError) -> Self {
         // librdkafka may quote part of a secret property's value when it
         // cannot create a client.
@@ -211,6 +281,7 @@ impl Error {
             Error::Kafka { source, .. } | Error::Delivery { source, .. } => {
                 source.rdkafka_error_code()
             }
+            Error::Incomplete { source, .. } => source.as_ref()?.rdkafka_error_code(),
             _ => None,
         }
     }

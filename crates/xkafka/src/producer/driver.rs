@@ -1,10 +1,12 @@
 //! Completes asynchronous publishes: runs their middleware to the end and
 //! calls the delivery callbacks exactly once per message.
 
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -72,30 +74,106 @@ impl Pending {
     }
 }
 
+/// The user's callbacks, shared by the client context (delivery thread),
+/// the publishing side and the driver task. Every call into user code goes
+/// through here: a panic is caught where it happens, so that it cannot take
+/// down the thread that delivers every other message's report.
+pub(crate) struct Hooks {
+    pub(crate) name: Arc<str>,
+    pub(crate) error_handler: ProducerErrorFn,
+    pub(crate) on_delivery: Option<OnDeliveryFn>,
+    /// Counts publishes whose callbacks are owed.
+    pub(crate) pending: Pending,
+}
+
+/// The producer's error handler.
+pub(crate) type ProducerErrorFn = Arc<dyn Fn(&Error) + Send + Sync>;
+
+impl Hooks {
+    /// Hands `error` to the error handler. A panicking error handler is
+    /// logged, not reported to itself (that could only panic again).
+    pub(crate) fn report(&self, error: &Error) {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (self.error_handler)(error))) {
+            // Guarded too: a panicking subscriber would otherwise escape here.
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                tracing::error!(
+                    producer = %self.name,
+                    %error,
+                    panic = %panic_message(&*panic),
+                    "the producer's error handler panicked"
+                );
+            }));
+        }
+    }
+
+    /// Calls the producer-wide callback, then the message's own one, each
+    /// exactly once whatever the other does; a panic in either is reported
+    /// to the error handler.
+    pub(crate) fn deliver(
+        &self,
+        topic: &Arc<str>,
+        callback: Option<MessageCallback>,
+        result: Result<Delivery, Error>,
+    ) {
+        if let Some(on_delivery) = &self.on_delivery {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| on_delivery(&result))) {
+                self.report(&panicked(ON_DELIVERY, topic, &*panic));
+            }
+        }
+        if let Some(callback) = callback {
+            // The callback (and what it captured) is dropped inside, so a
+            // panicking destructor is caught as well.
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || callback(result))) {
+                self.report(&panicked(MESSAGE_CALLBACK, topic, &*panic));
+            }
+        }
+    }
+}
+
+const ON_DELIVERY: &str = "the on_delivery callback";
+const MESSAGE_CALLBACK: &str = "a publish_async_with callback";
+const MIDDLEWARE: &str = "a producer middleware";
+
+fn panicked(callback: &'static str, topic: &Arc<str>, panic: &(dyn Any + Send)) -> Error {
+    Error::CallbackPanicked {
+        callback,
+        topic: Some(topic.clone()),
+        message: panic_message(panic),
+    }
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_owned()
+    }
+}
+
 /// The callbacks of one asynchronous publish. Dropping it unfinished (the
 /// producer closed or was dropped first) still calls them, with
 /// [`Error::Undelivered`], so every callback runs exactly once.
 pub(crate) struct Completion {
     topic: Arc<str>,
-    on_delivery: Option<OnDeliveryFn>,
+    hooks: Arc<Hooks>,
     callback: Option<MessageCallback>,
-    pending: Arc<Pending>,
     done: bool,
 }
 
 impl Completion {
     pub(crate) fn new(
         topic: Arc<str>,
-        on_delivery: Option<OnDeliveryFn>,
+        hooks: Arc<Hooks>,
         callback: Option<MessageCallback>,
-        pending: Arc<Pending>,
     ) -> Self {
-        pending.add();
+        hooks.pending.add();
         Completion {
             topic,
-            on_delivery,
+            hooks,
             callback,
-            pending,
             done: false,
         }
     }
@@ -104,36 +182,21 @@ impl Completion {
         self.complete(result);
     }
 
+    /// The middleware panicked while completing the publish: the error
+    /// handler hears of it, and the callbacks get the same error.
+    fn panicked(mut self, panic: &(dyn Any + Send)) {
+        self.hooks.report(&panicked(MIDDLEWARE, &self.topic, panic));
+        let error = panicked(MIDDLEWARE, &self.topic, panic);
+        self.complete(Err(error));
+    }
+
     fn complete(&mut self, result: Result<Delivery, Error>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let on_delivery = self.on_delivery.take();
         let callback = self.callback.take();
-        run_callbacks(&self.topic, on_delivery.as_ref(), callback, result);
-        self.pending.done();
-    }
-}
-
-/// Calls the producer-wide callback, then the message's own one. A
-/// panicking user callback must not take the delivery thread (and with it
-/// every other message's callback) down.
-pub(crate) fn run_callbacks(
-    topic: &str,
-    on_delivery: Option<&OnDeliveryFn>,
-    callback: Option<MessageCallback>,
-    result: Result<Delivery, Error>,
-) {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        if let Some(cb) = on_delivery {
-            cb(&result);
-        }
-        if let Some(cb) = callback {
-            cb(result);
-        }
-    }));
-    if outcome.is_err() {
-        tracing::error!(%topic, "a delivery callback panicked");
+        self.hooks.deliver(&self.topic, callback, result);
+        self.hooks.pending.done();
     }
 }
 
@@ -168,9 +231,13 @@ pub(crate) async fn drive(
             // publishes then still run to their real outcome.
             Ok(_) = stop.wait_for(|s| *s) => break,
             next = incoming.recv(), if accepting => match next {
+                // A middleware panicking here would otherwise end this
+                // task, and every other asynchronous publish with it.
                 Some(InFlight { future, completion }) => running.push(async move {
-                    let result = future.await.map_err(Error::from_boxed_publish);
-                    completion.finish(result);
+                    match AssertUnwindSafe(future).catch_unwind().await {
+                        Ok(result) => completion.finish(result.map_err(Error::from_boxed_publish)),
+                        Err(panic) => completion.panicked(&*panic),
+                    }
                 }),
                 None => accepting = false,
             },

@@ -7,12 +7,14 @@ mod publish;
 
 use std::fmt;
 use std::future::poll_fn;
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{Producer as _, PurgeConfig, ThreadedProducer};
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
@@ -24,7 +26,7 @@ use crate::error::{Error, Operation};
 use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
 use context::{DeliveryTarget, XProducerContext};
-use driver::{Completion, InFlight, OnDeliveryFn, Pending};
+use driver::{Completion, Hooks, InFlight, OnDeliveryFn, Pending};
 use publish::{EnqueueSignal, RawPublish, Refused};
 
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,12 +39,27 @@ pub struct CloseReport {
     /// expired; they were purged and their callbacks (or `publish` callers)
     /// received an error. They may or may not have been written.
     pub undelivered: usize,
+    /// Delivery callbacks that had still not run when `close` stopped
+    /// waiting for them ([`Producer::CLOSE_GRACE`] after the close timeout). Normally
+    /// 0: only a callback that blocks (holding up the others behind it) or a
+    /// librdkafka that never reports a purged message leaves any. They run
+    /// whenever librdkafka reports their messages; the error handler was
+    /// told ([`Error::Incomplete`] with [`Operation::Close`]).
+    pub callbacks_pending: usize,
 }
 
 /// Publishes messages to Kafka. Cheap to clone: clones share one client.
 ///
 /// Durable by default: `acks=all` and `enable.idempotence=true` unless the
 /// configuration says otherwise.
+///
+/// Close it with [`close`](Self::close). Dropping the last clone instead
+/// blocks the dropping thread briefly (rdkafka joins its polling thread and
+/// gives librdkafka 500 ms to report purged messages): without middleware,
+/// messages still in flight are purged and their callbacks get an error
+/// before the drop returns; with middleware, asynchronous publishes in
+/// flight keep the client alive until their real outcome (at most
+/// `message.timeout.ms`) and complete on the runtime.
 ///
 /// ```no_run
 /// use xkafka::{Message, Producer};
@@ -84,14 +101,15 @@ pub struct Producer {
 
 struct Inner {
     name: Arc<str>,
-    client: ThreadedProducer<XProducerContext>,
+    // Both hold the client; dropped by `Drop for Inner`, which must choose
+    // the thread (see there).
+    client: ManuallyDrop<ThreadedProducer<XProducerContext>>,
     // A Mutex because tower services are Send but not Sync; it is only held
     // to clone the service, never across a publish.
-    service: Mutex<BoxCloneService<Message, Delivery, BoxError>>,
+    service: ManuallyDrop<Mutex<BoxCloneService<Message, Delivery, BoxError>>>,
     in_flight: mpsc::UnboundedSender<InFlight>,
     stop_driver: watch::Sender<bool>,
-    pending: Arc<Pending>,
-    on_delivery: Option<OnDeliveryFn>,
+    hooks: Arc<Hooks>,
     closed: AtomicBool,
     close_report: OnceCell<CloseReport>,
     close_timeout: Duration,
@@ -102,6 +120,10 @@ struct Inner {
 }
 
 impl Producer {
+    /// How long [`close_within`](Self::close_within) waits, after its
+    /// timeout, for the callbacks of the messages it gave up on.
+    pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
     /// Starts a producer; `name` becomes librdkafka's `client.id`.
     pub fn builder(name: impl Into<String>) -> ProducerBuilder {
         ProducerBuilder {
@@ -207,24 +229,13 @@ impl Producer {
             // middleware answering by itself.
             return match result {
                 Ok(delivery) => {
-                    Completion::new(
-                        topic,
-                        self.inner.on_delivery.clone(),
-                        callback,
-                        self.inner.pending.clone(),
-                    )
-                    .finish(Ok(delivery));
+                    Completion::new(topic, self.inner.hooks.clone(), callback).finish(Ok(delivery));
                     Ok(())
                 }
                 Err(err) => Err(Error::from_boxed_publish(err)),
             };
         }
-        let completion = Completion::new(
-            topic,
-            self.inner.on_delivery.clone(),
-            callback,
-            self.inner.pending.clone(),
-        );
+        let completion = Completion::new(topic, self.inner.hooks.clone(), callback);
         // If the driver is gone, the returned value drops here and the
         // completion reports `Undelivered`.
         let _ = self.inner.in_flight.send(InFlight { future, completion });
@@ -243,13 +254,13 @@ impl Producer {
         }
         // Counted before librdkafka can report it, uncounted if refused
         // (while the queue is full it stays counted: it is still owed).
-        self.inner.pending.add();
+        self.inner.hooks.pending.add();
         let target = DeliveryTarget::Async {
             callback: callback.map(Mutex::new),
         };
         let result = publish::try_enqueue(&self.inner.client, message, target.into_opaque());
         if let Err(Refused::Failed(_)) = result {
-            self.inner.pending.done();
+            self.inner.hooks.pending.done();
         }
         result
     }
@@ -263,7 +274,7 @@ impl Producer {
     ) -> Result<(), Error> {
         // Owed until librdkafka takes the message; refused or cancelled
         // (the caller dropped this future), nothing will be called for it.
-        let owed = Owed(&self.inner.pending);
+        let owed = Owed(&self.inner.hooks.pending);
         let result = publish::enqueue_when_room(&self.inner.client, message, opaque).await;
         if result.is_ok() {
             // Accepted: its delivery report settles the count.
@@ -290,6 +301,12 @@ impl Producer {
     /// be acknowledged, then purges what is left: every pending `publish` and
     /// callback gets its outcome (an error for purged messages) before this
     /// returns. Closing again (from any clone) returns the first report.
+    ///
+    /// Bounded: returns at the latest `timeout` + [`Producer::CLOSE_GRACE`] after it
+    /// was called, whatever the broker or the callbacks do (see
+    /// [`CloseReport::callbacks_pending`]). When messages had to be purged,
+    /// the error handler receives [`Error::Incomplete`] with
+    /// [`Operation::Flush`] and their number.
     pub async fn close_within(&self, timeout: Duration) -> CloseReport {
         self.inner.closed.store(true, Ordering::Release);
         *self
@@ -325,28 +342,104 @@ impl Inner {
         // Keep a slice of the budget to collect the reports of purged messages.
         let reserve = (timeout / 5).min(Duration::from_millis(500));
         let flush_for = timeout.saturating_sub(reserve);
-        let client = self.client.clone();
-        let flushed = tokio::task::spawn_blocking(move || {
-            let result = client.flush(flush_for);
-            (result, client.in_flight_count())
-        })
-        .await;
+        // Not `self.client.clone()`: that would clone the `ManuallyDrop`.
+        let client = ThreadedProducer::clone(&self.client);
+        let flush = tokio::task::spawn_blocking(move || client.flush(flush_for));
+        // The flush ends by itself after `flush_for`; the deadline only
+        // guards against a blocking pool too busy to start it.
+        let flushed = tokio::time::timeout_at(deadline, flush).await;
+        let left = usize::try_from(self.client.in_flight_count()).unwrap_or(0);
         let undelivered = match flushed {
-            Ok((_, left)) => usize::try_from(left).unwrap_or(0),
-            Err(_) => self.client.in_flight_count().try_into().unwrap_or(0),
+            Ok(Ok(Ok(()))) => left,
+            Ok(Ok(Err(source))) => {
+                // A flush that timed out while the last reports were
+                // arriving lost nothing: report only what is really left.
+                if left > 0 {
+                    self.report_unflushed(left, Some(source));
+                }
+                left
+            }
+            Ok(Err(_)) | Err(_) => {
+                // The flush panicked (only librdkafka's bindings could) or
+                // never started.
+                if left > 0 {
+                    self.report_unflushed(left, None);
+                }
+                left
+            }
         };
         if undelivered > 0 {
-            tracing::warn!(producer = %self.name, undelivered, "close timeout: purging undelivered messages");
+            // Their reports (with a purge error) reach the callbacks from
+            // librdkafka's polling thread.
             self.client
                 .purge(PurgeConfig::default().queue().inflight().non_blocking());
-            // librdkafka reports purged messages on the next poll.
-            self.client.poll(Duration::ZERO);
         }
-        let _ = tokio::time::timeout_at(deadline, self.pending.drained()).await;
+        let _ = tokio::time::timeout_at(deadline, self.hooks.pending.drained()).await;
         // Whatever is still waiting now gets `Undelivered` from the driver.
         let _ = self.stop_driver.send(true);
-        self.pending.drained().await;
-        CloseReport { undelivered }
+        let _ = tokio::time::timeout_at(
+            deadline + Producer::CLOSE_GRACE,
+            self.hooks.pending.drained(),
+        )
+        .await;
+        let callbacks_pending = self.hooks.pending.count();
+        if callbacks_pending > 0 {
+            let error = Error::Incomplete {
+                operation: Operation::Close,
+                count: callbacks_pending,
+                source: None,
+            };
+            tracing::warn!(producer = %self.name, %error, "close: giving up waiting for callbacks");
+            self.hooks.report(&error);
+        }
+        CloseReport {
+            undelivered,
+            callbacks_pending,
+        }
+    }
+
+    fn report_unflushed(&self, count: usize, source: Option<KafkaError>) {
+        let error = Error::Incomplete {
+            operation: Operation::Flush,
+            count,
+            source,
+        };
+        tracing::warn!(producer = %self.name, %error, "close timeout: purging undelivered messages");
+        self.hooks.report(&error);
+    }
+}
+
+/// The name rdkafka gives the thread that polls a `ThreadedProducer` (and
+/// runs our delivery callbacks). The test `a_producer_dropped_by_its_own_callback`
+/// fails if an rdkafka upgrade renames it.
+const POLLING_THREAD: &str = "producer polling thread";
+
+impl Drop for Inner {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: taken here once, and `self` is never used again.
+        let (service, client) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.service),
+                ManuallyDrop::take(&mut self.client),
+            )
+        };
+        // The last client dropped joins librdkafka's polling thread. When a
+        // callback running on that thread drops the last `Producer`, the
+        // thread would join itself (a panic, and a client left half-closed):
+        // another thread does the drop, which waits for this callback to
+        // return (and librdkafka to report what is left, within 500 ms).
+        if std::thread::current().name() == Some(POLLING_THREAD) {
+            let dropping = move || drop((service, client));
+            let spawned = std::thread::Builder::new()
+                .name("xkafka producer drop".into())
+                .spawn(dropping);
+            if let Err(err) = spawned {
+                tracing::error!(producer = %self.name, %err, "cannot start a thread to drop the producer");
+            }
+        } else {
+            drop((service, client));
+        }
     }
 }
 
@@ -356,7 +449,7 @@ impl fmt::Debug for Producer {
             .field("name", &self.inner.name)
             .field("config", &self.inner.config)
             .field("closed", &self.inner.closed.load(Ordering::Relaxed))
-            .field("pending_callbacks", &self.inner.pending.count())
+            .field("pending_callbacks", &self.inner.hooks.pending.count())
             .finish_non_exhaustive()
     }
 }
@@ -405,8 +498,11 @@ impl ProducerBuilder {
 
     /// The mandatory error handler: receives client-level errors that belong
     /// to no single message (all brokers down, fatal idempotence errors,
-    /// authentication failures). Called from librdkafka's thread: keep it
-    /// short.
+    /// authentication failures), what `close` had to give up
+    /// ([`Error::Incomplete`]), and the panics of the other callbacks
+    /// ([`Error::CallbackPanicked`]). Called from librdkafka's thread (and
+    /// from `close`): keep it short. A panic in it is caught and logged with
+    /// `tracing`; the producer goes on.
     pub fn error_handler<F>(mut self, handler: F) -> Self
     where
         F: Fn(&Error) + Send + Sync + 'static,
@@ -416,7 +512,9 @@ impl ProducerBuilder {
     }
 
     /// A callback for the outcome of every [`Producer::publish_async`]
-    /// message, called exactly once per accepted message.
+    /// message, called exactly once per accepted message. A panic in it is
+    /// caught and reported to the error handler; the message's own callback
+    /// (from [`Producer::publish_async_with`]) still runs.
     pub fn on_delivery<F>(mut self, callback: F) -> Self
     where
         F: Fn(&Result<Delivery, Error>) + Send + Sync + 'static,
@@ -426,6 +524,13 @@ impl ProducerBuilder {
     }
 
     /// Adds a middleware around publishing; the first added is outermost.
+    ///
+    /// A middleware that panics while it runs in the caller's task
+    /// ([`Producer::publish`], or [`Producer::publish_async`] until the
+    /// message is queued) unwinds there, as any future would. Once
+    /// `publish_async` returned, the rest runs on the runtime, where a panic
+    /// is caught: that publish fails with [`Error::CallbackPanicked`], which
+    /// the error handler receives too, and the others go on.
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: Layer<BoxCloneService<Message, Delivery, BoxError>> + Send + Sync + 'static,
@@ -461,12 +566,14 @@ impl ProducerBuilder {
         }
         let client_config = config.to_client_config()?;
         let name: Arc<str> = self.name.into();
-        let pending = Arc::new(Pending::default());
-        let context = XProducerContext {
+        let hooks = Arc::new(Hooks {
             name: name.clone(),
             error_handler,
-            on_delivery: self.on_delivery.clone(),
-            pending: pending.clone(),
+            on_delivery: self.on_delivery,
+            pending: Pending::default(),
+        });
+        let context = XProducerContext {
+            hooks: hooks.clone(),
             topics: Default::default(),
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
@@ -481,12 +588,11 @@ impl ProducerBuilder {
         Ok(Producer {
             inner: Arc::new(Inner {
                 name,
-                client,
-                service: Mutex::new(service),
+                client: ManuallyDrop::new(client),
+                service: ManuallyDrop::new(Mutex::new(service)),
                 in_flight,
                 stop_driver,
-                pending,
-                on_delivery: self.on_delivery,
+                hooks,
                 closed: AtomicBool::new(false),
                 close_report: OnceCell::new(),
                 close_timeout: self.close_timeout,
