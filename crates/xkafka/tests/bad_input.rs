@@ -5,20 +5,15 @@
 //! written down in the crate docs ("Bad input", `src/lib.rs`).
 //!
 //! Sizes: librdkafka's producer refuses a message over its
-//! `message.max.bytes` (default 1,000,000 bytes) before sending it. Tansu
-//! 0.6 itself has no produce limit (no frame limit, no `max.message.bytes`
-//! check: a 20 MiB record is acknowledged), but its fetch (`tansu-storage`
-//! 0.6: `service/fetch.rs` caps a fetch at 5 MiB, and the sqlite engine's
-//! `record_fetch.sql` serves only records whose running key + value size
-//! stays *below* that cap) lacks Kafka's rule that the first record is
-//! returned whatever its size. Measured: a 1-byte key with a 5 MiB − 2
-//! bytes value is consumed; with 5 MiB + 1 it is stored but never served,
-//! and the partition stalls behind it. So on Tansu a record's key + value
-//! must stay under 5,242,880 bytes. (A real Kafka broker's default limit is
-//! `message.max.bytes` = 1,048,588 bytes, per topic `max.message.bytes`.)
-//! The test uses 1 MiB and 4 MiB values with the consumer's defaults:
-//! `fetch.max.bytes` 50 MiB, and `max.partition.fetch.bytes` 1 MiB, a soft
-//! limit librdkafka exceeds for a larger record (Tansu ignores it anyway).
+//! `message.max.bytes` (default 1,000,000 bytes) before sending it; the
+//! broker refuses a batch over its own `message.max.bytes` (Kafka's default
+//! 1,048,588 bytes; the test broker of `scripts/broker.sh` allows 8 MiB, and
+//! a topic can raise it with `max.message.bytes`). The test uses 1 MiB and
+//! 4 MiB values with the consumer's defaults: `fetch.max.bytes` 50 MiB, and
+//! `max.partition.fetch.bytes` 1 MiB, a soft limit — Kafka returns the first
+//! record of a fetch whatever its size, so a larger record still arrives.
+//! (On Tansu 0.6, the broker used before, a record over 5 MiB was stored but
+//! never served, and stalled its partition.)
 #![allow(unsafe_code)] // Header names that are not UTF-8 go through librdkafka's C API.
 
 mod common;
