@@ -216,8 +216,9 @@ async fn java_records_of_every_codec_reach_our_handler_byte_identical_and_offset
         let key = hex(Some(format!("{codec}-keyed").as_bytes()));
         assert!(
             got.iter().any(|l| l.contains(&key)),
-            "nothing of the {codec} batch arrived; errors {:?}",
-            errors.lock().unwrap()
+            "nothing of the {codec} batch arrived; {} errors, e.g. {:?}",
+            errors.lock().unwrap().len(),
+            errors.lock().unwrap().first()
         );
     }
     assert_same("what Java wrote vs what our handler got", &written, &got);
