@@ -31,6 +31,29 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     Ok(())
 }
 
+/// Creates `topic` with `partitions` partitions and the broker's default
+/// replication factor (`default.replication.factor`: 3 on the failover
+/// cluster). `xkafka::admin::ensure_topics` always asks for one replica,
+/// which would leave nothing to fail over to.
+pub async fn create_replicated_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), BoxError> {
+    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use xkafka::rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+    // -1: the broker's default (KIP-464).
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for result in admin.create_topics([&new], &opts).await? {
+        result.map_err(|(name, code)| format!("creating {name}: {code}"))?;
+    }
+    Ok(())
+}
+
 /// Publishes numbered messages (value = the id, key = `k{id % 1000}`) with
 /// `publish_async` and keeps the ids the broker acknowledged.
 #[derive(Clone)]
@@ -39,18 +62,42 @@ pub struct Input {
     topic: String,
     next: Arc<AtomicU64>,
     acked: Arc<Mutex<Vec<u64>>>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    failures: Arc<Mutex<Vec<(u64, String)>>>,
     failed: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+}
+
+/// One acknowledgement: which id, where, when the delivery report arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    /// The message's id.
+    pub id: u64,
+    /// The partition it landed in.
+    pub partition: i32,
+    /// When its delivery report arrived.
+    pub at: Instant,
 }
 
 impl Input {
     /// A producer for `topic` (acks=all, idempotent: xkafka's defaults).
     pub fn new(brokers: &str, topic: &str) -> Result<Self, BoxError> {
+        Self::with_config(brokers, topic, &[])
+    }
+
+    /// [`Input::new`] with extra producer properties (e.g. a short
+    /// `message.timeout.ms`).
+    pub fn with_config(
+        brokers: &str,
+        topic: &str,
+        config: &[(&str, &str)],
+    ) -> Result<Self, BoxError> {
         let errors = Arc::new(AtomicU64::new(0));
         let counter = errors.clone();
         let producer = Producer::builder("xkafka-chaos-input")
             .brokers([brokers])
             .config("linger.ms", "5")
+            .configs(config.iter().copied())
             .error_handler(move |err| {
                 counter.fetch_add(1, Ordering::Relaxed);
                 eprintln!("input producer: {err}");
@@ -61,6 +108,8 @@ impl Input {
             topic: topic.to_owned(),
             next: Arc::default(),
             acked: Arc::default(),
+            acks: Arc::default(),
+            failures: Arc::default(),
             failed: Arc::default(),
             errors,
         })
@@ -75,12 +124,25 @@ impl Input {
                 .value(id.to_string())
                 .build();
             let acked = self.acked.clone();
+            let acks = self.acks.clone();
+            let failures = self.failures.clone();
             let failed = self.failed.clone();
             self.producer
                 .publish_async_with(message, move |outcome| match outcome {
-                    Ok(_) => acked.lock().unwrap_or_else(|p| p.into_inner()).push(id),
-                    Err(_) => {
+                    Ok(delivery) => {
+                        acked.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                        acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack {
+                            id,
+                            partition: delivery.partition,
+                            at: Instant::now(),
+                        });
+                    }
+                    Err(err) => {
                         failed.fetch_add(1, Ordering::Relaxed);
+                        failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((id, err.to_string()));
                     }
                 })
                 .await?;
@@ -127,6 +189,19 @@ impl Input {
     /// Ids acknowledged so far.
     pub fn acked(&self) -> usize {
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Every acknowledgement so far, in arrival order.
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ids whose delivery failed so far, with the error.
+    pub fn failures(&self) -> Vec<(u64, String)> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Ids handed to the producer so far.
@@ -236,4 +311,71 @@ pub async fn lag_async(
 ) -> Result<i64, BoxError> {
     let (b, g, t) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || lag(&b, &g, &t, partitions)).await?
+}
+
+/// One record of an [`Input`] topic, read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key (`k{id % 1000}`).
+    pub key: String,
+    /// Its id (the value).
+    pub id: u64,
+}
+
+/// Every record of `topic` from the start of each partition to its end
+/// offset now, in partition then offset order. Blocking: call it from
+/// `spawn_blocking`.
+pub fn read_all(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<Logged>, BoxError> {
+    use xkafka::rdkafka::Message as _;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("read-all"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..partitions {
+        let (low, high) = client.fetch_watermarks(topic, p, Duration::from_secs(15))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        ends.push(high);
+    }
+    client.assign(&tpl)?;
+    let mut next: Vec<i64> = (0..partitions)
+        .map(|p| {
+            tpl.find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next.iter().zip(&ends).any(|(n, e)| n < e) {
+        if Instant::now() > deadline {
+            return Err(format!("{topic}: read up to {next:?} of {ends:?} within 60 s").into());
+        }
+        let Some(msg) = client.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg?;
+        let p = msg.partition();
+        next[p as usize] = msg.offset() + 1;
+        let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
+        let id = std::str::from_utf8(msg.payload().unwrap_or_default())
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{topic}[{p}]@{}: not an id", msg.offset()))?;
+        out.push(Logged {
+            partition: p,
+            offset: msg.offset(),
+            key,
+            id,
+        });
+    }
+    out.sort_by_key(|l| (l.partition, l.offset));
+    Ok(out)
 }

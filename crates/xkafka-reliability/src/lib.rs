@@ -9,18 +9,22 @@
 //!   seconds.
 //! - [`soak`]: a slow worker flooded with messages, its resident memory
 //!   sampled.
-//! - [`tansu`]: a private Tansu broker process the broker-fault tests stop and
-//!   restart.
+//! - [`control`]: the 3-broker Apache Kafka cluster's brokers killed, stopped
+//!   and started (through `scripts/broker.sh`), with a guard that brings them
+//!   back.
+//! - [`failover`]: the failover tests' consumer and verdict (lost, duplicated,
+//!   out of order per key, against the log read back).
 //!
 //! The `xkafka-chaos` binary runs each of them from the command line (see
 //! `RELIABILITY.md` at the repository root); the tests in `tests/` run short
 //! versions against the suite's broker.
 
 pub mod cluster;
+pub mod control;
 pub mod crash;
+pub mod failover;
 pub mod ledger;
 pub mod process;
 pub mod soak;
 pub mod storm;
-pub mod tansu;
 pub mod worker;
