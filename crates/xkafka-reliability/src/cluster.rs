@@ -33,25 +33,14 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 
 /// Creates `topic` with `partitions` partitions and the broker's default
 /// replication factor (`default.replication.factor`: 3 on the failover
-/// cluster). `xkafka::admin::ensure_topics` always asks for one replica,
-/// which would leave nothing to fail over to.
+/// cluster) — what [`create_topic`] does; the name says why the failover
+/// tests need it.
 pub async fn create_replicated_topic(
     brokers: &str,
     topic: &str,
     partitions: i32,
 ) -> Result<(), BoxError> {
-    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use xkafka::rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
-    // -1: the broker's default (KIP-464).
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
-    for result in admin.create_topics([&new], &opts).await? {
-        result.map_err(|(name, code)| format!("creating {name}: {code}"))?;
-    }
-    Ok(())
+    create_topic(brokers, topic, partitions).await
 }
 
 /// Publishes numbered messages (value = the id, key = `k{id % 1000}`) with

@@ -11,11 +11,15 @@ use rdkafka::error::RDKafkaErrorCode;
 use crate::config::{validate_topic, Config};
 use crate::error::{Error, Operation};
 
-/// Creates each `(name, partitions)` topic with replication factor 1 unless
-/// it exists already; waits up to `timeout` for the broker.
+/// Creates each `(name, partitions)` topic unless it exists already, with
+/// the cluster's default replication factor (`default.replication.factor`:
+/// 1 on a single node, 3 on the failover tests' cluster); waits up to
+/// `timeout` for the broker.
 ///
 /// `extra` holds client properties (security settings, …) besides
-/// `bootstrap.servers`.
+/// `bootstrap.servers`. librdkafka's mock cluster does not answer
+/// CreateTopics (this times out there): create its topics with
+/// [`EmbeddedCluster::create_topic`](crate::mock::EmbeddedCluster::create_topic).
 pub async fn ensure_topics(
     brokers: &str,
     topics: &[(&str, i32)],
@@ -33,7 +37,9 @@ pub async fn ensure_topics(
         .map_err(|e| Error::kafka(Operation::Create, e))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        // -1: the broker's default (CreateTopics v4+, Kafka 2.4+), so that a
+        // topic on a real cluster is replicated as the cluster says.
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)))
         .collect();
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))

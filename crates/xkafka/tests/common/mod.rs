@@ -258,3 +258,24 @@ pub fn captured_debug_logs() -> &'static Captured {
         out
     })
 }
+
+/// The 3-broker cluster of `scripts/broker.sh cluster start`
+/// (`XKAFKA_CLUSTER_BROKERS`). A missing cluster fails the test.
+pub fn cluster_brokers() -> String {
+    let brokers = std::env::var("XKAFKA_CLUSTER_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092".into());
+    for addr in brokers.split(',') {
+        if TcpStream::connect_timeout(
+            &addr.parse().expect("XKAFKA_CLUSTER_BROKERS is host:port,…"),
+            Duration::from_secs(2),
+        )
+        .is_err()
+        {
+            panic!(
+                "no Kafka broker at {addr}: run the suite with scripts/test.sh, or start the \
+                 cluster with scripts/broker.sh install && scripts/broker.sh cluster start"
+            );
+        }
+    }
+    brokers
+}
