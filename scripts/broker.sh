@@ -319,8 +319,11 @@ cluster() {
       if [ -n "$id" ]; then
         check_id "$id"
         cluster_node_start "$id"
-        # Back means registered and unfenced again: it answers metadata listing all three.
-        await "node-$id" "$HOST:${id}9092" 3
+        # Back means registered and unfenced again: it answers metadata listing every broker
+        # that runs (all three, unless another one is down on purpose).
+        local up=0
+        for n in 1 2 3; do if is_running "node-$n"; then up=$((up + 1)); fi; done
+        await "node-$id" "$HOST:${id}9092" "$up"
       else
         # All three at once: a node waits for a quorum of voters before it can register anyway.
         for n in 1 2 3; do cluster_node_start "$n"; done
