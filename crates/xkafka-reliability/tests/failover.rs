@@ -426,6 +426,12 @@ async fn with_two_of_three_brokers_down_publishes_fail_clearly_and_go_on_after()
         })
         .await
         .unwrap();
+    // The consumer can read a record before its delivery report reached the
+    // producer's callback: wait for the reports too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while input.acks().len() < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(input.acks().len(), 300);
 
     let mut downed = Downed::new();
