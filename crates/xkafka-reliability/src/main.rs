@@ -98,6 +98,9 @@ enum Command {
         /// librdkafka's default (300000) when not given.
         #[arg(long)]
         max_poll_interval_ms: Option<u32>,
+        /// The workers' `group.protocol`: `classic` or `consumer` (KIP-848).
+        #[arg(long, default_value = "classic")]
+        group_protocol: String,
     },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {
@@ -190,6 +193,7 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             workers,
             rate,
             max_poll_interval_ms,
+            group_protocol,
         } => {
             let mut plan = StormPlan::new(&common.brokers, exe, common.dir.clone());
             plan.duration = Duration::from_secs(seconds);
@@ -197,6 +201,7 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             plan.rate = rate;
             plan.seed = common.seed;
             plan.max_poll_interval_ms = max_poll_interval_ms;
+            plan.group_protocol = group_protocol;
             let report = storm::run(&plan).await?;
             println!("{}", report.line());
             write_json(&common.json, &report)?;

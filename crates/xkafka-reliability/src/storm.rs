@@ -39,6 +39,9 @@ pub struct StormPlan {
     /// The workers' `max.poll.interval.ms` (the rebalance timeout); `None`:
     /// librdkafka's default (300 s).
     pub max_poll_interval_ms: Option<u32>,
+    /// The workers' `group.protocol`: `classic` (eager `range` assignment)
+    /// or `consumer` (KIP-848: the broker assigns, incrementally).
+    pub group_protocol: String,
     /// The `xkafka-chaos` binary.
     pub exe: PathBuf,
     /// Base directory for ledgers and logs.
@@ -61,6 +64,7 @@ impl StormPlan {
             work_ms: 2,
             seed: 7,
             max_poll_interval_ms: None,
+            group_protocol: "classic".into(),
             exe,
             dir,
         }
@@ -137,6 +141,7 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
             .max_poll_interval_ms
             .map(|ms| ("max.poll.interval.ms".into(), ms.to_string()))
             .into_iter()
+            .chain([("group.protocol".into(), plan.group_protocol.clone())])
             .collect(),
     };
     let input = Input::new(&plan.brokers, &name)?;

@@ -193,12 +193,23 @@ fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> Consume
         .max_in_flight_per_partition
         .unwrap_or(total)
         .clamp(2 * args.mode.batch_size(), total);
+    // KIP-848 groups: the broker owns the session timeout and the heartbeat
+    // interval, and librdkafka refuses both client properties.
+    let kip848 = args
+        .configs
+        .iter()
+        .any(|(k, v)| k == "group.protocol" && v.eq_ignore_ascii_case("consumer"));
+    let builder = if kip848 {
+        builder
+    } else {
+        builder
+            .config("session.timeout.ms", args.session_timeout_ms.to_string())
+            .config("heartbeat.interval.ms", heartbeat.to_string())
+    };
     builder
         .brokers([args.brokers.as_str()])
         .topics([args.topic.as_str()])
         .config("auto.offset.reset", "earliest")
-        .config("session.timeout.ms", args.session_timeout_ms.to_string())
-        .config("heartbeat.interval.ms", heartbeat.to_string())
         .config(
             "auto.commit.interval.ms",
             AUTO_COMMIT_INTERVAL.as_millis().to_string(),
