@@ -223,6 +223,17 @@ async fn a_failure_under_concurrency_holds_back_only_its_partition() {
         c2.is_some_and(|c| c <= K) || c2.is_none(),
         "partition 2 committed {c2:?} > {K}"
     );
+    // Only partition 2 is held back: every partition (2 included, below K)
+    // is committed up to the first offset it had not handled when the
+    // consumer stopped — handlers still running at the stop are drained.
+    for p in ends.keys() {
+        let handled_prefix = (0..).find(|o| !first_run.contains(&(*p, *o))).unwrap();
+        assert_eq!(
+            committed(&group, &topic, *p).unwrap_or(0),
+            handled_prefix,
+            "partition {p}: committed up to what it handled without a gap"
+        );
+    }
 
     // Restart: exactly what lies past the committed offsets comes again,
     // K included, and nothing of any partition is missing overall.
@@ -258,30 +269,41 @@ async fn a_failure_under_concurrency_holds_back_only_its_partition() {
     }
 }
 
+/// Partition 0's first message is handled for longer than
+/// `max.poll.interval.ms`. Meanwhile the other partitions get messages that
+/// were published only after it started: all of them must be handled before
+/// it ends (the consumer still polls and dispatches), and the member must
+/// keep its assignment (it still polls the broker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
+    const BLOCK: Duration = Duration::from_secs(8);
+    const LATER: usize = 30;
     let cluster = embedded_with("live", 3, 0).await;
     let producer = Producer::builder("p")
         .brokers([cluster.bootstrap_servers()])
         .error_handler(|_| {})
         .build()
         .unwrap();
-    for p in 0..3 {
-        for i in 0..30 {
-            let msg = Message::builder("live")
-                .partition(p)
-                .key(format!("{p}-{i}"))
-                .build();
-            producer.publish(msg).await.unwrap();
-        }
+    let publish = |p: i32, i: usize| {
+        let msg = Message::builder("live")
+            .partition(p)
+            .key(format!("{p}-{i}"))
+            .build();
+        producer.publish(msg)
+    };
+    for i in 0..LATER {
+        publish(0, i).await.unwrap();
     }
-    producer.close().await;
 
-    const BLOCK: Duration = Duration::from_secs(8);
-    let started = Instant::now();
+    // Order, not a clock: `blocked` once partition 0's first message is
+    // being handled, `unblocked` once it finished; a message of another
+    // partition counts if it was handled in between.
+    let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unblocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let during_block = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
     let (during, count) = (during_block.clone(), total.clone());
+    let (start, over) = (blocked.clone(), unblocked.clone());
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = errors.clone();
     let consumer = xkafka::Consumer::builder("live-g")
@@ -297,32 +319,47 @@ async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
         })
         .handler(move |m: Message| {
             let (during, count) = (during.clone(), count.clone());
+            let (start, over) = (start.clone(), over.clone());
             async move {
                 if m.partition() == Some(0) && m.offset() == Some(0) {
+                    start.store(true, Ordering::SeqCst);
                     tokio::time::sleep(BLOCK).await; // longer than max.poll.interval.ms
-                } else if m.partition() != Some(0) && started.elapsed() < BLOCK {
-                    during.fetch_add(1, Ordering::Relaxed);
+                    over.store(true, Ordering::SeqCst);
+                } else if m.partition() != Some(0) && !over.load(Ordering::SeqCst) {
+                    during.fetch_add(1, Ordering::SeqCst);
                 }
-                count.fetch_add(1, Ordering::Relaxed);
+                count.fetch_add(1, Ordering::SeqCst);
             }
         })
         .build()
         .unwrap();
     let probe = total.clone();
-    let summary = consumer
-        .run(until(
-            move || probe.load(Ordering::Relaxed) >= 90,
-            Duration::from_secs(40),
-        ))
-        .await
-        .unwrap();
+    let run = tokio::spawn(consumer.run(until(
+        move || probe.load(Ordering::SeqCst) >= 3 * LATER,
+        Duration::from_secs(60),
+    )));
+    until(|| blocked.load(Ordering::SeqCst), Duration::from_secs(30)).await;
+    assert!(blocked.load(Ordering::SeqCst), "partition 0 reached");
+    for p in 1..3 {
+        for i in 0..LATER {
+            publish(p, i).await.unwrap();
+        }
+    }
+    let published_during = !unblocked.load(Ordering::SeqCst);
+    producer.close().await;
+    let summary = run.await.unwrap().unwrap();
+    assert!(
+        published_during,
+        "the other partitions' messages were published during the block"
+    );
     assert_eq!(
-        summary.succeeded, 90,
+        summary.succeeded,
+        3 * LATER as u64,
         "everything handled, partition 0 after its slow message"
     );
     assert_eq!(
-        during_block.load(Ordering::Relaxed),
-        60,
+        during_block.load(Ordering::SeqCst),
+        2 * LATER,
         "other partitions flowed while partition 0 was blocked"
     );
     assert_eq!(

@@ -1,6 +1,6 @@
 //! Streaming consumer against the real broker: offsets after failures,
-//! commit modes, the error handler's contract, middleware order and
-//! cooperative rebalancing.
+//! commit modes, the error handler's contract and middleware order.
+//! (Cooperative rebalancing is in `tests/concurrency.rs`.)
 
 mod common;
 

@@ -191,12 +191,16 @@ async fn an_unwritable_dead_letter_topic_skips_nothing() {
     );
 }
 
+/// Two messages of one batch fail (offsets 3 and 6): each becomes a
+/// dead-letter record of its own, with its own bytes, key, offset and
+/// error — not one record for the batch, and not only the first failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_messages_of_a_batch_are_dead_lettered_one_by_one() {
+    const COUNT: usize = 8;
     let source = topic("dlq-batch-src", 1).await;
     let dead = topic("dlq-batch-dead", 1).await;
     let producer = producer();
-    fill(&producer, &source, 0, 6).await;
+    fill(&producer, &source, 0, COUNT).await;
     producer.close().await;
     let dlq_producer = Producer::builder("xkafka-tests-dlq-batch")
         .brokers([brokers()])
@@ -204,59 +208,76 @@ async fn failed_messages_of_a_batch_are_dead_lettered_one_by_one() {
         .build()
         .unwrap();
     let group = unique("dlq-batch-g");
-    let handled = Arc::new(AtomicUsize::new(0));
-    let counter = handled.clone();
+    // The sizes of the batches handled: both failures in one batch.
+    let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let record = batches.clone();
     let consumer = xkafka::BatchConsumer::builder(group.as_str())
         .brokers([brokers()])
         .topics([source.as_str()])
         .config("auto.offset.reset", "earliest")
-        .batch_size(6)
-        .batch_timeout(Duration::from_secs(2))
+        .batch_size(COUNT)
+        .batch_timeout(Duration::from_secs(5))
         .error_handler(|err| panic!("unexpected: {err}"))
         .layer(DeadLetterLayer::new(dlq_producer.clone(), dead.as_str()))
         .handler(move |b: xkafka::Batch| {
-            let counter = counter.clone();
+            let record = record.clone();
             async move {
                 for (i, m) in b.iter().enumerate() {
                     if poison(m) {
                         b.fail(i, format!("bad {}", m.location()));
                     }
                 }
-                counter.fetch_add(b.len(), Ordering::Relaxed);
+                record.lock().unwrap().push(b.len());
                 Ok::<(), BoxError>(())
             }
         })
         .build()
         .unwrap();
-    let probe = handled.clone();
+    let probe = batches.clone();
     let summary = consumer
         .run(until(
-            move || probe.load(Ordering::Relaxed) >= 6,
+            move || probe.lock().unwrap().iter().sum::<usize>() >= COUNT,
             Duration::from_secs(30),
         ))
         .await
         .unwrap();
     assert_eq!(
-        (summary.succeeded, summary.skipped, summary.failed),
-        (5, 1, 0),
-        "offset 3 dead-lettered"
+        *batches.lock().unwrap(),
+        [COUNT],
+        "one batch holding both failures"
     );
-    assert_eq!(committed(&group, &source, 0), Some(6));
+    assert_eq!(
+        (summary.succeeded, summary.skipped, summary.failed),
+        (6, 2, 0),
+        "offsets 3 and 6 dead-lettered, each counted as skipped"
+    );
+    assert_eq!(committed(&group, &source, 0), Some(COUNT as i64));
     dlq_producer.close().await;
     let copies = consume(
         &unique("dlq-batch-reader"),
         &dead,
-        1,
+        2,
         Duration::from_secs(30),
     )
     .await;
-    assert_eq!(
-        copies[0].headers().get_str(headers::ORIGINAL_OFFSET),
-        Some("3")
-    );
-    assert!(copies[0]
-        .headers()
-        .get_str(headers::ERROR)
-        .unwrap()
-        .starts_with("bad "));
+    assert_eq!(copies.len(), 2, "one dead-letter record per failed message");
+    for (copy, offset) in copies.iter().zip([3, 6]) {
+        let h = copy.headers();
+        assert_eq!(
+            h.get_str(headers::ORIGINAL_OFFSET),
+            Some(offset.to_string().as_str())
+        );
+        assert_eq!(copy.key_str(), Some(format!("k{offset}").as_str()));
+        assert_eq!(
+            copy.value_str(),
+            Some(format!("p0-v{offset}").as_str()),
+            "the failed message's own bytes"
+        );
+        let error = h.get_str(headers::ERROR).unwrap();
+        assert!(
+            error.starts_with(&format!("bad {source}[0]@{offset}")),
+            "its own error: {error}"
+        );
+        assert_eq!(h.get_all(headers::ERROR).count(), 1);
+    }
 }

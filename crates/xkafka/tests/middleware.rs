@@ -129,47 +129,59 @@ async fn a_panic_becomes_a_failure_and_the_consumer_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn towers_timeout_fails_a_slow_handler_like_any_failure() {
+    const TIMEOUT: Duration = Duration::from_millis(200);
+    const SLOW: Duration = Duration::from_secs(10);
     let topic = topic("timeout", 1).await;
     let producer = producer();
     fill(&producer, &topic, 0, 3).await;
     producer.close().await;
+    // When the slow handler started, and when its failure was reported:
+    // measured from the handler, not from before the group join.
+    let slow_started: Arc<std::sync::OnceLock<Instant>> = Arc::default();
+    let failed_at: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let (errors, on_error) = recording_error_handler(Decision::Continue);
+    let reported = failed_at.clone();
     let handled = Arc::new(AtomicUsize::new(0));
-    let counter = handled.clone();
+    let (counter, started) = (handled.clone(), slow_started.clone());
     let consumer = consumer(&unique("timeout-g"), &topic)
-        .error_handler(on_error)
-        .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
-            200,
-        )))
+        .error_handler(move |err| {
+            reported.get_or_init(Instant::now);
+            on_error(err)
+        })
+        .layer(tower::timeout::TimeoutLayer::new(TIMEOUT))
         .handler(move |m: Message| {
-            let counter = counter.clone();
+            let (counter, started) = (counter.clone(), started.clone());
             async move {
                 if m.offset() == Some(1) {
-                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    started.get_or_init(Instant::now);
+                    tokio::time::sleep(SLOW).await;
                 }
                 counter.fetch_add(1, Ordering::Relaxed);
             }
         })
         .build()
         .unwrap();
-    let started = Instant::now();
-    let probe = errors.clone();
+    let (probe, count) = (errors.clone(), handled.clone());
     let summary = consumer
         .run(until(
-            move || {
-                probe.lock().unwrap().len() == 1 && started.elapsed() > Duration::from_millis(300)
-            },
+            move || probe.lock().unwrap().len() == 1 && count.load(Ordering::Relaxed) == 2,
             WAIT,
         ))
         .await
         .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the slow handler was cut short"
+    assert_eq!(
+        (summary.succeeded, summary.failed),
+        (2, 1),
+        "the slow one failed, the others succeeded"
     );
-    assert_eq!((summary.succeeded, summary.failed), (2, 1));
     let errors = errors.lock().unwrap().clone();
     assert!(errors[0].contains("@1: request timed out"), "{errors:?}");
+    let cut_after = *failed_at.get().unwrap() - *slow_started.get().unwrap();
+    println!("the slow handler failed {cut_after:?} after it started (timeout {TIMEOUT:?})");
+    assert!(
+        cut_after < SLOW,
+        "the slow handler was cut short, not waited for: {cut_after:?}"
+    );
 }
 
 #[derive(Debug, Deserialize)]

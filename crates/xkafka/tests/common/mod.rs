@@ -222,6 +222,16 @@ impl Captured {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+
+    /// How many bytes were written so far: a mark for [`Captured::text_until`].
+    pub fn mark(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// What was written before `mark` (a [`Captured::mark`]), as text.
+    pub fn text_until(&self, mark: usize) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()[..mark]).into_owned()
+    }
 }
 
 impl std::io::Write for Captured {
