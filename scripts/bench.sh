@@ -4,7 +4,7 @@
 #   scripts/bench.sh --quick     # under 5 minutes on 2 cores (the target), 5 rounds
 #   scripts/bench.sh             # the full mode: bigger runs, 9 rounds
 #
-# Starts an Apache Kafka node of its own (scripts/broker.sh with port 9095 and data under
+# Starts an Apache Kafka node of its own (scripts/broker.sh with port 9192 and data under
 # target/xkafka-broker-bench, so the test suite's node on 9092 is left alone), measures on it and on
 # librdkafka's in-process mock cluster, prints the table and one
 # `RATIO <name> <ours/baseline> ours=... baseline=...` line per comparison, writes
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 
-export XKAFKA_BROKER_PORT=${XKAFKA_BENCH_PORT:-9095}
+export XKAFKA_BROKER_PORT=${XKAFKA_BENCH_PORT:-9192}
 export XKAFKA_BROKER_DATA=$PWD/target/xkafka-broker-bench
 scripts/broker.sh install
 scripts/broker.sh reset

@@ -21,9 +21,10 @@
 #   scripts/broker.sh ctl ARGS...      the admin tool (scripts/kafka/KafkaCtl.java): ready, leader, coordinator, offsets
 #
 # Ports (all on 127.0.0.1):
-#   single node   $XKAFKA_BROKER_PORT (default 9092) PLAINTEXT, the next port controller, the one
-#                 after SASL_PLAINTEXT (SCRAM-SHA-256/512 and PLAIN, user "xkafka-app"; the security
-#                 tests' listener). The benchmark runs its own node on 9095 (other data folder).
+#   single node   $XKAFKA_BROKER_PORT (default 9092) PLAINTEXT, +1 controller, +2 SASL_PLAINTEXT
+#                 (SCRAM-SHA-256/512 and PLAIN, user "xkafka-app"), +3 SSL (TLS; a certificate for
+#                 127.0.0.1 signed by a CA made at the first start: <data>/single/tls/ca.pem) —
+#                 the security tests' listeners. The benchmark runs its own node on 9192.
 #   cluster       broker N: N9092 PLAINTEXT, N9093 controller  (19092, 29092, 39092)
 #
 # Settings (environment):
@@ -48,6 +49,9 @@ HOST=127.0.0.1
 PORT=${XKAFKA_BROKER_PORT:-9092}
 CONTROLLER_PORT=$((PORT + 1))
 SASL_PORT=$((PORT + 2))
+TLS_PORT=$((PORT + 3))
+# The TLS material of the single node: a throwaway CA and a broker certificate, test-only.
+TLS_PASSWORD=xk-tls-store-pw
 SASL_USER=xkafka-app
 SASL_PASSWORD=xk-scram-pw-2c9e71a4
 JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
@@ -143,9 +147,9 @@ single_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$TLS_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$TLS_PORT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 log.dirs=$dir/log
 # One broker: the internal topics cannot have more than one replica.
 offsets.topic.replication.factor=1
@@ -159,6 +163,11 @@ sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+# The TLS listener: the broker's key and certificate chain (see make_tls).
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/tls/broker.p12
+ssl.keystore.password=$TLS_PASSWORD
+ssl.key.password=$TLS_PASSWORD
 EOF
   common_props
 }
@@ -286,11 +295,33 @@ single_start() {
   local dir; dir=$(node_dir single)
   mkdir -p "$dir"
   [ -f "$dir/cluster-id" ] || ctl_uuid > "$dir/cluster-id"
+  make_tls "$dir/tls"
   prepare_node single "$(cat "$dir/cluster-id")" --standalone \
     --add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]" \
     --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]"
   launch single "${XKAFKA_BROKER_HEAP:--Xms256m -Xmx1g}" "$PORT"
   await single "$HOST:$PORT" 1
+}
+
+# make_tls DIR: a CA and a broker certificate for 127.0.0.1 signed by it (keytool, from the JDK),
+# once per data folder. Clients trust DIR/ca.pem.
+make_tls() {
+  local dir=$1 kt="${JAVA_HOME:+$JAVA_HOME/bin/}keytool" pw=$TLS_PASSWORD
+  [ -f "$dir/broker.p12" ] && [ -f "$dir/ca.pem" ] && return 0
+  command -v "$kt" >/dev/null || die "keytool not found (it comes with the JDK; set JAVA_HOME)"
+  rm -rf "$dir"; mkdir -p "$dir"
+  {
+    "$kt" -genkeypair -alias ca -keyalg RSA -keysize 2048 -dname "CN=xkafka test CA" -ext bc:c \
+      -validity 3650 -keystore "$dir/ca.p12" -storetype PKCS12 -storepass "$pw" -keypass "$pw"
+    "$kt" -exportcert -rfc -alias ca -keystore "$dir/ca.p12" -storepass "$pw" -file "$dir/ca.pem"
+    "$kt" -genkeypair -alias broker -keyalg RSA -keysize 2048 -dname "CN=127.0.0.1" \
+      -validity 3650 -keystore "$dir/broker.p12" -storetype PKCS12 -storepass "$pw" -keypass "$pw"
+    "$kt" -certreq -alias broker -keystore "$dir/broker.p12" -storepass "$pw" -file "$dir/broker.csr"
+    "$kt" -gencert -rfc -alias ca -keystore "$dir/ca.p12" -storepass "$pw" -infile "$dir/broker.csr" \
+      -outfile "$dir/broker.pem" -validity 3650 -ext "SAN=IP:127.0.0.1,DNS:localhost"
+    "$kt" -importcert -noprompt -alias ca -keystore "$dir/broker.p12" -storepass "$pw" -file "$dir/ca.pem"
+    "$kt" -importcert -alias broker -keystore "$dir/broker.p12" -storepass "$pw" -file "$dir/broker.pem"
+  } >"$dir/keytool.log" 2>&1 || { cat "$dir/keytool.log" >&2; die "could not make the TLS certificates in $dir"; }
 }
 
 ctl_uuid() { "$JAVA" -cp "$INSTALL/libs/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1; }
@@ -349,7 +380,8 @@ case "${1:-}" in
   restart) halt single TERM; single_start ;;
   reset) halt single KILL; rm -rf "$(node_dir single)"; log "removed $(node_dir single)" ;;
   status) describe single ;;
-  env) echo "export XKAFKA_TEST_BROKERS=$HOST:$PORT XKAFKA_SASL_BROKERS=$HOST:$SASL_PORT" ;;
+  env) echo "export XKAFKA_TEST_BROKERS=$HOST:$PORT XKAFKA_SASL_BROKERS=$HOST:$SASL_PORT" \
+    "XKAFKA_TLS_BROKERS=$HOST:$TLS_PORT XKAFKA_TLS_CA=$(node_dir single)/tls/ca.pem" ;;
   cluster) shift; cluster "$@" ;;
   ctl) shift; ctl "$@" ;;
   *) sed -n '2,35p' "$0"; exit 2 ;;
