@@ -147,6 +147,17 @@ pub enum Error {
     /// A producer middleware failed the publish.
     #[error("publish failed: {0}")]
     Publish(#[source] BoxError),
+    /// Code of xkafka or of the application panicked on a consumer's poll
+    /// thread or in one of librdkafka's callbacks (rebalance, commit, error,
+    /// log). The consumer stopped (bounded, as for a shutdown): its state
+    /// after a panic cannot be trusted.
+    #[error("{place} panicked: {message}")]
+    Panicked {
+        /// Where: `"the poll thread"`, `"the rebalance callback"`, ...
+        place: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// The producer was closed before this publish.
     #[error("the producer is closed")]
     ProducerClosed,

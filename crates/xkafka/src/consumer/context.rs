@@ -19,6 +19,7 @@ use crate::convert::TopicNames;
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::log::{forward_log, scrub};
 use crate::shutdown::ShutdownHandle;
+use xkafka_core::middleware::recover::Panicked;
 
 /// State shared by the poll loop, the rebalance callbacks and `run`.
 pub(crate) struct Shared {
@@ -26,6 +27,9 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     error_handler: ErrorHandlerFn,
     stop_error: Mutex<Option<Error>>,
+    /// The first panic caught on the poll thread or in a callback: `run`
+    /// returns it whatever else happened.
+    panic: Mutex<Option<Error>>,
     pub(crate) shutdown: ShutdownHandle,
     /// Set while `run` runs; rebalance callbacks drain through it.
     pipeline: Mutex<Option<Pipeline>>,
@@ -49,6 +53,7 @@ impl Shared {
             ledger: Mutex::new(Ledger::default()),
             error_handler,
             stop_error: Mutex::new(None),
+            panic: Mutex::new(None),
             shutdown,
             pipeline: Mutex::new(None),
             topics: TopicNames::default(),
@@ -95,6 +100,36 @@ impl Shared {
         decision
     }
 
+    /// Keeps the first panic for `run` to return and starts a shutdown: after
+    /// a panic on the poll thread its state cannot be trusted.
+    pub(crate) fn record_panic(&self, place: &'static str, payload: Box<dyn std::any::Any + Send>) {
+        let message = Panicked::from_payload(payload).message;
+        tracing::error!(group = %self.group, place, %message, "panic caught; stopping the consumer");
+        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Error::Panicked { place, message });
+        }
+        drop(slot);
+        self.shutdown.shutdown();
+    }
+
+    /// Runs `f`, a callback of librdkafka's: a panic must not unwind into
+    /// librdkafka's C frames (that aborts the process); it is recorded, the
+    /// consumer stops, and `None` is returned.
+    pub(crate) fn guard<T>(&self, place: &'static str, f: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                self.record_panic(place, payload);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn take_panic(&self) -> Option<Error> {
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     pub(crate) fn take_stop_error(&self) -> Option<Error> {
         self.stop_error
             .lock()
@@ -109,10 +144,20 @@ pub(crate) struct XConsumerContext {
 
 impl ClientContext for XConsumerContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        forward_log(&self.shared.group, level, fac, log_message);
+        // The application's tracing subscriber runs here, inside librdkafka.
+        self.shared.guard("the log callback", || {
+            forward_log(&self.shared.group, level, fac, log_message);
+        });
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .guard("the error callback", || self.on_error(error, reason));
+    }
+}
+
+impl XConsumerContext {
+    fn on_error(&self, error: KafkaError, reason: &str) {
         // With `enable.partition.eof`, the end of a partition comes as an
         // error event too; it is not an error.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
@@ -130,6 +175,39 @@ impl ConsumerContext for XConsumerContext {
     // processed before letting them go, and to report assignment errors
     // instead of only logging them.
     fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let done = self.shared.guard("the rebalance callback", || {
+            self.on_rebalance(consumer, err, tpl);
+        });
+        if done.is_none() && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            // The consumer is stopping; librdkafka still waits for the
+            // revoked partitions to be let go.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = if matches!(
+                    consumer.rebalance_protocol(),
+                    RebalanceProtocol::Cooperative
+                ) {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+            }));
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.guard("the commit callback", || {
+            self.on_commit(result, offsets);
+        });
+    }
+}
+
+impl XConsumerContext {
+    fn on_rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
@@ -224,7 +302,7 @@ impl ConsumerContext for XConsumerContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn on_commit(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
                 let mut ledger = self.shared.ledger();

@@ -368,9 +368,11 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return Inline::Declined(work);
         };
-        if !ready_now(service) {
-            return Inline::Declined(work);
-        }
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return Inline::Declined(work),
+            Readiness::Panicked(panic) => Some(panic),
+        };
         let Work {
             message,
             tp,
@@ -381,7 +383,11 @@ impl Dispatcher {
         if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
             return Inline::Done(None);
         }
-        let outcome = match call_inline(&self.runtime, service, message) {
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, message),
+        };
+        let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 return Inline::Pending(Resume {
@@ -513,9 +519,11 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return InlineBatch::Declined(works);
         };
-        if !ready_now(service) {
-            return InlineBatch::Declined(works);
-        }
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return InlineBatch::Declined(works),
+            Readiness::Panicked(panic) => Some(panic),
+        };
         // As in the lane: not handled at all once stopping; messages of
         // revoked partitions dropped.
         if self.context.shared.shutdown.is_shutting_down() {
@@ -526,7 +534,11 @@ impl Dispatcher {
             return InlineBatch::Done(Vec::new());
         }
         let (batch, origins) = batch_of(works);
-        let outcome = match call_inline(&self.runtime, service, batch.clone()) {
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, batch.clone()),
+        };
+        let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 return InlineBatch::Pending(BatchResume {
@@ -696,7 +708,13 @@ async fn call_caught<Req, S>(service: &mut S, request: Req) -> Result<Ack, BoxEr
 where
     S: Service<Req, Response = Ack, Error = BoxError>,
 {
-    service.ready().await?;
+    // `poll_ready` is the application's code too (a middleware's).
+    match AssertUnwindSafe(service.ready()).catch_unwind().await {
+        Ok(ready) => {
+            ready?;
+        }
+        Err(panic) => return Err(Box::new(Panicked::from_payload(panic))),
+    }
     AssertUnwindSafe(service.call(request))
         .catch_unwind()
         .await
@@ -711,11 +729,25 @@ enum FirstPoll {
     Pending(BoxFuture<'static, Result<Ack, BoxError>>),
 }
 
+enum Readiness {
+    Ready,
+    /// Not ready now, or failed: the lane waits for it (and reports a
+    /// failure as the message's).
+    NotReady,
+    /// `poll_ready` (a middleware's code) panicked: a failure of the
+    /// message, which must not unwind through the poll thread.
+    Panicked(BoxError),
+}
+
 /// Whether `service` is ready without waiting: one that is not (a rate
 /// limit…) gets its call in a lane instead of on the poll thread.
-fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> bool {
+fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> Readiness {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    match std::panic::catch_unwind(AssertUnwindSafe(|| service.poll_ready(&mut cx))) {
+        Ok(Poll::Ready(Ok(()))) => Readiness::Ready,
+        Ok(_) => Readiness::NotReady,
+        Err(panic) => Readiness::Panicked(Box::new(Panicked::from_payload(panic))),
+    }
 }
 
 /// Calls `service` and polls the call once, right here on the poll thread.
@@ -729,16 +761,15 @@ fn call_inline<Req>(
     let _runtime = runtime.enter();
     let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut future = service.call(request);
-        let first = future.as_mut().poll(&mut cx);
-        (future, first)
+        match future.as_mut().poll(&mut cx) {
+            // Dropped in here: the handler's future may panic in its drop.
+            Poll::Ready(outcome) => FirstPoll::Ready(outcome),
+            // The lane's first poll registers its own waker; a wake-up sent
+            // to the no-op waker meanwhile is covered by that poll.
+            Poll::Pending => FirstPoll::Pending(future),
+        }
     }));
-    match called {
-        Ok((_, Poll::Ready(outcome))) => FirstPoll::Ready(outcome),
-        // The lane's first poll registers its own waker; a wake-up sent to
-        // the no-op waker meanwhile is covered by that poll.
-        Ok((future, Poll::Pending)) => FirstPoll::Pending(future),
-        Err(panic) => FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))),
-    }
+    called.unwrap_or_else(|panic| FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))))
 }
 
 /// Awaits the rest of a call started on the poll thread.

@@ -205,11 +205,21 @@ impl Consumer {
             topics: self.topics,
         };
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        // From here on, dropping this future (a timeout, a `select!` that
+        // chose another branch, an aborted task) stops the poll thread the
+        // way a shutdown does, instead of leaving it consuming for nobody.
+        let _stop_on_drop = StopOnDrop(handle.clone());
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("xkafka-poll-{}", shared.group))
             .spawn(move || {
-                let end = poll_loop.run(pipeline);
-                let _ = done_tx.send(end);
+                // `PollLoop::run` catches the loop's panics and still closes;
+                // this catches one while closing (the client is then dropped
+                // by the unwinding, unbounded, but `run` does not wait).
+                let end = thread_shared.guard("the poll thread", || poll_loop.run(pipeline));
+                if let Some(end) = end {
+                    let _ = done_tx.send(end);
+                }
             })
             .map_err(|e| {
                 Error::kafka(
@@ -236,6 +246,9 @@ impl Consumer {
                     .and_then(Result::ok)
             }
         };
+        if let Some(err) = shared.take_panic() {
+            return Err(err);
+        }
         if let Some(err) = shared.take_stop_error() {
             return Err(err);
         }
@@ -252,6 +265,16 @@ impl Consumer {
             uncommitted,
             closed_cleanly: end.is_some_and(|e| e.closed_cleanly),
         })
+    }
+}
+
+/// Requests a shutdown when dropped: `run` holds one, so that a dropped
+/// `run` future stops its consumer. Harmless once the consumer stopped.
+struct StopOnDrop(ShutdownHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
     }
 }
 

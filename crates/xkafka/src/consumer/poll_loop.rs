@@ -50,9 +50,17 @@ pub(crate) struct LoopEnd {
 
 impl PollLoop {
     /// Runs until a shutdown is requested; `pipeline` becomes reachable
-    /// from the rebalance callbacks for that time.
+    /// from the rebalance callbacks for that time. A panic of the loop is
+    /// recorded (for `run` to return) and the consumer is still shut down
+    /// the bounded way: unwinding would drop the client with no bound on
+    /// its close, and leave the lanes running for nobody.
     pub(crate) fn run(self, pipeline: Pipeline) -> LoopEnd {
         *self.shared.pipeline() = Some(pipeline);
+        self.shared.guard("the poll thread", || self.poll());
+        self.finish()
+    }
+
+    fn poll(&self) {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(e) = self.consumer.subscribe(&topics) {
             // Without a subscription there is nothing to run: stop whatever
@@ -103,7 +111,6 @@ impl PollLoop {
             pipeline.settle(&self.consumer, &self.shared);
             busy = pipeline.unsettled() > 0;
         }
-        self.finish()
     }
 
     /// Committed offsets and lag of the assigned partitions, for metrics.
