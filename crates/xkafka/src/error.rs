@@ -147,6 +147,26 @@ pub enum Error {
     /// A producer middleware failed the publish.
     #[error("publish failed: {0}")]
     Publish(#[source] BoxError),
+    /// A partition stopped flowing: the message at `offset` has not finished
+    /// while `behind` later messages did, and the partition is paused because
+    /// the consumer tracks at most
+    /// [`max_in_flight_per_partition`](crate::ConsumerBuilder::max_in_flight_per_partition)
+    /// messages of it. Its committed offset cannot pass that message. Reported
+    /// once per stall; the partition resumes when the message finishes.
+    #[error(
+        "{topic}[{partition}] is stalled: the message at offset {offset} has not finished while \
+         {behind} later ones did; the partition is paused until it does"
+    )]
+    Stalled {
+        /// The partition's topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: i32,
+        /// The unfinished message's offset.
+        offset: i64,
+        /// Finished messages held behind it.
+        behind: usize,
+    },
     /// Code of xkafka or of the application panicked on a consumer's poll
     /// thread or in one of librdkafka's callbacks (rebalance, commit, error,
     /// log). The consumer stopped (bounded, as for a shutdown): its state
@@ -230,9 +250,9 @@ impl Error {
 /// What the mandatory error handler decides about an error.
 ///
 /// The handler is called for every error no middleware handled: failed
-/// messages ([`Error::Handler`]) and every client error (poll, offset store,
-/// commit, rebalance, close). It is never called with anything that is not an
-/// error.
+/// messages ([`Error::Handler`]), every client error (poll, offset store,
+/// commit, rebalance) and every stalled partition ([`Error::Stalled`]). It
+/// is never called with anything that is not an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Keep consuming. For a failed message this **skips it explicitly**: its

@@ -279,6 +279,12 @@ impl XConsumerContext {
                         ledger.stored.remove(tp);
                     }
                 }
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.shared.metrics {
+                    for tp in &partitions {
+                        metrics.forget_partition(&tp.topic, tp.partition);
+                    }
+                }
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {

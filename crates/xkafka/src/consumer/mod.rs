@@ -418,6 +418,13 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// consumer at least twice the batch size). Other
     /// partitions keep flowing; it resumes when half drained.
     ///
+    /// The count runs from the oldest unfinished message on, finished or
+    /// not: with [`Order::PerKey`] or [`Order::Unordered`], one message that
+    /// never finishes holds every later one (its offset cannot be committed
+    /// past it), so the partition pauses at this bound — plus at most one
+    /// poll round (512 messages) already fetched — and the error handler
+    /// receives [`Error::Stalled`] naming that message.
+    ///
     /// Pausing is not free: librdkafka drops what it prefetched for the
     /// partition and fetches it again on resume. Keep the bounds well above
     /// one poll round (512 messages): a sequential consumer bounded at 500
@@ -452,9 +459,10 @@ impl<K: Kind> ConsumerBuilder<K> {
     }
 
     /// The mandatory error handler. It receives every failed message no
-    /// middleware handled ([`Error::Handler`]) and every client error (poll,
-    /// offset store, commit, rebalance, close) — never anything else — and
-    /// returns a [`Decision`]. It runs on the poll thread or a handler's
+    /// middleware handled ([`Error::Handler`]), every client error (poll,
+    /// offset store, commit, rebalance) and every partition stalled behind
+    /// an unfinished message ([`Error::Stalled`]: `Continue` waits for it,
+    /// `Stop` stops) — never anything else — and returns a [`Decision`]. It runs on the poll thread or a handler's
     /// task: keep it short.
     pub fn error_handler<F>(mut self, handler: F) -> Self
     where

@@ -44,6 +44,9 @@ struct PartitionState {
     /// (resuming it would let librdkafka prefetch, up to its queue limit,
     /// messages nobody will handle).
     closing: bool,
+    /// Paused with an unfinished message holding finished ones behind it,
+    /// and reported as such (once per stall).
+    stalled: bool,
 }
 
 pub(crate) struct Pipeline {
@@ -109,6 +112,7 @@ impl Pipeline {
                 epoch,
                 paused: false,
                 closing: false,
+                stalled: false,
             });
         }
     }
@@ -131,7 +135,9 @@ impl Pipeline {
         };
         state.tracker.dispatched(offset);
         self.unsettled += 1;
-        let full = state.tracker.unsettled() >= self.limits.per_partition;
+        // Settled entries count too: behind one unfinished message they
+        // pile up (`Order::PerKey`, `Unordered`) until it finishes.
+        let full = state.tracker.tracked() >= self.limits.per_partition;
         let work = Work {
             message,
             tp: tp.clone(),
@@ -225,7 +231,40 @@ impl Pipeline {
         for ack in settlement.acks {
             let _ = ack.send(());
         }
+        self.report_stalls(shared, &settlement.changed);
         self.resume_drained(consumer, shared);
+    }
+
+    /// Reports each paused partition of `changed` where an unfinished
+    /// message now holds finished ones behind it (once per stall).
+    fn report_stalls(&mut self, shared: &Shared, changed: &BTreeSet<TopicPartition>) {
+        for tp in changed {
+            let Some(state) = self.partitions.get_mut(tp) else {
+                continue;
+            };
+            if !state.paused || state.closing || state.stalled {
+                continue;
+            }
+            let Some((offset, behind)) = state.tracker.held() else {
+                continue;
+            };
+            if state.tracker.tracked() < self.limits.per_partition {
+                // Paused by the total bound, not by this partition's.
+                continue;
+            }
+            state.stalled = true;
+            tracing::warn!(group = %shared.group, partition = %tp, offset, behind, "partition stalled behind an unfinished message");
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = &shared.metrics {
+                metrics.record_stall(&tp.topic, tp.partition, Some(offset));
+            }
+            shared.report(Error::Stalled {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset,
+                behind,
+            });
+        }
     }
 
     /// At-most-once: commits one past the highest claimed offset of each
@@ -321,9 +360,16 @@ impl Pipeline {
         let drained: Vec<TopicPartition> = self
             .partitions
             .iter_mut()
-            .filter(|(_, s)| s.paused && !s.closing && s.tracker.unsettled() <= low)
+            .filter(|(_, s)| s.paused && !s.closing && s.tracker.tracked() <= low)
             .map(|(tp, s)| {
                 s.paused = false;
+                if std::mem::take(&mut s.stalled) {
+                    tracing::info!(group = %shared.group, partition = %tp, "stalled partition flows again");
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &shared.metrics {
+                        metrics.record_stall(&tp.topic, tp.partition, None);
+                    }
+                }
                 tp.clone()
             })
             .collect();
