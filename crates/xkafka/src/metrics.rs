@@ -505,6 +505,39 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_partition_leaves_no_series() {
+        let metrics = Metrics::new();
+        metrics.record_position("t", 0, 10, Some(15));
+        metrics.record_position("t", 1, 3, Some(3));
+        metrics.record_stall("t", 0, Some(10));
+        let text = metrics.render();
+        assert_eq!(
+            value(&text, "xkafka_consumer_lag{partition=\"0\",topic=\"t\"}"),
+            Some(5.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "xkafka_stalled_offset{partition=\"0\",topic=\"t\"}"),
+            Some(10.0),
+            "{text}"
+        );
+        metrics.forget_partition("t", 0);
+        let text = metrics.render();
+        assert!(!text.contains("partition=\"0\""), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "xkafka_committed_offset{partition=\"1\",topic=\"t\"}"
+            ),
+            Some(3.0),
+            "the other partition stays: {text}"
+        );
+        metrics.record_stall("t", 1, Some(3));
+        metrics.record_stall("t", 1, None);
+        assert!(!metrics.render().contains("xkafka_stalled_offset{"));
+    }
+
+    #[test]
     fn registering_twice_is_an_error_not_a_panic() {
         let registry = Registry::new();
         assert!(Metrics::with_registry(registry.clone()).is_ok());

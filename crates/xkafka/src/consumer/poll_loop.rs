@@ -76,11 +76,13 @@ impl PollLoop {
         let mut busy = false;
         #[cfg(feature = "metrics")]
         let mut positions_at = Instant::now();
+        #[cfg(feature = "metrics")]
+        let mut group_committed = GroupCommitted::default();
         while !self.shared.shutdown.is_shutting_down() {
             #[cfg(feature = "metrics")]
             if positions_at.elapsed() >= POSITIONS_EVERY {
                 positions_at = Instant::now();
-                self.record_positions();
+                self.record_positions(&mut group_committed);
             }
             // Take what librdkafka has ready (up to a bound), then settle
             // once: stores and commits are batched, not per message.
@@ -114,19 +116,35 @@ impl PollLoop {
     }
 
     /// Committed offsets and lag of the assigned partitions, for metrics.
+    /// A partition this member has not committed yet (idle since it was
+    /// assigned, or its handler is slow) has the group's committed offset,
+    /// asked from the coordinator once per assignment.
     #[cfg(feature = "metrics")]
-    fn record_positions(&self) {
+    fn record_positions(&self, group_committed: &mut GroupCommitted) {
         let Some(metrics) = &self.shared.metrics else {
             return;
         };
-        let positions: Vec<(TopicPartition, i64)> = {
+        let (mut positions, unknown) = {
             let ledger = self.shared.ledger();
-            ledger
-                .assigned
-                .iter()
-                .filter_map(|tp| ledger.committed.get(tp).map(|c| (tp.clone(), *c)))
-                .collect()
+            group_committed.retain_assigned(&ledger.assigned);
+            let mut positions: Vec<(TopicPartition, i64)> = Vec::new();
+            let mut unknown: Vec<TopicPartition> = Vec::new();
+            for tp in &ledger.assigned {
+                match ledger
+                    .committed
+                    .get(tp)
+                    .or_else(|| group_committed.known.get(tp))
+                {
+                    Some(c) => positions.push((tp.clone(), *c)),
+                    None if !group_committed.asked.contains(tp) => unknown.push(tp.clone()),
+                    None => {}
+                }
+            }
+            (positions, unknown)
         };
+        if !unknown.is_empty() {
+            positions.extend(group_committed.ask(&self.consumer, unknown));
+        }
         for (tp, committed) in positions {
             let high = cached_high_watermark(&self.consumer, &tp.topic, tp.partition);
             metrics.record_position(&tp.topic, tp.partition, committed, high);
@@ -168,6 +186,58 @@ impl PollLoop {
             tracing::warn!(group = %self.shared.group, "consumer did not close before the shutdown deadline");
         }
         LoopEnd { closed_cleanly }
+    }
+}
+
+/// The group's committed offsets of partitions this member has not
+/// committed itself, for the lag metric.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct GroupCommitted {
+    known: std::collections::BTreeMap<TopicPartition, i64>,
+    /// Asked once per assignment, answered or not: the question blocks the
+    /// poll thread (up to `GROUP_COMMITTED_TIMEOUT`).
+    asked: std::collections::BTreeSet<TopicPartition>,
+}
+
+/// How long the poll thread waits for the group's committed offsets of newly
+/// assigned partitions (once per assignment, only with metrics).
+#[cfg(feature = "metrics")]
+const GROUP_COMMITTED_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[cfg(feature = "metrics")]
+impl GroupCommitted {
+    /// Forgets partitions no longer assigned: a new assignment asks again.
+    fn retain_assigned(&mut self, assigned: &std::collections::BTreeSet<TopicPartition>) {
+        self.known.retain(|tp, _| assigned.contains(tp));
+        self.asked.retain(|tp| assigned.contains(tp));
+    }
+
+    /// Asks the coordinator; returns the committed offsets it knows.
+    fn ask(
+        &mut self,
+        consumer: &BaseConsumer<XConsumerContext>,
+        partitions: Vec<TopicPartition>,
+    ) -> Vec<(TopicPartition, i64)> {
+        let mut tpl = rdkafka::TopicPartitionList::with_capacity(partitions.len());
+        for tp in &partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        self.asked.extend(partitions.iter().cloned());
+        let Ok(answer) = consumer.committed_offsets(tpl, GROUP_COMMITTED_TIMEOUT) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for tp in partitions {
+            if let Some(rdkafka::Offset::Offset(c)) = answer
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset())
+            {
+                self.known.insert(tp.clone(), c);
+                found.push((tp, c));
+            }
+        }
+        found
     }
 }
 
