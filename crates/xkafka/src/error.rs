@@ -147,6 +147,24 @@ pub enum Error {
     /// A producer middleware failed the publish.
     #[error("publish failed: {0}")]
     Publish(#[source] BoxError),
+    /// librdkafka fetched a record it cannot hand over: a batch in a
+    /// compression codec it was built without ("Not implemented"), a record
+    /// that fails its CRC check, one too large to fetch. The partition does
+    /// not move past it by itself: skip it by committing past it (or fix the
+    /// client build). librdkafka's poll does not say which partition; it is
+    /// named when exactly one assigned partition is positioned at `offset`.
+    #[error("consuming {}@{offset} failed: {reason}", consume_partition(partition.as_ref()))]
+    Consume {
+        /// The record's topic and partition, when known.
+        partition: Option<crate::TopicPartition>,
+        /// The offset librdkafka failed at.
+        offset: i64,
+        /// librdkafka's explanation.
+        reason: Box<str>,
+        /// librdkafka's error code.
+        #[source]
+        code: RDKafkaErrorCode,
+    },
     /// A partition stopped flowing: the message at `offset` has not finished
     /// while `behind` later messages did, and the partition is paused because
     /// the consumer tracks at most
@@ -188,6 +206,13 @@ pub enum Error {
         /// The target topic.
         topic: Arc<str>,
     },
+}
+
+fn consume_partition(partition: Option<&crate::TopicPartition>) -> String {
+    match partition {
+        Some(tp) => tp.to_string(),
+        None => "an unknown partition".to_owned(),
+    }
 }
 
 impl Error {
@@ -242,6 +267,7 @@ impl Error {
             Error::Kafka { source, .. } | Error::Delivery { source, .. } => {
                 source.rdkafka_error_code()
             }
+            Error::Consume { code, .. } => Some(*code),
             _ => None,
         }
     }

@@ -27,6 +27,12 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     error_handler: ErrorHandlerFn,
     stop_error: Mutex<Option<Error>>,
+    /// The last error event of librdkafka, kept (with its reason) for the
+    /// poll loop: the same event comes back from `poll` right after, where
+    /// the consumer can tell which partition it is about.
+    pending_error: Mutex<Option<(KafkaError, String)>>,
+    /// Whether the poll loop runs (and so takes `pending_error`).
+    pub(crate) polling: std::sync::atomic::AtomicBool,
     /// The first panic caught on the poll thread or in a callback: `run`
     /// returns it whatever else happened.
     panic: Mutex<Option<Error>>,
@@ -54,6 +60,8 @@ impl Shared {
             error_handler,
             stop_error: Mutex::new(None),
             panic: Mutex::new(None),
+            pending_error: Mutex::new(None),
+            polling: std::sync::atomic::AtomicBool::new(false),
             shutdown,
             pipeline: Mutex::new(None),
             topics: TopicNames::default(),
@@ -126,6 +134,15 @@ impl Shared {
         }
     }
 
+    /// The error event librdkafka reported last, not yet claimed by the poll
+    /// loop.
+    pub(crate) fn take_pending_error(&self) -> Option<(KafkaError, String)> {
+        self.pending_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     pub(crate) fn take_panic(&self) -> Option<Error> {
         self.panic.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -165,7 +182,26 @@ impl XConsumerContext {
         }
         let reason = scrub(reason);
         tracing::debug!(group = %self.shared.group, %error, %reason, "consumer client error");
-        self.shared.report(Error::kafka(Operation::Client, error));
+        if !self
+            .shared
+            .polling
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.shared.report(Error::kafka(Operation::Client, error));
+            return;
+        }
+        // rdkafka returns this same event from `poll` right after: the poll
+        // loop reports it then, located. One still unclaimed (never seen)
+        // is reported as it is, not lost.
+        let previous = self
+            .shared
+            .pending_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((error, reason.into_owned()));
+        if let Some((error, _)) = previous {
+            self.shared.report(Error::kafka(Operation::Client, error));
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! polls, so they can wait for in-flight work and commit synchronously
 //! without blocking an async runtime's worker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
 use super::context::{commit_sync, Shared, XConsumerContext};
-#[cfg(feature = "metrics")]
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 #[cfg(feature = "metrics")]
@@ -61,6 +61,15 @@ impl PollLoop {
     }
 
     fn poll(&self) {
+        self.shared.polling.store(true, Ordering::Release);
+        self.poll_messages();
+        self.shared.polling.store(false, Ordering::Release);
+        if let Some((error, _)) = self.shared.take_pending_error() {
+            self.shared.report(Error::kafka(Operation::Client, error));
+        }
+    }
+
+    fn poll_messages(&self) {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(e) = self.consumer.subscribe(&topics) {
             // Without a subscription there is nothing to run: stop whatever
@@ -93,9 +102,12 @@ impl PollLoop {
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     // rdkafka (0.39) makes every poll error out of an error
                     // event that it has first handed to
-                    // `ClientContext::error`, which reported it: reporting it
-                    // here as well gave the error handler each error twice.
-                    Some(Err(_)) => break,
+                    // `ClientContext::error`, which kept it (with
+                    // librdkafka's reason) for here: reported once, located.
+                    Some(Err(e)) => {
+                        self.report_poll_error(e);
+                        break;
+                    }
                     Some(Ok(m)) => {
                         let topic = intern(&mut topic_names, &self.shared, m.topic());
                         messages.push(owned_message(&m, topic, &self.shared.group));
@@ -113,6 +125,50 @@ impl PollLoop {
             pipeline.settle(&self.consumer, &self.shared);
             busy = pipeline.unsettled() > 0;
         }
+    }
+
+    /// Reports an error event `poll` returned: a record librdkafka could not
+    /// hand over names its partition and offset ([`Error::Consume`]); any
+    /// other is a client error, as before.
+    fn report_poll_error(&self, polled: KafkaError) {
+        let Some((error, reason)) = self.shared.take_pending_error() else {
+            // Not seen by `ClientContext::error` (not rdkafka 0.39's way).
+            self.shared.report(Error::kafka(Operation::Client, polled));
+            return;
+        };
+        let located = match polled {
+            KafkaError::MessageConsumption(code) if is_undeliverable(code) => {
+                offset_in(&reason).map(|offset| (code, offset))
+            }
+            _ => None,
+        };
+        let Some((code, offset)) = located else {
+            self.shared.report(Error::kafka(Operation::Client, error));
+            return;
+        };
+        let positions = self
+            .consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => {
+                            Some((e.topic().to_owned(), e.partition(), o))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let partition = at_offset(&positions, offset)
+            .map(|(topic, partition)| TopicPartition::new(self.shared.topic(topic), partition));
+        self.shared.report(Error::Consume {
+            partition,
+            offset,
+            reason: reason.into(),
+            code,
+        });
     }
 
     /// Committed offsets and lag of the assigned partitions, for metrics.
@@ -241,6 +297,43 @@ impl GroupCommitted {
     }
 }
 
+/// The offset in librdkafka's reason for a consumer error ("Decompression
+/// (codec 0x5) of message at 50 of 120 bytes failed: ...", "Message at offset
+/// 7 ... failed CRC32 check", "MessageSet at offset 3 ..."); `None` for a
+/// relative offset or none.
+fn offset_in(reason: &str) -> Option<i64> {
+    ["at offset ", "message at "].iter().find_map(|marker| {
+        let lower = reason.to_ascii_lowercase();
+        let start = lower.find(marker)? + marker.len();
+        let digits: &str = &reason[start..];
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        digits[..end].parse().ok()
+    })
+}
+
+/// Whether librdkafka's error is about a record it fetched and cannot hand
+/// over (rather than about fetching, which it retries by itself).
+fn is_undeliverable(code: rdkafka::error::RDKafkaErrorCode) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::NotImplemented | Code::BadMessage | Code::BadCompression | Code::MessageSizeTooLarge
+    )
+}
+
+/// The one partition positioned at `offset` (the next record to hand over),
+/// if exactly one is.
+fn at_offset(positions: &[(String, i32, i64)], offset: i64) -> Option<(&str, i32)> {
+    let mut found = positions.iter().filter(|(_, _, o)| *o == offset);
+    let (topic, partition, _) = found.next()?;
+    found
+        .next()
+        .is_none()
+        .then_some((topic.as_str(), *partition))
+}
+
 /// The share of the shutdown timeout in-flight handlers may use; the rest
 /// is kept for the final commit and leaving the group.
 fn handler_grace(shutdown_timeout: Duration) -> Duration {
@@ -267,6 +360,35 @@ mod tests {
             Duration::from_secs(18)
         );
         assert_eq!(handler_grace(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_offset_of_a_consumer_error_is_read_from_its_reason() {
+        for (reason, offset) in [
+            (
+                "Decompression (codec 0x5) of message at 50 of 120 bytes failed: Local: Not implemented",
+                Some(50),
+            ),
+            ("Message at offset 7 (20 bytes) failed CRC32 check (original 0x1 != calculated 0x2)", Some(7)),
+            ("MessageSet at offset 3 (9 bytes) failed CRC32C check", Some(3)),
+            ("Unsupported Message(Set) MagicByte 3 at offset 12", Some(12)),
+            ("Message at relative offset 2 (9 bytes) failed CRC32 check", None),
+            ("1/1 brokers are down", None),
+        ] {
+            assert_eq!(offset_in(reason), offset, "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_error_is_located_only_when_one_partition_is_there() {
+        let positions = vec![
+            ("a".to_owned(), 0, 50),
+            ("a".to_owned(), 1, 7),
+            ("b".to_owned(), 0, 7),
+        ];
+        assert_eq!(at_offset(&positions, 50), Some(("a", 0)));
+        assert_eq!(at_offset(&positions, 7), None, "ambiguous: not guessed");
+        assert_eq!(at_offset(&positions, 9), None);
     }
 
     #[test]
