@@ -441,3 +441,83 @@ pub(crate) fn store_batch<C: ConsumerContext>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn context() -> (XConsumerContext, Arc<Mutex<Vec<String>>>) {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        let shared = Shared::new(
+            "context-tests".into(),
+            Arc::new(move |err: &Error| {
+                sink.lock().unwrap().push(err.to_string());
+                Decision::Continue
+            }),
+            ShutdownHandle::new(),
+            Duration::from_secs(1),
+        );
+        (
+            XConsumerContext {
+                shared: Arc::new(shared),
+            },
+            errors,
+        )
+    }
+
+    fn not_implemented() -> KafkaError {
+        KafkaError::Global(RDKafkaErrorCode::NotImplemented)
+    }
+
+    #[test]
+    fn outside_the_poll_loop_an_error_event_is_reported_at_once() {
+        let (cx, errors) = context();
+        cx.error(not_implemented(), "closing");
+        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(cx.shared.take_pending_error().is_none());
+    }
+
+    #[test]
+    fn while_polling_an_error_event_waits_for_the_loop_and_is_never_lost() {
+        let (cx, errors) = context();
+        cx.shared.polling.store(true, Ordering::Release);
+        cx.error(
+            not_implemented(),
+            "Decompression (codec 0x5) of message at 3",
+        );
+        assert!(errors.lock().unwrap().is_empty(), "kept for the poll loop");
+        // A second event before the loop claimed the first: the first is
+        // reported as it is, the second kept.
+        cx.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(errors.lock().unwrap()[0].contains("Not implemented"));
+        let (error, reason) = cx.shared.take_pending_error().unwrap();
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        );
+        assert_eq!(reason, "1/1 brokers are down");
+    }
+
+    #[test]
+    fn a_panicking_callback_is_recorded_and_stops_the_consumer() {
+        let (cx, _) = context();
+        let out = cx
+            .shared
+            .guard("the commit callback", || -> u8 { panic!("boom") });
+        assert!(out.is_none());
+        assert!(cx.shared.shutdown.is_shutting_down());
+        match cx.shared.take_panic() {
+            Some(Error::Panicked { place, message }) => {
+                assert_eq!((place, message.as_str()), ("the commit callback", "boom"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
