@@ -112,13 +112,21 @@ impl Shared {
     /// a panic on the poll thread its state cannot be trusted.
     pub(crate) fn record_panic(&self, place: &'static str, payload: Box<dyn std::any::Any + Send>) {
         let message = Panicked::from_payload(payload).message;
-        tracing::error!(group = %self.group, place, %message, "panic caught; stopping the consumer");
         let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(Error::Panicked { place, message });
+            *slot = Some(Error::Panicked {
+                place,
+                message: message.clone(),
+            });
         }
         drop(slot);
         self.shutdown.shutdown();
+        // Recorded first: the subscriber that gets this event may be the
+        // code that just panicked.
+        let group = &self.group;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::error!(%group, place, %message, "panic caught; stopping the consumer");
+        }));
     }
 
     /// Runs `f`, a callback of librdkafka's: a panic must not unwind into
