@@ -236,7 +236,9 @@ impl Pipeline {
     }
 
     /// Reports each paused partition of `changed` where an unfinished
-    /// message now holds finished ones behind it (once per stall).
+    /// message now holds finished ones behind it (once per stall): it cannot
+    /// resume before that message finishes, since what is tracked only
+    /// shrinks from the front.
     fn report_stalls(&mut self, shared: &Shared, changed: &BTreeSet<TopicPartition>) {
         for tp in changed {
             let Some(state) = self.partitions.get_mut(tp) else {
@@ -248,8 +250,8 @@ impl Pipeline {
             let Some((offset, behind)) = state.tracker.held() else {
                 continue;
             };
-            if state.tracker.tracked() < self.limits.per_partition {
-                // Paused by the total bound, not by this partition's.
+            if state.tracker.tracked() <= self.limits.per_partition / 2 {
+                // About to resume (`resume_drained`): it is not held.
                 continue;
             }
             state.stalled = true;
