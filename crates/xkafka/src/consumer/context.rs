@@ -37,8 +37,6 @@ pub(crate) struct Shared {
     /// returns it whatever else happened.
     panic: Mutex<Option<Error>>,
     pub(crate) shutdown: ShutdownHandle,
-    /// Set while `run` runs; rebalance callbacks drain through it.
-    pipeline: Mutex<Option<Pipeline>>,
     /// One `Arc` per topic name, shared by fetched messages and assigned
     /// partitions so that comparing them is a pointer comparison.
     topics: TopicNames,
@@ -63,18 +61,11 @@ impl Shared {
             pending_error: Mutex::new(None),
             polling: std::sync::atomic::AtomicBool::new(false),
             shutdown,
-            pipeline: Mutex::new(None),
             topics: TopicNames::default(),
             revoke_grace,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
-    }
-
-    /// The pipeline, while the consumer runs. Never held across
-    /// `consumer.poll`, which may call back into the rebalance handler.
-    pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
-        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The consumer's one shared name for `topic`.
@@ -163,8 +154,32 @@ impl Shared {
     }
 }
 
+/// The client's context: librdkafka's callbacks, and the state only the
+/// poll thread touches. The pipeline lives here, not in [`Shared`]: lanes
+/// hold `Arc<Shared>`, and the pipeline holds the lanes, so keeping it in
+/// `Shared` made a cycle that leaked whenever `finish` did not run; owned by
+/// the client, it goes when the client goes.
 pub(crate) struct XConsumerContext {
     pub(crate) shared: Arc<Shared>,
+    /// Set while `run` runs; rebalance callbacks drain through it.
+    pipeline: Mutex<Option<Pipeline>>,
+}
+
+impl XConsumerContext {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        XConsumerContext {
+            shared,
+            pipeline: Mutex::new(None),
+        }
+    }
+
+    /// The pipeline, while the consumer runs. Only the poll thread locks it
+    /// (the loop, and the rebalance callback inside `poll`), so it is never
+    /// contended; never held across `consumer.poll`, which may call back
+    /// into the rebalance handler.
+    pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
+        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ClientContext for XConsumerContext {
@@ -269,7 +284,7 @@ impl XConsumerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
-                if let Some(pipeline) = self.shared.pipeline().as_mut() {
+                if let Some(pipeline) = self.pipeline().as_mut() {
                     pipeline.assign(partitions.iter().cloned());
                 }
                 let mut ledger = self.shared.ledger();
@@ -300,7 +315,7 @@ impl XConsumerContext {
                 // what they processed. A lost partition may already belong to
                 // another member: committing for it could move that member's
                 // offsets backwards, so it is not committed.
-                let mut pipeline = self.shared.pipeline();
+                let mut pipeline = self.pipeline();
                 match pipeline.as_mut() {
                     Some(p) => p.revoke(
                         consumer,
@@ -468,12 +483,7 @@ mod tests {
             ShutdownHandle::new(),
             Duration::from_secs(1),
         );
-        (
-            XConsumerContext {
-                shared: Arc::new(shared),
-            },
-            errors,
-        )
+        (XConsumerContext::new(Arc::new(shared)), errors)
     }
 
     fn not_implemented() -> KafkaError {

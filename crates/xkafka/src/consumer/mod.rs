@@ -540,9 +540,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             shared.metrics = self.metrics;
         }
         let shared = Arc::new(shared);
-        let context = XConsumerContext {
-            shared: shared.clone(),
-        };
+        let context = XConsumerContext::new(shared.clone());
         let client = BaseConsumer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
         let service = self.stack.apply_boxed(handler);

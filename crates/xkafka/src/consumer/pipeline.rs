@@ -4,7 +4,8 @@
 //! revocations and shutdown need.
 //!
 //! Only the poll thread touches it (the loop and librdkafka's rebalance
-//! callback, which runs inside `poll`), through the mutex in [`Shared`].
+//! callback, which runs inside `poll`), through the mutex in the client's
+//! context (`XConsumerContext`), which owns it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc as std_mpsc;
@@ -531,6 +532,8 @@ mod tests {
     struct Script {
         /// Offsets whose handler never finishes.
         hang: Arc<Mutex<Vec<i64>>>,
+        /// Offsets whose handler yields once (so finishes in its lane).
+        yields: Arc<Mutex<Vec<i64>>>,
         /// Offsets whose handler waits 50 ms (in its lane) first.
         slow: Arc<Mutex<Vec<i64>>>,
         /// Handler calls started.
@@ -579,6 +582,11 @@ mod tests {
                     Box::pin(async move {
                         let _guard = guard;
                         std::future::pending::<()>().await;
+                        Ok(Ack::Success)
+                    })
+                } else if script.yields.lock().unwrap().contains(&m.offset().unwrap()) {
+                    Box::pin(async {
+                        tokio::task::yield_now().await;
                         Ok(Ack::Success)
                     })
                 } else if script.slow.lock().unwrap().contains(&m.offset().unwrap()) {
@@ -774,5 +782,41 @@ mod tests {
             "the hanging handler was aborted"
         );
         drop(h.runtime);
+    }
+
+    #[test]
+    fn dropping_the_client_context_ends_the_lanes_without_a_finish() {
+        let script = Script::default();
+        script.yields.lock().unwrap().push(0);
+        let mut h = harness(&script);
+        let tp = tp();
+        h.assign(&tp);
+        h.dispatch(&tp, 0); // continues in a lane, which then waits for more
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.pipeline.unsettled() > 0 && Instant::now() < deadline {
+            h.settle();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.shared.ledger().succeeded, 1);
+        assert!(
+            Arc::strong_count(&h.shared) > 2,
+            "the lanes hold the shared state"
+        );
+        // The pipeline as `run` leaves it while the consumer runs: in the
+        // client's context. A poll thread that never reaches `finish` (it
+        // panicked while closing) still drops the client.
+        let cx = super::super::context::XConsumerContext::new(h.shared.clone());
+        *cx.pipeline() = Some(h.pipeline);
+        drop(cx);
+        drop(h.lanes);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&h.shared) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            Arc::strong_count(&h.shared),
+            1,
+            "the lanes ended and let go of the shared state"
+        );
     }
 }

@@ -55,7 +55,7 @@ impl PollLoop {
     /// the bounded way: unwinding would drop the client with no bound on
     /// its close, and leave the lanes running for nobody.
     pub(crate) fn run(self, pipeline: Pipeline) -> LoopEnd {
-        *self.shared.pipeline() = Some(pipeline);
+        *self.consumer.context().pipeline() = Some(pipeline);
         self.shared.guard("the poll thread", || self.poll());
         self.finish()
     }
@@ -115,7 +115,7 @@ impl PollLoop {
                 }
                 timeout = Duration::ZERO;
             }
-            let mut guard = self.shared.pipeline();
+            let mut guard = self.consumer.context().pipeline();
             let Some(pipeline) = guard.as_mut() else {
                 break;
             };
@@ -212,7 +212,7 @@ impl PollLoop {
     fn finish(self) -> LoopEnd {
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
-        let pipeline = self.shared.pipeline().take();
+        let pipeline = self.consumer.context().pipeline().take();
         if let Some(mut pipeline) = pipeline {
             let abandoned = pipeline.stop(
                 &self.consumer,
