@@ -19,19 +19,56 @@ pub(crate) fn timestamp(ts: rdkafka::Timestamp) -> Option<Timestamp> {
 /// One shared `Arc<str>` per topic name, so that names handed out to
 /// messages, assignments and delivery reports are clones (compared by
 /// pointer, never allocated again) rather than fresh copies.
+///
+/// A hash set (one lookup per delivery report, whatever the number of
+/// topics), pruned of the names nobody else holds any more whenever it has
+/// doubled since the last pruning: a regex subscription or a producer
+/// writing to ever new topics does not grow it without bound.
 #[derive(Debug, Default)]
-pub(crate) struct TopicNames(Mutex<Vec<Arc<str>>>);
+pub(crate) struct TopicNames(Mutex<Interned>);
+
+#[derive(Debug, Default)]
+struct Interned {
+    names: rustc_hash::FxHashSet<Arc<str>>,
+    /// Prune when the set reaches this size.
+    prune_at: usize,
+}
+
+/// The smallest set that is ever pruned.
+const PRUNE_FLOOR: usize = 64;
 
 impl TopicNames {
     /// The shared name for `name`.
     pub(crate) fn get(&self, name: &str) -> Arc<str> {
-        let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        intern(&mut names, name, |n| n.into())
+        let mut interned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = interned.names.get(name) {
+            return found.clone();
+        }
+        if interned.names.len() >= interned.prune_at.max(PRUNE_FLOOR) {
+            // Only the set holds these: no message, partition or report
+            // refers to them, so nothing compares with them any more.
+            interned.names.retain(|n| Arc::strong_count(n) > 1);
+            interned.prune_at = 2 * interned.names.len();
+        }
+        let made: Arc<str> = name.into();
+        interned.names.insert(made.clone());
+        made
+    }
+
+    /// How many names are kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).names.len()
     }
 }
 
-/// The entry of `names` equal to `name`; when there is none, the one `make`
-/// returns, kept for next time.
+/// Most names a lock-free local cache in front of [`TopicNames`] keeps; past
+/// it the cache starts again (it is searched linearly, and what it holds
+/// cannot be pruned from the shared set).
+pub(crate) const LOCAL_NAMES: usize = 32;
+
+/// The entry of `names` (a small local cache) equal to `name`; when there is
+/// none, the one `make` returns, kept for next time.
 pub(crate) fn intern(
     names: &mut Vec<Arc<str>>,
     name: &str,
@@ -39,6 +76,9 @@ pub(crate) fn intern(
 ) -> Arc<str> {
     if let Some(found) = names.iter().find(|n| &***n == name) {
         return found.clone();
+    }
+    if names.len() >= LOCAL_NAMES {
+        names.clear();
     }
     let made = make(name);
     names.push(made.clone());
@@ -145,4 +185,48 @@ pub(crate) fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_nobody_holds_are_pruned() {
+        let names = TopicNames::default();
+        let kept = names.get("kept");
+        for i in 0..10_000 {
+            // A topic seen once (a delivery report, a regex match) and gone.
+            drop(names.get(&format!("gone-{i}")));
+        }
+        assert!(
+            names.len() <= 2 * PRUNE_FLOOR,
+            "{} names kept for 2 held",
+            names.len()
+        );
+        // A held name survives every pruning and is still the shared one.
+        assert!(Arc::ptr_eq(&kept, &names.get("kept")));
+    }
+
+    #[test]
+    fn a_held_name_is_shared_not_copied() {
+        let names = TopicNames::default();
+        let a = names.get("a");
+        let b = names.get("a");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &names.get("b")));
+    }
+
+    #[test]
+    fn the_local_cache_stays_small() {
+        let shared = TopicNames::default();
+        let mut local = Vec::new();
+        for i in 0..1_000 {
+            let name = intern(&mut local, &format!("t{i}"), |n| shared.get(n));
+            assert_eq!(&*name, format!("t{i}"));
+            assert!(local.len() <= LOCAL_NAMES);
+        }
+        let again = intern(&mut local, "t999", |n| shared.get(n));
+        assert!(Arc::ptr_eq(&again, &shared.get("t999")));
+    }
 }

@@ -151,6 +151,55 @@ pub enum Error {
     /// A producer middleware failed the publish.
     #[error("publish failed: {0}")]
     Publish(#[source] BoxError),
+    /// librdkafka fetched a record it cannot hand over: a batch in a
+    /// compression codec it was built without ("Not implemented"), a record
+    /// that fails its CRC check, one too large to fetch. The partition does
+    /// not move past it by itself: skip it by committing past it (or fix the
+    /// client build). librdkafka's poll does not say which partition; it is
+    /// named when exactly one assigned partition is positioned at `offset`.
+    #[error("consuming {}@{offset} failed: {reason}", consume_partition(partition.as_ref()))]
+    Consume {
+        /// The record's topic and partition, when known.
+        partition: Option<crate::TopicPartition>,
+        /// The offset librdkafka failed at.
+        offset: i64,
+        /// librdkafka's explanation.
+        reason: Box<str>,
+        /// librdkafka's error code.
+        #[source]
+        code: RDKafkaErrorCode,
+    },
+    /// A partition stopped flowing: the message at `offset` has not finished
+    /// while `behind` later messages did, and the partition is paused because
+    /// the consumer tracks at most
+    /// [`max_in_flight_per_partition`](crate::ConsumerBuilder::max_in_flight_per_partition)
+    /// messages of it. Its committed offset cannot pass that message. Reported
+    /// once per stall; the partition resumes when the message finishes.
+    #[error(
+        "{topic}[{partition}] is stalled: the message at offset {offset} has not finished while \
+         {behind} later ones did; the partition is paused until it does"
+    )]
+    Stalled {
+        /// The partition's topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: i32,
+        /// The unfinished message's offset.
+        offset: i64,
+        /// Finished messages held behind it.
+        behind: usize,
+    },
+    /// Code of xkafka or of the application panicked on a consumer's poll
+    /// thread or in one of librdkafka's callbacks (rebalance, commit, error,
+    /// log). The consumer stopped (bounded, as for a shutdown): its state
+    /// after a panic cannot be trusted.
+    #[error("{place} panicked: {message}")]
+    Panicked {
+        /// Where: `"the poll thread"`, `"the rebalance callback"`, ...
+        place: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// The producer was closed before this publish.
     #[error("the producer is closed")]
     ProducerClosed,
@@ -218,6 +267,13 @@ fn incomplete(operation: Operation, count: usize, source: Option<&KafkaError>) -
     }
 }
 
+fn consume_partition(partition: Option<&crate::TopicPartition>) -> String {
+    match partition {
+        Some(tp) => tp.to_string(),
+        None => "an unknown partition".to_owned(),
+    }
+}
+
 impl Error {
     /// What was being done, for errors of a client operation
     /// ([`Error::Kafka`], [`Error::Incomplete`]).
@@ -282,6 +338,7 @@ impl Error {
                 source.rdkafka_error_code()
             }
             Error::Incomplete { source, .. } => source.as_ref()?.rdkafka_error_code(),
+            Error::Consume { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -290,9 +347,9 @@ impl Error {
 /// What the mandatory error handler decides about an error.
 ///
 /// The handler is called for every error no middleware handled: failed
-/// messages ([`Error::Handler`]) and every client error (poll, offset store,
-/// commit, rebalance, close). It is never called with anything that is not an
-/// error.
+/// messages ([`Error::Handler`]), every client error (poll, offset store,
+/// commit, rebalance) and every stalled partition ([`Error::Stalled`]). It
+/// is never called with anything that is not an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
     /// Keep consuming. For a failed message this **skips it explicitly**: its

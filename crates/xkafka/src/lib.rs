@@ -131,7 +131,21 @@
 //!   [`Order`] (per partition, per key, unordered); the stored offset is the
 //!   contiguous low watermark of finished messages, and full buffers pause
 //!   partitions instead of stalling the poll loop. [`BatchConsumer`] does the
-//!   same for batches.
+//!   same for batches. What a partition tracks is bounded even behind one
+//!   message that never finishes: the partition pauses and the error handler
+//!   receives [`Error::Stalled`] naming that message.
+//! * `run` is cancellation-safe: dropping its future (a timeout, a losing
+//!   `select!` branch, an aborted task) stops the consumer exactly as a
+//!   shutdown does — nothing more is handled, what was handled is committed,
+//!   the member leaves its group.
+//! * A panic of the application's code never disables a consumer silently:
+//!   in a handler or a middleware (its `poll_ready` too) it is that message's
+//!   failure; anywhere else on the poll thread (a tracing subscriber called
+//!   from librdkafka's callbacks) the consumer stops and `run` returns
+//!   [`Error::Panicked`].
+//! * A record librdkafka fetched but cannot hand over (a compression codec
+//!   it lacks, a failed CRC) is [`Error::Consume`], naming its partition and
+//!   offset.
 //! * A handler that awaits never holds up polling. For speed, a call whose
 //!   lane is idle starts on the poll thread and, if it finishes without
 //!   waiting, settles there with no task switch; at its first real wait it

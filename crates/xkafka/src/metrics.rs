@@ -10,6 +10,10 @@
 //! | `xkafka_messages_published_total` | topic, outcome (`success`, `fail`) | publishes through the producer layer |
 //! | `xkafka_committed_offset` | topic, partition | last committed offset (next to read) |
 //! | `xkafka_consumer_lag` | topic, partition | high watermark (librdkafka's, from the last fetch) − committed offset |
+//! | `xkafka_stalled_offset` | topic, partition | offset of the unfinished message a paused partition is stalled behind (present only while stalled) |
+//!
+//! The per-partition gauges of a partition are removed when it is revoked
+//! from the consumer, so that no stale series stays behind.
 //!
 //! Label values come from the messages, never from user input that could
 //! change the label set, so recording never panics.
@@ -56,6 +60,7 @@ struct Families {
     published: IntCounterVec,
     committed: IntGaugeVec,
     lag: IntGaugeVec,
+    stalled: IntGaugeVec,
 }
 
 /// xkafka's metric families in a Prometheus registry; cheap to clone.
@@ -136,6 +141,11 @@ impl Metrics {
                 "High watermark minus committed offset",
                 &["topic", "partition"],
             )?,
+            stalled: gauge(
+                "xkafka_stalled_offset",
+                "Offset of the unfinished message a paused partition waits for",
+                &["topic", "partition"],
+            )?,
         };
         registry.register(Box::new(families.consumed.clone()))?;
         registry.register(Box::new(families.duration.clone()))?;
@@ -145,6 +155,7 @@ impl Metrics {
         registry.register(Box::new(families.published.clone()))?;
         registry.register(Box::new(families.committed.clone()))?;
         registry.register(Box::new(families.lag.clone()))?;
+        registry.register(Box::new(families.stalled.clone()))?;
         Ok(Metrics {
             registry,
             families: Arc::new(families),
@@ -199,6 +210,34 @@ impl Metrics {
                 .lag
                 .with_label_values(&labels)
                 .set((high - committed).max(0));
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets (`Some`) or clears the offset a stalled partition waits for.
+    pub(crate) fn record_stall(&self, topic: &str, partition: i32, offset: Option<i64>) {
+        let partition = partition.to_string();
+        let labels = [topic, partition.as_str()];
+        match offset {
+            Some(offset) => self.families.stalled.with_label_values(&labels).set(offset),
+            None => {
+                let _ = self.families.stalled.remove_label_values(&labels);
+            }
+        }
+    }
+
+    /// Removes the per-partition gauges of a partition this consumer no
+    /// longer owns: its new owner reports them.
+    pub(crate) fn forget_partition(&self, topic: &str, partition: i32) {
+        let partition = partition.to_string();
+        let labels = [topic, partition.as_str()];
+        for family in [
+            &self.families.committed,
+            &self.families.lag,
+            &self.families.stalled,
+        ] {
+            let _ = family.remove_label_values(&labels);
         }
     }
 }
@@ -463,6 +502,39 @@ mod tests {
         };
         assert_eq!(value(&text, &line("success")), Some(2.0), "{text}");
         assert_eq!(value(&text, &line("fail")), Some(1.0), "{text}");
+    }
+
+    #[test]
+    fn a_forgotten_partition_leaves_no_series() {
+        let metrics = Metrics::new();
+        metrics.record_position("t", 0, 10, Some(15));
+        metrics.record_position("t", 1, 3, Some(3));
+        metrics.record_stall("t", 0, Some(10));
+        let text = metrics.render();
+        assert_eq!(
+            value(&text, "xkafka_consumer_lag{partition=\"0\",topic=\"t\"}"),
+            Some(5.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "xkafka_stalled_offset{partition=\"0\",topic=\"t\"}"),
+            Some(10.0),
+            "{text}"
+        );
+        metrics.forget_partition("t", 0);
+        let text = metrics.render();
+        assert!(!text.contains("partition=\"0\""), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "xkafka_committed_offset{partition=\"1\",topic=\"t\"}"
+            ),
+            Some(3.0),
+            "the other partition stays: {text}"
+        );
+        metrics.record_stall("t", 1, Some(3));
+        metrics.record_stall("t", 1, None);
+        assert!(!metrics.render().contains("xkafka_stalled_offset{"));
     }
 
     #[test]

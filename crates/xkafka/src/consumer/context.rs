@@ -19,6 +19,7 @@ use crate::convert::TopicNames;
 use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::log::{forward_log, scrub};
 use crate::shutdown::ShutdownHandle;
+use xkafka_core::middleware::recover::Panicked;
 
 /// State shared by the poll loop, the rebalance callbacks and `run`.
 pub(crate) struct Shared {
@@ -26,9 +27,16 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     error_handler: ErrorHandlerFn,
     stop_error: Mutex<Option<Error>>,
+    /// The last error event of librdkafka, kept (with its reason) for the
+    /// poll loop: the same event comes back from `poll` right after, where
+    /// the consumer can tell which partition it is about.
+    pending_error: Mutex<Option<(KafkaError, String)>>,
+    /// Whether the poll loop runs (and so takes `pending_error`).
+    pub(crate) polling: std::sync::atomic::AtomicBool,
+    /// The first panic caught on the poll thread or in a callback: `run`
+    /// returns it whatever else happened.
+    panic: Mutex<Option<Error>>,
     pub(crate) shutdown: ShutdownHandle,
-    /// Set while `run` runs; rebalance callbacks drain through it.
-    pipeline: Mutex<Option<Pipeline>>,
     /// One `Arc` per topic name, shared by fetched messages and assigned
     /// partitions so that comparing them is a pointer comparison.
     topics: TopicNames,
@@ -49,19 +57,15 @@ impl Shared {
             ledger: Mutex::new(Ledger::default()),
             error_handler,
             stop_error: Mutex::new(None),
+            panic: Mutex::new(None),
+            pending_error: Mutex::new(None),
+            polling: std::sync::atomic::AtomicBool::new(false),
             shutdown,
-            pipeline: Mutex::new(None),
             topics: TopicNames::default(),
             revoke_grace,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
-    }
-
-    /// The pipeline, while the consumer runs. Never held across
-    /// `consumer.poll`, which may call back into the rebalance handler.
-    pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
-        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The consumer's one shared name for `topic`.
@@ -95,6 +99,53 @@ impl Shared {
         decision
     }
 
+    /// Keeps the first panic for `run` to return and starts a shutdown: after
+    /// a panic on the poll thread its state cannot be trusted.
+    pub(crate) fn record_panic(&self, place: &'static str, payload: Box<dyn std::any::Any + Send>) {
+        let message = Panicked::from_payload(payload).message;
+        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Error::Panicked {
+                place,
+                message: message.clone(),
+            });
+        }
+        drop(slot);
+        self.shutdown.shutdown();
+        // Recorded first: the subscriber that gets this event may be the
+        // code that just panicked.
+        let group = &self.group;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::error!(%group, place, %message, "panic caught; stopping the consumer");
+        }));
+    }
+
+    /// Runs `f`, a callback of librdkafka's: a panic must not unwind into
+    /// librdkafka's C frames (that aborts the process); it is recorded, the
+    /// consumer stops, and `None` is returned.
+    pub(crate) fn guard<T>(&self, place: &'static str, f: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                self.record_panic(place, payload);
+                None
+            }
+        }
+    }
+
+    /// The error event librdkafka reported last, not yet claimed by the poll
+    /// loop.
+    pub(crate) fn take_pending_error(&self) -> Option<(KafkaError, String)> {
+        self.pending_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub(crate) fn take_panic(&self) -> Option<Error> {
+        self.panic.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     pub(crate) fn take_stop_error(&self) -> Option<Error> {
         self.stop_error
             .lock()
@@ -103,16 +154,50 @@ impl Shared {
     }
 }
 
+/// The client's context: librdkafka's callbacks, and the state only the
+/// poll thread touches. The pipeline lives here, not in [`Shared`]: lanes
+/// hold `Arc<Shared>`, and the pipeline holds the lanes, so keeping it in
+/// `Shared` made a cycle that leaked whenever `finish` did not run; owned by
+/// the client, it goes when the client goes.
 pub(crate) struct XConsumerContext {
     pub(crate) shared: Arc<Shared>,
+    /// Set while `run` runs; rebalance callbacks drain through it.
+    pipeline: Mutex<Option<Pipeline>>,
+}
+
+impl XConsumerContext {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        XConsumerContext {
+            shared,
+            pipeline: Mutex::new(None),
+        }
+    }
+
+    /// The pipeline, while the consumer runs. Only the poll thread locks it
+    /// (the loop, and the rebalance callback inside `poll`), so it is never
+    /// contended; never held across `consumer.poll`, which may call back
+    /// into the rebalance handler.
+    pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
+        self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ClientContext for XConsumerContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        forward_log(&self.shared.group, level, fac, log_message);
+        // The application's tracing subscriber runs here, inside librdkafka.
+        self.shared.guard("the log callback", || {
+            forward_log(&self.shared.group, level, fac, log_message);
+        });
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.shared
+            .guard("the error callback", || self.on_error(error, reason));
+    }
+}
+
+impl XConsumerContext {
+    fn on_error(&self, error: KafkaError, reason: &str) {
         // With `enable.partition.eof`, the end of a partition comes as an
         // error event too; it is not an error.
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
@@ -120,7 +205,26 @@ impl ClientContext for XConsumerContext {
         }
         let reason = scrub(reason);
         tracing::debug!(group = %self.shared.group, %error, %reason, "consumer client error");
-        self.shared.report(Error::kafka(Operation::Client, error));
+        if !self
+            .shared
+            .polling
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.shared.report(Error::kafka(Operation::Client, error));
+            return;
+        }
+        // rdkafka returns this same event from `poll` right after: the poll
+        // loop reports it then, located. One still unclaimed (never seen)
+        // is reported as it is, not lost.
+        let previous = self
+            .shared
+            .pending_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace((error, reason.into_owned()));
+        if let Some((error, _)) = previous {
+            self.shared.report(Error::kafka(Operation::Client, error));
+        }
     }
 }
 
@@ -130,6 +234,39 @@ impl ConsumerContext for XConsumerContext {
     // processed before letting them go, and to report assignment errors
     // instead of only logging them.
     fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let done = self.shared.guard("the rebalance callback", || {
+            self.on_rebalance(consumer, err, tpl);
+        });
+        if done.is_none() && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            // The consumer is stopping; librdkafka still waits for the
+            // revoked partitions to be let go.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = if matches!(
+                    consumer.rebalance_protocol(),
+                    RebalanceProtocol::Cooperative
+                ) {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+            }));
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.shared.guard("the commit callback", || {
+            self.on_commit(result, offsets);
+        });
+    }
+}
+
+impl XConsumerContext {
+    fn on_rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
@@ -147,7 +284,7 @@ impl ConsumerContext for XConsumerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
-                if let Some(pipeline) = self.shared.pipeline().as_mut() {
+                if let Some(pipeline) = self.pipeline().as_mut() {
                     pipeline.assign(partitions.iter().cloned());
                 }
                 let mut ledger = self.shared.ledger();
@@ -178,7 +315,7 @@ impl ConsumerContext for XConsumerContext {
                 // what they processed. A lost partition may already belong to
                 // another member: committing for it could move that member's
                 // offsets backwards, so it is not committed.
-                let mut pipeline = self.shared.pipeline();
+                let mut pipeline = self.pipeline();
                 match pipeline.as_mut() {
                     Some(p) => p.revoke(
                         consumer,
@@ -199,6 +336,12 @@ impl ConsumerContext for XConsumerContext {
                     for tp in &partitions {
                         ledger.assigned.remove(tp);
                         ledger.stored.remove(tp);
+                    }
+                }
+                #[cfg(feature = "metrics")]
+                if let Some(metrics) = &self.shared.metrics {
+                    for tp in &partitions {
+                        metrics.forget_partition(&tp.topic, tp.partition);
                     }
                 }
                 let result = if cooperative {
@@ -224,7 +367,7 @@ impl ConsumerContext for XConsumerContext {
         }
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+    fn on_commit(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
                 let mut ledger = self.shared.ledger();
@@ -318,6 +461,81 @@ pub(crate) fn store_batch<C: ConsumerContext>(
         Err(e) => {
             shared.report(Error::kafka(Operation::StoreOffset, e));
             Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn context() -> (XConsumerContext, Arc<Mutex<Vec<String>>>) {
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        let shared = Shared::new(
+            "context-tests".into(),
+            Arc::new(move |err: &Error| {
+                sink.lock().unwrap().push(err.to_string());
+                Decision::Continue
+            }),
+            ShutdownHandle::new(),
+            Duration::from_secs(1),
+        );
+        (XConsumerContext::new(Arc::new(shared)), errors)
+    }
+
+    fn not_implemented() -> KafkaError {
+        KafkaError::Global(RDKafkaErrorCode::NotImplemented)
+    }
+
+    #[test]
+    fn outside_the_poll_loop_an_error_event_is_reported_at_once() {
+        let (cx, errors) = context();
+        cx.error(not_implemented(), "closing");
+        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(cx.shared.take_pending_error().is_none());
+    }
+
+    #[test]
+    fn while_polling_an_error_event_waits_for_the_loop_and_is_never_lost() {
+        let (cx, errors) = context();
+        cx.shared.polling.store(true, Ordering::Release);
+        cx.error(
+            not_implemented(),
+            "Decompression (codec 0x5) of message at 3",
+        );
+        assert!(errors.lock().unwrap().is_empty(), "kept for the poll loop");
+        // A second event before the loop claimed the first: the first is
+        // reported as it is, the second kept.
+        cx.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(errors.lock().unwrap().len(), 1);
+        assert!(errors.lock().unwrap()[0].contains("Not implemented"));
+        let (error, reason) = cx.shared.take_pending_error().unwrap();
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown)
+        );
+        assert_eq!(reason, "1/1 brokers are down");
+    }
+
+    #[test]
+    fn a_panicking_callback_is_recorded_and_stops_the_consumer() {
+        let (cx, _) = context();
+        let out = cx
+            .shared
+            .guard("the commit callback", || -> u8 { panic!("boom") });
+        assert!(out.is_none());
+        assert!(cx.shared.shutdown.is_shutting_down());
+        match cx.shared.take_panic() {
+            Some(Error::Panicked { place, message }) => {
+                assert_eq!((place, message.as_str()), ("the commit callback", "boom"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -368,9 +368,11 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return Inline::Declined(work);
         };
-        if !ready_now(service) {
-            return Inline::Declined(work);
-        }
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return Inline::Declined(work),
+            Readiness::Panicked(panic) => Some(panic),
+        };
         let Work {
             message,
             tp,
@@ -381,7 +383,11 @@ impl Dispatcher {
         if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
             return Inline::Done(None);
         }
-        let outcome = match call_inline(&self.runtime, service, message) {
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, message),
+        };
+        let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 return Inline::Pending(Resume {
@@ -513,9 +519,11 @@ impl Dispatcher {
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
             return InlineBatch::Declined(works);
         };
-        if !ready_now(service) {
-            return InlineBatch::Declined(works);
-        }
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return InlineBatch::Declined(works),
+            Readiness::Panicked(panic) => Some(panic),
+        };
         // As in the lane: not handled at all once stopping; messages of
         // revoked partitions dropped.
         if self.context.shared.shutdown.is_shutting_down() {
@@ -526,7 +534,11 @@ impl Dispatcher {
             return InlineBatch::Done(Vec::new());
         }
         let (batch, origins) = batch_of(works);
-        let outcome = match call_inline(&self.runtime, service, batch.clone()) {
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, batch.clone()),
+        };
+        let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 return InlineBatch::Pending(BatchResume {
@@ -696,7 +708,13 @@ async fn call_caught<Req, S>(service: &mut S, request: Req) -> Result<Ack, BoxEr
 where
     S: Service<Req, Response = Ack, Error = BoxError>,
 {
-    service.ready().await?;
+    // `poll_ready` is the application's code too (a middleware's).
+    match AssertUnwindSafe(service.ready()).catch_unwind().await {
+        Ok(ready) => {
+            ready?;
+        }
+        Err(panic) => return Err(Box::new(Panicked::from_payload(panic))),
+    }
     AssertUnwindSafe(service.call(request))
         .catch_unwind()
         .await
@@ -711,11 +729,25 @@ enum FirstPoll {
     Pending(BoxFuture<'static, Result<Ack, BoxError>>),
 }
 
+enum Readiness {
+    Ready,
+    /// Not ready now, or failed: the lane waits for it (and reports a
+    /// failure as the message's).
+    NotReady,
+    /// `poll_ready` (a middleware's code) panicked: a failure of the
+    /// message, which must not unwind through the poll thread.
+    Panicked(BoxError),
+}
+
 /// Whether `service` is ready without waiting: one that is not (a rate
 /// limit…) gets its call in a lane instead of on the poll thread.
-fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> bool {
+fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> Readiness {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    match std::panic::catch_unwind(AssertUnwindSafe(|| service.poll_ready(&mut cx))) {
+        Ok(Poll::Ready(Ok(()))) => Readiness::Ready,
+        Ok(_) => Readiness::NotReady,
+        Err(panic) => Readiness::Panicked(Box::new(Panicked::from_payload(panic))),
+    }
 }
 
 /// Calls `service` and polls the call once, right here on the poll thread.
@@ -729,16 +761,15 @@ fn call_inline<Req>(
     let _runtime = runtime.enter();
     let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut future = service.call(request);
-        let first = future.as_mut().poll(&mut cx);
-        (future, first)
+        match future.as_mut().poll(&mut cx) {
+            // Dropped in here: the handler's future may panic in its drop.
+            Poll::Ready(outcome) => FirstPoll::Ready(outcome),
+            // The lane's first poll registers its own waker; a wake-up sent
+            // to the no-op waker meanwhile is covered by that poll.
+            Poll::Pending => FirstPoll::Pending(future),
+        }
     }));
-    match called {
-        Ok((_, Poll::Ready(outcome))) => FirstPoll::Ready(outcome),
-        // The lane's first poll registers its own waker; a wake-up sent to
-        // the no-op waker meanwhile is covered by that poll.
-        Ok((future, Poll::Pending)) => FirstPoll::Pending(future),
-        Err(panic) => FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))),
-    }
+    called.unwrap_or_else(|panic| FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))))
 }
 
 /// Awaits the rest of a call started on the poll thread.
@@ -936,4 +967,110 @@ async fn handle_batch(
         let _ = wait.await;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_lets_no_handler_in_and_counts_those_inside() {
+        let gate = Gate::new();
+        assert!(gate.enter());
+        assert_eq!(gate.running(), 1);
+        gate.close();
+        // One inside before the close stays counted (a drain waits for it);
+        // none gets in after it, and a refused one is not counted.
+        assert!(!gate.enter());
+        assert_eq!(gate.running(), 1);
+        gate.leave();
+        assert_eq!(gate.running(), 0);
+    }
+
+    fn work(tp: &TopicPartition, key: Option<&str>, offset: i64) -> Work {
+        let mut message = Message::builder(tp.topic.clone())
+            .partition(tp.partition)
+            .offset(offset);
+        if let Some(key) = key {
+            message = message.key(key.to_owned());
+        }
+        Work {
+            message: message.build(),
+            tp: tp.clone(),
+            offset,
+            gate: Gate::new(),
+            epoch: 1,
+        }
+    }
+
+    fn dispatcher(
+        order: Order,
+        concurrency: usize,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Dispatcher {
+        let service = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(Ack::Success) });
+        let (tx, _rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared::new(
+            "dispatch-tests".into(),
+            Arc::new(|_: &Error| Decision::Stop),
+            crate::ShutdownHandle::new(),
+            Duration::from_secs(1),
+        ));
+        Dispatcher::new(
+            order,
+            concurrency,
+            runtime.handle().clone(),
+            Runner::Single(BoxCloneService::new(service)),
+            tx,
+            shared,
+            CommitWait::None,
+        )
+    }
+
+    #[test]
+    fn lanes_follow_the_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let other = TopicPartition::new("t", 1);
+
+        let mut d = dispatcher(Order::PerPartition, 4, &runtime);
+        assert!(d.lane_key(&work(&tp, Some("a"), 0)) == d.lane_key(&work(&tp, Some("b"), 1)));
+        assert!(d.lane_key(&work(&tp, None, 0)) != d.lane_key(&work(&other, None, 1)));
+
+        let mut d = dispatcher(Order::PerKey, 4, &runtime);
+        let same = (
+            d.lane_key(&work(&tp, Some("a"), 0)),
+            d.lane_key(&work(&tp, Some("a"), 9)),
+        );
+        assert!(same.0 == same.1, "one key, one lane");
+        assert!(
+            d.lane_key(&work(&tp, Some("a"), 0)) != d.lane_key(&work(&other, Some("a"), 0)),
+            "per partition"
+        );
+        let keyless = d.lane_key(&work(&tp, None, 0));
+        assert!(
+            matches!(keyless, LaneKey::Keyless(_)),
+            "keyless ones keep their own order"
+        );
+        let slots: std::collections::HashSet<u64> = (0..200)
+            .map(
+                |i| match d.lane_key(&work(&tp, Some(&format!("k{i}")), i)) {
+                    LaneKey::Slot(_, slot) => slot,
+                    _ => unreachable!(),
+                },
+            )
+            .collect();
+        assert_eq!(slots.len(), 4, "keys spread over as many slots as handlers");
+
+        let mut d = dispatcher(Order::Unordered, 3, &runtime);
+        let lanes: std::collections::HashSet<u64> = (0..6)
+            .map(|i| match d.lane_key(&work(&tp, Some("same"), i)) {
+                LaneKey::Global(n) => n,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(lanes.len(), 3, "round robin over the lanes");
+    }
 }

@@ -205,11 +205,21 @@ impl Consumer {
             topics: self.topics,
         };
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        // From here on, dropping this future (a timeout, a `select!` that
+        // chose another branch, an aborted task) stops the poll thread the
+        // way a shutdown does, instead of leaving it consuming for nobody.
+        let _stop_on_drop = StopOnDrop(handle.clone());
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("xkafka-poll-{}", shared.group))
             .spawn(move || {
-                let end = poll_loop.run(pipeline);
-                let _ = done_tx.send(end);
+                // `PollLoop::run` catches the loop's panics and still closes;
+                // this catches one while closing (the client is then dropped
+                // by the unwinding, unbounded, but `run` does not wait).
+                let end = thread_shared.guard("the poll thread", || poll_loop.run(pipeline));
+                if let Some(end) = end {
+                    let _ = done_tx.send(end);
+                }
             })
             .map_err(|e| {
                 Error::kafka(
@@ -236,6 +246,9 @@ impl Consumer {
                     .and_then(Result::ok)
             }
         };
+        if let Some(err) = shared.take_panic() {
+            return Err(err);
+        }
         if let Some(err) = shared.take_stop_error() {
             return Err(err);
         }
@@ -252,6 +265,16 @@ impl Consumer {
             uncommitted,
             closed_cleanly: end.is_some_and(|e| e.closed_cleanly),
         })
+    }
+}
+
+/// Requests a shutdown when dropped: `run` holds one, so that a dropped
+/// `run` future stops its consumer. Harmless once the consumer stopped.
+struct StopOnDrop(ShutdownHandle);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
     }
 }
 
@@ -395,6 +418,13 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// consumer at least twice the batch size). Other
     /// partitions keep flowing; it resumes when half drained.
     ///
+    /// The count runs from the oldest unfinished message on, finished or
+    /// not: with [`Order::PerKey`] or [`Order::Unordered`], one message that
+    /// never finishes holds every later one (its offset cannot be committed
+    /// past it), so the partition pauses at this bound — plus at most one
+    /// poll round (512 messages) already fetched — and the error handler
+    /// receives [`Error::Stalled`] naming that message.
+    ///
     /// Pausing is not free: librdkafka drops what it prefetched for the
     /// partition and fetches it again on resume. Keep the bounds well above
     /// one poll round (512 messages): a sequential consumer bounded at 500
@@ -429,9 +459,10 @@ impl<K: Kind> ConsumerBuilder<K> {
     }
 
     /// The mandatory error handler. It receives every failed message no
-    /// middleware handled ([`Error::Handler`]) and every client error (poll,
-    /// offset store, commit, rebalance, close) — never anything else — and
-    /// returns a [`Decision`]. It runs on the poll thread or a handler's
+    /// middleware handled ([`Error::Handler`]), every client error (poll,
+    /// offset store, commit, rebalance) and every partition stalled behind
+    /// an unfinished message ([`Error::Stalled`]: `Continue` waits for it,
+    /// `Stop` stops) — never anything else — and returns a [`Decision`]. It runs on the poll thread or a handler's
     /// task: keep it short.
     pub fn error_handler<F>(mut self, handler: F) -> Self
     where
@@ -509,9 +540,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             shared.metrics = self.metrics;
         }
         let shared = Arc::new(shared);
-        let context = XConsumerContext {
-            shared: shared.clone(),
-        };
+        let context = XConsumerContext::new(shared.clone());
         let client = BaseConsumer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
         let service = self.stack.apply_boxed(handler);

@@ -4,7 +4,8 @@
 //! revocations and shutdown need.
 //!
 //! Only the poll thread touches it (the loop and librdkafka's rebalance
-//! callback, which runs inside `poll`), through the mutex in [`Shared`].
+//! callback, which runs inside `poll`), through the mutex in the client's
+//! context (`XConsumerContext`), which owns it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc as std_mpsc;
@@ -44,6 +45,9 @@ struct PartitionState {
     /// (resuming it would let librdkafka prefetch, up to its queue limit,
     /// messages nobody will handle).
     closing: bool,
+    /// Paused with an unfinished message holding finished ones behind it,
+    /// and reported as such (once per stall).
+    stalled: bool,
 }
 
 pub(crate) struct Pipeline {
@@ -109,6 +113,7 @@ impl Pipeline {
                 epoch,
                 paused: false,
                 closing: false,
+                stalled: false,
             });
         }
     }
@@ -131,7 +136,9 @@ impl Pipeline {
         };
         state.tracker.dispatched(offset);
         self.unsettled += 1;
-        let full = state.tracker.unsettled() >= self.limits.per_partition;
+        // Settled entries count too: behind one unfinished message they
+        // pile up (`Order::PerKey`, `Unordered`) until it finishes.
+        let full = state.tracker.tracked() >= self.limits.per_partition;
         let work = Work {
             message,
             tp: tp.clone(),
@@ -225,7 +232,42 @@ impl Pipeline {
         for ack in settlement.acks {
             let _ = ack.send(());
         }
+        self.report_stalls(shared, &settlement.changed);
         self.resume_drained(consumer, shared);
+    }
+
+    /// Reports each paused partition of `changed` where an unfinished
+    /// message now holds finished ones behind it (once per stall): it cannot
+    /// resume before that message finishes, since what is tracked only
+    /// shrinks from the front.
+    fn report_stalls(&mut self, shared: &Shared, changed: &BTreeSet<TopicPartition>) {
+        for tp in changed {
+            let Some(state) = self.partitions.get_mut(tp) else {
+                continue;
+            };
+            if !state.paused || state.closing || state.stalled {
+                continue;
+            }
+            let Some((offset, behind)) = state.tracker.held() else {
+                continue;
+            };
+            if state.tracker.tracked() <= self.limits.per_partition / 2 {
+                // About to resume (`resume_drained`): it is not held.
+                continue;
+            }
+            state.stalled = true;
+            tracing::warn!(group = %shared.group, partition = %tp, offset, behind, "partition stalled behind an unfinished message");
+            #[cfg(feature = "metrics")]
+            if let Some(metrics) = &shared.metrics {
+                metrics.record_stall(&tp.topic, tp.partition, Some(offset));
+            }
+            shared.report(Error::Stalled {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                offset,
+                behind,
+            });
+        }
     }
 
     /// At-most-once: commits one past the highest claimed offset of each
@@ -321,9 +363,16 @@ impl Pipeline {
         let drained: Vec<TopicPartition> = self
             .partitions
             .iter_mut()
-            .filter(|(_, s)| s.paused && !s.closing && s.tracker.unsettled() <= low)
+            .filter(|(_, s)| s.paused && !s.closing && s.tracker.tracked() <= low)
             .map(|(tp, s)| {
                 s.paused = false;
+                if std::mem::take(&mut s.stalled) {
+                    tracing::info!(group = %shared.group, partition = %tp, "stalled partition flows again");
+                    #[cfg(feature = "metrics")]
+                    if let Some(metrics) = &shared.metrics {
+                        metrics.record_stall(&tp.topic, tp.partition, None);
+                    }
+                }
                 tp.clone()
             })
             .collect();
@@ -445,5 +494,329 @@ fn pause<C: ConsumerContext>(
     }
     if let Err(e) = consumer.pause(&tpl_of(partitions)) {
         shared.report(Error::kafka(Operation::Poll, e));
+    }
+}
+
+/// Step-by-step tests of the poll thread's side, without a broker: the test
+/// thread plays the poll thread, handlers run on a runtime of their own, and
+/// lanes' reports are injected where a race would put them. The client is
+/// real but never connects (nothing listens at its address): pause, resume
+/// and store calls go to librdkafka locally.
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use futures_util::future::BoxFuture;
+    use rdkafka::consumer::DefaultConsumerContext;
+    use rdkafka::ClientConfig;
+    use tower::util::BoxCloneService;
+
+    use super::*;
+    use crate::consumer::dispatch::{CommitWait, Runner};
+    use crate::shutdown::ShutdownHandle;
+    use crate::BoxError;
+
+    struct Harness {
+        runtime: tokio::runtime::Runtime,
+        consumer: BaseConsumer<DefaultConsumerContext>,
+        shared: Arc<Shared>,
+        /// A lane's side of the completion channel, to inject reports.
+        lanes: std_mpsc::Sender<Report>,
+        pipeline: Pipeline,
+        errors: Arc<Mutex<Vec<String>>>,
+    }
+
+    /// What the handler does with the message at an offset.
+    #[derive(Clone, Default)]
+    struct Script {
+        /// Offsets whose handler never finishes.
+        hang: Arc<Mutex<Vec<i64>>>,
+        /// Offsets whose handler yields once (so finishes in its lane).
+        yields: Arc<Mutex<Vec<i64>>>,
+        /// Offsets whose handler waits 50 ms (in its lane) first.
+        slow: Arc<Mutex<Vec<i64>>>,
+        /// Handler calls started.
+        started: Arc<AtomicUsize>,
+        /// Set when a hanging handler's future is dropped (aborted).
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn harness(script: &Script) -> Harness {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "pipeline-tests")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .unwrap();
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        let shared = Arc::new(Shared::new(
+            "pipeline-tests".into(),
+            Arc::new(move |err: &Error| {
+                sink.lock().unwrap().push(err.to_string());
+                Decision::Continue
+            }),
+            ShutdownHandle::new(),
+            Duration::from_secs(1),
+        ));
+        let script = script.clone();
+        let service = tower::service_fn(
+            move |m: Message| -> BoxFuture<'static, Result<Ack, BoxError>> {
+                script.started.fetch_add(1, Ordering::SeqCst);
+                if script.hang.lock().unwrap().contains(&m.offset().unwrap()) {
+                    let guard = SetOnDrop(script.dropped.clone());
+                    Box::pin(async move {
+                        let _guard = guard;
+                        std::future::pending::<()>().await;
+                        Ok(Ack::Success)
+                    })
+                } else if script.yields.lock().unwrap().contains(&m.offset().unwrap()) {
+                    Box::pin(async {
+                        tokio::task::yield_now().await;
+                        Ok(Ack::Success)
+                    })
+                } else if script.slow.lock().unwrap().contains(&m.offset().unwrap()) {
+                    Box::pin(async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok(Ack::Success)
+                    })
+                } else {
+                    Box::pin(async { Ok(Ack::Success) })
+                }
+            },
+        );
+        let (tx, rx) = std_mpsc::channel();
+        let dispatcher = Dispatcher::new(
+            super::super::Order::PerPartition,
+            4,
+            runtime.handle().clone(),
+            Runner::Single(BoxCloneService::new(service)),
+            tx.clone(),
+            shared.clone(),
+            CommitWait::None,
+        );
+        let pipeline = Pipeline::new(
+            dispatcher,
+            rx,
+            Limits {
+                per_partition: 100,
+                total: 1_000,
+            },
+            CommitMode::Auto,
+        );
+        Harness {
+            runtime,
+            consumer,
+            shared,
+            lanes: tx,
+            pipeline,
+            errors,
+        }
+    }
+
+    impl Harness {
+        fn assign(&mut self, tp: &TopicPartition) -> u64 {
+            self.pipeline.assign([tp.clone()]);
+            self.shared.ledger().assigned.insert(tp.clone());
+            self.pipeline.partitions[tp].epoch
+        }
+
+        fn dispatch(&mut self, tp: &TopicPartition, offset: i64) {
+            let message = Message::builder(tp.topic.clone())
+                .partition(tp.partition)
+                .offset(offset)
+                .build();
+            self.pipeline
+                .dispatch(&self.consumer, &self.shared, message);
+        }
+
+        fn settle(&mut self) {
+            self.pipeline.settle(&self.consumer, &self.shared);
+        }
+
+        fn revoke(&mut self, tp: &TopicPartition) {
+            let set: BTreeSet<TopicPartition> = [tp.clone()].into_iter().collect();
+            self.pipeline
+                .revoke(&self.consumer, &self.shared, &set, false, Duration::ZERO);
+            self.shared.ledger().assigned.remove(tp);
+        }
+
+        fn complete(&self, tp: &TopicPartition, epoch: u64, offset: i64) -> oneshot::Receiver<()> {
+            let (committed, wait) = oneshot::channel();
+            self.lanes
+                .send(Report::Completed(Completion {
+                    tp: tp.clone(),
+                    epoch,
+                    offset,
+                    settled: Settled::Done(Ack::Success),
+                    committed: Some(committed),
+                }))
+                .unwrap();
+            wait
+        }
+
+        fn watermark(&self, tp: &TopicPartition) -> Option<i64> {
+            self.pipeline.partitions.get(tp)?.tracker.watermark()
+        }
+    }
+
+    fn tp() -> TopicPartition {
+        TopicPartition::new("t", 0)
+    }
+
+    #[test]
+    fn a_completion_after_its_partition_was_revoked_is_ignored_but_releases_its_lane() {
+        let script = Script::default();
+        script.hang.lock().unwrap().push(10);
+        let mut h = harness(&script);
+        let tp = tp();
+        let epoch = h.assign(&tp);
+        h.dispatch(&tp, 10);
+        h.settle();
+        assert_eq!(h.pipeline.unsettled(), 1, "10 is running");
+        h.revoke(&tp);
+        assert_eq!(
+            h.pipeline.unsettled(),
+            0,
+            "the revoked partition's count is gone"
+        );
+        // The lane reports 10 only now.
+        let mut released = h.complete(&tp, epoch, 10);
+        h.settle();
+        assert_eq!(h.pipeline.unsettled(), 0, "no underflow, nothing counted");
+        assert_eq!(h.shared.ledger().succeeded, 0, "not ours any more");
+        assert!(h.pipeline.partitions.is_empty());
+        assert_eq!(
+            released.try_recv(),
+            Ok(()),
+            "a lane waiting for that commit is let go"
+        );
+        assert!(h.errors.lock().unwrap().is_empty(), "{:?}", h.errors);
+    }
+
+    #[test]
+    fn a_late_completion_from_an_older_assignment_does_not_settle_the_new_one() {
+        let script = Script::default();
+        script.hang.lock().unwrap().push(10);
+        let mut h = harness(&script);
+        let tp = tp();
+        let old = h.assign(&tp);
+        h.dispatch(&tp, 10);
+        h.settle();
+        h.revoke(&tp);
+        // The partition comes back, and librdkafka delivers 10 again.
+        let new = h.assign(&tp);
+        assert_ne!(old, new);
+        h.dispatch(&tp, 10);
+        h.settle();
+        assert_eq!(h.pipeline.unsettled(), 1);
+        // The first assignment's handler finishes now.
+        drop(h.complete(&tp, old, 10));
+        h.settle();
+        assert_eq!(
+            h.pipeline.unsettled(),
+            1,
+            "still open in the new assignment"
+        );
+        assert_eq!(h.watermark(&tp), Some(10), "not stored past 10");
+        assert_eq!(h.shared.ledger().succeeded, 0);
+        // The new assignment's own completion settles it.
+        drop(h.complete(&tp, new, 10));
+        h.settle();
+        assert_eq!(h.pipeline.unsettled(), 0);
+        assert_eq!(h.watermark(&tp), Some(11));
+        assert_eq!(h.shared.ledger().succeeded, 1);
+    }
+
+    #[test]
+    fn shutdown_drains_what_finishes_and_aborts_what_hangs_at_the_deadline() {
+        let script = Script::default();
+        script.hang.lock().unwrap().push(1);
+        script.slow.lock().unwrap().push(5);
+        let mut h = harness(&script);
+        let (a, b, c) = (
+            tp(),
+            TopicPartition::new("t", 1),
+            TopicPartition::new("t", 2),
+        );
+        for tp in [&a, &b, &c] {
+            h.assign(tp);
+        }
+        h.dispatch(&a, 0); // finishes inline
+        h.dispatch(&b, 1); // hangs in its lane
+        h.dispatch(&b, 2); // queued behind it
+        h.dispatch(&c, 5); // finishes in its lane while the drain waits
+        h.settle();
+        assert!(h.pipeline.unsettled() >= 2);
+        let abandoned = h.pipeline.stop(
+            &h.consumer,
+            &h.shared,
+            Instant::now() + Duration::from_secs(2),
+        );
+        assert_eq!(abandoned, 1, "the hanging handler");
+        assert_eq!(script.started.load(Ordering::SeqCst), 3, "2 never started");
+        assert_eq!(h.shared.ledger().succeeded, 2, "0 and 5 settled");
+        assert_eq!(h.watermark(&c), Some(6));
+        assert_eq!(h.watermark(&b), Some(1), "held at the abandoned one");
+        // The aborted lane's handler future is dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !script.dropped.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            script.dropped.load(Ordering::SeqCst),
+            "the hanging handler was aborted"
+        );
+        drop(h.runtime);
+    }
+
+    #[test]
+    fn dropping_the_client_context_ends_the_lanes_without_a_finish() {
+        let script = Script::default();
+        script.yields.lock().unwrap().push(0);
+        let mut h = harness(&script);
+        let tp = tp();
+        h.assign(&tp);
+        h.dispatch(&tp, 0); // continues in a lane, which then waits for more
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.pipeline.unsettled() > 0 && Instant::now() < deadline {
+            h.settle();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(h.shared.ledger().succeeded, 1);
+        assert!(
+            Arc::strong_count(&h.shared) > 2,
+            "the lanes hold the shared state"
+        );
+        // The pipeline as `run` leaves it while the consumer runs: in the
+        // client's context. A poll thread that never reaches `finish` (it
+        // panicked while closing) still drops the client.
+        let cx = super::super::context::XConsumerContext::new(h.shared.clone());
+        *cx.pipeline() = Some(h.pipeline);
+        drop(cx);
+        drop(h.lanes);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&h.shared) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            Arc::strong_count(&h.shared),
+            1,
+            "the lanes ended and let go of the shared state"
+        );
     }
 }

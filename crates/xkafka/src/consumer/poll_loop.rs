@@ -7,6 +7,7 @@
 //! polls, so they can wait for in-flight work and commit synchronously
 //! without blocking an async runtime's worker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
 use super::context::{commit_sync, Shared, XConsumerContext};
-#[cfg(feature = "metrics")]
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 #[cfg(feature = "metrics")]
@@ -50,9 +50,26 @@ pub(crate) struct LoopEnd {
 
 impl PollLoop {
     /// Runs until a shutdown is requested; `pipeline` becomes reachable
-    /// from the rebalance callbacks for that time.
+    /// from the rebalance callbacks for that time. A panic of the loop is
+    /// recorded (for `run` to return) and the consumer is still shut down
+    /// the bounded way: unwinding would drop the client with no bound on
+    /// its close, and leave the lanes running for nobody.
     pub(crate) fn run(self, pipeline: Pipeline) -> LoopEnd {
-        *self.shared.pipeline() = Some(pipeline);
+        *self.consumer.context().pipeline() = Some(pipeline);
+        self.shared.guard("the poll thread", || self.poll());
+        self.finish()
+    }
+
+    fn poll(&self) {
+        self.shared.polling.store(true, Ordering::Release);
+        self.poll_messages();
+        self.shared.polling.store(false, Ordering::Release);
+        if let Some((error, _)) = self.shared.take_pending_error() {
+            self.shared.report(Error::kafka(Operation::Client, error));
+        }
+    }
+
+    fn poll_messages(&self) {
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(e) = self.consumer.subscribe(&topics) {
             // Without a subscription there is nothing to run: stop whatever
@@ -68,11 +85,13 @@ impl PollLoop {
         let mut busy = false;
         #[cfg(feature = "metrics")]
         let mut positions_at = Instant::now();
+        #[cfg(feature = "metrics")]
+        let mut group_committed = GroupCommitted::default();
         while !self.shared.shutdown.is_shutting_down() {
             #[cfg(feature = "metrics")]
             if positions_at.elapsed() >= POSITIONS_EVERY {
                 positions_at = Instant::now();
-                self.record_positions();
+                self.record_positions(&mut group_committed);
             }
             // Take what librdkafka has ready (up to a bound), then settle
             // once: stores and commits are batched, not per message.
@@ -83,9 +102,12 @@ impl PollLoop {
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     // rdkafka (0.39) makes every poll error out of an error
                     // event that it has first handed to
-                    // `ClientContext::error`, which reported it: reporting it
-                    // here as well gave the error handler each error twice.
-                    Some(Err(_)) => break,
+                    // `ClientContext::error`, which kept it (with
+                    // librdkafka's reason) for here: reported once, located.
+                    Some(Err(e)) => {
+                        self.report_poll_error(e);
+                        break;
+                    }
                     Some(Ok(m)) => {
                         let topic = intern(&mut topic_names, &self.shared, m.topic());
                         messages.push(owned_message(&m, topic, &self.shared.group));
@@ -93,7 +115,7 @@ impl PollLoop {
                 }
                 timeout = Duration::ZERO;
             }
-            let mut guard = self.shared.pipeline();
+            let mut guard = self.consumer.context().pipeline();
             let Some(pipeline) = guard.as_mut() else {
                 break;
             };
@@ -103,23 +125,82 @@ impl PollLoop {
             pipeline.settle(&self.consumer, &self.shared);
             busy = pipeline.unsettled() > 0;
         }
-        self.finish()
+    }
+
+    /// Reports an error event `poll` returned: a record librdkafka could not
+    /// hand over names its partition and offset ([`Error::Consume`]); any
+    /// other is a client error, as before.
+    fn report_poll_error(&self, polled: KafkaError) {
+        let Some((error, reason)) = self.shared.take_pending_error() else {
+            // Not seen by `ClientContext::error` (not rdkafka 0.39's way).
+            self.shared.report(Error::kafka(Operation::Client, polled));
+            return;
+        };
+        let located = match polled {
+            KafkaError::MessageConsumption(code) if is_undeliverable(code) => {
+                offset_in(&reason).map(|offset| (code, offset))
+            }
+            _ => None,
+        };
+        let Some((code, offset)) = located else {
+            self.shared.report(Error::kafka(Operation::Client, error));
+            return;
+        };
+        let positions = self
+            .consumer
+            .position()
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => {
+                            Some((e.topic().to_owned(), e.partition(), o))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let partition = at_offset(&positions, offset)
+            .map(|(topic, partition)| TopicPartition::new(self.shared.topic(topic), partition));
+        self.shared.report(Error::Consume {
+            partition,
+            offset,
+            reason: reason.into(),
+            code,
+        });
     }
 
     /// Committed offsets and lag of the assigned partitions, for metrics.
+    /// A partition this member has not committed yet (idle since it was
+    /// assigned, or its handler is slow) has the group's committed offset,
+    /// asked from the coordinator once per assignment.
     #[cfg(feature = "metrics")]
-    fn record_positions(&self) {
+    fn record_positions(&self, group_committed: &mut GroupCommitted) {
         let Some(metrics) = &self.shared.metrics else {
             return;
         };
-        let positions: Vec<(TopicPartition, i64)> = {
+        let (mut positions, unknown) = {
             let ledger = self.shared.ledger();
-            ledger
-                .assigned
-                .iter()
-                .filter_map(|tp| ledger.committed.get(tp).map(|c| (tp.clone(), *c)))
-                .collect()
+            group_committed.retain_assigned(&ledger.assigned);
+            let mut positions: Vec<(TopicPartition, i64)> = Vec::new();
+            let mut unknown: Vec<TopicPartition> = Vec::new();
+            for tp in &ledger.assigned {
+                match ledger
+                    .committed
+                    .get(tp)
+                    .or_else(|| group_committed.known.get(tp))
+                {
+                    Some(c) => positions.push((tp.clone(), *c)),
+                    None if !group_committed.asked.contains(tp) => unknown.push(tp.clone()),
+                    None => {}
+                }
+            }
+            (positions, unknown)
         };
+        if !unknown.is_empty() {
+            positions.extend(group_committed.ask(&self.consumer, unknown));
+        }
         for (tp, committed) in positions {
             let high = cached_high_watermark(&self.consumer, &tp.topic, tp.partition);
             metrics.record_position(&tp.topic, tp.partition, committed, high);
@@ -131,7 +212,7 @@ impl PollLoop {
     fn finish(self) -> LoopEnd {
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
-        let pipeline = self.shared.pipeline().take();
+        let pipeline = self.consumer.context().pipeline().take();
         if let Some(mut pipeline) = pipeline {
             let abandoned = pipeline.stop(
                 &self.consumer,
@@ -164,6 +245,95 @@ impl PollLoop {
     }
 }
 
+/// The group's committed offsets of partitions this member has not
+/// committed itself, for the lag metric.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct GroupCommitted {
+    known: std::collections::BTreeMap<TopicPartition, i64>,
+    /// Asked once per assignment, answered or not: the question blocks the
+    /// poll thread (up to `GROUP_COMMITTED_TIMEOUT`).
+    asked: std::collections::BTreeSet<TopicPartition>,
+}
+
+/// How long the poll thread waits for the group's committed offsets of newly
+/// assigned partitions (once per assignment, only with metrics).
+#[cfg(feature = "metrics")]
+const GROUP_COMMITTED_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[cfg(feature = "metrics")]
+impl GroupCommitted {
+    /// Forgets partitions no longer assigned: a new assignment asks again.
+    fn retain_assigned(&mut self, assigned: &std::collections::BTreeSet<TopicPartition>) {
+        self.known.retain(|tp, _| assigned.contains(tp));
+        self.asked.retain(|tp| assigned.contains(tp));
+    }
+
+    /// Asks the coordinator; returns the committed offsets it knows.
+    fn ask(
+        &mut self,
+        consumer: &BaseConsumer<XConsumerContext>,
+        partitions: Vec<TopicPartition>,
+    ) -> Vec<(TopicPartition, i64)> {
+        let mut tpl = rdkafka::TopicPartitionList::with_capacity(partitions.len());
+        for tp in &partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        self.asked.extend(partitions.iter().cloned());
+        let Ok(answer) = consumer.committed_offsets(tpl, GROUP_COMMITTED_TIMEOUT) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for tp in partitions {
+            if let Some(rdkafka::Offset::Offset(c)) = answer
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset())
+            {
+                self.known.insert(tp.clone(), c);
+                found.push((tp, c));
+            }
+        }
+        found
+    }
+}
+
+/// The offset in librdkafka's reason for a consumer error ("Decompression
+/// (codec 0x5) of message at 50 of 120 bytes failed: ...", "Message at offset
+/// 7 ... failed CRC32 check", "MessageSet at offset 3 ..."); `None` for a
+/// relative offset or none.
+fn offset_in(reason: &str) -> Option<i64> {
+    ["at offset ", "message at "].iter().find_map(|marker| {
+        let lower = reason.to_ascii_lowercase();
+        let start = lower.find(marker)? + marker.len();
+        let digits: &str = &reason[start..];
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        digits[..end].parse().ok()
+    })
+}
+
+/// Whether librdkafka's error is about a record it fetched and cannot hand
+/// over (rather than about fetching, which it retries by itself).
+fn is_undeliverable(code: rdkafka::error::RDKafkaErrorCode) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as Code;
+    matches!(
+        code,
+        Code::NotImplemented | Code::BadMessage | Code::BadCompression | Code::MessageSizeTooLarge
+    )
+}
+
+/// The one partition positioned at `offset` (the next record to hand over),
+/// if exactly one is.
+fn at_offset(positions: &[(String, i32, i64)], offset: i64) -> Option<(&str, i32)> {
+    let mut found = positions.iter().filter(|(_, _, o)| *o == offset);
+    let (topic, partition, _) = found.next()?;
+    found
+        .next()
+        .is_none()
+        .then_some((topic.as_str(), *partition))
+}
+
 /// The share of the shutdown timeout in-flight handlers may use; the rest
 /// is kept for the final commit and leaving the group.
 fn handler_grace(shutdown_timeout: Duration) -> Duration {
@@ -190,6 +360,35 @@ mod tests {
             Duration::from_secs(18)
         );
         assert_eq!(handler_grace(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_offset_of_a_consumer_error_is_read_from_its_reason() {
+        for (reason, offset) in [
+            (
+                "Decompression (codec 0x5) of message at 50 of 120 bytes failed: Local: Not implemented",
+                Some(50),
+            ),
+            ("Message at offset 7 (20 bytes) failed CRC32 check (original 0x1 != calculated 0x2)", Some(7)),
+            ("MessageSet at offset 3 (9 bytes) failed CRC32C check", Some(3)),
+            ("Unsupported Message(Set) MagicByte 3 at offset 12", Some(12)),
+            ("Message at relative offset 2 (9 bytes) failed CRC32 check", None),
+            ("1/1 brokers are down", None),
+        ] {
+            assert_eq!(offset_in(reason), offset, "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_consumer_error_is_located_only_when_one_partition_is_there() {
+        let positions = vec![
+            ("a".to_owned(), 0, 50),
+            ("a".to_owned(), 1, 7),
+            ("b".to_owned(), 0, 7),
+        ];
+        assert_eq!(at_offset(&positions, 50), Some(("a", 0)));
+        assert_eq!(at_offset(&positions, 7), None, "ambiguous: not guessed");
+        assert_eq!(at_offset(&positions, 9), None);
     }
 
     #[test]

@@ -89,9 +89,24 @@ impl OffsetTracker {
         Some(mark)
     }
 
-    /// Dispatched messages not settled yet: the partition's buffer fill.
+    /// Dispatched messages not settled yet.
     pub(crate) fn unsettled(&self) -> usize {
         self.unsettled
+    }
+
+    /// Entries held, settled or not: everything from the watermark on. This
+    /// is the partition's memory (and buffer fill): one unfinished message
+    /// keeps every later one tracked, however many finished.
+    pub(crate) fn tracked(&self) -> usize {
+        self.open.len()
+    }
+
+    /// When an unfinished message holds finished ones behind it: its offset
+    /// and how many finished after it.
+    pub(crate) fn held(&self) -> Option<(i64, usize)> {
+        let &(first, settled) = self.open.front()?;
+        let behind = self.open.len() - self.unsettled;
+        (!settled && behind > 0).then_some((first, behind))
     }
 }
 
@@ -131,6 +146,24 @@ mod tests {
             t.settled(o);
         }
         assert_eq!(t.watermark(), Some(21));
+    }
+
+    #[test]
+    fn settled_entries_behind_an_open_one_stay_tracked() {
+        let mut t = OffsetTracker::new();
+        for o in 0..10 {
+            t.dispatched(o);
+        }
+        assert_eq!(t.held(), None, "nothing finished yet");
+        for o in 1..10 {
+            t.settled(o);
+        }
+        assert_eq!(t.unsettled(), 1);
+        assert_eq!(t.tracked(), 10, "0 holds the nine behind it");
+        assert_eq!(t.held(), Some((0, 9)));
+        t.settled(0);
+        assert_eq!(t.tracked(), 0);
+        assert_eq!(t.held(), None);
     }
 
     #[derive(Clone, Debug)]
