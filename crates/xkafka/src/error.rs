@@ -129,13 +129,18 @@ pub enum Error {
         source: BoxError,
     },
     /// The Kafka client failed.
-    #[error("{operation} failed: {source}")]
+    #[error("{operation} failed: {source}{}", with_reason(.reason.as_deref()))]
     Kafka {
         /// What was being done.
         operation: Operation,
         /// librdkafka's error.
         #[source]
         source: KafkaError,
+        /// librdkafka's own explanation of a client error event, when it
+        /// gave one: which broker, and why (e.g. "SSL handshake failed: …
+        /// certificate verify failed"). Secret property values are scrubbed
+        /// from it.
+        reason: Option<String>,
     },
     /// A published message was not acknowledged by the broker.
     #[error("delivery to {topic} failed: {source}")]
@@ -247,6 +252,10 @@ pub enum Error {
     },
 }
 
+fn with_reason(reason: Option<&str>) -> String {
+    reason.map(|r| format!(" ({r})")).unwrap_or_default()
+}
+
 fn on_topic(topic: Option<&str>) -> String {
     topic
         .map(|t| format!(" on a message to {t}"))
@@ -295,7 +304,25 @@ impl Error {
             }
             other => other,
         };
-        Error::Kafka { operation, source }
+        Error::Kafka {
+            operation,
+            source,
+            reason: None,
+        }
+    }
+
+    /// A client error event with librdkafka's reason. An empty reason, or
+    /// one the source's `Display` already shows (the code's own text), is
+    /// left out.
+    pub(crate) fn client(source: KafkaError, reason: &str) -> Self {
+        let reason = crate::log::scrub(reason);
+        let reason = reason.trim();
+        let repeats = source.to_string().contains(reason);
+        Error::Kafka {
+            operation: Operation::Client,
+            reason: (!reason.is_empty() && !repeats).then(|| reason.to_owned()),
+            source,
+        }
     }
 
     /// Turns a middleware error back into an [`Error`] when it is one.
@@ -380,6 +407,26 @@ mod tests {
         assert_eq!(err.to_string(), "handler failed on orders[2]@41: db down");
         assert_eq!(err.message_location(), Some(("orders", 2, 41)));
         assert!(!err.is_fatal());
+    }
+
+    #[test]
+    fn client_errors_carry_librdkafkas_reason() {
+        let ssl = || KafkaError::Global(RDKafkaErrorCode::SSL);
+        let err = Error::client(ssl(), "ssl://b:9095/bootstrap: certificate verify failed");
+        assert_eq!(
+            err.to_string(),
+            "kafka client failed: Global error: SSL (Local: SSL error) \
+             (ssl://b:9095/bootstrap: certificate verify failed)"
+        );
+        assert_eq!(err.kafka_code(), Some(RDKafkaErrorCode::SSL));
+        // No reason, or one that repeats the code's text: nothing added.
+        for reason in ["", "  ", "Local: SSL error"] {
+            let err = Error::client(ssl(), reason);
+            assert_eq!(
+                err.to_string(),
+                "kafka client failed: Global error: SSL (Local: SSL error)"
+            );
+        }
     }
 
     #[test]

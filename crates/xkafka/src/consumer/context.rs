@@ -210,7 +210,7 @@ impl XConsumerContext {
             .polling
             .load(std::sync::atomic::Ordering::Acquire)
         {
-            self.shared.report(Error::kafka(Operation::Client, error));
+            self.shared.report(Error::client(error, &reason));
             return;
         }
         // rdkafka returns this same event from `poll` right after: the poll
@@ -222,8 +222,8 @@ impl XConsumerContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace((error, reason.into_owned()));
-        if let Some((error, _)) = previous {
-            self.shared.report(Error::kafka(Operation::Client, error));
+        if let Some((error, reason)) = previous {
+            self.shared.report(Error::client(error, &reason));
         }
     }
 }

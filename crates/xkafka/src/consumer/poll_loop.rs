@@ -64,8 +64,8 @@ impl PollLoop {
         self.shared.polling.store(true, Ordering::Release);
         self.poll_messages();
         self.shared.polling.store(false, Ordering::Release);
-        if let Some((error, _)) = self.shared.take_pending_error() {
-            self.shared.report(Error::kafka(Operation::Client, error));
+        if let Some((error, reason)) = self.shared.take_pending_error() {
+            self.shared.report(Error::client(error, &reason));
         }
     }
 
@@ -143,7 +143,7 @@ impl PollLoop {
             _ => None,
         };
         let Some((code, offset)) = located else {
-            self.shared.report(Error::kafka(Operation::Client, error));
+            self.shared.report(Error::client(error, &reason));
             return;
         };
         let positions = self

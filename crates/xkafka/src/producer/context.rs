@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::driver::{Hooks, MessageCallback};
 use crate::convert::TopicNames;
-use crate::error::{Error, Operation};
+use crate::error::Error;
 use crate::log::{forward_log, scrub};
 use crate::Delivery;
 
@@ -96,7 +96,7 @@ impl ClientContext for XProducerContext {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             tracing::debug!(producer = %self.hooks.name, %error, %reason, "producer client error");
         }));
-        self.hooks.report(&Error::kafka(Operation::Client, error));
+        self.hooks.report(&Error::client(error, &reason));
     }
 }
 

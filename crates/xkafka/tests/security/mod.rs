@@ -9,9 +9,13 @@
 //!   bounds — and neither password shows up in `Debug` output, errors,
 //!   logs (xkafka's and librdkafka's, at debug level) or metrics.
 //!
+//! TLS (`tls.rs`): the node's SSL listener, with and without its CA.
+//!
 //! Without the broker the tests fail, they never skip.
 
 use crate::common;
+
+mod tls;
 
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
