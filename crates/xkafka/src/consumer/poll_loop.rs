@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
-use super::context::{commit_sync, Shared, XConsumerContext};
+use super::context::{commit_before, Shared, XConsumerContext};
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 #[cfg(feature = "metrics")]
@@ -222,7 +222,7 @@ impl PollLoop {
             self.shared.ledger().abandoned += abandoned;
         }
         let pending = self.shared.ledger().uncommitted(None);
-        commit_sync(&self.consumer, &self.shared, pending);
+        commit_before(&self.consumer, &self.shared, pending, deadline);
         // rdkafka's Drop leaves the group and waits, without a bound, until
         // the consumer is closed (forever when the brokers are unreachable).
         // Run it on a thread of its own and wait only until the deadline.
