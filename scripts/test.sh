@@ -48,6 +48,9 @@ export XKAFKA_CLUSTER_BROKERS=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
 step "clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "API docs (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps -q
+
 step "tests (unit, integration, doc)"
 cargo test --workspace --all-features --no-fail-fast
 

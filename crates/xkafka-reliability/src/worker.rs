@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use xkafka::{
     Ack, Batch, BatchConsumer, BoxError, CommitMode, Consumer, ConsumerBuilder, Decision, Error,
-    Kind, Message, Order, Summary,
+    Message, Order, Summary,
 };
 
 /// How the worker consumes: one scenario of the crash suite each.
@@ -186,7 +186,10 @@ fn id_of(message: &Message) -> Result<u64, BoxError> {
 /// What every mode shares: the broker, short session, frequent automatic
 /// commits, the in-flight bound, an error handler that stops on anything that
 /// could mean an unrecorded acknowledgement.
-fn configure<K: Kind>(builder: ConsumerBuilder<K>, args: &WorkerArgs) -> ConsumerBuilder<K> {
+fn configure<K: xkafka::consumer::Kind>(
+    builder: ConsumerBuilder<K>,
+    args: &WorkerArgs,
+) -> ConsumerBuilder<K> {
     let heartbeat = (args.session_timeout_ms / 4).max(100);
     let total = args.max_in_flight.max(2 * args.mode.batch_size());
     let per_partition = args

@@ -1,6 +1,8 @@
-//! Topic administration helpers: some brokers (and librdkafka's mock
-//! cluster) do not auto-create topics, so applications, demos and tests
-//! create theirs up front.
+//! Topic administration helpers for set-up code (demos, tests, a service
+//! creating its own topics at start): brokers commonly refuse to auto-create
+//! topics, so create them up front. Partition counts and replication follow
+//! what you ask and the cluster's defaults; manage production topics with
+//! your usual tooling.
 
 use std::time::Duration;
 

@@ -118,8 +118,22 @@ impl fmt::Debug for Config {
     }
 }
 
+impl Config {
+    /// Whether the librdkafka property `key` holds a secret (passwords,
+    /// private keys, OAuth client secrets, …): xkafka never prints its value
+    /// in `Debug` output, errors or logs.
+    ///
+    /// ```
+    /// assert!(xkafka::Config::is_secret("sasl.password"));
+    /// assert!(!xkafka::Config::is_secret("bootstrap.servers"));
+    /// ```
+    pub fn is_secret(key: &str) -> bool {
+        is_secret(key)
+    }
+}
+
 /// Whether a property holds a secret that must never be printed.
-pub fn is_secret(key: &str) -> bool {
+pub(crate) fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password")
         || key.contains("secret")

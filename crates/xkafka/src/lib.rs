@@ -223,7 +223,7 @@
 //!
 //! Security settings are ordinary librdkafka properties. Secret values
 //! (`sasl.password`, `ssl.key.password`, `sasl.oauthbearer.client.secret`…,
-//! see [`is_secret`]) never appear in `Debug` output, errors or logs:
+//! see [`Config::is_secret`]) never appear in `Debug` output, errors or logs:
 //!
 //! ```no_run
 //! use xkafka::{Error, Producer};
@@ -256,7 +256,7 @@
 
 pub mod admin;
 mod config;
-mod consumer;
+pub mod consumer;
 mod convert;
 pub mod dlq;
 mod error;
@@ -269,14 +269,20 @@ mod shutdown;
 
 pub use xkafka_core::{extract, middleware, router};
 pub use xkafka_core::{
-    Ack, Batch, BatchHandler, BatchHandlerService, BoxError, Delivery, Handler, HandlerService,
-    Header, Headers, IntoOutcome, Message, MessageBuilder, Router, Timestamp,
+    Ack, Batch, BatchHandler, BoxError, Delivery, Handler, Header, Headers, Message,
+    MessageBuilder, Router, Timestamp,
 };
 
-pub use config::{is_secret, Config};
+/// How handlers become tower services, for code that names those types (a
+/// custom layer's bounds, a hand-written handler): the machinery behind
+/// [`Handler`] and [`BatchHandler`].
+pub mod handler {
+    pub use xkafka_core::{BatchHandlerService, HandlerService, IntoOutcome};
+}
+
+pub use config::Config;
 pub use consumer::{
-    BatchConsumer, Batching, CommitMode, Consumer, ConsumerBuilder, Kind, Order, Streaming,
-    Summary, TopicPartition,
+    BatchConsumer, CommitMode, Consumer, ConsumerBuilder, Order, Summary, TopicPartition,
 };
 pub use error::{Decision, Error, Operation};
 pub use producer::{CloseReport, Producer, ProducerBuilder};

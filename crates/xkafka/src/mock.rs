@@ -1,5 +1,8 @@
-//! An embedded Kafka cluster: librdkafka's in-process mock brokers, for
-//! demos and tests that need no external broker.
+//! **For tests and demos, not production**: an embedded Kafka cluster,
+//! librdkafka's in-process mock brokers, for demos and tests that need no
+//! external broker. It is not Apache Kafka (no transactions across
+//! restarts, no CreateTopics; see [`EmbeddedCluster::create_topic`]), so
+//! prove what matters on a real broker too.
 //!
 //! Its listeners are real TCP sockets on 127.0.0.1, so any client of the same
 //! process (xkafka or raw rdkafka) connects to

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use xkafka::{Ack, Batch, BatchConsumer, BoxError, ConsumerBuilder, Decision, Message, Order};
 
-fn batch_consumer(group: &str, topic: &str) -> ConsumerBuilder<xkafka::Batching> {
+fn batch_consumer(group: &str, topic: &str) -> ConsumerBuilder<xkafka::consumer::Batching> {
     init_tracing();
     BatchConsumer::builder(group)
         .brokers([brokers()])

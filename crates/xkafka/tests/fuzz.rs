@@ -22,9 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proptest::prelude::*;
 use xkafka::dlq::{dead_letter, headers, DeadLetterInfo};
 use xkafka::middleware::retry::AttemptRecord;
-use xkafka::{
-    is_secret, Ack, BoxError, Consumer, Decision, Error, Header, Message, Operation, Producer,
-};
+use xkafka::{Ack, BoxError, Consumer, Decision, Error, Header, Message, Operation, Producer};
 
 /// proptest's defaults (`PROPTEST_CASES` included), with failures saved
 /// next to this file.
@@ -295,7 +293,7 @@ proptest! {
     fn a_builder_given_arbitrary_properties_fails_clearly_and_never_leaks_secrets(
         entries in prop::collection::vec(
             property_name().prop_flat_map(|k| {
-                let value = if is_secret(&k) { secret_value().boxed() } else { property_value().boxed() };
+                let value = if xkafka::Config::is_secret(&k) { secret_value().boxed() } else { property_value().boxed() };
                 (Just(k), value)
             }),
             1..6,
@@ -316,7 +314,7 @@ proptest! {
         // The last value given for a key wins, as in `Config::set`.
         let effective: std::collections::BTreeMap<&str, &str> =
             entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let secrets: Vec<&str> = effective.iter().filter(|(k, _)| is_secret(k)).map(|(_, v)| *v).collect();
+        let secrets: Vec<&str> = effective.iter().filter(|(k, _)| xkafka::Config::is_secret(k)).map(|(_, v)| *v).collect();
 
         let mut builder = Producer::builder("fuzz")
             .brokers(["127.0.0.1:1"])
@@ -354,7 +352,7 @@ proptest! {
                 let given = effective.get(key.as_str());
                 prop_assert!(given.is_some(), "names a property we set: {}", display);
                 prop_assert!(display.contains(&format!("`{key}`")), "{}", display);
-                let expected = if is_secret(key) { "<redacted>".to_owned() } else { format!("{:?}", given.unwrap()) };
+                let expected = if xkafka::Config::is_secret(key) { "<redacted>".to_owned() } else { format!("{:?}", given.unwrap()) };
                 prop_assert_eq!(value, &expected);
             }
             // Properties valid one by one but not together (e.g.

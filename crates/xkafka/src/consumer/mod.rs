@@ -1,4 +1,7 @@
-//! The streaming and batch consumers.
+//! The streaming and batch consumers: [`Consumer`] (one message per handler
+//! call) and [`BatchConsumer`] (batches), both built by [`ConsumerBuilder`],
+//! whose [`Kind`] parameter ([`Streaming`] or [`Batching`]) says which
+//! handler it takes. The common types are re-exported at the crate root.
 
 mod context;
 mod dispatch;
