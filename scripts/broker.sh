@@ -271,7 +271,9 @@ halt() {
   kill "-$signal" "$pid"
   # A controlled shutdown moves leadership away first: allow it 30 s, then SIGKILL.
   for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then log "$name (pid $pid) ignored SIG$signal for 30 s, sending SIGKILL"; kill -9 "$pid"; fi
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name (pid $pid) ignored SIG$signal for 30 s, sending SIGKILL"; kill -9 "$pid"; signal=KILL
+  fi
   while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
   rm -f "$(node_dir "$name")/broker.pid"
   log "$name: pid $pid gone (SIG$signal)"
@@ -362,7 +364,12 @@ cluster() {
       fi ;;
     stop)
       if [ -n "$id" ]; then check_id "$id"; halt "node-$id" TERM
-      else for n in 3 2 1; do halt "node-$n" TERM; done; fi ;;
+      else
+        # All at once: stopped one by one, the last node's controlled shutdown waits for a
+        # controller quorum that is already gone (30 s, then SIGKILL).
+        for n in 1 2 3; do halt "node-$n" TERM & done
+        wait
+      fi ;;
     kill) check_id "$id"; halt "node-$id" KILL ;;
     restart) check_id "$id"; halt "node-$id" TERM; cluster start "$id" ;;
     reset) for n in 1 2 3; do halt "node-$n" KILL; done; rm -rf "$DATA/cluster"; log "removed $DATA/cluster" ;;

@@ -379,7 +379,6 @@ impl XConsumerContext {
             }
             Err(e) if is_nothing_to_commit(&e) => {}
             Err(e) => {
-                self.shared.ledger().commit_failures += 1;
                 self.shared.report(Error::kafka(Operation::Commit, e));
             }
         }
@@ -397,53 +396,6 @@ fn tpl_of(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
         let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off));
     }
     tpl
-}
-
-/// Commits `offsets` (next offsets to consume) and waits for the outcome
-/// until `deadline`: the shutdown's last commit. A synchronous commit would
-/// wait without a bound — for as long as the coordinator is unreachable — so
-/// the commit is asynchronous and this polls for its callback, which marks
-/// the ledger (or reports the error). Messages polled meanwhile are dropped
-/// unhandled and unstored: the next owner of their partitions reads them.
-/// Returns whether every offset was committed in time.
-pub(crate) fn commit_before<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    shared: &Shared,
-    offsets: Vec<(TopicPartition, i64)>,
-    deadline: std::time::Instant,
-) -> bool {
-    if offsets.is_empty() {
-        return true;
-    }
-    let failures = shared.ledger().commit_failures;
-    match consumer.commit(&tpl_of(&offsets), CommitMode::Async) {
-        Ok(()) => {}
-        Err(e) if is_nothing_to_commit(&e) => return true,
-        Err(e) => {
-            shared.report(Error::kafka(Operation::Commit, e));
-            return false;
-        }
-    }
-    loop {
-        {
-            let ledger = shared.ledger();
-            let done = offsets
-                .iter()
-                .all(|(tp, off)| ledger.committed.get(tp).is_some_and(|c| c >= off));
-            if done {
-                return true;
-            }
-            if ledger.commit_failures > failures {
-                return false;
-            }
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            tracing::warn!(group = %shared.group, "the final commit did not complete before the shutdown deadline");
-            return false;
-        }
-        drop(consumer.poll(left.min(std::time::Duration::from_millis(50))));
-    }
 }
 
 /// Synchronously commits `offsets` (next offsets to consume); errors go to

@@ -66,8 +66,6 @@ pub(crate) struct Ledger {
     pub(crate) abandoned: u64,
     pub(crate) assignments: u64,
     pub(crate) revoked_skipped_stores: u64,
-    /// Commits that failed (their errors went to the error handler).
-    pub(crate) commit_failures: u64,
 }
 
 impl Ledger {

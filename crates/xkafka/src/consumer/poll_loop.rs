@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
-use super::context::{commit_before, Shared, XConsumerContext};
+use super::context::{commit_sync, Shared, XConsumerContext};
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 #[cfg(feature = "metrics")]
@@ -222,15 +222,17 @@ impl PollLoop {
             self.shared.ledger().abandoned += abandoned;
         }
         let pending = self.shared.ledger().uncommitted(None);
-        commit_before(&self.consumer, &self.shared, pending, deadline);
-        // rdkafka's Drop leaves the group and waits, without a bound, until
-        // the consumer is closed (forever when the brokers are unreachable).
-        // Run it on a thread of its own and wait only until the deadline.
+        // The last commit and rdkafka's Drop (which leaves the group and
+        // waits until the consumer is closed) both wait without a bound —
+        // forever while the brokers are unreachable. Run them on a thread of
+        // their own and wait only until the deadline.
         let (closed_tx, closed_rx) = std::sync::mpsc::channel();
         let consumer = self.consumer;
+        let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("xkafka-close".into())
             .spawn(move || {
+                commit_sync(&consumer, &shared, pending);
                 drop(consumer);
                 let _ = closed_tx.send(());
             });
