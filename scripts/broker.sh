@@ -136,8 +136,10 @@ replica.fetch.max.bytes=8388608
 # Topics of deleted test runs go at once.
 delete.topic.enable=true
 log.segment.delete.delay.ms=1000
-# Test data is thrown away: no need to keep more than a day of it.
-log.retention.hours=24
+# No time-based retention: tests write records with explicit timestamps years in the past (the
+# interop and bad-input tests), which a 7-day retention would delete at its next check (every
+# 5 minutes), while the test reads them. Test data goes with `reset`.
+log.retention.ms=-1
 EOF
 }
 
