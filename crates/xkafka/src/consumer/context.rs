@@ -1,158 +1,24 @@
 //! librdkafka callbacks of the consumer: rebalances (eager and cooperative),
-//! commit results, errors and logs; plus the commit and store helpers they
-//! share with the poll loop.
+//! commit results, errors and logs. The client's context owns the
+//! poll-thread-only state (the pipeline); what other threads share is in
+//! [`Shared`](super::shared::Shared).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::offsets::{Ledger, TopicPartition};
+use super::commit::{commit_sync, is_nothing_to_commit};
+use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
-use crate::convert::TopicNames;
-use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
+use super::shared::Shared;
+use crate::error::{Error, Operation};
 use crate::log::{forward_log, scrub};
-use crate::shutdown::ShutdownHandle;
-use xkafka_core::middleware::recover::Panicked;
-
-/// State shared by the poll loop, the rebalance callbacks and `run`.
-pub(crate) struct Shared {
-    pub(crate) group: Arc<str>,
-    ledger: Mutex<Ledger>,
-    error_handler: ErrorHandlerFn,
-    stop_error: Mutex<Option<Error>>,
-    /// The last error event of librdkafka, kept (with its reason) for the
-    /// poll loop: the same event comes back from `poll` right after, where
-    /// the consumer can tell which partition it is about.
-    pending_error: Mutex<Option<(KafkaError, String)>>,
-    /// Whether the poll loop runs (and so takes `pending_error`).
-    pub(crate) polling: std::sync::atomic::AtomicBool,
-    /// The first panic caught on the poll thread or in a callback: `run`
-    /// returns it whatever else happened.
-    panic: Mutex<Option<Error>>,
-    pub(crate) shutdown: ShutdownHandle,
-    /// One `Arc` per topic name, shared by fetched messages and assigned
-    /// partitions so that comparing them is a pointer comparison.
-    topics: TopicNames,
-    pub(crate) revoke_grace: Duration,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: Option<crate::metrics::Metrics>,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        group: Arc<str>,
-        error_handler: ErrorHandlerFn,
-        shutdown: ShutdownHandle,
-        revoke_grace: Duration,
-    ) -> Self {
-        Shared {
-            group,
-            ledger: Mutex::new(Ledger::default()),
-            error_handler,
-            stop_error: Mutex::new(None),
-            panic: Mutex::new(None),
-            pending_error: Mutex::new(None),
-            polling: std::sync::atomic::AtomicBool::new(false),
-            shutdown,
-            topics: TopicNames::default(),
-            revoke_grace,
-            #[cfg(feature = "metrics")]
-            metrics: None,
-        }
-    }
-
-    /// The consumer's one shared name for `topic`.
-    pub(crate) fn topic(&self, topic: &str) -> Arc<str> {
-        self.topics.get(topic)
-    }
-
-    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Hands an error to the user's error handler. On `Stop` the first such
-    /// error is kept for `run` to return and a shutdown starts.
-    pub(crate) fn report(&self, err: Error) -> Decision {
-        // A panicking error handler is taken as a request to stop: we cannot
-        // know what it wanted, and carrying on could skip a message.
-        let decision =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.error_handler)(&err)))
-                .unwrap_or_else(|_| {
-                    tracing::error!(group = %self.group, "the error handler panicked; stopping");
-                    Decision::Stop
-                });
-        if decision == Decision::Stop {
-            let mut slot = self.stop_error.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
-                *slot = Some(err);
-            }
-            drop(slot);
-            self.shutdown.shutdown();
-        }
-        decision
-    }
-
-    /// Keeps the first panic for `run` to return and starts a shutdown: after
-    /// a panic on the poll thread its state cannot be trusted.
-    pub(crate) fn record_panic(&self, place: &'static str, payload: Box<dyn std::any::Any + Send>) {
-        let message = Panicked::from_payload(payload).message;
-        let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(Error::Panicked {
-                place,
-                message: message.clone(),
-            });
-        }
-        drop(slot);
-        self.shutdown.shutdown();
-        // Recorded first: the subscriber that gets this event may be the
-        // code that just panicked.
-        let group = &self.group;
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tracing::error!(%group, place, %message, "panic caught; stopping the consumer");
-        }));
-    }
-
-    /// Runs `f`, a callback of librdkafka's: a panic must not unwind into
-    /// librdkafka's C frames (that aborts the process); it is recorded, the
-    /// consumer stops, and `None` is returned.
-    pub(crate) fn guard<T>(&self, place: &'static str, f: impl FnOnce() -> T) -> Option<T> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            Ok(value) => Some(value),
-            Err(payload) => {
-                self.record_panic(place, payload);
-                None
-            }
-        }
-    }
-
-    /// The error event librdkafka reported last, not yet claimed by the poll
-    /// loop.
-    pub(crate) fn take_pending_error(&self) -> Option<(KafkaError, String)> {
-        self.pending_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    pub(crate) fn take_panic(&self) -> Option<Error> {
-        self.panic.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    pub(crate) fn take_stop_error(&self) -> Option<Error> {
-        self.stop_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-}
 
 /// The client's context: librdkafka's callbacks, and the state only the
 /// poll thread touches. The pipeline lives here, not in [`Shared`]: lanes
@@ -216,13 +82,7 @@ impl XConsumerContext {
         // rdkafka returns this same event from `poll` right after: the poll
         // loop reports it then, located. One still unclaimed (never seen)
         // is reported as it is, not lost.
-        let previous = self
-            .shared
-            .pending_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace((error, reason.into_owned()));
-        if let Some((error, reason)) = previous {
+        if let Some((error, reason)) = self.shared.keep_pending_error(error, reason.into_owned()) {
             self.shared.report(Error::client(error, &reason));
         }
     }
@@ -385,91 +245,14 @@ impl XConsumerContext {
     }
 }
 
-fn is_nothing_to_commit(e: &KafkaError) -> bool {
-    e.rdkafka_error_code() == Some(RDKafkaErrorCode::NoOffset)
-}
-
-fn tpl_of(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for (tp, off) in offsets {
-        // add_partition_offset only fails for invalid offsets; ours are >= 0.
-        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*off));
-    }
-    tpl
-}
-
-/// Synchronously commits `offsets` (next offsets to consume); errors go to
-/// the error handler. Returns whether the commit succeeded.
-pub(crate) fn commit_sync<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    shared: &Shared,
-    offsets: Vec<(TopicPartition, i64)>,
-) -> bool {
-    if offsets.is_empty() {
-        return true;
-    }
-    match consumer.commit(&tpl_of(&offsets), CommitMode::Sync) {
-        Ok(()) => {
-            let mut ledger = shared.ledger();
-            for (tp, off) in &offsets {
-                ledger.mark_committed(tp, *off);
-            }
-            true
-        }
-        Err(e) if is_nothing_to_commit(&e) => true,
-        Err(e) => {
-            shared.report(Error::kafka(Operation::Commit, e));
-            false
-        }
-    }
-}
-
-/// Stores each `(partition, next offset)` in one librdkafka call, skipping
-/// partitions no longer ours (storing would fail with librdkafka's
-/// "erroneous state", or worse, succeed for a partition another member now
-/// owns). Returns what was stored.
-pub(crate) fn store_batch<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    shared: &Shared,
-    offsets: &[(TopicPartition, i64)],
-) -> Vec<(TopicPartition, i64)> {
-    let ours: Vec<(TopicPartition, i64)> = {
-        let mut ledger = shared.ledger();
-        let (ours, gone): (Vec<_>, Vec<_>) = offsets
-            .iter()
-            .cloned()
-            .partition(|(tp, _)| ledger.assigned.contains(tp));
-        ledger.revoked_skipped_stores += gone.len() as u64;
-        ours
-    };
-    if ours.is_empty() {
-        return ours;
-    }
-    match consumer.store_offsets(&tpl_of(&ours)) {
-        Ok(()) => {
-            let mut ledger = shared.ledger();
-            for (tp, off) in &ours {
-                ledger.stored.insert(tp.clone(), *off);
-            }
-            ours
-        }
-        // Revoked between our check and the store: expected, not an error.
-        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::State) => {
-            shared.ledger().revoked_skipped_stores += ours.len() as u64;
-            Vec::new()
-        }
-        Err(e) => {
-            shared.report(Error::kafka(Operation::StoreOffset, e));
-            Vec::new()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     use super::*;
+    use crate::error::Decision;
+    use crate::shutdown::ShutdownHandle;
 
     fn context() -> (XConsumerContext, Arc<Mutex<Vec<String>>>) {
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();

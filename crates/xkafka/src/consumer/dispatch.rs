@@ -27,8 +27,8 @@ use tokio::task::AbortHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
 
-use super::context::Shared;
 use super::offsets::TopicPartition;
+use super::shared::Shared;
 use crate::error::{Decision, Error};
 use crate::{Ack, BoxError, Message};
 use xkafka_core::middleware::recover::Panicked;

@@ -3,11 +3,13 @@
 //! whose [`Kind`] parameter ([`Streaming`] or [`Batching`]) says which
 //! handler it takes. The common types are re-exported at the crate root.
 
+mod commit;
 mod context;
 mod dispatch;
 mod offsets;
 mod pipeline;
 mod poll_loop;
+mod shared;
 mod tracker;
 
 use std::collections::BTreeMap;
@@ -26,12 +28,13 @@ use crate::error::{Decision, Error, ErrorHandlerFn, Operation};
 use crate::middleware::Stack;
 use crate::shutdown::ShutdownHandle;
 use crate::{Ack, Batch, BatchHandler, BoxError, Handler, Message};
-use context::{Shared, XConsumerContext};
+use context::XConsumerContext;
 pub use dispatch::Order;
 use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
+use shared::Shared;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(5);

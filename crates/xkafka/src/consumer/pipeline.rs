@@ -17,9 +17,10 @@ use rdkafka::TopicPartitionList;
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
-use super::context::{commit_sync, store_batch, Shared};
+use super::commit::{commit_sync, store_batch};
 use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled, Work};
 use super::offsets::TopicPartition;
+use super::shared::Shared;
 use super::tracker::OffsetTracker;
 use super::CommitMode;
 use crate::error::{Decision, Error, Operation};

@@ -15,9 +15,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 
-use super::context::{commit_sync, Shared, XConsumerContext};
+use super::commit::commit_sync;
+use super::context::XConsumerContext;
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
+use super::shared::Shared;
 #[cfg(feature = "metrics")]
 use crate::convert::cached_high_watermark;
 use crate::convert::owned_message;
