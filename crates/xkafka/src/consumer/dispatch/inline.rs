@@ -1,0 +1,172 @@
+//! The inline fast path: a message (or a complete batch) whose lane is idle
+//! is handled right on the poll thread; a handler that finishes at once then
+//! costs no task switch, and one that waits continues in its lane.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn run_inline(&mut self, work: Work) -> Inline {
+        let Some(service) = self.inline.as_mut() else {
+            return Inline::Declined(work);
+        };
+        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+            return Inline::Declined(work);
+        };
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return Inline::Declined(work),
+            Readiness::Panicked(panic) => Some(panic),
+        };
+        let Work {
+            message,
+            tp,
+            offset,
+            gate,
+            epoch,
+        } = work;
+        if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
+            return Inline::Done(None);
+        }
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, message),
+        };
+        let outcome = match first {
+            FirstPoll::Ready(outcome) => outcome,
+            FirstPoll::Pending(future) => {
+                return Inline::Pending(Resume {
+                    future,
+                    tp,
+                    offset,
+                    epoch,
+                    gate,
+                    _permit: permit,
+                });
+            }
+        };
+        let settled = settle_outcome(&self.context, &tp, offset, outcome);
+        gate.leave();
+        drop(permit);
+        Inline::Done(Some(Completion {
+            tp,
+            epoch,
+            offset,
+            settled,
+            committed: None,
+        }))
+    }
+
+    pub(super) fn run_batch_inline(&mut self, mut works: Vec<Work>) -> InlineBatch {
+        let Some(service) = self.inline_batch.as_mut() else {
+            return InlineBatch::Declined(works);
+        };
+        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+            return InlineBatch::Declined(works);
+        };
+        let panicked = match ready_now(service) {
+            Readiness::Ready => None,
+            Readiness::NotReady => return InlineBatch::Declined(works),
+            Readiness::Panicked(panic) => Some(panic),
+        };
+        // As in the lane: not handled at all once stopping; messages of
+        // revoked partitions dropped.
+        if self.context.shared.shutdown.is_shutting_down() {
+            return InlineBatch::Done(Vec::new());
+        }
+        works.retain(|w| w.gate.enter());
+        if works.is_empty() {
+            return InlineBatch::Done(Vec::new());
+        }
+        let (batch, origins) = batch_of(works);
+        let first = match panicked {
+            Some(panic) => FirstPoll::Ready(Err(panic)),
+            None => call_inline(&self.runtime, service, batch.clone()),
+        };
+        let outcome = match first {
+            FirstPoll::Ready(outcome) => outcome,
+            FirstPoll::Pending(future) => {
+                return InlineBatch::Pending(BatchResume {
+                    future,
+                    batch,
+                    origins,
+                    _permit: permit,
+                });
+            }
+        };
+        let completions = batch_completions(&self.context, &batch, &origins, outcome);
+        for origin in &origins {
+            origin.gate.leave();
+        }
+        InlineBatch::Done(completions)
+    }
+}
+
+pub(super) enum InlineBatch {
+    /// Finished (or dropped: stopping, all revoked).
+    Done(Vec<Completion>),
+    /// Waiting: continues in the lane.
+    Pending(BatchResume),
+    /// Not run inline (lane busy, no permit, service not ready, commits
+    /// to wait for): goes to the lane.
+    Declined(Vec<Work>),
+}
+
+pub(super) enum Inline {
+    /// Finished (or dropped: revoked / stopping).
+    Done(Option<Completion>),
+    /// Waiting: continues in the lane.
+    Pending(Resume),
+    /// Not run inline (no permit, service not ready): goes to the lane.
+    Declined(Work),
+}
+
+/// What calling a handler on the poll thread gave.
+pub(super) enum FirstPoll {
+    /// Finished at once (a panic is a `Panicked` failure).
+    Ready(Result<Ack, BoxError>),
+    /// Waiting: its lane's task polls it on.
+    Pending(BoxFuture<'static, Result<Ack, BoxError>>),
+}
+
+pub(super) enum Readiness {
+    Ready,
+    /// Not ready now, or failed: the lane waits for it (and reports a
+    /// failure as the message's).
+    NotReady,
+    /// `poll_ready` (a middleware's code) panicked: a failure of the
+    /// message, which must not unwind through the poll thread.
+    Panicked(BoxError),
+}
+
+/// Whether `service` is ready without waiting: one that is not (a rate
+/// limit…) gets its call in a lane instead of on the poll thread.
+pub(super) fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) -> Readiness {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| service.poll_ready(&mut cx))) {
+        Ok(Poll::Ready(Ok(()))) => Readiness::Ready,
+        Ok(_) => Readiness::NotReady,
+        Err(panic) => Readiness::Panicked(Box::new(Panicked::from_payload(panic))),
+    }
+}
+
+/// Calls `service` and polls the call once, right here on the poll thread.
+pub(super) fn call_inline<Req>(
+    runtime: &tokio::runtime::Handle,
+    service: &mut BoxCloneService<Req, Ack, BoxError>,
+    request: Req,
+) -> FirstPoll {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    // Handlers may use timers or spawn tasks: give them the runtime.
+    let _runtime = runtime.enter();
+    let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut future = service.call(request);
+        match future.as_mut().poll(&mut cx) {
+            // Dropped in here: the handler's future may panic in its drop.
+            Poll::Ready(outcome) => FirstPoll::Ready(outcome),
+            // The lane's first poll registers its own waker; a wake-up sent
+            // to the no-op waker meanwhile is covered by that poll.
+            Poll::Pending => FirstPoll::Pending(future),
+        }
+    }));
+    called.unwrap_or_else(|panic| FirstPoll::Ready(Err(Box::new(Panicked::from_payload(panic)))))
+}

@@ -1,0 +1,520 @@
+//! Lanes: how messages reach handlers under `Concurrency(N)` and an
+//! ordering mode, off the poll thread.
+//!
+//! A lane is a tokio task that handles its messages one after another. Which
+//! lane a message goes to decides the ordering: one lane per partition keeps
+//! partition order; one lane per (partition, key slot) keeps key order while
+//! the keys of one partition run in parallel; unordered lanes take any
+//! message. A semaphore of N permits bounds how many handlers run at once.
+//!
+//! Two fast paths keep the common case on the poll thread: a message (or a
+//! batch, assembled here per lane) whose lane is idle runs right away, and
+//! only a handler that actually waits moves to its lane's task.
+//!
+//! Here: the [`Dispatcher`] (lane choice, hand-over once per poll round,
+//! closing a revoked partition's lanes) and the items it exchanges with the
+//! lanes and the pipeline. One concept per file besides:
+//! - `gate.rs`: one assignment of one partition, entered by its handlers;
+//! - `inline.rs`: the fast path on the poll thread;
+//! - `batch.rs`: batch assembly and batches in their lanes;
+//! - `lane.rs`: a lane's task, and how an outcome is settled and reported.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as Atomic};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tower::util::BoxCloneService;
+use tower::{Service, ServiceExt};
+
+use super::offsets::TopicPartition;
+use super::shared::Shared;
+use crate::error::{Decision, Error};
+use crate::{Ack, BoxError, Message};
+use xkafka_core::middleware::recover::Panicked;
+use xkafka_core::Batch;
+
+mod batch;
+mod gate;
+mod inline;
+mod lane;
+
+use batch::*;
+pub(crate) use gate::Gate;
+use inline::*;
+use lane::*;
+
+/// Which messages may be handled in parallel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Order {
+    /// Messages of one partition are handled one after another, in offset
+    /// order; different partitions run in parallel (up to the concurrency).
+    #[default]
+    PerPartition,
+    /// Messages with the same key are handled in offset order; different
+    /// keys of the same partition run in parallel. Keyless messages keep
+    /// their partition's order among themselves.
+    PerKey,
+    /// Any message may run in parallel with any other (Go xkafka's
+    /// behaviour), for handlers that do not care about order.
+    Unordered,
+}
+
+/// A message on its way to a lane.
+pub(crate) struct Work {
+    pub(crate) message: Message,
+    pub(crate) tp: TopicPartition,
+    pub(crate) offset: i64,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) epoch: u64,
+}
+
+/// How a message ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Done(Ack),
+    /// Failed; the error handler already decided.
+    Failed(Decision),
+}
+
+/// What lanes tell the poll thread.
+pub(crate) enum Report {
+    /// A message finished.
+    Completed(Completion),
+    /// The messages of a batch finished: one send (and one wake-up of the
+    /// poll thread) per batch, not per message.
+    Batch(Vec<Completion>),
+    /// At-most-once: a lane is about to handle a message and waits for its
+    /// offset to be committed first (the sender is dropped if that fails).
+    Claim(Claim),
+}
+
+pub(crate) struct Claim {
+    pub(crate) tp: TopicPartition,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) committed: oneshot::Sender<()>,
+}
+
+/// How a lane waits for the commit it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CommitWait {
+    /// Never (automatic commits).
+    None,
+    /// After each message, before the next one (manual commit).
+    After,
+    /// Before each message (at-most-once).
+    Before,
+}
+
+/// A lane's report that a message finished.
+pub(crate) struct Completion {
+    pub(crate) tp: TopicPartition,
+    pub(crate) epoch: u64,
+    pub(crate) offset: i64,
+    pub(crate) settled: Settled,
+    /// Set when the lane waits for the offset to be committed before its
+    /// next message (manual commit).
+    pub(crate) committed: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum LaneKey {
+    Partition(TopicPartition),
+    Slot(TopicPartition, u64),
+    Keyless(TopicPartition),
+    Global(u64),
+}
+
+impl LaneKey {
+    fn partition(&self) -> Option<&TopicPartition> {
+        match self {
+            LaneKey::Partition(tp) | LaneKey::Slot(tp, _) | LaneKey::Keyless(tp) => Some(tp),
+            LaneKey::Global(_) => None,
+        }
+    }
+}
+
+struct Lane {
+    tx: mpsc::UnboundedSender<Vec<LaneItem>>,
+    /// Items of this poll round, sent together by `flush`: one wake-up of
+    /// the lane per round rather than one per message.
+    pending: Vec<LaneItem>,
+    task: AbortHandle,
+    /// Items sent to the lane and not finished yet: the inline fast path
+    /// may only run a message of this lane when it is zero (order).
+    busy: Arc<AtomicUsize>,
+}
+
+/// What a lane receives.
+enum LaneItem {
+    Work(Work),
+    /// A handler call started inline on the poll thread that did not finish
+    /// at once: the lane completes it before anything else.
+    Resume(Resume),
+    /// A batch, complete (full, or its window expired) — batch lanes only.
+    Batch(Vec<Work>),
+    /// A batch handler call started inline that did not finish at once.
+    ResumeBatch(BatchResume),
+}
+
+struct BatchResume {
+    future: BoxFuture<'static, Result<Ack, BoxError>>,
+    batch: Batch,
+    origins: Vec<Origin>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A batch being filled on the poll thread.
+struct Filling {
+    works: Vec<Work>,
+    /// The window ends here: it started with the batch's first message.
+    deadline: Instant,
+}
+
+struct Resume {
+    future: BoxFuture<'static, Result<Ack, BoxError>>,
+    tp: TopicPartition,
+    offset: i64,
+    epoch: u64,
+    gate: Arc<Gate>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What a lane does with its messages.
+// `pub` (in a private module) because the sealed `Kind` trait names it.
+#[derive(Clone)]
+#[allow(unreachable_pub)]
+pub enum Runner {
+    /// One message at a time through the handler stack.
+    Single(BoxCloneService<Message, Ack, BoxError>),
+    /// Batches of up to `size` messages, or what arrived within `window`
+    /// of the batch's first message.
+    Batch {
+        service: BoxCloneService<Batch, Ack, BoxError>,
+        size: usize,
+        window: Duration,
+    },
+}
+
+/// What every lane shares.
+#[derive(Clone)]
+struct LaneContext {
+    permits: Arc<Semaphore>,
+    completions: std_mpsc::Sender<Report>,
+    shared: Arc<Shared>,
+    commit_wait: CommitWait,
+}
+
+pub(crate) struct Dispatcher {
+    order: Order,
+    concurrency: usize,
+    runtime: tokio::runtime::Handle,
+    runner: Runner,
+    lanes: FxHashMap<LaneKey, Lane>,
+    context: LaneContext,
+    next_global: u64,
+    /// The handler stack for the inline fast path (streaming consumers with
+    /// automatic commits only).
+    inline: Option<BoxCloneService<Message, Ack, BoxError>>,
+    /// The same for batch consumers with automatic commits.
+    inline_batch: Option<BoxCloneService<Batch, Ack, BoxError>>,
+    /// Batches being filled, per lane.
+    filling: FxHashMap<LaneKey, Filling>,
+    /// Batches complete since the last flush, in completion order.
+    ready: Vec<(LaneKey, Vec<Work>)>,
+}
+
+impl Dispatcher {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        order: Order,
+        concurrency: usize,
+        runtime: tokio::runtime::Handle,
+        runner: Runner,
+        completions: std_mpsc::Sender<Report>,
+        shared: Arc<Shared>,
+        commit_wait: CommitWait,
+    ) -> Self {
+        let concurrency = concurrency.max(1);
+        Dispatcher {
+            order,
+            concurrency,
+            runtime,
+            runner,
+            lanes: FxHashMap::default(),
+            context: LaneContext {
+                permits: Arc::new(Semaphore::new(concurrency)),
+                completions,
+                shared,
+                commit_wait,
+            },
+            next_global: 0,
+            inline: None,
+            inline_batch: None,
+            filling: FxHashMap::default(),
+            ready: Vec::new(),
+        }
+        .with_inline()
+    }
+
+    fn with_inline(mut self) -> Self {
+        // With manual commits or at-most-once, lanes wait for commits
+        // around each call: those stay in the lanes.
+        if self.context.commit_wait == CommitWait::None {
+            match &self.runner {
+                Runner::Single(service) => self.inline = Some(service.clone()),
+                Runner::Batch { service, .. } => self.inline_batch = Some(service.clone()),
+            }
+        }
+        self
+    }
+
+    fn lane_key(&mut self, work: &Work) -> LaneKey {
+        match self.order {
+            Order::PerPartition => LaneKey::Partition(work.tp.clone()),
+            Order::PerKey => match work.message.key() {
+                // Same key, same slot: key order holds; N slots per partition
+                // are enough to keep N handlers busy.
+                Some(key) => {
+                    let mut h = DefaultHasher::new();
+                    key.hash(&mut h);
+                    LaneKey::Slot(work.tp.clone(), h.finish() % self.concurrency as u64)
+                }
+                None => LaneKey::Keyless(work.tp.clone()),
+            },
+            Order::Unordered => {
+                self.next_global = (self.next_global + 1) % self.concurrency as u64;
+                LaneKey::Global(self.next_global)
+            }
+        }
+    }
+
+    /// Hands a message to its lane, or — when its lane is idle and a
+    /// permit is free — runs it right here on the poll thread: a handler
+    /// that finishes without waiting (the common, fast case) then costs no
+    /// task switch at all. One that waits continues in its lane, ahead of
+    /// anything queued after it. Returns the completion when it finished
+    /// inline.
+    pub(crate) fn dispatch(&mut self, work: Work) -> Option<Completion> {
+        let key = self.lane_key(&work);
+        if let Runner::Batch { size, window, .. } = self.runner {
+            self.fill(key, work, size.max(1), window);
+            return None;
+        }
+        let idle = || {
+            self.lanes
+                .get(&key)
+                .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0)
+        };
+        // Batch runners have no inline path: no need to look the lane up.
+        let work = if self.inline.is_some() && idle() {
+            match self.run_inline(work) {
+                Inline::Done(completion) => return completion,
+                Inline::Pending(resume) => {
+                    self.send(key, LaneItem::Resume(resume));
+                    return None;
+                }
+                Inline::Declined(work) => work,
+            }
+        } else {
+            work
+        };
+        self.send(key, LaneItem::Work(work));
+        None
+    }
+
+    fn send(&mut self, key: LaneKey, item: LaneItem) {
+        let lane = self.lanes.entry(key).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel::<Vec<LaneItem>>();
+            let context = self.context.clone();
+            let busy = Arc::new(AtomicUsize::new(0));
+            let task = self
+                .runtime
+                .spawn(run_lane(rx, self.runner.clone(), context, busy.clone()));
+            Lane {
+                tx,
+                pending: Vec::new(),
+                task: task.abort_handle(),
+                busy,
+            }
+        });
+        lane.busy.fetch_add(1, Atomic::AcqRel);
+        lane.pending.push(item);
+    }
+
+    /// Starts the batches that are complete (full, or whose window has
+    /// expired) — inline when their lane is idle and the handler finishes at
+    /// once, completions into `done` — then hands each lane what this poll
+    /// round gave it.
+    pub(crate) fn flush(&mut self, done: &mut Vec<Completion>) {
+        if !self.filling.is_empty() {
+            let now = Instant::now();
+            let expired: Vec<LaneKey> = self
+                .filling
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                if let Some(filling) = self.filling.remove(&key) {
+                    self.ready.push((key, filling.works));
+                }
+            }
+        }
+        for (key, works) in std::mem::take(&mut self.ready) {
+            self.start_batch(key, works, done);
+        }
+        for lane in self.lanes.values_mut() {
+            if !lane.pending.is_empty() {
+                // A lane only ends when its sender is dropped or it is
+                // aborted at the shutdown deadline; then the messages are
+                // simply not handled.
+                // The next round's vector starts at this one's size rather
+                // than growing from empty again.
+                let next = Vec::with_capacity(lane.pending.len());
+                let _ = lane.tx.send(std::mem::replace(&mut lane.pending, next));
+            }
+        }
+    }
+
+    /// Forgets the lanes (and batches being filled) of a revoked partition;
+    /// the lanes end once their running handler (if any) finished.
+    pub(crate) fn close_partition(&mut self, tp: &TopicPartition) {
+        self.lanes.retain(|key, _| key.partition() != Some(tp));
+        self.filling.retain(|key, _| key.partition() != Some(tp));
+        self.ready.retain(|(key, _)| key.partition() != Some(tp));
+    }
+
+    /// Stops every lane now, dropping running handlers (shutdown deadline).
+    pub(crate) fn abort_all(&mut self) {
+        self.filling.clear();
+        self.ready.clear();
+        for (_, lane) in self.lanes.drain() {
+            lane.task.abort();
+        }
+    }
+}
+
+/// Where a message of a batch came from.
+struct Origin {
+    tp: TopicPartition,
+    offset: i64,
+    epoch: u64,
+    gate: Arc<Gate>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_gate_lets_no_handler_in_and_counts_those_inside() {
+        let gate = Gate::new();
+        assert!(gate.enter());
+        assert_eq!(gate.running(), 1);
+        gate.close();
+        // One inside before the close stays counted (a drain waits for it);
+        // none gets in after it, and a refused one is not counted.
+        assert!(!gate.enter());
+        assert_eq!(gate.running(), 1);
+        gate.leave();
+        assert_eq!(gate.running(), 0);
+    }
+
+    fn work(tp: &TopicPartition, key: Option<&str>, offset: i64) -> Work {
+        let mut message = Message::builder(tp.topic.clone())
+            .partition(tp.partition)
+            .offset(offset);
+        if let Some(key) = key {
+            message = message.key(key.to_owned());
+        }
+        Work {
+            message: message.build(),
+            tp: tp.clone(),
+            offset,
+            gate: Gate::new(),
+            epoch: 1,
+        }
+    }
+
+    fn dispatcher(
+        order: Order,
+        concurrency: usize,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Dispatcher {
+        let service = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(Ack::Success) });
+        let (tx, _rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared::new(
+            "dispatch-tests".into(),
+            Arc::new(|_: &Error| Decision::Stop),
+            crate::ShutdownHandle::new(),
+            Duration::from_secs(1),
+        ));
+        Dispatcher::new(
+            order,
+            concurrency,
+            runtime.handle().clone(),
+            Runner::Single(BoxCloneService::new(service)),
+            tx,
+            shared,
+            CommitWait::None,
+        )
+    }
+
+    #[test]
+    fn lanes_follow_the_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let other = TopicPartition::new("t", 1);
+
+        let mut d = dispatcher(Order::PerPartition, 4, &runtime);
+        assert!(d.lane_key(&work(&tp, Some("a"), 0)) == d.lane_key(&work(&tp, Some("b"), 1)));
+        assert!(d.lane_key(&work(&tp, None, 0)) != d.lane_key(&work(&other, None, 1)));
+
+        let mut d = dispatcher(Order::PerKey, 4, &runtime);
+        let same = (
+            d.lane_key(&work(&tp, Some("a"), 0)),
+            d.lane_key(&work(&tp, Some("a"), 9)),
+        );
+        assert!(same.0 == same.1, "one key, one lane");
+        assert!(
+            d.lane_key(&work(&tp, Some("a"), 0)) != d.lane_key(&work(&other, Some("a"), 0)),
+            "per partition"
+        );
+        let keyless = d.lane_key(&work(&tp, None, 0));
+        assert!(
+            matches!(keyless, LaneKey::Keyless(_)),
+            "keyless ones keep their own order"
+        );
+        let slots: std::collections::HashSet<u64> = (0..200)
+            .map(
+                |i| match d.lane_key(&work(&tp, Some(&format!("k{i}")), i)) {
+                    LaneKey::Slot(_, slot) => slot,
+                    _ => unreachable!(),
+                },
+            )
+            .collect();
+        assert_eq!(slots.len(), 4, "keys spread over as many slots as handlers");
+
+        let mut d = dispatcher(Order::Unordered, 3, &runtime);
+        let lanes: std::collections::HashSet<u64> = (0..6)
+            .map(|i| match d.lane_key(&work(&tp, Some("same"), i)) {
+                LaneKey::Global(n) => n,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(lanes.len(), 3, "round robin over the lanes");
+    }
+}
