@@ -37,15 +37,21 @@ const SECRETS: [&str; 3] = [PASSWORD, WRONG, KEY_PASSWORD];
 
 /// The SASL listener's address; a missing listener fails the test.
 fn addr() -> String {
-    let addr = std::env::var("XKAFKA_SASL_BROKERS").unwrap_or_else(|_| "127.0.0.1:9094".into());
+    listener("XKAFKA_SASL_BROKERS", "127.0.0.1:9094", "SASL")
+}
+
+/// The address in `var` (else `default`) of one of the test node's
+/// listeners; a listener that does not answer fails the test.
+fn listener(var: &str, default: &str, what: &str) -> String {
+    let addr = std::env::var(var).unwrap_or_else(|_| default.into());
     assert!(
         TcpStream::connect_timeout(
-            &addr.parse().expect("XKAFKA_SASL_BROKERS is host:port"),
+            &addr.parse().expect("a listener address is host:port"),
             Duration::from_secs(2)
         )
         .is_ok(),
-        "no SASL listener at {addr}: run the suite with scripts/test.sh, or start the broker \
-         with scripts/broker.sh install && scripts/broker.sh start"
+        "no {what} listener at {addr} ({var}): run the suite with scripts/test.sh, or start the \
+         broker with scripts/broker.sh install && scripts/broker.sh start"
     );
     addr
 }

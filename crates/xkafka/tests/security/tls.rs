@@ -7,7 +7,6 @@
 //!   checking the broker's name against the certificate (its default);
 //! * without it, the handshake fails and the error handler hears why.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,17 +17,7 @@ use xkafka::{Ack, Config, Consumer, Decision, Message, Producer};
 use crate::common;
 
 fn tls_addr() -> String {
-    let addr = std::env::var("XKAFKA_TLS_BROKERS").unwrap_or_else(|_| "127.0.0.1:9095".into());
-    assert!(
-        TcpStream::connect_timeout(
-            &addr.parse().expect("XKAFKA_TLS_BROKERS is host:port"),
-            Duration::from_secs(2)
-        )
-        .is_ok(),
-        "no TLS listener at {addr}: run the suite with scripts/test.sh, or start the broker \
-         with scripts/broker.sh install && scripts/broker.sh start"
-    );
-    addr
+    super::listener("XKAFKA_TLS_BROKERS", "127.0.0.1:9095", "TLS")
 }
 
 fn ca() -> String {
@@ -73,6 +62,9 @@ async fn tls_round_trip() {
     let sink = errors.clone();
     let producer = Producer::builder("xkafka-tls")
         .configs(tls(Some(&ca)).iter())
+        // A CA that is not the broker's (a stale XKAFKA_TLS_CA) fails within
+        // 30 s, not librdkafka's 300.
+        .config("message.timeout.ms", "30000")
         .error_handler(move |err| sink.lock().unwrap().push(err.to_string()))
         .build()
         .expect("producer");
@@ -80,7 +72,13 @@ async fn tls_round_trip() {
         .key("k")
         .value("over TLS")
         .build();
-    let delivery = producer.publish(message).await.expect("publish over TLS");
+    let delivery = match producer.publish(message).await {
+        Ok(delivery) => delivery,
+        Err(e) => panic!(
+            "publish over TLS (CA {ca}): {e}; client errors: {:?}",
+            errors.lock().unwrap()
+        ),
+    };
     assert_eq!((delivery.partition, delivery.offset), (0, 0));
     producer.close().await;
 
