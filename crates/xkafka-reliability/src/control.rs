@@ -47,6 +47,30 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     CLUSTER.lock().await
 }
 
+/// What every scenario on the cluster starts with: the cluster to itself
+/// (held until dropped), its address, and a fresh topic of `partitions`
+/// partitions replicated as the cluster says (3).
+pub struct Stage {
+    _exclusive: tokio::sync::MutexGuard<'static, ()>,
+    /// `bootstrap.servers` of the cluster.
+    pub brokers: String,
+    /// The scenario's topic (also its group's name).
+    pub topic: String,
+}
+
+/// A [`Stage`] for a scenario whose topic starts with `prefix`.
+pub async fn stage(prefix: &str, partitions: i32) -> Result<Stage, BoxError> {
+    let exclusive = exclusive().await;
+    let brokers = brokers()?;
+    let topic = crate::cluster::unique(prefix);
+    crate::cluster::create_replicated_topic(&brokers, &topic, partitions).await?;
+    Ok(Stage {
+        _exclusive: exclusive,
+        brokers,
+        topic,
+    })
+}
+
 /// `scripts/broker.sh` of this repository.
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/broker.sh")

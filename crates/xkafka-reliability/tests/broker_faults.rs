@@ -15,18 +15,14 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use xkafka_reliability::cluster::{self, Feeder, Input};
+use xkafka_reliability::cluster::{Feeder, Input};
 use xkafka_reliability::control::{self, Downed};
 use xkafka_reliability::failover::{self, Consuming};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_brokers_killed_then_back_loses_no_acknowledged_message() {
-    let _one_at_a_time = control::exclusive().await;
-    let brokers = control::brokers().unwrap();
-    let topic = cluster::unique("broker-fault");
-    cluster::create_replicated_topic(&brokers, &topic, 3)
-        .await
-        .unwrap();
+    let stage = control::stage("broker-fault", 3).await.unwrap();
+    let (brokers, topic) = (stage.brokers.clone(), stage.topic.clone());
     let consuming = Consuming::start(&brokers, &topic, &topic, &[]).unwrap();
     let input = Input::new(&brokers, &topic).unwrap();
     let feeder = Feeder::start(&input, 200);

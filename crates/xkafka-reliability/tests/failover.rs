@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use xkafka::BoxError;
-use xkafka_reliability::cluster::{self, Feeder, Input};
+use xkafka_reliability::cluster::{Feeder, Input};
 use xkafka_reliability::control::{self, Downed};
 use xkafka_reliability::failover::{self, Consuming, Verdict};
 
@@ -79,12 +79,8 @@ async fn leaders(brokers: &str, topic: &str) -> Result<BTreeMap<i32, u8>, BoxErr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_message_and_keeps_key_order() {
-    let _one_at_a_time = control::exclusive().await;
-    let brokers = control::brokers().unwrap();
-    let topic = cluster::unique("failover-leader");
-    cluster::create_replicated_topic(&brokers, &topic, PARTITIONS)
-        .await
-        .unwrap();
+    let stage = control::stage("failover-leader", PARTITIONS).await.unwrap();
+    let (brokers, topic) = (stage.brokers.clone(), stage.topic.clone());
     let before = leaders(&brokers, &topic).await.unwrap();
     let victim = before[&0];
     let led: Vec<i32> = before
@@ -193,12 +189,10 @@ async fn killing_the_leader_loses_no_acknowledged_message_and_keeps_key_order() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_group_coordinator_never_moves_a_committed_offset_back() {
-    let _one_at_a_time = control::exclusive().await;
-    let brokers = control::brokers().unwrap();
-    let topic = cluster::unique("failover-coordinator");
-    cluster::create_replicated_topic(&brokers, &topic, PARTITIONS)
+    let stage = control::stage("failover-coordinator", PARTITIONS)
         .await
         .unwrap();
+    let (brokers, topic) = (stage.brokers.clone(), stage.topic.clone());
     let group = topic.clone();
     // Commit every second so that the samples see the offsets move.
     let consuming = Consuming::start(
@@ -350,12 +344,10 @@ async fn killing_the_group_coordinator_never_moves_a_committed_offset_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_brokers_under_load_loses_nothing() {
-    let _one_at_a_time = control::exclusive().await;
-    let brokers = control::brokers().unwrap();
-    let topic = cluster::unique("failover-rolling");
-    cluster::create_replicated_topic(&brokers, &topic, PARTITIONS)
+    let stage = control::stage("failover-rolling", PARTITIONS)
         .await
         .unwrap();
+    let (brokers, topic) = (stage.brokers.clone(), stage.topic.clone());
     let consuming = Consuming::start(&brokers, &topic, &topic, &[]).unwrap();
     let input = Input::new(&brokers, &topic).unwrap();
     let feeder = Feeder::start(&input, RATE);
@@ -409,12 +401,8 @@ async fn a_rolling_restart_of_all_brokers_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_of_three_brokers_down_publishes_fail_clearly_and_go_on_after() {
-    let _one_at_a_time = control::exclusive().await;
-    let brokers = control::brokers().unwrap();
-    let topic = cluster::unique("failover-minisr");
-    cluster::create_replicated_topic(&brokers, &topic, PARTITIONS)
-        .await
-        .unwrap();
+    let stage = control::stage("failover-minisr", PARTITIONS).await.unwrap();
+    let (brokers, topic) = (stage.brokers.clone(), stage.topic.clone());
     let consuming = Consuming::start(&brokers, &topic, &topic, &[]).unwrap();
     // A short delivery timeout: what cannot reach min.insync.replicas fails
     // within the outage instead of waiting for the brokers.

@@ -186,30 +186,14 @@ async fn java_records_of_every_codec_reach_our_handler_byte_identical_and_offset
     assert_eq!(written.len(), 68 * CODECS.len(), "{written:#?}");
 
     let group = common::unique("interop-from-java");
-    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
     let (errors, on_error) = common::recording_error_handler(Decision::Continue);
-    let recorder = seen.clone();
-    let consumer = common::consumer(&group, &topic)
-        .error_handler(on_error)
-        .handler(move |m: Message| {
-            let recorder = recorder.clone();
-            async move {
-                recorder.lock().unwrap().push(m);
-                Ack::Success
-            }
-        })
-        .build()
-        .unwrap();
-    let probe = seen.clone();
-    let expected = written.len();
-    let summary = consumer
-        .run(common::until(
-            move || probe.lock().unwrap().len() >= expected,
-            Duration::from_secs(60),
-        ))
-        .await
-        .expect("run");
-    let got = sorted(seen.lock().unwrap().iter().map(canonical_message).collect());
+    let (seen, summary) = common::record_until(
+        common::consumer(&group, &topic).error_handler(on_error),
+        written.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let got = sorted(seen.iter().map(canonical_message).collect());
     for codec in CODECS {
         // The plain record of each codec names it in its key: a stalled codec
         // shows here by name.

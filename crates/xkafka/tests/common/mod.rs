@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xkafka::mock::EmbeddedCluster;
 use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use xkafka::{Ack, Consumer, ConsumerBuilder, Decision, Error, Message, Producer};
+use xkafka::{Ack, Consumer, ConsumerBuilder, Decision, Error, Message, Producer, Summary};
 
 /// The broker's address. A missing broker fails the test: these tests must
 /// never pass by not running.
@@ -99,13 +99,24 @@ pub type Seen = Arc<Mutex<Vec<Message>>>;
 /// Consumes with a recording handler until `count` messages were seen (or
 /// `timeout`), then shuts down; returns what was seen.
 pub async fn consume(group: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Message> {
+    let builder = consumer(group, topic).error_handler(|err| {
+        eprintln!("consumer error: {err}");
+        Decision::Continue
+    });
+    record_until(builder, count, timeout).await.0
+}
+
+/// Runs `builder` (error handler set) with a recording handler until
+/// `count` messages were seen (or `timeout`), then shuts down; returns what
+/// was seen, in order, and the run's summary.
+pub async fn record_until(
+    builder: ConsumerBuilder,
+    count: usize,
+    timeout: Duration,
+) -> (Vec<Message>, Summary) {
     let seen: Seen = Arc::default();
     let recorder = seen.clone();
-    let consumer = consumer(group, topic)
-        .error_handler(|err| {
-            eprintln!("consumer error: {err}");
-            Decision::Continue
-        })
+    let consumer = builder
         .handler(move |m: Message| {
             let recorder = recorder.clone();
             async move {
@@ -116,12 +127,12 @@ pub async fn consume(group: &str, topic: &str, count: usize, timeout: Duration) 
         .build()
         .expect("consumer");
     let probe = seen.clone();
-    consumer
+    let summary = consumer
         .run(until(move || probe.lock().unwrap().len() >= count, timeout))
         .await
         .expect("run");
     let seen = seen.lock().unwrap().clone();
-    seen
+    (seen, summary)
 }
 
 /// Resolves when `done()` holds or `timeout` passed (polled every 20 ms:

@@ -181,10 +181,8 @@ async fn round_trip(mechanism: &str) {
     assert_eq!((delivery.partition, delivery.offset), (0, 0));
     producer.close().await;
 
-    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
-    let recorder = seen.clone();
     let sink = errors.clone();
-    let consumer = Consumer::builder(common::unique("sasl-g"))
+    let builder = Consumer::builder(common::unique("sasl-g"))
         .configs(sasl(mechanism, PASSWORD).iter())
         .topics([topic.as_str()])
         .config("auto.offset.reset", "earliest")
@@ -192,25 +190,11 @@ async fn round_trip(mechanism: &str) {
         .error_handler(move |err| {
             record(&sink, err);
             Decision::Continue
-        })
-        .handler(move |m: Message| {
-            recorder.lock().unwrap().push(m);
-            async { Ack::Success }
-        })
-        .build()
-        .expect("consumer");
-    let probe = seen.clone();
+        });
     let started = Instant::now();
-    consumer
-        .run(common::until(
-            move || !probe.lock().unwrap().is_empty(),
-            Duration::from_secs(30),
-        ))
-        .await
-        .expect("run");
+    let (seen, _) = common::record_until(builder, 1, Duration::from_secs(30)).await;
     eprintln!("authenticated consume in {:?}", started.elapsed());
 
-    let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1, "consumed {seen:?}");
     assert_eq!(seen[0].key_str(), Some("k1"));
     assert_eq!(

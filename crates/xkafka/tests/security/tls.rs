@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use xkafka::rdkafka::error::RDKafkaErrorCode;
-use xkafka::{Ack, Config, Consumer, Decision, Message, Producer};
+use xkafka::{Config, Consumer, Decision, Message, Producer};
 
 use crate::common;
 
@@ -82,10 +82,8 @@ async fn tls_round_trip() {
     assert_eq!((delivery.partition, delivery.offset), (0, 0));
     producer.close().await;
 
-    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
-    let recorder = seen.clone();
     let sink = errors.clone();
-    let consumer = Consumer::builder(common::unique("tls-g"))
+    let builder = Consumer::builder(common::unique("tls-g"))
         .configs(tls(Some(&ca)).iter())
         .topics([topic.as_str()])
         .config("auto.offset.reset", "earliest")
@@ -93,22 +91,8 @@ async fn tls_round_trip() {
         .error_handler(move |err| {
             sink.lock().unwrap().push(err.to_string());
             Decision::Continue
-        })
-        .handler(move |m: Message| {
-            recorder.lock().unwrap().push(m);
-            async { Ack::Success }
-        })
-        .build()
-        .expect("consumer");
-    let probe = seen.clone();
-    consumer
-        .run(common::until(
-            move || !probe.lock().unwrap().is_empty(),
-            Duration::from_secs(30),
-        ))
-        .await
-        .expect("run");
-    let seen = seen.lock().unwrap();
+        });
+    let (seen, _) = common::record_until(builder, 1, Duration::from_secs(30)).await;
     assert_eq!(seen.len(), 1, "consumed over TLS: {seen:?}");
     assert_eq!(seen[0].value_str(), Some("over TLS"));
     let errors = errors.lock().unwrap();
