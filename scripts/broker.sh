@@ -25,7 +25,10 @@
 #                 (SCRAM-SHA-256/512 and PLAIN, user "xkafka-app"), +3 SSL (TLS; a certificate for
 #                 127.0.0.1 signed by a CA made at the first start: <data>/single/tls/ca.pem) —
 #                 the security tests' listeners. The benchmark runs its own node on 9192.
-#   cluster       broker N: N9092 PLAINTEXT, N9093 controller  (19092, 29092, 39092)
+#   cluster       broker N: 1N092 PLAINTEXT, 1N093 controller  (11092, 12092, 13092) — below
+#                 Linux's ephemeral range (32768-60999): a port in it (39092 was) can be held by
+#                 a client's outgoing connection when a killed broker restarts, and the restart
+#                 then fails with "Address already in use".
 #
 # Settings (environment):
 #   XKAFKA_BROKER_PREFIX  where the jars are installed   (default /opt/xkafka-broker)
@@ -180,9 +183,9 @@ cluster_props() {
 process.roles=broker,controller
 node.id=$id
 # Static quorum: every node is a voter and knows the others from the start.
-controller.quorum.voters=1@$HOST:19093,2@$HOST:29093,3@$HOST:39093
-listeners=PLAINTEXT://$HOST:${id}9092,CONTROLLER://$HOST:${id}9093
-advertised.listeners=PLAINTEXT://$HOST:${id}9092,CONTROLLER://$HOST:${id}9093
+controller.quorum.voters=1@$HOST:11093,2@$HOST:12093,3@$HOST:13093
+listeners=PLAINTEXT://$HOST:1${id}092,CONTROLLER://$HOST:1${id}093
+advertised.listeners=PLAINTEXT://$HOST:1${id}092,CONTROLLER://$HOST:1${id}093
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/log
 # What a production cluster runs: three copies, an acknowledged write is on at least two.
@@ -333,7 +336,7 @@ ctl_uuid() { "$JAVA" -cp "$INSTALL/libs/*" kafka.tools.StorageTool random-uuid 2
 # ---------------------------------------------------------------------------------------------
 # the 3-broker cluster
 
-CLUSTER_BOOTSTRAP="$HOST:19092,$HOST:29092,$HOST:39092"
+CLUSTER_BOOTSTRAP="$HOST:11092,$HOST:12092,$HOST:13092"
 
 check_id() { case "${1:-}" in 1|2|3) ;; *) die "broker id must be 1, 2 or 3 (got '${1:-}')" ;; esac; }
 
@@ -341,7 +344,7 @@ cluster_node_start() {
   local id=$1
   local cid; cid=$(cat "$DATA/cluster/cluster-id")
   prepare_node "node-$id" "$cid"
-  launch "node-$id" "${XKAFKA_CLUSTER_HEAP:--Xms256m -Xmx768m}" "${id}9092"
+  launch "node-$id" "${XKAFKA_CLUSTER_HEAP:--Xms256m -Xmx768m}" "1${id}092"
 }
 
 cluster() {
@@ -358,7 +361,7 @@ cluster() {
         # that runs (all three, unless another one is down on purpose).
         local up=0
         for n in 1 2 3; do if is_running "node-$n"; then up=$((up + 1)); fi; done
-        await "node-$id" "$HOST:${id}9092" "$up"
+        await "node-$id" "$HOST:1${id}092" "$up"
       else
         # All three at once: a node waits for a quorum of voters before it can register anyway.
         for n in 1 2 3; do cluster_node_start "$n"; done

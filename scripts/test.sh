@@ -43,7 +43,7 @@ export XKAFKA_TEST_BROKERS=127.0.0.1:9092
 export XKAFKA_SASL_BROKERS=127.0.0.1:9094
 export XKAFKA_TLS_BROKERS=127.0.0.1:9095
 export XKAFKA_TLS_CA=$PWD/target/xkafka-broker/single/tls/ca.pem
-export XKAFKA_CLUSTER_BROKERS=127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092
+export XKAFKA_CLUSTER_BROKERS=127.0.0.1:11092,127.0.0.1:12092,127.0.0.1:13092
 
 step "clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use xkafka::BoxError;
 
 /// The cluster's default address (`scripts/broker.sh cluster env`).
-pub const DEFAULT_BROKERS: &str = "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092";
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:11092,127.0.0.1:12092,127.0.0.1:13092";
 
 /// `XKAFKA_CLUSTER_BROKERS`, or the default; an error naming the command to
 /// run when one of its brokers does not accept connections (the tests fail,

@@ -39,6 +39,17 @@ pub enum Operation {
     /// acknowledged within the close timeout were purged (see
     /// [`Error::Incomplete`]).
     Flush,
+    /// Initialising a transactional producer (finding the transaction
+    /// coordinator, fencing older instances with the same
+    /// `transactional.id`).
+    InitTransactions,
+    /// Beginning a transaction.
+    BeginTransaction,
+    /// Committing a transaction (with a consumer: adding its offsets to the
+    /// transaction, then committing).
+    CommitTransaction,
+    /// Aborting a transaction, or reading its messages again afterwards.
+    AbortTransaction,
 }
 
 impl fmt::Display for Operation {
@@ -54,6 +65,10 @@ impl fmt::Display for Operation {
             Operation::Close => "closing",
             Operation::Enqueue => "enqueueing a message",
             Operation::Flush => "flushing the producer",
+            Operation::InitTransactions => "initialising transactions",
+            Operation::BeginTransaction => "beginning a transaction",
+            Operation::CommitTransaction => "committing a transaction",
+            Operation::AbortTransaction => "aborting a transaction",
         })
     }
 }
@@ -243,6 +258,14 @@ pub enum Error {
         #[source]
         source: Option<KafkaError>,
     },
+    /// Transactions used the wrong way: a producer without a
+    /// `transactional.id` given to a transactional consumer, one producer
+    /// driven by two consumers, `commit_transaction` with no transaction
+    /// open, a producer that was fenced and cannot transact any more, a
+    /// transactional consumer whose handlers did not finish in time for its
+    /// transaction to commit. The text says which.
+    #[error("transactions: {0}")]
+    Transactional(String),
     /// The producer was closed or dropped before the broker acknowledged the
     /// message; it may or may not have been written.
     #[error("no delivery report for a message to {topic}: the producer closed first")]
@@ -355,7 +378,30 @@ impl Error {
             _ => return false,
         };
         matches!(source, KafkaError::MessageConsumptionFatal(_))
+            || matches!(source, KafkaError::Transaction(e) if e.is_fatal())
             || source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+    }
+
+    /// Whether a transaction operation failed in a way that leaves the
+    /// transaction to be aborted (librdkafka's "abortable" errors: a
+    /// message of the transaction could not be delivered, the consumer
+    /// group's generation moved on, ...). The producer can transact again
+    /// after [`Producer::abort_transaction`](crate::Producer::abort_transaction).
+    pub fn requires_abort(&self) -> bool {
+        matches!(self, Error::Kafka { source: KafkaError::Transaction(e), .. } if e.txn_requires_abort())
+    }
+
+    /// Whether a newer instance with the same `transactional.id` (or a newer
+    /// member of the consumer group) took over: this instance must stop.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self.kafka_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::FencedInstanceId
+            )
+        )
     }
 
     /// librdkafka's error code, when the error comes from librdkafka.

@@ -145,7 +145,7 @@ impl XConsumerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
                 if let Some(pipeline) = self.pipeline().as_mut() {
-                    pipeline.assign(partitions.iter().cloned());
+                    pipeline.assign(&self.shared, partitions.iter().cloned());
                 }
                 let mut ledger = self.shared.ledger();
                 ledger.assignments += 1;

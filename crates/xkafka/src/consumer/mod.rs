@@ -11,6 +11,7 @@ mod pipeline;
 mod poll_loop;
 mod shared;
 mod tracker;
+mod transaction;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,6 +46,9 @@ const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much longer than the shutdown timeout `run` waits for the poll thread
 /// to report before returning without it.
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
+/// The longest transaction interval accepted: well inside librdkafka's
+/// default `transaction.timeout.ms` (60 s), past which the broker aborts.
+const MAX_TRANSACTION_INTERVAL: Duration = Duration::from_secs(30);
 
 /// When offsets are committed, and so which delivery guarantee holds.
 ///
@@ -72,6 +76,15 @@ pub enum CommitMode {
     /// delivered again (it is lost instead). If that commit fails, the
     /// message is not handled (and counted as skipped).
     AtMostOnce,
+    /// **Exactly-once** consume-transform-produce, set by
+    /// [`ConsumerBuilder::transactional`]: what the handlers publish through
+    /// the transactional producer (dead letters included) and the offsets of
+    /// the messages they handled commit in one Kafka transaction, so a
+    /// `read_committed` reader of the output sees each input's output once,
+    /// whatever crashes, rebalances or zombies happen. One transaction
+    /// covers many messages (see
+    /// [`transaction_interval`](ConsumerBuilder::transaction_interval)).
+    Transactional,
 }
 
 /// What a consumer did, returned by [`Consumer::run`].
@@ -155,6 +168,7 @@ pub struct Consumer {
     shutdown_timeout: Duration,
     topics: Vec<String>,
     config: Config,
+    transaction: Option<(crate::Producer, transaction::Boundary)>,
 }
 
 impl Consumer {
@@ -198,12 +212,15 @@ impl Consumer {
             completions_tx,
             shared.clone(),
             match self.commit_mode {
-                CommitMode::Auto => CommitWait::None,
+                CommitMode::Auto | CommitMode::Transactional => CommitWait::None,
                 CommitMode::Manual => CommitWait::After,
                 CommitMode::AtMostOnce => CommitWait::Before,
             },
         );
-        let pipeline = Pipeline::new(dispatcher, completions_rx, self.limits, self.commit_mode);
+        let mut pipeline = Pipeline::new(dispatcher, completions_rx, self.limits, self.commit_mode);
+        if let Some((producer, boundary)) = self.transaction {
+            pipeline = pipeline.with_transaction(transaction::Transaction::new(producer, boundary));
+        }
         let poll_loop = PollLoop {
             consumer: self.client,
             shared: shared.clone(),
@@ -318,6 +335,8 @@ pub struct ConsumerBuilder<K: Kind = Streaming> {
     revoke_grace: Duration,
     batch_size: usize,
     batch_timeout: Duration,
+    transactional: Option<crate::Producer>,
+    boundary: transaction::Boundary,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -343,9 +362,96 @@ impl<K: Kind> ConsumerBuilder<K> {
             revoke_grace: DEFAULT_REVOKE_GRACE,
             batch_size: DEFAULT_BATCH_SIZE,
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            transactional: None,
+            boundary: transaction::Boundary {
+                max_messages: transaction::DEFAULT_MAX_MESSAGES,
+                interval: transaction::DEFAULT_INTERVAL,
+            },
             #[cfg(feature = "metrics")]
             metrics: None,
         }
+    }
+
+    /// **Exactly-once**: handlers publish through `producer` (built with
+    /// [`transactional_id`](crate::ProducerBuilder::transactional_id)), and
+    /// what they publish commits in one Kafka transaction with the offsets
+    /// of the messages they handled ([`CommitMode::Transactional`]). Give
+    /// the same producer (a clone) to the handler and to a
+    /// [`DeadLetterLayer`](crate::dlq::DeadLetterLayer): its dead letters
+    /// join the transaction too. The consumer begins and commits the
+    /// producer's transactions; the producer serves this consumer only.
+    ///
+    /// How a transaction ends: after
+    /// [`transaction_max_messages`](Self::transaction_max_messages) messages
+    /// or [`transaction_interval`](Self::transaction_interval) after its
+    /// first one, the consumer stops handing out messages until every
+    /// message dispatched in the transaction has finished — with
+    /// [`concurrency`](Self::concurrency) and any [`Order`], queued ones
+    /// included — then sends their offsets and commits. So the offsets in
+    /// a transaction cover exactly the messages whose output is in it.
+    ///
+    /// What aborts a transaction (its output never becomes visible to
+    /// `read_committed` readers, and every partition it read is read again
+    /// from its first message in it): a failure the error handler stops on
+    /// (the consumer stops); handlers still running when the transaction
+    /// timeout or, on a revoke, the revoke grace runs out; a commit that
+    /// fails with an abortable error (the error goes to the error handler,
+    /// whose decision stands); partitions lost in a rebalance. Fenced by a
+    /// newer instance (same `transactional.id`, or a newer group
+    /// generation), the consumer reports it and stops. Shutdown commits
+    /// what finished within the shutdown timeout.
+    ///
+    /// ```no_run
+    /// use xkafka::{Ack, BoxError, Consumer, Decision, Message, Producer};
+    ///
+    /// # async fn run() -> Result<(), xkafka::Error> {
+    /// let producer = Producer::builder("enricher")
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .transactional_id("enricher-0")
+    ///     .error_handler(|err| eprintln!("{err}"))
+    ///     .build()?;
+    /// let output = producer.clone();
+    /// let consumer = Consumer::builder("enricher")
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .topics(["orders"])
+    ///     .transactional(producer)
+    ///     .error_handler(|_| Decision::Stop)
+    ///     .handler(move |msg: Message| {
+    ///         let output = output.clone();
+    ///         async move {
+    ///             let enriched = Message::builder("orders.enriched")
+    ///                 .key(msg.key().cloned().unwrap_or_default())
+    ///                 .value(msg.value_str().unwrap_or_default().to_uppercase())
+    ///                 .build();
+    ///             output.publish(enriched).await?;
+    ///             Ok::<_, BoxError>(Ack::Success)
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// consumer.run(async { tokio::signal::ctrl_c().await.ok(); }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transactional(mut self, producer: crate::Producer) -> Self {
+        self.transactional = Some(producer);
+        self.commit_mode = CommitMode::Transactional;
+        self
+    }
+
+    /// Transactional mode: a transaction ends once this many messages were
+    /// dispatched in it (default 10,000).
+    pub fn transaction_max_messages(mut self, n: usize) -> Self {
+        self.boundary.max_messages = n;
+        self
+    }
+
+    /// Transactional mode: a transaction ends this long after its first
+    /// message (default 100 ms, as Kafka Streams' exactly-once commit
+    /// interval). Longer means fewer commits (more throughput) and more
+    /// latency for `read_committed` readers of the output, and more to
+    /// handle again after an abort.
+    pub fn transaction_interval(mut self, interval: Duration) -> Self {
+        self.boundary.interval = interval;
+        self
     }
 
     /// Publishes committed offsets and consumer lag (librdkafka's cached
@@ -510,6 +616,44 @@ impl<K: Kind> ConsumerBuilder<K> {
                 reason: "xkafka stores offsets itself, only after a message is processed",
             });
         }
+        let transaction = match (self.commit_mode, self.transactional) {
+            (CommitMode::Transactional, Some(producer)) => {
+                if self.boundary.max_messages == 0 {
+                    return Err(Error::Transactional(
+                        "transaction_max_messages must be at least 1".into(),
+                    ));
+                }
+                if self.boundary.interval.is_zero()
+                    || self.boundary.interval > MAX_TRANSACTION_INTERVAL
+                {
+                    return Err(Error::Transactional(format!(
+                        "transaction_interval must be more than zero and at most {MAX_TRANSACTION_INTERVAL:?} \
+                         (librdkafka's default transaction.timeout.ms is 60 s), not {:?}",
+                        self.boundary.interval
+                    )));
+                }
+                // Refuses a producer without a transactional.id, or one
+                // another consumer (or the application) already drives.
+                producer
+                    .transactions()?
+                    .take_control(&Arc::from(self.group.as_str()))?;
+                Some((producer, self.boundary))
+            }
+            (CommitMode::Transactional, None) => {
+                return Err(Error::Transactional(
+                    "CommitMode::Transactional needs the producer the handlers publish with: \
+                     use .transactional(producer)"
+                        .into(),
+                ))
+            }
+            (mode, Some(_)) => {
+                return Err(Error::Transactional(format!(
+                    "a transactional producer was given, then .commit_mode({mode:?}): \
+                     choose one"
+                )))
+            }
+            (_, None) => None,
+        };
         let auto_commit = self.commit_mode == CommitMode::Auto;
         if let Some(given) = config.is_true("enable.auto.commit") {
             if given != auto_commit {
@@ -568,6 +712,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
             config,
+            transaction,
         }))
     }
 }

@@ -22,6 +22,7 @@ use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled, Work
 use super::offsets::TopicPartition;
 use super::shared::Shared;
 use super::tracker::OffsetTracker;
+use super::transaction::{Ending, Transaction};
 use super::CommitMode;
 use crate::error::{Decision, Error, Operation};
 use crate::{Ack, Message};
@@ -29,6 +30,8 @@ use crate::{Ack, Message};
 /// How long a drain waits for one completion before re-checking its exit
 /// conditions.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// Bound on rewinding partitions after an aborted transaction.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Buffering bounds: past them partitions are paused, not polled less.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +66,14 @@ pub(crate) struct Pipeline {
     unsettled: usize,
     /// Completions of messages handled inline, not settled yet.
     finished_inline: Vec<Completion>,
+    /// [`CommitMode::Transactional`]: the open transaction.
+    txn: Option<Transaction>,
+    /// Partitions read again from an earlier offset (a transaction aborted)
+    /// or newly assigned since the poll loop last looked: messages it
+    /// fetched for them before that are stale.
+    rewound: Vec<TopicPartition>,
+    /// Set by `stop` in transactional mode.
+    ending: Option<Ending>,
 }
 
 #[derive(Default)]
@@ -96,7 +107,36 @@ impl Pipeline {
             next_epoch: 0,
             unsettled: 0,
             finished_inline: Vec::new(),
+            txn: None,
+            rewound: Vec::new(),
+            ending: None,
         }
+    }
+
+    /// The end of the transaction that `stop` prepared, for the close
+    /// thread (transactional mode only).
+    pub(crate) fn take_ending(&mut self) -> Option<Ending> {
+        self.ending.take()
+    }
+
+    /// Transactional mode: what handlers publish and the offsets they
+    /// consumed commit together in `txn`.
+    pub(crate) fn with_transaction(mut self, txn: Transaction) -> Self {
+        self.txn = Some(txn);
+        self
+    }
+
+    /// Opens the first transaction (initialising the producer's, which
+    /// fences an older instance with the same `transactional.id`). Nothing
+    /// to do without one.
+    pub(crate) fn start(&self) -> Result<(), Error> {
+        self.txn.as_ref().map_or(Ok(()), Transaction::begin)
+    }
+
+    /// Partitions whose messages fetched before now are stale (see
+    /// `rewound`); the poll loop asks when [`Shared::rewinds`] moved.
+    pub(crate) fn take_rewound(&mut self) -> Vec<TopicPartition> {
+        std::mem::take(&mut self.rewound)
     }
 
     /// Messages dispatched and not settled, over all partitions.
@@ -104,8 +144,14 @@ impl Pipeline {
         self.unsettled
     }
 
-    pub(crate) fn assign(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
+    pub(crate) fn assign(
+        &mut self,
+        shared: &Shared,
+        partitions: impl IntoIterator<Item = TopicPartition>,
+    ) {
         for tp in partitions {
+            // Fetched before this assignment: not part of it.
+            self.rewound.push(tp.clone());
             self.next_epoch += 1;
             let epoch = self.next_epoch;
             self.partitions.entry(tp).or_insert_with(|| PartitionState {
@@ -117,6 +163,9 @@ impl Pipeline {
                 stalled: false,
             });
         }
+        shared
+            .rewinds
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Hands a fetched message to its lane; pauses its partition (or all of
@@ -137,6 +186,9 @@ impl Pipeline {
         };
         state.tracker.dispatched(offset);
         self.unsettled += 1;
+        if let Some(txn) = &mut self.txn {
+            txn.dispatched(&tp, offset);
+        }
         // Settled entries count too: behind one unfinished message they
         // pile up (`Order::PerKey`, `Unordered`) until it finishes.
         let full = state.tracker.tracked() >= self.limits.per_partition;
@@ -216,7 +268,12 @@ impl Pipeline {
             ledger.failed_skipped += settlement.failed_skipped;
         }
         self.commit_claims(consumer, shared, std::mem::take(&mut settlement.claims));
-        if self.commit_mode != CommitMode::AtMostOnce {
+        // Transactional: offsets go into the transaction at its end, not to
+        // librdkafka's store.
+        if !matches!(
+            self.commit_mode,
+            CommitMode::AtMostOnce | CommitMode::Transactional
+        ) {
             let marks: Vec<(TopicPartition, i64)> = settlement
                 .changed
                 .iter()
@@ -342,6 +399,9 @@ impl Pipeline {
             // Held: the watermark stays at this offset for good.
             Settled::Failed(Decision::Stop) => {
                 settlement.failed += 1;
+                if let Some(txn) = &mut self.txn {
+                    txn.poisoned = true;
+                }
                 false
             }
         };
@@ -425,6 +485,10 @@ impl Pipeline {
         lost: bool,
         grace: Duration,
     ) {
+        if self.txn.is_some() {
+            self.revoke_transactional(consumer, shared, partitions, lost, grace);
+            return;
+        }
         let mut unpaused = Vec::new();
         for tp in partitions {
             if let Some(state) = self.partitions.get_mut(tp) {
@@ -452,12 +516,25 @@ impl Pipeline {
 
     /// Shutdown: stop dispatching everything, let running handlers finish
     /// until `deadline`, then abort the rest. Returns how many were aborted.
+    ///
+    /// Transactional: every dispatched message may finish (queued ones
+    /// too) until `deadline`; if all did and none failed the consumer for
+    /// good, the transaction is to be committed with their offsets, else
+    /// aborted ([`take_ending`](Self::take_ending); the close thread does
+    /// it, before the consumer leaves its group).
     pub(crate) fn stop<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         shared: &Shared,
         deadline: Instant,
     ) -> u64 {
+        let complete = if self.txn.is_some() {
+            let all: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
+            self.pause_closing(consumer, shared, all.iter());
+            self.barrier(consumer, shared, deadline)
+        } else {
+            false
+        };
         let mut unpaused = Vec::new();
         for (tp, state) in self.partitions.iter_mut() {
             state.gate.close();
@@ -473,7 +550,271 @@ impl Pipeline {
         self.dispatcher.abort_all();
         // Lanes waiting for a manual commit are gone with the abort.
         self.settle(consumer, shared);
+        if let Some(transaction) = self.txn.take() {
+            let commit =
+                (complete && !transaction.poisoned).then(|| self.transaction_offsets(&transaction));
+            self.ending = Some(Ending {
+                transaction,
+                commit,
+            });
+        }
         abandoned as u64
+    }
+
+    /// Transactional: whether the open transaction should end now.
+    pub(crate) fn transaction_due(&self) -> bool {
+        self.txn.as_ref().is_some_and(Transaction::due)
+    }
+
+    /// Transactional: ends the open transaction at a barrier — once every
+    /// message dispatched in it has settled — by committing it with their
+    /// offsets, and opens the next. Handlers that do not finish within the
+    /// transaction timeout abort it instead (see `abort_transaction`).
+    pub(crate) fn end_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+    ) {
+        let Some(timeout) = self
+            .txn
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(Transaction::timeout)
+        else {
+            return;
+        };
+        if self.barrier(consumer, shared, Instant::now() + timeout) {
+            self.commit_transaction(consumer, shared);
+        } else if !self.txn.as_ref().is_some_and(|t| t.poisoned) {
+            let running = self.unsettled;
+            self.abort_transaction(
+                consumer,
+                shared,
+                Some(Error::Transactional(format!(
+                    "{running} message(s) were still being handled {timeout:?} after the \
+                     transaction was due; it was aborted, and everything it read will be \
+                     handled again"
+                ))),
+            );
+        }
+        // Poisoned: a failure the error handler stopped on; the consumer is
+        // stopping, and the transaction is aborted at the end.
+    }
+
+    /// Waits, settling, until every dispatched message has settled (`true`),
+    /// or `deadline`, or a failure poisoned the transaction (`false`).
+    /// Partial batches are handed to their handlers now rather than at the
+    /// end of their window.
+    fn barrier<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        deadline: Instant,
+    ) -> bool {
+        self.dispatcher.close_batches();
+        self.settle(consumer, shared);
+        loop {
+            if self.txn.as_ref().is_some_and(|t| t.poisoned) {
+                return false;
+            }
+            if self.unsettled == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let first = self
+                .completions
+                .recv_timeout((deadline - now).min(DRAIN_TICK))
+                .ok();
+            self.settle_with(consumer, shared, first);
+        }
+    }
+
+    /// The next offset to read of each partition the transaction read.
+    fn transaction_offsets(&self, txn: &Transaction) -> Vec<(TopicPartition, i64)> {
+        txn.partitions()
+            .filter_map(|tp| Some((tp.clone(), self.partitions.get(tp)?.tracker.watermark()?)))
+            .collect()
+    }
+
+    /// Commits the open transaction (after a barrier) and opens the next;
+    /// an abortable failure aborts and rewinds, a fatal one (fenced) stops
+    /// the consumer. Returns whether it committed.
+    fn commit_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+    ) -> bool {
+        let Some(txn) = self.txn.as_ref() else {
+            return true;
+        };
+        let offsets = self.transaction_offsets(txn);
+        let Some(txn) = self.txn.as_mut() else {
+            return true;
+        };
+        let timeout = txn.timeout();
+        match txn.commit(consumer, &offsets, timeout) {
+            Ok(()) => {
+                {
+                    let mut ledger = shared.ledger();
+                    for (tp, offset) in &offsets {
+                        ledger.mark_committed(tp, *offset);
+                    }
+                }
+                if let Err(err) = txn.begin() {
+                    shared.stop_with(err);
+                }
+                true
+            }
+            Err(err) if err.is_fatal() || err.is_fenced() || txn.is_failed() => {
+                tracing::error!(group = %shared.group, %err, "transaction fenced or failed for good; stopping");
+                shared.stop_with(err);
+                false
+            }
+            Err(err) => {
+                self.abort_transaction(consumer, shared, Some(err));
+                false
+            }
+        }
+    }
+
+    /// Aborts the open transaction: drops every running handler first (what
+    /// it would publish next must not land in the next transaction), then
+    /// reads each partition the transaction read again from its first
+    /// message in it, and opens the next transaction. `cause` goes to the
+    /// error handler, whose decision stands; when the abort itself fails
+    /// the consumer stops.
+    fn abort_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        cause: Option<Error>,
+    ) {
+        self.dispatcher.abort_all();
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        let timeout = txn.timeout();
+        let (rewind, aborted) = txn.abort(timeout);
+        let reopened = aborted.and_then(|()| txn.begin());
+        tracing::warn!(group = %shared.group, partitions = rewind.len(), "transaction aborted; reading its messages again");
+        self.rewind(consumer, shared, &rewind);
+        if let Some(cause) = cause {
+            shared.report(cause);
+        }
+        if let Err(err) = reopened {
+            shared.stop_with(err);
+        }
+    }
+
+    /// Reads each partition again from `offset`: a fresh tracker and gate
+    /// (a new epoch: late reports of the old one are ignored), and a seek.
+    fn rewind<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        points: &[(TopicPartition, i64)],
+    ) {
+        let mut tpl = TopicPartitionList::with_capacity(points.len());
+        for (tp, offset) in points {
+            let Some(state) = self.partitions.get_mut(tp) else {
+                continue;
+            };
+            self.unsettled -= state.tracker.unsettled();
+            state.gate.close();
+            self.next_epoch += 1;
+            state.tracker = OffsetTracker::new();
+            state.gate = Gate::new();
+            state.epoch = self.next_epoch;
+            state.stalled = false;
+            self.dispatcher.close_partition(tp);
+            let _ =
+                tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(*offset));
+            self.rewound.push(tp.clone());
+        }
+        shared
+            .rewinds
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if tpl.count() == 0 {
+            return;
+        }
+        let failed = match consumer.seek_partitions(tpl, SEEK_TIMEOUT) {
+            Ok(result) => result.elements().iter().find_map(|e| {
+                e.error()
+                    .err()
+                    .map(|err| (e.topic().to_owned(), e.partition(), err))
+            }),
+            Err(err) => Some((String::new(), -1, err)),
+        };
+        if let Some((topic, partition, err)) = failed {
+            // Reading on from where it was would skip the aborted messages.
+            tracing::error!(group = %shared.group, topic, partition, %err, "cannot rewind after an aborted transaction; stopping");
+            shared.stop_with(Error::kafka(Operation::AbortTransaction, err));
+        }
+    }
+
+    /// Pauses `partitions` and marks them closing (they stay paused), for
+    /// a transactional revoke or stop.
+    fn pause_closing<'a, C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        partitions: impl Iterator<Item = &'a TopicPartition>,
+    ) {
+        let mut unpaused = Vec::new();
+        for tp in partitions {
+            if let Some(state) = self.partitions.get_mut(tp) {
+                state.closing = true;
+                if !state.paused {
+                    state.paused = true;
+                    unpaused.push(tp.clone());
+                }
+            }
+        }
+        pause(consumer, shared, &unpaused);
+    }
+
+    /// A transactional revocation. The transaction holds the output of
+    /// every partition's messages, so it ends here: at a barrier within
+    /// `grace`, committed with every partition's offsets (the revoked ones'
+    /// last); if handlers do not finish in time, aborted and rewound. A lost
+    /// partition may be another member's already: the transaction is
+    /// aborted without waiting.
+    fn revoke_transactional<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        partitions: &BTreeSet<TopicPartition>,
+        lost: bool,
+        grace: Duration,
+    ) {
+        self.pause_closing(consumer, shared, partitions.iter());
+        let open = self.txn.as_ref().is_some_and(|t| !t.is_empty());
+        if open && lost {
+            self.abort_transaction(consumer, shared, None);
+        } else if open && self.barrier(consumer, shared, Instant::now() + grace) {
+            self.commit_transaction(consumer, shared);
+        } else if open && !self.txn.as_ref().is_some_and(|t| t.poisoned) {
+            let running = self.unsettled;
+            self.abort_transaction(
+                consumer,
+                shared,
+                Some(Error::Transactional(format!(
+                    "{running} message(s) were still being handled when the revoke grace \
+                     ({grace:?}) ran out; the transaction was aborted, and what it read will be \
+                     handled again (by this member or the partitions' new owner)"
+                ))),
+            );
+        }
+        for tp in partitions {
+            if let Some(state) = self.partitions.remove(tp) {
+                state.gate.close();
+                self.unsettled -= state.tracker.unsettled();
+            }
+            self.dispatcher.close_partition(tp);
+        }
     }
 }
 
@@ -631,7 +972,7 @@ mod tests {
 
     impl Harness {
         fn assign(&mut self, tp: &TopicPartition) -> u64 {
-            self.pipeline.assign([tp.clone()]);
+            self.pipeline.assign(&self.shared, [tp.clone()]);
             self.shared.ledger().assigned.insert(tp.clone());
             self.pipeline.partitions[tp].epoch
         }

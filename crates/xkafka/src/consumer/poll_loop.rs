@@ -57,8 +57,19 @@ impl PollLoop {
     /// the bounded way: unwinding would drop the client with no bound on
     /// its close, and leave the lanes running for nobody.
     pub(crate) fn run(self, pipeline: Pipeline) -> LoopEnd {
-        *self.consumer.context().pipeline() = Some(pipeline);
-        self.shared.guard("the poll thread", || self.poll());
+        // Transactional: initialise (fencing an older instance with the same
+        // transactional.id) and open the first transaction before anything
+        // is fetched.
+        match pipeline.start() {
+            Ok(()) => {
+                *self.consumer.context().pipeline() = Some(pipeline);
+                self.shared.guard("the poll thread", || self.poll());
+            }
+            Err(err) => {
+                *self.consumer.context().pipeline() = Some(pipeline);
+                self.shared.stop_with(err);
+            }
+        }
         self.finish()
     }
 
@@ -85,6 +96,7 @@ impl PollLoop {
         // showed up in the poll thread's profile.
         let mut messages = Vec::with_capacity(POLL_BATCH);
         let mut busy = false;
+        let mut rewinds = self.shared.rewinds.load(Ordering::Acquire);
         #[cfg(feature = "metrics")]
         let mut positions_at = Instant::now();
         #[cfg(feature = "metrics")]
@@ -99,7 +111,16 @@ impl PollLoop {
             // once: stores and commits are batched, not per message.
             let mut timeout = if busy { BUSY_POLL } else { IDLE_POLL };
             while messages.len() < POLL_BATCH {
-                match self.consumer.poll(timeout) {
+                let polled = self.consumer.poll(timeout);
+                // A rebalance callback inside that poll may have assigned
+                // partitions or rewound them: what was fetched for them
+                // before is stale (librdkafka drops its own copies).
+                let now = self.shared.rewinds.load(Ordering::Acquire);
+                if now != rewinds {
+                    rewinds = now;
+                    self.drop_stale(&mut messages);
+                }
+                match polled {
                     None => break,
                     Some(Err(KafkaError::PartitionEOF(_))) => {}
                     // rdkafka (0.39) makes every poll error out of an error
@@ -125,8 +146,31 @@ impl PollLoop {
                 pipeline.dispatch(&self.consumer, &self.shared, message);
             }
             pipeline.settle(&self.consumer, &self.shared);
+            if pipeline.transaction_due() {
+                pipeline.end_transaction(&self.consumer, &self.shared);
+                // An abort rewinds partitions; nothing is buffered here now.
+                rewinds = self.shared.rewinds.load(Ordering::Acquire);
+                pipeline.take_rewound();
+            }
             busy = pipeline.unsettled() > 0;
         }
+    }
+
+    /// Drops the buffered messages of partitions assigned or rewound since
+    /// they were fetched.
+    fn drop_stale(&self, messages: &mut Vec<crate::Message>) {
+        let stale = match self.consumer.context().pipeline().as_mut() {
+            Some(pipeline) => pipeline.take_rewound(),
+            None => return,
+        };
+        if stale.is_empty() || messages.is_empty() {
+            return;
+        }
+        messages.retain(|m| {
+            !stale
+                .iter()
+                .any(|tp| m.partition() == Some(tp.partition) && *m.topic_arc() == tp.topic)
+        });
     }
 
     /// Reports an error event `poll` returned: a record librdkafka could not
@@ -215,6 +259,7 @@ impl PollLoop {
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
         let pipeline = self.consumer.context().pipeline().take();
+        let mut ending = None;
         if let Some(mut pipeline) = pipeline {
             let abandoned = pipeline.stop(
                 &self.consumer,
@@ -222,6 +267,7 @@ impl PollLoop {
                 since + handler_grace(self.shutdown_timeout),
             );
             self.shared.ledger().abandoned += abandoned;
+            ending = pipeline.take_ending();
         }
         let pending = self.shared.ledger().uncommitted(None);
         // The last commit and rdkafka's Drop (which leaves the group and
@@ -234,6 +280,22 @@ impl PollLoop {
         let spawned = std::thread::Builder::new()
             .name("xkafka-close".into())
             .spawn(move || {
+                // Before leaving the group: after that, its generation no
+                // longer accepts the transaction's offsets.
+                if let Some(ending) = ending {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match ending.finish(&consumer, left) {
+                        Ok(offsets) => {
+                            let mut ledger = shared.ledger();
+                            for (tp, offset) in &offsets {
+                                ledger.mark_committed(tp, *offset);
+                            }
+                        }
+                        Err(err) => {
+                            shared.report(err);
+                        }
+                    }
+                }
                 commit_sync(&consumer, &shared, pending);
                 drop(consumer);
                 let _ = closed_tx.send(());

@@ -36,6 +36,11 @@ pub(crate) struct Shared {
     /// partitions so that comparing them is a pointer comparison.
     topics: TopicNames,
     pub(crate) revoke_grace: Duration,
+    /// Moves whenever the pipeline assigns partitions or rewinds them (a
+    /// transaction aborted): the poll loop then drops what it fetched for
+    /// them before (see `Pipeline::take_rewound`). An atomic, so that the
+    /// loop's check after each `poll` costs no lock.
+    pub(crate) rewinds: std::sync::atomic::AtomicU64,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -58,6 +63,7 @@ impl Shared {
             shutdown,
             topics: TopicNames::default(),
             revoke_grace,
+            rewinds: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -92,6 +98,22 @@ impl Shared {
             self.shutdown.shutdown();
         }
         decision
+    }
+
+    /// Tells the error handler about `err`, then stops whatever it decides:
+    /// the consumer cannot go on safely (a fenced transactional producer,
+    /// a transaction that could neither commit nor abort). `run` returns
+    /// `err` unless an earlier error stopped it.
+    pub(crate) fn stop_with(&self, err: Error) {
+        // Told, not asked: its decision cannot change the outcome.
+        let _ =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.error_handler)(&err)));
+        let mut slot = self.stop_error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+        drop(slot);
+        self.shutdown.shutdown();
     }
 
     /// Keeps the first panic for `run` to return and starts a shutdown: after

@@ -4,6 +4,7 @@
 mod context;
 mod driver;
 mod publish;
+mod transaction;
 
 use std::fmt;
 use std::future::poll_fn;
@@ -117,6 +118,8 @@ struct Inner {
     /// No middleware: publishes skip the tower stack (and, for
     /// `publish_async`, the driver task).
     direct: bool,
+    /// Built with a `transactional.id`.
+    transactions: Option<transaction::Transactions>,
 }
 
 impl Producer {
@@ -134,6 +137,7 @@ impl Producer {
             on_delivery: None,
             stack: Stack::new(),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            transaction_timeout: transaction::DEFAULT_OPERATION_TIMEOUT,
         }
     }
 
@@ -466,9 +470,34 @@ pub struct ProducerBuilder {
     on_delivery: Option<OnDeliveryFn>,
     stack: Stack<Message, Delivery>,
     close_timeout: Duration,
+    transaction_timeout: Duration,
 }
 
 impl ProducerBuilder {
+    /// Makes the producer transactional (librdkafka's `transactional.id`):
+    /// see [`Producer::begin_transaction`], or hand it to a consumer with
+    /// [`ConsumerBuilder::transactional`](crate::ConsumerBuilder::transactional)
+    /// for exactly-once consume-transform-produce.
+    ///
+    /// The id must be stable across restarts of the same instance and
+    /// unique among the instances running at once: a new producer with the
+    /// same id fences the old one (its open transaction is aborted and it
+    /// can no longer commit), which is what makes a restarted instance safe
+    /// from its zombie predecessor.
+    pub fn transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.config.set("transactional.id", id);
+        self
+    }
+
+    /// Bound on each transaction operation (initialising, committing,
+    /// aborting; default 30 s). librdkafka's `transaction.timeout.ms`
+    /// (default 60 s) is another bound: how long the broker lets a
+    /// transaction stay open before aborting it.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
+    }
+
     /// Bootstrap brokers, `host:port` each.
     pub fn brokers<I, S>(mut self, brokers: I) -> Self
     where
@@ -564,6 +593,25 @@ impl ProducerBuilder {
                 config.set(key, value);
             }
         }
+        let transactions = match config.get("transactional.id") {
+            Some(id) if id.trim().is_empty() => {
+                return Err(Error::Transactional(
+                    "transactional.id is empty: give each instance a stable, unique id".into(),
+                ))
+            }
+            Some(id) => {
+                if self.transaction_timeout.is_zero() {
+                    return Err(Error::Transactional(
+                        "transaction_timeout must be more than zero".into(),
+                    ));
+                }
+                Some(transaction::Transactions::new(
+                    id.to_owned(),
+                    self.transaction_timeout,
+                ))
+            }
+            None => None,
+        };
         let client_config = config.to_client_config()?;
         let name: Arc<str> = self.name.into();
         let hooks = Arc::new(Hooks {
@@ -598,6 +646,7 @@ impl ProducerBuilder {
                 close_timeout: self.close_timeout,
                 config,
                 direct,
+                transactions,
             }),
         })
     }
@@ -611,6 +660,7 @@ impl fmt::Debug for ProducerBuilder {
             .field("config", &self.config)
             .field("layers", &self.stack.len())
             .field("close_timeout", &self.close_timeout)
+            .field("transaction_timeout", &self.transaction_timeout)
             .finish_non_exhaustive()
     }
 }

@@ -284,7 +284,7 @@ pub fn captured_debug_logs() -> &'static Captured {
 /// (`XKAFKA_CLUSTER_BROKERS`). A missing cluster fails the test.
 pub fn cluster_brokers() -> String {
     let brokers = std::env::var("XKAFKA_CLUSTER_BROKERS")
-        .unwrap_or_else(|_| "127.0.0.1:19092,127.0.0.1:29092,127.0.0.1:39092".into());
+        .unwrap_or_else(|_| "127.0.0.1:11092,127.0.0.1:12092,127.0.0.1:13092".into());
     for addr in brokers.split(',') {
         if TcpStream::connect_timeout(
             &addr.parse().expect("XKAFKA_CLUSTER_BROKERS is host:port,…"),

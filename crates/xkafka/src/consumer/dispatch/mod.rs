@@ -387,6 +387,14 @@ impl Dispatcher {
         }
     }
 
+    /// Makes every batch being filled ready now, whatever its window: a
+    /// transaction ends only once they were handled.
+    pub(crate) fn close_batches(&mut self) {
+        for (key, filling) in self.filling.drain() {
+            self.ready.push((key, filling.works));
+        }
+    }
+
     /// Forgets the lanes (and batches being filled) of a revoked partition;
     /// the lanes end once their running handler (if any) finished.
     pub(crate) fn close_partition(&mut self, tp: &TopicPartition) {

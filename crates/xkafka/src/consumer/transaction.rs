@@ -1,0 +1,202 @@
+//! Exactly-once consume-transform-produce: the consumer's side of a Kafka
+//! transaction (EOS v2, KIP-447). Only the poll thread touches it, through
+//! the pipeline, which decides *when* a transaction ends (`pipeline.rs`:
+//! the barrier); this file knows *what* a transaction holds and how it ends.
+//!
+//! What handlers publish through the transactional producer, and the
+//! offsets of the messages they handled, go into one transaction: committed
+//! together, or aborted together and read again. One transaction spans many
+//! messages: it ends every `max_messages` dispatched messages or `interval`
+//! after its first one, whichever comes first, at a barrier where every
+//! dispatched message has settled — so the offsets sent cover exactly the
+//! messages whose output is in it, whatever the concurrency and ordering.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use rustc_hash::FxHashMap;
+
+use super::offsets::TopicPartition;
+use crate::error::Error;
+use crate::Producer;
+
+/// Default: a transaction ends after this many messages...
+pub(crate) const DEFAULT_MAX_MESSAGES: usize = 10_000;
+/// ...or this long after its first message (Kafka Streams' default commit
+/// interval with exactly-once).
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// When a transaction ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Boundary {
+    pub(crate) max_messages: usize,
+    pub(crate) interval: Duration,
+}
+
+/// The open transaction, seen from the consumer.
+pub(crate) struct Transaction {
+    producer: Producer,
+    boundary: Boundary,
+    /// When the first message of the open transaction was dispatched.
+    opened_at: Option<Instant>,
+    /// Messages dispatched in the open transaction.
+    messages: usize,
+    /// Per partition, the first offset dispatched in the open transaction:
+    /// where the partition is read again from if it aborts.
+    from: FxHashMap<TopicPartition, i64>,
+    /// A handler failed and the error handler stopped on it: what it
+    /// published before failing is in the open transaction, which must not
+    /// commit.
+    pub(crate) poisoned: bool,
+}
+
+impl Transaction {
+    pub(crate) fn new(producer: Producer, boundary: Boundary) -> Self {
+        Transaction {
+            producer,
+            boundary,
+            opened_at: None,
+            messages: 0,
+            from: FxHashMap::default(),
+            poisoned: false,
+        }
+    }
+
+    /// A message of `tp` at `offset` was dispatched.
+    pub(crate) fn dispatched(&mut self, tp: &TopicPartition, offset: i64) {
+        self.messages += 1;
+        self.opened_at.get_or_insert_with(Instant::now);
+        if let Some(first) = self.from.get_mut(tp) {
+            *first = (*first).min(offset);
+        } else {
+            self.from.insert(tp.clone(), offset);
+        }
+    }
+
+    /// Whether the open transaction should end now.
+    pub(crate) fn due(&self) -> bool {
+        self.messages >= self.boundary.max_messages
+            || self
+                .opened_at
+                .is_some_and(|at| at.elapsed() >= self.boundary.interval)
+    }
+
+    /// Whether any message was dispatched in the open transaction.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// The partitions the open transaction read from.
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = &TopicPartition> {
+        self.from.keys()
+    }
+
+    /// How long one transaction operation may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.producer
+            .transactions()
+            .map_or(Duration::from_secs(30), |t| t.timeout)
+    }
+
+    /// Whether a fatal error (fencing) ended the producer's transactions.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.producer.transactions().is_ok_and(|t| t.is_failed())
+    }
+
+    /// Sends `offsets` (the next offset to read, per partition) with the
+    /// consumer's group metadata and commits. Blocking, bounded by
+    /// `timeout`. The next transaction is opened by [`begin`](Self::begin).
+    pub(crate) fn commit<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &[(TopicPartition, i64)],
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let txn = self.producer.transactions()?;
+        let group = consumer.group_metadata().ok_or_else(|| {
+            Error::Transactional(
+                "the consumer has no group metadata (not in a group yet): its offsets cannot \
+                 join the transaction"
+                    .into(),
+            )
+        })?;
+        let tpl = offset_list(offsets);
+        let with_offsets = (!offsets.is_empty()).then_some((&tpl, &group));
+        txn.commit_with_offsets(self.producer.client(), with_offsets, timeout)?;
+        self.reset();
+        Ok(())
+    }
+
+    /// Opens the next transaction.
+    pub(crate) fn begin(&self) -> Result<(), Error> {
+        self.producer.transactions()?.begin(self.producer.client())
+    }
+
+    /// Aborts the open transaction; returns where each partition it read
+    /// from must be read again, and whether the abort worked.
+    pub(crate) fn abort(
+        &mut self,
+        timeout: Duration,
+    ) -> (Vec<(TopicPartition, i64)>, Result<(), Error>) {
+        let rewind: Vec<(TopicPartition, i64)> = self.from.drain().collect();
+        self.reset();
+        let result = self
+            .producer
+            .transactions()
+            .and_then(|txn| txn.abort(self.producer.client(), timeout));
+        (rewind, result)
+    }
+
+    fn reset(&mut self) {
+        self.from.clear();
+        self.messages = 0;
+        self.opened_at = None;
+        self.poisoned = false;
+    }
+}
+
+fn offset_list(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (tp, offset) in offsets {
+        // Only fails for an invalid offset; ours are >= 0.
+        let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
+    }
+    tpl
+}
+
+/// The transaction's end at shutdown, carried to the close thread: the
+/// commit (or abort) must happen before the consumer leaves its group, or
+/// the group's generation no longer accepts the offsets.
+pub(crate) struct Ending {
+    pub(crate) transaction: Transaction,
+    /// Commit these offsets; `None`: abort.
+    pub(crate) commit: Option<Vec<(TopicPartition, i64)>>,
+}
+
+impl Ending {
+    /// Commits or aborts within `timeout`; returns what was committed.
+    pub(crate) fn finish<C: ConsumerContext>(
+        mut self,
+        consumer: &BaseConsumer<C>,
+        timeout: Duration,
+    ) -> Result<Vec<(TopicPartition, i64)>, Error> {
+        if self.transaction.is_failed() {
+            // Fenced: nothing can be committed or aborted any more (the
+            // broker aborted it already).
+            return Ok(Vec::new());
+        }
+        match self.commit.take() {
+            Some(offsets) if !self.transaction.is_empty() => {
+                match self.transaction.commit(consumer, &offsets, timeout) {
+                    Ok(()) => Ok(offsets),
+                    Err(err) => {
+                        let _ = self.transaction.abort(timeout);
+                        Err(err)
+                    }
+                }
+            }
+            _ => self.transaction.abort(timeout).1.map(|()| Vec::new()),
+        }
+    }
+}

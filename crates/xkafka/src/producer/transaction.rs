@@ -1,0 +1,348 @@
+//! Kafka transactions on a producer built with a `transactional.id`: the
+//! plain API (`begin` / publish / `commit` / `abort`, on [`Producer`]) and
+//! the blocking steps a transactional consumer drives from its poll thread.
+//!
+//! librdkafka keeps one transaction per producer and puts every message
+//! produced between `begin` and `commit` in it, from whichever clone or
+//! thread: so the owner of the boundaries must be one party, either the
+//! application (the plain API) or one consumer (see
+//! [`ConsumerBuilder::transactional`](crate::ConsumerBuilder::transactional)),
+//! never both — the state here enforces it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{Producer as _, ThreadedProducer};
+use rdkafka::TopicPartitionList;
+
+use super::context::XProducerContext;
+use super::Producer;
+use crate::error::{Error, Operation};
+
+/// Default bound of one transaction operation (init, commit, abort).
+pub(crate) const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a transactional producer is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `init_transactions` has not succeeded yet.
+    Uninit,
+    /// Initialised, no transaction open.
+    Ready,
+    /// A transaction is open.
+    Open,
+    /// A fatal error (fenced by a newer instance with the same
+    /// `transactional.id`, for one): the producer cannot transact again.
+    Failed,
+}
+
+/// The transactional side of a producer.
+pub(crate) struct Transactions {
+    pub(crate) id: String,
+    phase: Mutex<Phase>,
+    /// Set when a consumer drives the boundaries.
+    owner: Mutex<Option<Arc<str>>>,
+    busy: AtomicBool,
+    pub(crate) timeout: Duration,
+}
+
+impl Transactions {
+    pub(crate) fn new(id: String, timeout: Duration) -> Self {
+        Transactions {
+            id,
+            phase: Mutex::new(Phase::Uninit),
+            owner: Mutex::new(None),
+            busy: AtomicBool::new(false),
+            timeout,
+        }
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the boundaries to consumer group `group`; refused when another
+    /// consumer or the application already uses them.
+    pub(crate) fn take_control(&self, group: &Arc<str>) -> Result<(), Error> {
+        let mut owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = owner.as_ref() {
+            return Err(Error::Transactional(format!(
+                "producer `{}` already drives the transactions of consumer group `{current}`; \
+                 give each transactional consumer a producer of its own",
+                self.id
+            )));
+        }
+        if *self.phase() != Phase::Uninit {
+            return Err(Error::Transactional(format!(
+                "producer `{}` was already used with begin/commit_transaction; a consumer must \
+                 own its transactions from the start",
+                self.id
+            )));
+        }
+        *owner = Some(group.clone());
+        Ok(())
+    }
+
+    fn owned_by(&self) -> Option<Arc<str>> {
+        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Initialises (once) and begins a transaction. Blocking.
+    pub(crate) fn begin(&self, client: &ThreadedProducer<XProducerContext>) -> Result<(), Error> {
+        let mut phase = self.phase();
+        match *phase {
+            Phase::Open => {
+                return Err(Error::Transactional(format!(
+                    "producer `{}` already has an open transaction",
+                    self.id
+                )))
+            }
+            Phase::Failed => return Err(self.failed()),
+            Phase::Uninit => {
+                client
+                    .init_transactions(self.timeout)
+                    .map_err(|e| self.fail_if_fatal(&mut phase, Operation::InitTransactions, e))?;
+                *phase = Phase::Ready;
+            }
+            Phase::Ready => {}
+        }
+        client
+            .begin_transaction()
+            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::BeginTransaction, e))?;
+        *phase = Phase::Open;
+        Ok(())
+    }
+
+    /// Adds a consumer's offsets to the open transaction, then commits it
+    /// (flushing what was published first). Blocking, bounded by
+    /// `timeout`; retriable errors are retried within it. After an
+    /// abortable error the transaction stays open and must be aborted.
+    pub(crate) fn commit_with_offsets(
+        &self,
+        client: &ThreadedProducer<XProducerContext>,
+        offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let mut phase = self.phase();
+        self.expect_open(*phase)?;
+        let deadline = std::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        if let Some((offsets, group)) = offsets {
+            retrying(&self.id, left, |t| {
+                client.send_offsets_to_transaction(offsets, group, t)
+            })
+            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
+        }
+        retrying(&self.id, left, |t| client.commit_transaction(t))
+            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
+        *phase = Phase::Ready;
+        Ok(())
+    }
+
+    /// Commits the open transaction (the plain API). Blocking.
+    pub(crate) fn commit(
+        &self,
+        client: &ThreadedProducer<XProducerContext>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.commit_with_offsets(client, None, timeout)
+    }
+
+    /// Whether a fatal error ended this producer's transactions.
+    pub(crate) fn is_failed(&self) -> bool {
+        *self.phase() == Phase::Failed
+    }
+
+    /// Aborts the open transaction: what it published is never visible to
+    /// `read_committed` readers. Blocking. Nothing open: nothing to do.
+    pub(crate) fn abort(
+        &self,
+        client: &ThreadedProducer<XProducerContext>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let mut phase = self.phase();
+        match *phase {
+            Phase::Open => {}
+            Phase::Failed => return Err(self.failed()),
+            Phase::Uninit | Phase::Ready => return Ok(()),
+        }
+        client
+            .abort_transaction(timeout)
+            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::AbortTransaction, e))?;
+        *phase = Phase::Ready;
+        Ok(())
+    }
+
+    fn expect_open(&self, phase: Phase) -> Result<(), Error> {
+        match phase {
+            Phase::Open => Ok(()),
+            Phase::Failed => Err(self.failed()),
+            Phase::Uninit | Phase::Ready => Err(Error::Transactional(format!(
+                "producer `{}` has no open transaction: call begin_transaction first",
+                self.id
+            ))),
+        }
+    }
+
+    fn failed(&self) -> Error {
+        Error::Transactional(format!(
+            "producer `{}` hit a fatal transaction error earlier (fenced by a newer instance \
+             with the same transactional.id, or timed out); build a new producer",
+            self.id
+        ))
+    }
+
+    fn fail_if_fatal(&self, phase: &mut Phase, operation: Operation, e: KafkaError) -> Error {
+        if matches!(&e, KafkaError::Transaction(t) if t.is_fatal()) {
+            *phase = Phase::Failed;
+        }
+        Error::kafka(operation, e)
+    }
+}
+
+/// Runs a transaction step again while librdkafka says it may be retried
+/// and time is left.
+fn retrying(
+    id: &str,
+    left: impl Fn() -> Duration,
+    mut step: impl FnMut(Duration) -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    loop {
+        match step(left()) {
+            Err(KafkaError::Transaction(e))
+                if e.is_retriable() && !e.txn_requires_abort() && !left().is_zero() =>
+            {
+                tracing::debug!(producer = %id, error = %e, "transaction step: retrying");
+                std::thread::sleep(Duration::from_millis(50).min(left()));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The plain transactional API, for services that are not consumers.
+impl Producer {
+    /// Whether the producer was built with
+    /// [`transactional_id`](crate::ProducerBuilder::transactional_id).
+    pub fn is_transactional(&self) -> bool {
+        self.inner.transactions.is_some()
+    }
+
+    /// Begins a transaction (initialising the producer's transactions the
+    /// first time, which fences any older instance with the same
+    /// `transactional.id` and aborts what it left open). Every message
+    /// published from now until [`commit_transaction`](Self::commit_transaction)
+    /// or [`abort_transaction`](Self::abort_transaction) — from any clone of
+    /// this producer — belongs to the transaction.
+    ///
+    /// ```no_run
+    /// use xkafka::{Message, Producer};
+    ///
+    /// # async fn run() -> Result<(), xkafka::Error> {
+    /// let producer = Producer::builder("ledger")
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .transactional_id("ledger-1")
+    ///     .error_handler(|err| eprintln!("{err}"))
+    ///     .build()?;
+    /// producer.begin_transaction().await?;
+    /// let sent = async {
+    ///     producer.publish(Message::builder("debits").value("-10").build()).await?;
+    ///     producer.publish(Message::builder("credits").value("+10").build()).await
+    /// };
+    /// match sent.await {
+    ///     // Both become visible to read_committed readers, or neither.
+    ///     Ok(_) => producer.commit_transaction().await?,
+    ///     Err(_) => producer.abort_transaction().await?,
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: [`Error::Transactional`] when the producer is not
+    /// transactional, a consumer drives its transactions, or one is already
+    /// open; [`Error::Kafka`] from librdkafka (for instance
+    /// [`Operation::InitTransactions`] timing out when no transaction
+    /// coordinator answers).
+    pub async fn begin_transaction(&self) -> Result<(), Error> {
+        self.transaction_step(|txn, client| txn.begin(client)).await
+    }
+
+    /// Commits the open transaction: flushes what was published, then makes
+    /// it visible to `read_committed` readers, atomically. Retriable errors
+    /// are retried within the producer's transaction timeout. After an
+    /// error for which [`Error::requires_abort`] is true, call
+    /// [`abort_transaction`](Self::abort_transaction); after a fatal one
+    /// ([`Error::is_fatal`], e.g. fenced by a newer instance) the producer
+    /// cannot transact any more.
+    pub async fn commit_transaction(&self) -> Result<(), Error> {
+        self.transaction_step(|txn, client| txn.commit(client, txn.timeout))
+            .await
+    }
+
+    /// Aborts the open transaction: nothing it published becomes visible to
+    /// `read_committed` readers. Without an open transaction, does nothing.
+    pub async fn abort_transaction(&self) -> Result<(), Error> {
+        self.transaction_step(|txn, client| txn.abort(client, txn.timeout))
+            .await
+    }
+
+    async fn transaction_step<F>(&self, step: F) -> Result<(), Error>
+    where
+        F: FnOnce(&Transactions, &ThreadedProducer<XProducerContext>) -> Result<(), Error>
+            + Send
+            + 'static,
+    {
+        let txn = self.transactions()?;
+        if let Some(group) = txn.owned_by() {
+            return Err(Error::Transactional(format!(
+                "producer `{}` belongs to the transactional consumer of group `{group}`, which \
+                 begins and commits its transactions",
+                txn.id
+            )));
+        }
+        if txn.busy.swap(true, Ordering::AcqRel) {
+            return Err(Error::Transactional(format!(
+                "producer `{}`: another transaction call is still running",
+                txn.id
+            )));
+        }
+        let this = self.clone();
+        // librdkafka's calls block (up to the transaction timeout): on the
+        // blocking pool, not on a runtime worker.
+        let result = tokio::task::spawn_blocking(move || {
+            let Some(txn) = this.inner.transactions.as_ref() else {
+                unreachable!("checked above");
+            };
+            let result = step(txn, &this.inner.client);
+            txn.busy.store(false, Ordering::Release);
+            result
+        })
+        .await;
+        match result {
+            Ok(result) => result,
+            Err(join) => {
+                txn.busy.store(false, Ordering::Release);
+                Err(Error::Panicked {
+                    place: "a transaction call",
+                    message: join.to_string(),
+                })
+            }
+        }
+    }
+
+    pub(crate) fn transactions(&self) -> Result<&Transactions, Error> {
+        self.inner.transactions.as_ref().ok_or_else(|| {
+            Error::Transactional(format!(
+                "producer `{}` is not transactional: build it with .transactional_id(...)",
+                self.inner.name
+            ))
+        })
+    }
+
+    /// The librdkafka client, for a transactional consumer's poll thread.
+    pub(crate) fn client(&self) -> &ThreadedProducer<XProducerContext> {
+        &self.inner.client
+    }
+}

@@ -1,0 +1,770 @@
+//! Exactly-once consume-transform-produce on the real broker: a
+//! transactional consumer's output and offsets commit together; failures,
+//! revokes, shutdown, fencing and timeouts end its transactions the right
+//! way; and the plain producer API (begin / publish / commit / abort).
+//!
+//! The output is read back by a raw librdkafka consumer with
+//! `isolation.level=read_committed` (what exactly-once promises) and, where
+//! it proves that something was written and then aborted, with
+//! `read_uncommitted`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{brokers, consumer, fill, producer, topic, unique, until};
+use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::rdkafka::message::Message as _;
+use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::{
+    Ack, BatchConsumer, BoxError, CommitMode, Consumer, Decision, Error, Message, Operation, Order,
+    Producer,
+};
+
+fn txn_producer(id: &str) -> Producer {
+    Producer::builder("xkafka-tests-txn")
+        .brokers([brokers()])
+        .transactional_id(id)
+        .transaction_timeout(Duration::from_secs(10))
+        .error_handler(|err| eprintln!("transactional producer error: {err}"))
+        .build()
+        .expect("transactional producer")
+}
+
+/// Every record of `topic` as (key, value), read from the beginning to the
+/// end offsets with `isolation` (`read_committed` skips aborted records).
+fn read_all(topic: &str, isolation: &str) -> Vec<(String, String)> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("reader");
+    let metadata = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        let (_, high) = client
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(p, high);
+    }
+    client.assign(&tpl).expect("assign");
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Done once every partition's position reached its end offset
+        // (transaction markers and aborted records move it too).
+        let position = client.position().expect("position");
+        let done = ends.iter().all(|(&p, &end)| {
+            end == 0
+                || matches!(position.find_partition(topic, p).map(|e| e.offset()),
+                    Some(Offset::Offset(o)) if o >= end)
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} ({isolation}) did not reach the end offsets {ends:?}"
+        );
+        if let Some(Ok(m)) = client.poll(Duration::from_millis(100)) {
+            records.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    records
+}
+
+/// How many times each value appears.
+fn counts(records: &[(String, String)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, value) in records {
+        *counts.entry(value.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Publishes `count` messages round-robin over `partitions`, values `v0..`,
+/// keys `k{i % 17}`.
+async fn fill_spread(topic: &str, partitions: i32, count: usize) {
+    let p = producer();
+    for i in 0..count {
+        let msg = Message::builder(topic)
+            .partition(i as i32 % partitions)
+            .key(format!("k{}", i % 17))
+            .value(format!("v{i}"))
+            .build();
+        p.publish(msg).await.expect("publish input");
+    }
+    p.close().await;
+}
+
+/// A handler that publishes the input's value, uppercased, to `output`
+/// through `producer`, and counts its calls.
+fn transform(
+    producer: &Producer,
+    output: &str,
+    calls: &Arc<AtomicUsize>,
+) -> impl Fn(Message) -> BoxFuture<Result<Ack, BoxError>> + Clone + Send + Sync + 'static {
+    let producer = producer.clone();
+    let output: Arc<str> = output.into();
+    let calls = calls.clone();
+    move |m: Message| {
+        let producer = producer.clone();
+        let output = output.clone();
+        calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let out = Message::builder(output)
+                .key(m.key().cloned().unwrap_or_default())
+                .value(m.value_str().unwrap_or_default().to_uppercase())
+                .build();
+            producer.publish(out).await?;
+            Ok(Ack::Success)
+        })
+    }
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The group's committed offsets equal the input's end offsets.
+async fn wait_committed(group: &str, topic: &str, partitions: i32, ends: &[i64]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed: Vec<Option<i64>> = (0..partitions)
+            .map(|p| common::committed(group, topic, p))
+            .collect();
+        if committed
+            .iter()
+            .zip(ends)
+            .all(|(c, e)| *e == 0 || *c == Some(*e))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committed {committed:?}, expected {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            client
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn output_and_offsets_commit_together_with_concurrency_per_key() {
+    let input = topic("txn-in", 3).await;
+    let output = topic("txn-out", 3).await;
+    fill_spread(&input, 3, 900).await;
+    let group = unique("txn-group");
+    let producer = txn_producer(&unique("txn-id"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(50))
+        .concurrency(8)
+        .order(Order::PerKey)
+        .error_handler(|err| {
+            eprintln!("consumer error: {err}");
+            Decision::Stop
+        })
+        .handler(transform(&producer, &output, &calls))
+        .build()
+        .unwrap();
+    let ends = end_offsets(&input, 3);
+    let g = group.clone();
+    let i = input.clone();
+    let summary = consumer
+        .run(async move { wait_committed(&g, &i, 3, &ends).await })
+        .await
+        .expect("run");
+    assert_eq!(summary.succeeded, 900);
+    assert!(summary.uncommitted.is_empty());
+    assert_eq!(
+        summary.committed.values().sum::<i64>(),
+        900,
+        "{:?}",
+        summary.committed
+    );
+    producer.close().await;
+
+    let records = read_all(&output, "read_committed");
+    let counts = counts(&records);
+    assert_eq!(records.len(), 900, "each input's output exactly once");
+    for i in 0..900 {
+        assert_eq!(counts.get(&format!("V{i}")), Some(&1), "V{i}");
+    }
+    // Many transactions, not one per message and not one for everything.
+    assert_eq!(calls.load(Ordering::SeqCst), 900);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_the_error_handler_stops_on_aborts_the_open_transaction() {
+    let input = topic("txn-fail-in", 1).await;
+    let output = topic("txn-fail-out", 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 100).await;
+    p.close().await;
+    let group = unique("txn-fail");
+    let id = unique("txn-fail-id");
+
+    // Every message publishes its output; the 51st then fails, and the
+    // error handler stops. One transaction holds all 51 outputs (the
+    // interval is long): it must abort.
+    let producer = txn_producer(&id);
+    let published = producer.clone();
+    let out: Arc<str> = output.as_str().into();
+    let failing = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_secs(20))
+        .error_handler(|err| {
+            eprintln!("consumer error: {err}");
+            Decision::Stop
+        })
+        .handler(move |m: Message| {
+            let published = published.clone();
+            let out = out.clone();
+            async move {
+                published
+                    .publish(
+                        Message::builder(out)
+                            .value(m.value().cloned().unwrap_or_default())
+                            .build(),
+                    )
+                    .await?;
+                if m.offset() == Some(50) {
+                    return Err::<Ack, BoxError>("refusing offset 50".into());
+                }
+                Ok(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = failing
+        .run(std::future::pending())
+        .await
+        .expect_err("the failure stops the consumer");
+    assert!(
+        matches!(err, Error::Handler { offset: 50, .. }),
+        "returned {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    producer.close().await;
+
+    assert_eq!(
+        read_all(&output, "read_committed").len(),
+        0,
+        "nothing half-published is visible"
+    );
+    assert!(
+        read_all(&output, "read_uncommitted").len() >= 51,
+        "the outputs were written, then aborted"
+    );
+    assert_eq!(
+        common::committed(&group, &input, 0),
+        None,
+        "no offset committed"
+    );
+
+    // A restart (same transactional id) handles everything again: nothing
+    // was lost, and the output holds each input once.
+    let producer = txn_producer(&id);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let restarted = consumer(&group, &input)
+        .transactional(producer.clone())
+        .error_handler(|_| Decision::Stop)
+        .handler(transform(&producer, &output, &calls))
+        .build()
+        .unwrap();
+    let (g, i) = (group.clone(), input.clone());
+    restarted
+        .run(async move { wait_committed(&g, &i, 1, &[100]).await })
+        .await
+        .expect("restart");
+    producer.close().await;
+    let records = read_all(&output, "read_committed");
+    assert_eq!(records.len(), 100);
+    assert_eq!(counts(&records).values().max(), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_commits_the_transaction_before_the_partitions_go() {
+    let input = topic("txn-revoke-in", 4).await;
+    let output = topic("txn-revoke-out", 4).await;
+    fill_spread(&input, 4, 400).await;
+    let group = unique("txn-revoke");
+    let calls = Arc::new(AtomicUsize::new(0));
+
+    // A handles everything first, but its interval is far away: only the
+    // revoke (when B joins) or the shutdown can commit.
+    let producer_a = txn_producer(&unique("txn-a"));
+    let a = consumer(&group, &input)
+        .transactional(producer_a.clone())
+        .transaction_interval(Duration::from_secs(30))
+        .error_handler(|err| {
+            eprintln!("A: {err}");
+            Decision::Stop
+        })
+        .handler(transform(&producer_a, &output, &calls))
+        .build()
+        .unwrap();
+    let stop_a = a.shutdown_handle();
+    let probe = calls.clone();
+    let a = tokio::spawn(a.run(std::future::pending()));
+    until(
+        || probe.load(Ordering::SeqCst) >= 400,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 400);
+    assert_eq!(
+        common::committed(&group, &input, 0),
+        None,
+        "nothing committed before the revoke"
+    );
+
+    // B joins: A's partitions are revoked (eager protocol: all of them),
+    // and its transaction must commit before they go.
+    let producer_b = txn_producer(&unique("txn-b"));
+    let b = consumer(&group, &input)
+        .transactional(producer_b.clone())
+        .error_handler(|err| {
+            eprintln!("B: {err}");
+            Decision::Stop
+        })
+        .handler(transform(&producer_b, &output, &calls))
+        .build()
+        .unwrap();
+    let stop_b = b.shutdown_handle();
+    let b = tokio::spawn(b.run(std::future::pending()));
+    wait_committed(&group, &input, 4, &end_offsets(&input, 4)).await;
+    // B got partitions and found nothing left to handle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_b.shutdown();
+    stop_a.shutdown();
+    let (a, b) = (a.await.unwrap().expect("A"), b.await.unwrap().expect("B"));
+    assert!(
+        b.assignments >= 1 && a.assignments >= 2,
+        "a rebalance: {a:?} {b:?}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        400,
+        "no message handled twice: the revoke committed A's work"
+    );
+    producer_a.close().await;
+    producer_b.close().await;
+    let records = read_all(&output, "read_committed");
+    assert_eq!(records.len(), 400);
+    assert_eq!(counts(&records).values().max(), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_commits_what_finished_within_its_bound() {
+    let input = topic("txn-stop-in", 2).await;
+    let output = topic("txn-stop-out", 2).await;
+    fill_spread(&input, 2, 300).await;
+    let group = unique("txn-stop");
+    let producer = txn_producer(&unique("txn-stop-id"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let consumer = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_secs(30))
+        .shutdown_timeout(Duration::from_secs(5))
+        .error_handler(|_| Decision::Stop)
+        .handler(transform(&producer, &output, &calls))
+        .build()
+        .unwrap();
+    let handle = consumer.shutdown_handle();
+    let probe = calls.clone();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    until(
+        || probe.load(Ordering::SeqCst) >= 300,
+        Duration::from_secs(30),
+    )
+    .await;
+    let stopping = Instant::now();
+    handle.shutdown();
+    let summary = run.await.unwrap().expect("run");
+    assert!(stopping.elapsed() < Duration::from_millis(5_500));
+    assert!(summary.closed_cleanly);
+    assert_eq!(summary.committed.values().sum::<i64>(), 300, "{summary:?}");
+    assert_eq!(
+        (0..2)
+            .map(|p| common::committed(&group, &input, p).unwrap_or(0))
+            .sum::<i64>(),
+        300
+    );
+    producer.close().await;
+    assert_eq!(read_all(&output, "read_committed").len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_consumer_commits_its_batches_output_exactly_once() {
+    let input = topic("txn-batch-in", 2).await;
+    let output = topic("txn-batch-out", 2).await;
+    fill_spread(&input, 2, 500).await;
+    let group = unique("txn-batch");
+    let producer = txn_producer(&unique("txn-batch-id"));
+    let out_producer = producer.clone();
+    let out: Arc<str> = output.as_str().into();
+    let consumer = BatchConsumer::builder(&group)
+        .brokers([brokers()])
+        .topics([&input])
+        .config("auto.offset.reset", "earliest")
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(200))
+        // A long window: the transaction's end hands partial batches over.
+        .batch_size(64)
+        .batch_timeout(Duration::from_secs(10))
+        .error_handler(|_| Decision::Stop)
+        .handler(move |batch: xkafka::Batch| {
+            let producer = out_producer.clone();
+            let out = out.clone();
+            async move {
+                for m in batch.iter() {
+                    producer
+                        .publish_async(
+                            Message::builder(out.clone())
+                                .value(m.value_str().unwrap_or_default().to_uppercase())
+                                .build(),
+                        )
+                        .await?;
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (g, i) = (group.clone(), input.clone());
+    let ends = end_offsets(&input, 2);
+    let started = Instant::now();
+    let summary = consumer
+        .run(async move { wait_committed(&g, &i, 2, &ends).await })
+        .await
+        .expect("run");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "partial batches did not wait for their window"
+    );
+    assert_eq!(summary.succeeded, 500);
+    producer.close().await;
+    let records = read_all(&output, "read_committed");
+    assert_eq!(records.len(), 500);
+    assert_eq!(counts(&records).values().max(), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_instance_with_the_same_transactional_id_fences_the_older_one() {
+    let input = topic("txn-fence-in", 1).await;
+    let output = topic("txn-fence-out", 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 10).await;
+    p.close().await;
+    let id = unique("txn-fence-id");
+
+    // The old instance publishes the first message's output, then waits
+    // (a long GC pause, a network partition) while a new instance with the
+    // same transactional id starts.
+    let old = txn_producer(&id);
+    let published = old.clone();
+    let out: Arc<str> = output.as_str().into();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let paused = Arc::new(tokio::sync::Notify::new());
+    let (r, pz) = (release.clone(), paused.clone());
+    let (errors, handler) = common::recording_error_handler(Decision::Continue);
+    let consumer = consumer(&unique("txn-fence"), &input)
+        .transactional(old.clone())
+        .error_handler(handler)
+        .handler(move |m: Message| {
+            let (published, out, r, pz) = (published.clone(), out.clone(), r.clone(), pz.clone());
+            async move {
+                published
+                    .publish(Message::builder(out).value("from the zombie").build())
+                    .await?;
+                if m.offset() == Some(0) {
+                    pz.notify_one();
+                    r.notified().await;
+                }
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(30), paused.notified())
+        .await
+        .expect("the old instance handled its first message");
+
+    let newer = txn_producer(&id);
+    newer.begin_transaction().await.expect("fences the old one");
+    newer
+        .publish(
+            Message::builder(output.as_str())
+                .value("from the new one")
+                .build(),
+        )
+        .await
+        .unwrap();
+    newer.commit_transaction().await.unwrap();
+    release.notify_one();
+
+    let err = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the fenced consumer stops")
+        .unwrap()
+        .expect_err("fenced");
+    assert!(err.is_fatal() || err.is_fenced(), "returned {err}");
+    assert!(
+        errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("transaction")),
+        "the error handler was told: {errors:?}"
+    );
+    old.close().await;
+    newer.close().await;
+    let visible: Vec<String> = read_all(&output, "read_committed")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        visible,
+        vec!["from the new one".to_owned()],
+        "the zombie's output never becomes visible"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handler_outliving_the_transaction_timeout_aborts_it_with_a_clear_error() {
+    let input = topic("txn-slow-in", 1).await;
+    let output = topic("txn-slow-out", 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 3).await;
+    p.close().await;
+    let producer = Producer::builder("xkafka-tests-txn")
+        .brokers([brokers()])
+        .transactional_id(unique("txn-slow-id"))
+        .transaction_timeout(Duration::from_secs(2))
+        .error_handler(|err| eprintln!("producer: {err}"))
+        .build()
+        .unwrap();
+    let published = producer.clone();
+    let out: Arc<str> = output.as_str().into();
+    let consumer = consumer(&unique("txn-slow"), &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(50))
+        .error_handler(|_| Decision::Stop)
+        .handler(move |m: Message| {
+            let (published, out) = (published.clone(), out.clone());
+            async move {
+                published
+                    .publish(Message::builder(out).value("half").build())
+                    .await?;
+                if m.offset() == Some(1) {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = consumer
+        .run(std::future::pending())
+        .await
+        .expect_err("stops on the timeout");
+    assert!(
+        matches!(&err, Error::Transactional(text) if text.contains("still being handled")),
+        "returned {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    producer.close().await;
+    // Offset 0 may have committed in a transaction of its own; offset 1's
+    // output never does.
+    assert!(read_all(&output, "read_committed").len() <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_transactional_api_commits_and_aborts_atomically() {
+    let output = topic("txn-plain", 1).await;
+    let producer = txn_producer(&unique("txn-plain-id"));
+    assert!(producer.is_transactional());
+
+    producer.begin_transaction().await.unwrap();
+    for i in 0..3 {
+        producer
+            .publish(
+                Message::builder(output.as_str())
+                    .value(format!("kept{i}"))
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    producer.commit_transaction().await.unwrap();
+
+    producer.begin_transaction().await.unwrap();
+    producer
+        .publish(Message::builder(output.as_str()).value("dropped").build())
+        .await
+        .unwrap();
+    producer.abort_transaction().await.unwrap();
+
+    let committed: Vec<String> = read_all(&output, "read_committed")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(committed, ["kept0", "kept1", "kept2"]);
+    let all = read_all(&output, "read_uncommitted");
+    assert_eq!(all.len(), 4, "the aborted one was written: {all:?}");
+
+    // Misuse says what is wrong.
+    let err = producer.commit_transaction().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Transactional(t) if t.contains("no open transaction")),
+        "{err}"
+    );
+    producer.begin_transaction().await.unwrap();
+    let err = producer.begin_transaction().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Transactional(t) if t.contains("already has an open")),
+        "{err}"
+    );
+    producer.abort_transaction().await.unwrap();
+    producer.close().await;
+
+    let plain = common::producer();
+    let err = plain.begin_transaction().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Transactional(t) if t.contains("not transactional")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_transaction_coordinator_is_a_clear_error_within_the_timeout() {
+    let producer = Producer::builder("xkafka-tests-txn")
+        .brokers(["127.0.0.1:1"])
+        .transactional_id(unique("txn-nowhere"))
+        .transaction_timeout(Duration::from_secs(2))
+        .error_handler(|_| {})
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = producer.begin_transaction().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(err.operation(), Some(Operation::InitTransactions), "{err}");
+
+    // The same producer in a consumer: `run` returns that error.
+    let producer = Producer::builder("xkafka-tests-txn")
+        .brokers(["127.0.0.1:1"])
+        .transactional_id(unique("txn-nowhere"))
+        .transaction_timeout(Duration::from_secs(2))
+        .error_handler(|_| {})
+        .build()
+        .unwrap();
+    let consumer = consumer(&unique("txn-nowhere"), "unused")
+        .transactional(producer)
+        .error_handler(|_| Decision::Continue)
+        .handler(|_m: Message| async {})
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(15),
+        consumer.run(std::future::pending()),
+    )
+    .await
+    .expect("returns")
+    .unwrap_err();
+    assert_eq!(err.operation(), Some(Operation::InitTransactions), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_misconfiguration_is_refused_at_build() {
+    let build = |b: xkafka::ConsumerBuilder| {
+        b.error_handler(|_| Decision::Stop)
+            .handler(|_m: Message| async {})
+            .build()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let plain = common::producer();
+    let err = build(consumer("g", "t").transactional(plain.clone()));
+    assert!(err.contains("not transactional"), "{err}");
+    let err = build(consumer("g", "t").commit_mode(CommitMode::Transactional));
+    assert!(err.contains(".transactional(producer)"), "{err}");
+    let txn = txn_producer(&unique("txn-misuse"));
+    let err = build(
+        consumer("g", "t")
+            .transactional(txn.clone())
+            .commit_mode(CommitMode::Manual),
+    );
+    assert!(err.contains("choose one"), "{err}");
+    let err = build(
+        consumer("g", "t")
+            .transactional(txn.clone())
+            .transaction_interval(Duration::ZERO),
+    );
+    assert!(err.contains("transaction_interval"), "{err}");
+    let err = build(
+        consumer("g", "t")
+            .transactional(txn.clone())
+            .transaction_max_messages(0),
+    );
+    assert!(err.contains("transaction_max_messages"), "{err}");
+    // One producer, one consumer.
+    let _first = consumer("g1", "t")
+        .transactional(txn.clone())
+        .error_handler(|_| Decision::Stop)
+        .handler(|_m: Message| async {})
+        .build()
+        .unwrap();
+    let err = build(consumer("g2", "t").transactional(txn.clone()));
+    assert!(err.contains("already drives"), "{err}");
+    let err = txn.begin_transaction().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("belongs to the transactional consumer"),
+        "{err}"
+    );
+    let err = Producer::builder("x")
+        .brokers([brokers()])
+        .transactional_id(" ")
+        .error_handler(|_| {})
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::Transactional(_)), "{err}");
+    let _ = Consumer::builder("unused");
+}
