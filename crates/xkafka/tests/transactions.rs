@@ -768,3 +768,179 @@ async fn transactional_misconfiguration_is_refused_at_build() {
     assert!(matches!(err, Error::Transactional(_)), "{err}");
     let _ = Consumer::builder("unused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_join_the_transaction_and_abort_with_it() {
+    use xkafka::dlq::DeadLetterLayer;
+    use xkafka::middleware::{from_fn, Next};
+
+    let input = topic("txn-dlq-in", 1).await;
+    let output = topic("txn-dlq-out", 1).await;
+    let dlq = topic("txn-dlq-dead", 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 20).await;
+    p.close().await;
+    let group = unique("txn-dlq");
+    let id = unique("txn-dlq-id");
+
+    // Offset 5 always fails and is dead-lettered (through the transactional
+    // producer); with `stop_at_10`, a failure outside the dead-letter layer
+    // then stops the consumer at offset 10, in the same transaction.
+    let build = |stop_at_10: bool, producer: &Producer, calls: &Arc<AtomicUsize>| {
+        let output_producer = producer.clone();
+        let out: Arc<str> = output.as_str().into();
+        let calls = calls.clone();
+        consumer(&group, &input)
+            .transactional(producer.clone())
+            .transaction_interval(Duration::from_secs(20))
+            .error_handler(|err| {
+                eprintln!("consumer error: {err}");
+                Decision::Stop
+            })
+            .layer(from_fn(move |m: Message, next: Next| async move {
+                if stop_at_10 && m.offset() == Some(10) {
+                    return Err::<Ack, BoxError>("stopping at 10".into());
+                }
+                next.run(m).await
+            }))
+            .layer(DeadLetterLayer::new(producer.clone(), dlq.as_str()))
+            .handler(move |m: Message| {
+                let (producer, out) = (output_producer.clone(), out.clone());
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if m.offset() == Some(5) {
+                        return Err::<Ack, BoxError>("offset 5 cannot be processed".into());
+                    }
+                    producer
+                        .publish(
+                            Message::builder(out)
+                                .value(m.value().cloned().unwrap_or_default())
+                                .build(),
+                        )
+                        .await?;
+                    Ok(Ack::Success)
+                }
+            })
+            .build()
+            .unwrap()
+    };
+
+    let producer = txn_producer(&id);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let err = build(true, &producer, &calls)
+        .run(std::future::pending())
+        .await
+        .expect_err("stops at 10");
+    assert!(matches!(err, Error::Handler { offset: 10, .. }), "{err}");
+    producer.close().await;
+    assert_eq!(
+        read_all(&dlq, "read_committed").len(),
+        0,
+        "the dead letter was in the aborted transaction"
+    );
+    assert_eq!(
+        read_all(&dlq, "read_uncommitted").len(),
+        1,
+        "it was written (then aborted)"
+    );
+
+    let producer = txn_producer(&id);
+    let restarted = build(false, &producer, &calls);
+    let (g, i) = (group.clone(), input.clone());
+    restarted
+        .run(async move { wait_committed(&g, &i, 1, &[20]).await })
+        .await
+        .expect("second run");
+    producer.close().await;
+    let dead = read_all(&dlq, "read_committed");
+    assert_eq!(dead.len(), 1, "offset 5 dead-lettered once: {dead:?}");
+    let out = read_all(&output, "read_committed");
+    assert_eq!(out.len(), 19);
+    assert_eq!(counts(&out).values().max(), Some(&1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abortable_commit_failure_aborts_rewinds_and_handles_the_messages_again() {
+    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use xkafka::rdkafka::client::DefaultClientContext;
+
+    let input = topic("txn-abortable-in", 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 30).await;
+    p.close().await;
+    // An output topic that refuses records over 1,000 bytes: the broker
+    // rejects one such record for good, which leaves the transaction that
+    // holds it abortable.
+    let output = unique("txn-abortable-out");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(
+            [&NewTopic::new(&output, 1, TopicReplication::Fixed(1))
+                .set("max.message.bytes", "1000")],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let group = unique("txn-abortable");
+    let producer = txn_producer(&unique("txn-abortable-id"));
+    let published = producer.clone();
+    let out: Arc<str> = output.as_str().into();
+    let oversized = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (errors, on_error) = common::recording_error_handler(Decision::Continue);
+    let (o, c) = (oversized.clone(), calls.clone());
+    let consumer = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(100))
+        .error_handler(on_error)
+        .handler(move |m: Message| {
+            let (published, out) = (published.clone(), out.clone());
+            c.fetch_add(1, Ordering::SeqCst);
+            // Offset 7's output is too large the first time only.
+            let big = m.offset() == Some(7) && o.swap(false, Ordering::SeqCst);
+            async move {
+                let value = if big {
+                    vec![b'x'; 4_000]
+                } else {
+                    m.value().cloned().unwrap_or_default().to_vec()
+                };
+                // Not awaiting the delivery: the handler succeeds, and the
+                // failure surfaces when the transaction commits.
+                published
+                    .publish_async(Message::builder(out).value(value).build())
+                    .await?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let (g, i) = (group.clone(), input.clone());
+    consumer
+        .run(async move { wait_committed(&g, &i, 1, &[30]).await })
+        .await
+        .expect("run");
+    producer.close().await;
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("committing a transaction")),
+        "the error handler heard of the failed commit: {errors:?}"
+    );
+    assert!(
+        calls.load(Ordering::SeqCst) > 30,
+        "the aborted transaction's messages were handled again"
+    );
+    let out = read_all(&output, "read_committed");
+    assert_eq!(
+        out.len(),
+        30,
+        "every input's output once, the oversized one never"
+    );
+    assert_eq!(counts(&out).values().max(), Some(&1));
+}
