@@ -124,7 +124,8 @@
 //!   with success or skip — or the error handler explicitly skipped the
 //!   failure. A failed message is never silently passed over.
 //! * The [`CommitMode`] names the delivery guarantee truthfully: `Auto` and
-//!   `Manual` are at-least-once, `AtMostOnce` commits before handling.
+//!   `Manual` are at-least-once, `AtMostOnce` commits before handling, and
+//!   `Transactional` is exactly-once for consume-transform-produce (below).
 //! * Every error no middleware handled reaches the mandatory error handler,
 //!   which decides ([`Decision`]) whether to stop; it never sees a non-error.
 //! * [`Consumer`]s run handlers with [`ConsumerBuilder::concurrency`] and an
@@ -154,6 +155,22 @@
 //!   code.
 //! * Shutdown is bounded, even with unreachable brokers.
 //! * Producers default to `acks=all` and idempotence.
+//!
+//! ## Exactly-once consume-transform-produce
+//!
+//! Give the consumer a producer built with
+//! [`transactional_id`](ProducerBuilder::transactional_id) through
+//! [`ConsumerBuilder::transactional`], and publish with that producer from
+//! the handler (and from a [`DeadLetterLayer`](dlq::DeadLetterLayer)): what
+//! the handlers publish and the offsets of the messages they handled then
+//! commit in one Kafka transaction, many messages per transaction (every
+//! [`transaction_interval`](ConsumerBuilder::transaction_interval), 100 ms by
+//! default). A `read_committed` reader of the output sees each input's
+//! output exactly once, whatever crashes, rebalances or zombie instances
+//! happen; failures abort the transaction and read its messages again. See
+//! [`ConsumerBuilder::transactional`] for how a transaction ends under
+//! concurrency, and [`Producer::begin_transaction`] for transactions in a
+//! service that is not a consumer.
 //!
 //! ## Bad input
 //!
