@@ -318,6 +318,30 @@ async fn a_failure_the_error_handler_stops_on_aborts_the_open_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoke_commits_the_transaction_before_the_partitions_go() {
+    revoke_commits(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoke_commits_the_transaction_before_the_partitions_go_kip848() {
+    revoke_commits(true).await;
+}
+
+/// A member of `group` on `input`: the classic protocol as every test
+/// sets it up, or KIP-848 (the broker assigns; `session.timeout.ms` is the
+/// broker's).
+fn member(group: &str, input: &str, kip848: bool) -> xkafka::ConsumerBuilder {
+    if !kip848 {
+        return consumer(group, input);
+    }
+    Consumer::builder(group)
+        .brokers([brokers()])
+        .topics([input])
+        .config("auto.offset.reset", "earliest")
+        .config("group.protocol", "consumer")
+        .shutdown_timeout(Duration::from_secs(5))
+}
+
+async fn revoke_commits(kip848: bool) {
     let input = topic("txn-revoke-in", 4).await;
     let output = topic("txn-revoke-out", 4).await;
     fill_spread(&input, 4, 400).await;
@@ -327,7 +351,7 @@ async fn a_revoke_commits_the_transaction_before_the_partitions_go() {
     // A handles everything first, but its interval is far away: only the
     // revoke (when B joins) or the shutdown can commit.
     let producer_a = txn_producer(&unique("txn-a"));
-    let a = consumer(&group, &input)
+    let a = member(&group, &input, kip848)
         .transactional(producer_a.clone())
         .transaction_interval(Duration::from_secs(30))
         .error_handler(|err| {
@@ -352,10 +376,11 @@ async fn a_revoke_commits_the_transaction_before_the_partitions_go() {
         "nothing committed before the revoke"
     );
 
-    // B joins: A's partitions are revoked (eager protocol: all of them),
-    // and its transaction must commit before they go.
+    // B joins: A's partitions are revoked (the classic eager protocol: all
+    // of them; KIP-848: those that move to B), and its transaction must
+    // commit before they go.
     let producer_b = txn_producer(&unique("txn-b"));
-    let b = consumer(&group, &input)
+    let b = member(&group, &input, kip848)
         .transactional(producer_b.clone())
         .error_handler(|err| {
             eprintln!("B: {err}");
@@ -367,14 +392,16 @@ async fn a_revoke_commits_the_transaction_before_the_partitions_go() {
     let stop_b = b.shutdown_handle();
     let b = tokio::spawn(b.run(std::future::pending()));
     wait_committed(&group, &input, 4, &end_offsets(&input, 4)).await;
-    // B got partitions and found nothing left to handle.
+    // A window in which B, which has partitions now, would handle again
+    // whatever A's revoke had not committed (a negative can only be
+    // observed over some time).
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop_b.shutdown();
     stop_a.shutdown();
     let (a, b) = (a.await.unwrap().expect("A"), b.await.unwrap().expect("B"));
     assert!(
-        b.assignments >= 1 && a.assignments >= 2,
-        "a rebalance: {a:?} {b:?}"
+        b.assignments >= 1 && a.assignments >= 1,
+        "a rebalance gave B partitions: {a:?} {b:?}"
     );
     assert_eq!(
         calls.load(Ordering::SeqCst),
