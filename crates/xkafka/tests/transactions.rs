@@ -190,6 +190,7 @@ async fn output_and_offsets_commit_together_with_concurrency_per_key() {
     let consumer = consumer(&group, &input)
         .transactional(producer.clone())
         .transaction_interval(Duration::from_millis(50))
+        .transaction_max_messages(100)
         .concurrency(8)
         .order(Order::PerKey)
         .error_handler(|err| {
@@ -222,8 +223,13 @@ async fn output_and_offsets_commit_together_with_concurrency_per_key() {
     for i in 0..900 {
         assert_eq!(counts.get(&format!("V{i}")), Some(&1), "V{i}");
     }
-    // Many transactions, not one per message and not one for everything.
     assert_eq!(calls.load(Ordering::SeqCst), 900);
+    // Batched: at most 100 messages per transaction, many per transaction.
+    assert!(
+        (9..300).contains(&summary.transactions_committed),
+        "{summary:?}"
+    );
+    assert_eq!(summary.transactions_aborted, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -947,10 +953,11 @@ async fn an_abortable_commit_failure_aborts_rewinds_and_handles_the_messages_aga
         .build()
         .unwrap();
     let (g, i) = (group.clone(), input.clone());
-    consumer
+    let summary = consumer
         .run(async move { wait_committed(&g, &i, 1, &[30]).await })
         .await
         .expect("run");
+    assert!(summary.transactions_aborted >= 1, "{summary:?}");
     producer.close().await;
     let errors = errors.lock().unwrap().clone();
     assert!(

@@ -113,6 +113,13 @@ pub struct Summary {
     pub assignments: u64,
     /// Whether the consumer left its group and closed before the deadline.
     pub closed_cleanly: bool,
+    /// [`CommitMode::Transactional`]: transactions committed (with the
+    /// offsets of what they read).
+    pub transactions_committed: u64,
+    /// [`CommitMode::Transactional`]: transactions aborted (their messages
+    /// were read again, or left to the partitions' next owner). The one
+    /// open at a shutdown that could not finish it counts too.
+    pub transactions_aborted: u64,
 }
 
 /// A streaming Kafka consumer: one message at a time through a handler and
@@ -287,6 +294,8 @@ impl Consumer {
             committed: ledger.committed.clone(),
             uncommitted,
             closed_cleanly: end.is_some_and(|e| e.closed_cleanly),
+            transactions_committed: ledger.transactions_committed,
+            transactions_aborted: ledger.transactions_aborted,
         })
     }
 }

@@ -66,6 +66,8 @@ pub(crate) struct Ledger {
     pub(crate) abandoned: u64,
     pub(crate) assignments: u64,
     pub(crate) revoked_skipped_stores: u64,
+    pub(crate) transactions_committed: u64,
+    pub(crate) transactions_aborted: u64,
 }
 
 impl Ledger {

@@ -561,6 +561,17 @@ impl Pipeline {
         abandoned as u64
     }
 
+    /// Whether the consumer is transactional.
+    pub(crate) fn is_transactional(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Transactional: whether the open transaction holds as many messages
+    /// as it may.
+    pub(crate) fn transaction_full(&self) -> bool {
+        self.txn.as_ref().is_some_and(Transaction::full)
+    }
+
     /// Transactional: whether the open transaction should end now.
     pub(crate) fn transaction_due(&self) -> bool {
         self.txn.as_ref().is_some_and(Transaction::due)
@@ -590,6 +601,7 @@ impl Pipeline {
             self.abort_transaction(
                 consumer,
                 shared,
+                None,
                 Some(Error::Transactional(format!(
                     "{running} message(s) were still being handled {timeout:?} after the \
                      transaction was due; it was aborted, and everything it read will be \
@@ -659,6 +671,7 @@ impl Pipeline {
             Ok(()) => {
                 {
                     let mut ledger = shared.ledger();
+                    ledger.transactions_committed += 1;
                     for (tp, offset) in &offsets {
                         ledger.mark_committed(tp, *offset);
                     }
@@ -674,7 +687,7 @@ impl Pipeline {
                 false
             }
             Err(err) => {
-                self.abort_transaction(consumer, shared, Some(err));
+                self.abort_transaction(consumer, shared, None, Some(err));
                 false
             }
         }
@@ -683,13 +696,15 @@ impl Pipeline {
     /// Aborts the open transaction: drops every running handler first (what
     /// it would publish next must not land in the next transaction), then
     /// reads each partition the transaction read again from its first
-    /// message in it, and opens the next transaction. `cause` goes to the
-    /// error handler, whose decision stands; when the abort itself fails
-    /// the consumer stops.
+    /// message in it (except `leaving`: partitions being revoked, which
+    /// their next owner reads from the committed offset), and opens the
+    /// next transaction. `cause` goes to the error handler, whose decision
+    /// stands; when the abort itself fails the consumer stops.
     fn abort_transaction<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         shared: &Shared,
+        leaving: Option<&BTreeSet<TopicPartition>>,
         cause: Option<Error>,
     ) {
         self.dispatcher.abort_all();
@@ -697,8 +712,12 @@ impl Pipeline {
             return;
         };
         let timeout = txn.timeout();
-        let (rewind, aborted) = txn.abort(timeout);
+        let (mut rewind, aborted) = txn.abort(timeout);
         let reopened = aborted.and_then(|()| txn.begin());
+        shared.ledger().transactions_aborted += 1;
+        if let Some(leaving) = leaving {
+            rewind.retain(|(tp, _)| !leaving.contains(tp));
+        }
         tracing::warn!(group = %shared.group, partitions = rewind.len(), "transaction aborted; reading its messages again");
         self.rewind(consumer, shared, &rewind);
         if let Some(cause) = cause {
@@ -793,7 +812,7 @@ impl Pipeline {
         self.pause_closing(consumer, shared, partitions.iter());
         let open = self.txn.as_ref().is_some_and(|t| !t.is_empty());
         if open && lost {
-            self.abort_transaction(consumer, shared, None);
+            self.abort_transaction(consumer, shared, Some(partitions), None);
         } else if open && self.barrier(consumer, shared, Instant::now() + grace) {
             self.commit_transaction(consumer, shared);
         } else if open && !self.txn.as_ref().is_some_and(|t| t.poisoned) {
@@ -801,6 +820,7 @@ impl Pipeline {
             self.abort_transaction(
                 consumer,
                 shared,
+                Some(partitions),
                 Some(Error::Transactional(format!(
                     "{running} message(s) were still being handled when the revoke grace \
                      ({grace:?}) ran out; the transaction was aborted, and what it read will be \

@@ -142,8 +142,12 @@ impl PollLoop {
             let Some(pipeline) = guard.as_mut() else {
                 break;
             };
-            for message in messages.drain(..) {
-                pipeline.dispatch(&self.consumer, &self.shared, message);
+            if pipeline.is_transactional() {
+                self.dispatch_transactional(pipeline, &mut messages, &mut rewinds);
+            } else {
+                for message in messages.drain(..) {
+                    pipeline.dispatch(&self.consumer, &self.shared, message);
+                }
             }
             pipeline.settle(&self.consumer, &self.shared);
             if pipeline.transaction_due() {
@@ -153,6 +157,36 @@ impl PollLoop {
                 pipeline.take_rewound();
             }
             busy = pipeline.unsettled() > 0;
+        }
+    }
+
+    /// Dispatches a poll round in transactional mode: a transaction that
+    /// reaches its message bound ends before the next message, and one that
+    /// aborts makes the rest of the round's messages of its partitions
+    /// stale (they are read again from the transaction's start).
+    fn dispatch_transactional(
+        &self,
+        pipeline: &mut Pipeline,
+        messages: &mut Vec<crate::Message>,
+        rewinds: &mut u64,
+    ) {
+        let mut stale: Vec<TopicPartition> = Vec::new();
+        let is_stale = |m: &crate::Message, stale: &[TopicPartition]| {
+            stale
+                .iter()
+                .any(|tp| m.partition() == Some(tp.partition) && *m.topic_arc() == tp.topic)
+        };
+        for message in messages.drain(..) {
+            if pipeline.transaction_full() {
+                pipeline.settle(&self.consumer, &self.shared);
+                pipeline.end_transaction(&self.consumer, &self.shared);
+                stale.extend(pipeline.take_rewound());
+                *rewinds = self.shared.rewinds.load(Ordering::Acquire);
+            }
+            if !stale.is_empty() && is_stale(&message, &stale) {
+                continue;
+            }
+            pipeline.dispatch(&self.consumer, &self.shared, message);
         }
     }
 
@@ -285,13 +319,16 @@ impl PollLoop {
                 if let Some(ending) = ending {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match ending.finish(&consumer, left) {
-                        Ok(offsets) => {
+                        Ok(Some(offsets)) => {
                             let mut ledger = shared.ledger();
+                            ledger.transactions_committed += 1;
                             for (tp, offset) in &offsets {
                                 ledger.mark_committed(tp, *offset);
                             }
                         }
+                        Ok(None) => {}
                         Err(err) => {
+                            shared.ledger().transactions_aborted += 1;
                             shared.report(err);
                         }
                     }

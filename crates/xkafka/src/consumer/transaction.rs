@@ -74,6 +74,11 @@ impl Transaction {
         }
     }
 
+    /// Whether the open transaction holds `max_messages` messages.
+    pub(crate) fn full(&self) -> bool {
+        self.messages >= self.boundary.max_messages
+    }
+
     /// Whether the open transaction should end now.
     pub(crate) fn due(&self) -> bool {
         self.messages >= self.boundary.max_messages
@@ -175,28 +180,41 @@ pub(crate) struct Ending {
 }
 
 impl Ending {
-    /// Commits or aborts within `timeout`; returns what was committed.
+    /// Commits or aborts within `timeout`: `Some(offsets)` when it
+    /// committed, `None` when there was nothing to commit; an error when a
+    /// transaction with messages could not commit (it was aborted).
     pub(crate) fn finish<C: ConsumerContext>(
         mut self,
         consumer: &BaseConsumer<C>,
         timeout: Duration,
-    ) -> Result<Vec<(TopicPartition, i64)>, Error> {
+    ) -> Result<Option<Vec<(TopicPartition, i64)>>, Error> {
         if self.transaction.is_failed() {
             // Fenced: nothing can be committed or aborted any more (the
             // broker aborted it already).
-            return Ok(Vec::new());
+            return Ok(None);
         }
+        let empty = self.transaction.is_empty();
         match self.commit.take() {
-            Some(offsets) if !self.transaction.is_empty() => {
-                match self.transaction.commit(consumer, &offsets, timeout) {
-                    Ok(()) => Ok(offsets),
-                    Err(err) => {
-                        let _ = self.transaction.abort(timeout);
-                        Err(err)
-                    }
+            Some(offsets) if !empty => match self.transaction.commit(consumer, &offsets, timeout) {
+                Ok(()) => Ok(Some(offsets)),
+                Err(err) => {
+                    let _ = self.transaction.abort(timeout);
+                    Err(err)
+                }
+            },
+            _ => {
+                self.transaction.abort(timeout).1?;
+                if empty {
+                    Ok(None)
+                } else {
+                    Err(Error::Transactional(
+                        "the consumer stopped with messages of the open transaction unfinished \
+                         (or after a failure it stopped on): the transaction was aborted, and \
+                         its messages will be read again"
+                            .into(),
+                    ))
                 }
             }
-            _ => self.transaction.abort(timeout).1.map(|()| Vec::new()),
         }
     }
 }
