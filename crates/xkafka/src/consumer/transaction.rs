@@ -218,3 +218,64 @@ impl Ending {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transaction(max_messages: usize, interval: Duration) -> Transaction {
+        let producer = Producer::builder("txn-unit")
+            .brokers(["127.0.0.1:1"])
+            .transactional_id("txn-unit")
+            .error_handler(|_| {})
+            .build()
+            .unwrap();
+        Transaction::new(
+            producer,
+            Boundary {
+                max_messages,
+                interval,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_transaction_remembers_where_each_partition_started_and_ends_at_its_bounds() {
+        let mut txn = transaction(3, Duration::from_secs(3600));
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        assert!(txn.is_empty() && !txn.due() && !txn.full());
+        txn.dispatched(&a, 10);
+        txn.dispatched(&b, 4);
+        assert!(!txn.full(), "2 of 3");
+        // A message placed before an earlier one (after a seek) moves the
+        // rewind point back.
+        txn.dispatched(&a, 8);
+        assert!(txn.full() && txn.due());
+        let mut partitions: Vec<_> = txn.partitions().cloned().collect();
+        partitions.sort();
+        assert_eq!(partitions, [a.clone(), b.clone()]);
+
+        // Nothing was begun (no broker): the abort has nothing to abort,
+        // and still hands back every rewind point and empties the
+        // transaction.
+        let (mut rewind, result) = txn.abort(Duration::from_millis(10));
+        rewind.sort();
+        assert_eq!(rewind, [(a, 8), (b, 4)]);
+        assert!(result.is_ok());
+        assert!(txn.is_empty() && !txn.due() && txn.partitions().next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_transaction_is_due_its_interval_after_its_first_message() {
+        let mut txn = transaction(1_000, Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(
+            !txn.due(),
+            "the interval runs from the first message, not from the start"
+        );
+        txn.dispatched(&TopicPartition::new("t", 0), 0);
+        assert!(!txn.due());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(txn.due() && !txn.full());
+    }
+}
