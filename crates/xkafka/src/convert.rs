@@ -164,7 +164,6 @@ pub(crate) fn owned_headers(headers: &Headers) -> Option<OwnedHeaders> {
 /// The high watermark librdkafka cached from its last fetch of the
 /// partition, without a broker round trip; `None` when unknown.
 #[allow(unsafe_code)]
-#[cfg(feature = "metrics")]
 pub(crate) fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
     topic: &str,
@@ -185,6 +184,26 @@ pub(crate) fn cached_high_watermark<C: rdkafka::consumer::ConsumerContext>(
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
         .then_some(high)
+}
+
+/// The member id the group coordinator gave the consumer (empty before it
+/// joined: `None`). rdkafka does not wrap `rd_kafka_memberid`.
+#[allow(unsafe_code)]
+pub(crate) fn member_id<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+) -> Option<String> {
+    use rdkafka::consumer::Consumer as _;
+    // SAFETY: the client is alive for the call; the returned string is
+    // ours to free with `rd_kafka_mem_free`, once, after copying it.
+    unsafe {
+        let ptr = rdkafka::bindings::rd_kafka_memberid(consumer.client().native_ptr());
+        if ptr.is_null() {
+            return None;
+        }
+        let id = std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(std::ptr::null_mut(), ptr.cast());
+        (!id.is_empty()).then_some(id)
+    }
 }
 
 #[cfg(test)]

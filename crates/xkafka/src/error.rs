@@ -258,6 +258,17 @@ pub enum Error {
         #[source]
         source: Option<KafkaError>,
     },
+    /// A threshold or bound that cannot mean what it says (zero, or
+    /// absurdly large).
+    #[error("`{name}` = {value:?} is not accepted: {reason}")]
+    InvalidThreshold {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: std::time::Duration,
+        /// What is accepted.
+        reason: &'static str,
+    },
     /// Transactions used the wrong way: a producer without a
     /// `transactional.id` given to a transactional consumer, one producer
     /// driven by two consumers, `commit_transaction` with no transaction

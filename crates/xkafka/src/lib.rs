@@ -277,6 +277,7 @@ pub mod consumer;
 mod convert;
 pub mod dlq;
 mod error;
+pub mod health;
 mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;

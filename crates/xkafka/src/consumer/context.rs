@@ -151,6 +151,7 @@ impl XConsumerContext {
                 ledger.assignments += 1;
                 ledger.assigned.extend(partitions);
                 drop(ledger);
+                self.shared.set_state(super::status::GroupState::Stable);
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -197,6 +198,13 @@ impl XConsumerContext {
                         ledger.assigned.remove(tp);
                         ledger.stored.remove(tp);
                     }
+                    // Eager: everything went, a new assignment follows.
+                    // Incremental: what is left is still ours.
+                    self.shared.set_state(if ledger.assigned.is_empty() {
+                        super::status::GroupState::Rebalancing
+                    } else {
+                        super::status::GroupState::Stable
+                    });
                 }
                 #[cfg(feature = "metrics")]
                 if let Some(metrics) = &self.shared.metrics {

@@ -10,6 +10,7 @@ mod offsets;
 mod pipeline;
 mod poll_loop;
 mod shared;
+mod status;
 mod tracker;
 mod transaction;
 
@@ -36,6 +37,9 @@ pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
 use shared::Shared;
+pub use status::{
+    ConsumerStatus, Counters, GroupState, PartitionStatus, PauseReason, StatusHandle, Unfinished,
+};
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_REVOKE_GRACE: Duration = Duration::from_secs(5);
@@ -195,6 +199,12 @@ impl Consumer {
         &self.shared.group
     }
 
+    /// A handle that reads the consumer's [`ConsumerStatus`] at any time,
+    /// from anywhere (a health endpoint: see [`crate::health`]).
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle::new(self.shared.board.clone())
+    }
+
     /// Consumes until `shutdown` resolves, the [`ShutdownHandle`] is used, or
     /// the error handler returns [`Decision::Stop`].
     ///
@@ -209,6 +219,9 @@ impl Consumer {
     {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let shared = self.shared.clone();
+        shared.set_state(GroupState::Joining);
+        // Whatever way `run` ends (returned, or its future dropped).
+        let _stopped = SetOnDrop(shared.clone());
         let handle = shared.shutdown.clone();
         let (completions_tx, completions_rx) = std::sync::mpsc::channel();
         let dispatcher = Dispatcher::new(
@@ -297,6 +310,15 @@ impl Consumer {
             transactions_committed: ledger.transactions_committed,
             transactions_aborted: ledger.transactions_aborted,
         })
+    }
+}
+
+/// Marks the consumer stopped, for its status, when `run` ends.
+struct SetOnDrop(Arc<Shared>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set_state(GroupState::Stopped);
     }
 }
 
@@ -698,6 +720,14 @@ impl<K: Kind> ConsumerBuilder<K> {
         {
             shared.metrics = self.metrics;
         }
+        let protocol = match config.get("group.protocol") {
+            Some(p) if p.eq_ignore_ascii_case("consumer") => "consumer",
+            _ => "classic",
+        };
+        shared.board = Arc::new(status::Board::new(
+            shared.group.to_string(),
+            protocol.into(),
+        ));
         let shared = Arc::new(shared);
         let context = XConsumerContext::new(shared.clone());
         let client = BaseConsumer::from_config_and_context(&client_config, context)
@@ -949,6 +979,11 @@ impl BatchConsumer {
     /// See [`Consumer::shutdown_handle`].
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.inner.shutdown_handle()
+    }
+
+    /// See [`Consumer::status_handle`].
+    pub fn status_handle(&self) -> StatusHandle {
+        self.inner.status_handle()
     }
 
     /// The consumer group.

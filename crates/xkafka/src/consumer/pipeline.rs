@@ -21,6 +21,7 @@ use super::commit::{commit_sync, store_batch};
 use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled, Work};
 use super::offsets::TopicPartition;
 use super::shared::Shared;
+use super::status::{Ages, PartitionStatus, PauseReason, Published};
 use super::tracker::OffsetTracker;
 use super::transaction::{Ending, Transaction};
 use super::CommitMode;
@@ -117,6 +118,68 @@ impl Pipeline {
     /// thread (transactional mode only).
     pub(crate) fn take_ending(&mut self) -> Option<Ending> {
         self.ending.take()
+    }
+
+    /// Publishes the status of every assigned partition (for
+    /// `StatusHandle`s): local figures only, no broker round trip.
+    pub(crate) fn publish_status<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        ages: &mut Ages,
+    ) {
+        let (assigned, committed, counters) = {
+            let ledger = shared.ledger();
+            (
+                ledger.assigned.clone(),
+                ledger.committed.clone(),
+                super::status::Counters {
+                    succeeded: ledger.succeeded,
+                    skipped: ledger.skipped,
+                    failed: ledger.failed,
+                    assignments: ledger.assignments,
+                    transactions_committed: ledger.transactions_committed,
+                    transactions_aborted: ledger.transactions_aborted,
+                },
+            )
+        };
+        ages.retain(&assigned);
+        let partitions = assigned
+            .iter()
+            .map(|tp| {
+                let state = self.partitions.get(tp);
+                let tracker = state.map(|s| &s.tracker);
+                let committed = committed.get(tp).copied();
+                let high = crate::convert::cached_high_watermark(consumer, &tp.topic, tp.partition);
+                let paused = state.and_then(|s| match (s.paused, s.closing, s.stalled) {
+                    (_, true, _) => Some(PauseReason::Closing),
+                    (true, _, true) => Some(PauseReason::Stalled),
+                    (true, _, false) => Some(PauseReason::Backpressure),
+                    (false, _, _) => None,
+                });
+                PartitionStatus {
+                    topic: tp.topic.to_string(),
+                    partition: tp.partition,
+                    position: tracker.and_then(OffsetTracker::end),
+                    stored: tracker.and_then(OffsetTracker::watermark),
+                    committed,
+                    high_watermark: high,
+                    lag: high.zip(committed).map(|(h, c)| (h - c).max(0)),
+                    in_flight: tracker.map_or(0, OffsetTracker::unsettled),
+                    paused,
+                    oldest_unfinished: ages
+                        .head(tp, tracker.and_then(OffsetTracker::oldest_unsettled)),
+                    last_handled_ago: ages.handled(tp, tracker.map_or(0, OffsetTracker::finished)),
+                    committed_unchanged_for: ages.committed(tp, committed),
+                }
+            })
+            .collect();
+        shared.board.publish(Published {
+            at: Instant::now(),
+            member_id: crate::convert::member_id(consumer),
+            partitions,
+            counters,
+        });
     }
 
     /// Transactional mode: what handlers publish and the offsets they
@@ -238,6 +301,8 @@ impl Pipeline {
         first: Option<Report>,
     ) {
         self.dispatcher.flush(&mut self.finished_inline);
+        // Drains settle without polling: that is progress too.
+        shared.board.progress();
         let mut settlement = Settlement::default();
         for done in std::mem::take(&mut self.finished_inline) {
             self.apply(done, &mut settlement);

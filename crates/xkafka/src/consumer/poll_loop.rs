@@ -97,11 +97,14 @@ impl PollLoop {
         let mut messages = Vec::with_capacity(POLL_BATCH);
         let mut busy = false;
         let mut rewinds = self.shared.rewinds.load(Ordering::Acquire);
+        let mut ages = super::status::Ages::default();
+        let mut published_at = Instant::now() - super::status::PUBLISH_EVERY;
         #[cfg(feature = "metrics")]
         let mut positions_at = Instant::now();
         #[cfg(feature = "metrics")]
         let mut group_committed = GroupCommitted::default();
         while !self.shared.shutdown.is_shutting_down() {
+            self.shared.board.progress();
             #[cfg(feature = "metrics")]
             if positions_at.elapsed() >= POSITIONS_EVERY {
                 positions_at = Instant::now();
@@ -150,6 +153,10 @@ impl PollLoop {
                 }
             }
             pipeline.settle(&self.consumer, &self.shared);
+            if published_at.elapsed() >= super::status::PUBLISH_EVERY {
+                published_at = Instant::now();
+                pipeline.publish_status(&self.consumer, &self.shared, &mut ages);
+            }
             if pipeline.transaction_due() {
                 pipeline.end_transaction(&self.consumer, &self.shared);
                 // An abort rewinds partitions; nothing is buffered here now.
@@ -290,6 +297,7 @@ impl PollLoop {
     /// Drains in-flight work, commits what was processed, leaves the group
     /// and closes, within the shutdown deadline.
     fn finish(self) -> LoopEnd {
+        self.shared.set_state(super::status::GroupState::Stopping);
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
         let pipeline = self.consumer.context().pipeline().take();

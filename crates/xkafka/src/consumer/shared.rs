@@ -11,6 +11,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 
 use super::offsets::Ledger;
+use super::status::{Board, GroupState};
 use crate::convert::TopicNames;
 use crate::error::{Decision, Error, ErrorHandlerFn};
 use crate::shutdown::ShutdownHandle;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     /// them before (see `Pipeline::take_rewound`). An atomic, so that the
     /// loop's check after each `poll` costs no lock.
     pub(crate) rewinds: std::sync::atomic::AtomicU64,
+    /// The status the poll thread publishes (and `StatusHandle`s read).
+    pub(crate) board: Arc<Board>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -52,6 +55,7 @@ impl Shared {
         shutdown: ShutdownHandle,
         revoke_grace: Duration,
     ) -> Self {
+        let board = Arc::new(Board::new(group.to_string(), "classic".into()));
         Shared {
             group,
             ledger: Mutex::new(Ledger::default()),
@@ -64,6 +68,7 @@ impl Shared {
             topics: TopicNames::default(),
             revoke_grace,
             rewinds: std::sync::atomic::AtomicU64::new(0),
+            board,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -81,6 +86,9 @@ impl Shared {
     /// Hands an error to the user's error handler. On `Stop` the first such
     /// error is kept for `run` to return and a shutdown starts.
     pub(crate) fn report(&self, err: Error) -> Decision {
+        if err.is_fatal() {
+            self.board.set_fatal(err.to_string());
+        }
         // A panicking error handler is taken as a request to stop: we cannot
         // know what it wanted, and carrying on could skip a message.
         let decision =
@@ -105,6 +113,7 @@ impl Shared {
     /// a transaction that could neither commit nor abort). `run` returns
     /// `err` unless an earlier error stopped it.
     pub(crate) fn stop_with(&self, err: Error) {
+        self.board.set_fatal(err.to_string());
         // Told, not asked: its decision cannot change the outcome.
         let _ =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.error_handler)(&err)));
@@ -114,6 +123,11 @@ impl Shared {
         }
         drop(slot);
         self.shutdown.shutdown();
+    }
+
+    /// Records where the consumer stands in its group, for its status.
+    pub(crate) fn set_state(&self, state: GroupState) {
+        self.board.set_state(state);
     }
 
     /// Keeps the first panic for `run` to return and starts a shutdown: after
@@ -126,6 +140,7 @@ impl Shared {
                 place,
                 message: message.clone(),
             });
+            self.board.set_fatal(format!("{place} panicked: {message}"));
         }
         drop(slot);
         self.shutdown.shutdown();

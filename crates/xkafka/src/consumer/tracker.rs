@@ -20,6 +20,8 @@ pub(crate) struct OffsetTracker {
     /// The last watermark handed out by [`OffsetTracker::advance`].
     stored: Option<i64>,
     unsettled: usize,
+    /// Messages settled so far (for the status: when one last finished).
+    finished: u64,
 }
 
 impl OffsetTracker {
@@ -61,6 +63,7 @@ impl OffsetTracker {
             if !self.open[at].1 {
                 self.open[at].1 = true;
                 self.unsettled -= 1;
+                self.finished += 1;
                 was_open = true;
             }
         }
@@ -87,6 +90,21 @@ impl OffsetTracker {
         }
         self.stored = Some(mark);
         Some(mark)
+    }
+
+    /// The oldest dispatched message not settled yet.
+    pub(crate) fn oldest_unsettled(&self) -> Option<i64> {
+        self.open.front().map(|e| e.0)
+    }
+
+    /// The offset after the last dispatched message.
+    pub(crate) fn end(&self) -> Option<i64> {
+        self.end
+    }
+
+    /// Messages settled since the tracker was made.
+    pub(crate) fn finished(&self) -> u64 {
+        self.finished
     }
 
     /// Dispatched messages not settled yet.

@@ -1,0 +1,303 @@
+//! Is a consumer healthy, and if not, why? Judged from its
+//! [`ConsumerStatus`] (see [`Consumer::status_handle`](crate::Consumer::status_handle))
+//! against thresholds, each unhealthy state with a reason a person can act
+//! on — and, with the `http` feature, the endpoints Kubernetes probes:
+//! `/healthz` (liveness), `/readyz` (readiness) and `/status` (JSON).
+//!
+//! ```
+//! use std::time::Duration;
+//! use xkafka::health::HealthCheck;
+//!
+//! let check = HealthCheck::builder()
+//!     .handler_stuck_after(Duration::from_secs(120))
+//!     .build()
+//!     .unwrap();
+//! assert!(HealthCheck::builder().poll_stalled_after(Duration::ZERO).build().is_err());
+//! # let _ = check;
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::consumer::{ConsumerStatus, GroupState};
+use crate::Error;
+
+/// The longest threshold accepted: past a day, a "threshold" is a typo.
+const MAX_THRESHOLD: Duration = Duration::from_secs(24 * 3600);
+
+/// Thresholds past which a consumer is unhealthy; build one with
+/// [`HealthCheck::builder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    poll_stalled: Duration,
+    handler_stuck: Duration,
+    not_stable: Duration,
+    commit_stuck: Duration,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            poll_stalled: Duration::from_secs(60),
+            handler_stuck: Duration::from_secs(300),
+            not_stable: Duration::from_secs(120),
+            commit_stuck: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Builds a [`HealthCheck`]; every threshold must be more than zero and at
+/// most a day.
+#[derive(Clone, Debug, Default)]
+#[must_use = "call .build()"]
+pub struct HealthCheckBuilder {
+    check: HealthCheck,
+}
+
+impl HealthCheckBuilder {
+    /// Unhealthy when the poll thread has made no progress (polled, or
+    /// settled finished messages) for this long (default 60 s). Keep it
+    /// above the longest thing the poll thread waits for on purpose: a
+    /// revocation's grace, a transaction's commit.
+    pub fn poll_stalled_after(mut self, threshold: Duration) -> Self {
+        self.check.poll_stalled = threshold;
+        self
+    }
+
+    /// Unhealthy when a partition's oldest unfinished message has held its
+    /// offset this long (default 5 min): a stuck handler.
+    pub fn handler_stuck_after(mut self, threshold: Duration) -> Self {
+        self.check.handler_stuck = threshold;
+        self
+    }
+
+    /// Unhealthy when the consumer has been joining or rebalancing this
+    /// long (default 2 min): a rebalance loop, or a group it cannot join.
+    pub fn not_stable_after(mut self, threshold: Duration) -> Self {
+        self.check.not_stable = threshold;
+        self
+    }
+
+    /// Unhealthy when a partition's committed offset has not moved for
+    /// this long while messages wait behind it (default 10 min): a failing
+    /// or hung message holds it.
+    pub fn commit_stuck_after(mut self, threshold: Duration) -> Self {
+        self.check.commit_stuck = threshold;
+        self
+    }
+
+    /// Checks the thresholds.
+    pub fn build(self) -> Result<HealthCheck, Error> {
+        let c = self.check;
+        for (name, value) in [
+            ("poll_stalled_after", c.poll_stalled),
+            ("handler_stuck_after", c.handler_stuck),
+            ("not_stable_after", c.not_stable),
+            ("commit_stuck_after", c.commit_stuck),
+        ] {
+            if value.is_zero() || value > MAX_THRESHOLD {
+                return Err(Error::InvalidThreshold {
+                    name,
+                    value,
+                    reason: "a health threshold must be more than zero and at most a day",
+                });
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Why a consumer is unhealthy; its `Display` says what to look at.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Problem {
+    /// The poll thread has made no progress for `for_secs`.
+    PollStalled {
+        /// Seconds since it last made progress.
+        for_secs: u64,
+    },
+    /// A partition's oldest unfinished message has held it too long.
+    HandlerStuck {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The message's offset.
+        offset: i64,
+        /// Seconds it has held the partition.
+        for_secs: u64,
+    },
+    /// Not stable in the group for too long.
+    NotStable {
+        /// Joining or rebalancing.
+        state: GroupState,
+        /// Seconds in that state.
+        for_secs: u64,
+    },
+    /// A partition's committed offset has not moved while messages wait.
+    CommitStuck {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The committed offset (none yet: `None`).
+        committed: Option<i64>,
+        /// The message holding it, when the consumer has it in flight.
+        held_by: Option<i64>,
+        /// Messages waiting behind it (lag), when known.
+        waiting: Option<i64>,
+        /// Seconds the committed offset has not moved.
+        for_secs: u64,
+    },
+    /// A fatal client error, or a panic, stopped (or is stopping) it.
+    Fatal {
+        /// The error.
+        error: String,
+    },
+    /// `run` returned: nothing consumes any more.
+    Stopped,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::PollStalled { for_secs } => write!(
+                f,
+                "the poll thread has made no progress for {for_secs} s: something blocks it \
+                 (a blocking call in a handler that runs on it, a callback, the error handler)"
+            ),
+            Problem::HandlerStuck {
+                topic,
+                partition,
+                offset,
+                for_secs,
+            } => write!(
+                f,
+                "{topic}[{partition}]: the message at offset {offset} has not finished for \
+                 {for_secs} s: its handler is stuck or very slow"
+            ),
+            Problem::NotStable { state, for_secs } => write!(
+                f,
+                "the consumer has been {} for {for_secs} s: a rebalance loop, or a group it \
+                 cannot join (check the brokers, session and poll timeouts)",
+                match state {
+                    GroupState::Joining => "joining its group",
+                    _ => "rebalancing",
+                }
+            ),
+            Problem::CommitStuck {
+                topic,
+                partition,
+                committed,
+                held_by,
+                waiting,
+                for_secs,
+            } => {
+                write!(f, "{topic}[{partition}]: the committed offset (")?;
+                match committed {
+                    Some(c) => write!(f, "{c}")?,
+                    None => f.write_str("none yet")?,
+                }
+                write!(f, ") has not moved for {for_secs} s")?;
+                if let Some(w) = waiting {
+                    write!(f, " while {w} message(s) wait")?;
+                }
+                match held_by {
+                    Some(o) => write!(f, "; the message at offset {o} holds it (failing or hung)"),
+                    None => f.write_str("; nothing of it is in flight (paused, or not fetching)"),
+                }
+            }
+            Problem::Fatal { error } => write!(f, "fatal error: {error}"),
+            Problem::Stopped => f.write_str("the consumer stopped: nothing consumes any more"),
+        }
+    }
+}
+
+/// A verdict on a [`ConsumerStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// Alive: no problem (what a liveness probe asks).
+    pub live: bool,
+    /// Ready: running and stable in its group, no fatal error (what a
+    /// readiness probe asks). A member with an empty assignment (more
+    /// members than partitions) is ready.
+    pub ready: bool,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+impl HealthCheck {
+    /// Thresholds, starting from the defaults.
+    pub fn builder() -> HealthCheckBuilder {
+        HealthCheckBuilder::default()
+    }
+
+    /// Judges `status`.
+    pub fn check(&self, status: &ConsumerStatus) -> Health {
+        let secs = |d: Duration| d.as_secs();
+        let mut problems = Vec::new();
+        if let Some(error) = &status.fatal_error {
+            problems.push(Problem::Fatal {
+                error: error.clone(),
+            });
+        }
+        let running = matches!(
+            status.state,
+            GroupState::Joining | GroupState::Stable | GroupState::Rebalancing
+        );
+        if status.state == GroupState::Stopped {
+            problems.push(Problem::Stopped);
+        }
+        if running {
+            if let Some(ago) = status.last_poll_ago.filter(|a| *a >= self.poll_stalled) {
+                problems.push(Problem::PollStalled {
+                    for_secs: secs(ago),
+                });
+            }
+            if status.state != GroupState::Stable && status.state_for >= self.not_stable {
+                problems.push(Problem::NotStable {
+                    state: status.state,
+                    for_secs: secs(status.state_for),
+                });
+            }
+            for p in &status.partitions {
+                if let Some(u) = p
+                    .oldest_unfinished
+                    .filter(|u| p.in_flight > 0 && u.held_for >= self.handler_stuck)
+                {
+                    problems.push(Problem::HandlerStuck {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        offset: u.offset,
+                        for_secs: secs(u.held_for),
+                    });
+                }
+                let waiting = p.lag.filter(|l| *l > 0);
+                if p.committed_unchanged_for >= self.commit_stuck
+                    && (waiting.is_some() || p.in_flight > 0)
+                {
+                    problems.push(Problem::CommitStuck {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        committed: p.committed,
+                        held_by: p.oldest_unfinished.map(|u| u.offset),
+                        waiting,
+                        for_secs: secs(p.committed_unchanged_for),
+                    });
+                }
+            }
+        }
+        Health {
+            live: problems.is_empty(),
+            ready: status.state == GroupState::Stable && status.fatal_error.is_none(),
+            problems,
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::router;

@@ -1,0 +1,144 @@
+//! Status and health of a running consumer on the real broker, through the
+//! HTTP endpoints (`xkafka::health::router`) and a real HTTP client: a
+//! handler that hangs on purpose turns `/healthz` unhealthy once the
+//! threshold passes, naming the partition and the offset, and healthy again
+//! when it returns; readiness follows the group state; a stopping or
+//! stopped consumer answers at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{consumer, fill, producer, topic, unique};
+use xkafka::consumer::GroupState;
+use xkafka::health::{router, HealthCheck};
+use xkafka::{Ack, Decision, Message};
+
+/// GET `url`: status code and body, with a real HTTP client (on the
+/// blocking pool: the client is synchronous).
+async fn get(url: String) -> (u16, String) {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().expect("HTTP request");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().expect("body");
+        (status, body)
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `url` every 50 ms until its status is `want`; returns the body and
+/// when that happened.
+async fn wait_status(url: &str, want: u16, timeout: Duration) -> (String, Instant) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = get(url.to_owned()).await;
+        if status == want {
+            return (body, Instant::now());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still answers {status} after {timeout:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_handler_turns_healthz_unhealthy_naming_its_partition_and_offset() {
+    let topic = topic("health", 2).await;
+    let p = producer();
+    fill(&p, &topic, 0, 10).await;
+    fill(&p, &topic, 1, 10).await;
+    p.close().await;
+
+    let hung = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (h, r) = (hung.clone(), release.clone());
+    let consumer = consumer(&unique("health"), &topic)
+        .concurrency(2)
+        .error_handler(|_| Decision::Continue)
+        .handler(move |m: Message| {
+            let (h, r) = (h.clone(), r.clone());
+            async move {
+                if m.partition() == Some(0) && m.offset() == Some(3) {
+                    h.notify_one();
+                    r.notified().await;
+                }
+                Ack::Success
+            }
+        })
+        .build()
+        .unwrap();
+    let status = consumer.status_handle();
+    assert_eq!(status.snapshot().state, GroupState::Idle);
+    let check = HealthCheck::builder()
+        .handler_stuck_after(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(status, check)).await });
+
+    let (code, body) = get(format!("{base}/readyz")).await;
+    assert_eq!((code, body.as_str()), (503, "not ready: idle\n"));
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+
+    tokio::time::timeout(Duration::from_secs(30), hung.notified())
+        .await
+        .expect("the handler reached offset 3");
+    let hung_at = Instant::now();
+    wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(10)).await;
+    let (problems, unhealthy_at) =
+        wait_status(&format!("{base}/healthz"), 503, Duration::from_secs(10)).await;
+    let after = unhealthy_at - hung_at;
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_millis(3_500),
+        "unhealthy {after:?} after the hang (threshold 2 s): {problems}"
+    );
+    assert!(
+        problems.contains(&format!("{topic}[0]")) && problems.contains("offset 3"),
+        "names the partition and the offset: {problems}"
+    );
+    // Still ready: stuck is not the same as not in the group.
+    assert_eq!(get(format!("{base}/readyz")).await.0, 200);
+
+    let (code, json) = get(format!("{base}/status")).await;
+    assert_eq!(code, 200);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["health"]["live"], false);
+    assert_eq!(json["status"]["state"], "stable");
+    assert_eq!(json["status"]["protocol"], "classic");
+    assert!(json["status"]["member_id"].is_string(), "{json}");
+    let partitions = json["status"]["partitions"].as_array().unwrap();
+    let p0 = partitions
+        .iter()
+        .find(|p| p["partition"] == 0)
+        .expect("partition 0 in the status");
+    assert_eq!(p0["oldest_unfinished"]["offset"], 3, "{p0}");
+    assert!(p0["in_flight"].as_u64().unwrap() >= 1, "{p0}");
+    assert_eq!(p0["stored"], 3, "held at the hung message: {p0}");
+    let p1 = partitions.iter().find(|p| p["partition"] == 1).unwrap();
+    assert_eq!(p1["in_flight"], 0, "partition 1 flows: {p1}");
+    assert_eq!(p1["stored"], 10, "{p1}");
+
+    release.notify_one();
+    let (body, _) = wait_status(&format!("{base}/healthz"), 200, Duration::from_secs(2)).await;
+    assert_eq!(body, "ok\n");
+
+    stop.shutdown();
+    let summary = run.await.unwrap().expect("run");
+    assert_eq!(summary.succeeded, 20);
+    let (code, body) = get(format!("{base}/healthz")).await;
+    assert_eq!(code, 503);
+    assert!(body.contains("stopped"), "{body}");
+    assert_eq!(
+        get(format!("{base}/readyz")).await,
+        (503, "not ready: stopped\n".to_owned())
+    );
+}
