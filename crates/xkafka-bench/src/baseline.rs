@@ -15,9 +15,10 @@ use xkafka::rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
     ThreadedProducer,
 };
-use xkafka::rdkafka::{ClientConfig, ClientContext};
+use xkafka::rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
+use crate::eos;
 use crate::ours::{open_loop, payload, producer_settings};
 use crate::{unique, Sizes, RUN_TIMEOUT};
 
@@ -247,4 +248,146 @@ pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxRes
     producer.flush(Duration::from_secs(10))?;
     let p99 = histogram.lock().unwrap().value_at_quantile(0.99) as f64 / 1_000.0;
     Ok(p99)
+}
+
+/// Counts delivery reports (acknowledged and failed).
+struct Delivered {
+    acked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ClientContext for Delivered {}
+
+impl ProducerContext for Delivered {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.acked.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The raw consume-transform-produce loop, what a user would write with
+/// rdkafka alone: a `BaseConsumer` poll loop producing one record per input
+/// (value uppercased, same key) through a `ThreadedProducer`.
+///
+/// Transactional: begin; produce per message, remembering each partition's
+/// next offset; once `interval` passed since the transaction's first
+/// message, `send_offsets_to_transaction` with `consumer.group_metadata()`,
+/// `commit_transaction`, `begin_transaction`. The poll timeout never runs
+/// past the interval. At-least-once: auto commit every
+/// [`eos::ALO_COMMIT_INTERVAL`], the offset stored once the output is
+/// queued. Timed by [`eos::Watch`] until everything is committed.
+pub(crate) fn transform(job: &eos::Job<'_>, mode: eos::Mode) -> BoxResult<eos::Outcome> {
+    const OP_TIMEOUT: Duration = Duration::from_secs(30);
+    let group = unique("raw-eos");
+    let clock = Clock::new(job.messages);
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut config = producer_config(job.brokers);
+    let interval = match mode {
+        eos::Mode::Transactional(interval) => {
+            config.set("transactional.id", unique("bench-raw-txn"));
+            Some(interval)
+        }
+        eos::Mode::AtLeastOnce => None,
+    };
+    let producer: ThreadedProducer<Delivered> = ThreadedProducer::from_config_and_context(
+        &config,
+        Delivered {
+            acked: acked.clone(),
+            failed: failed.clone(),
+        },
+    )?;
+    if interval.is_some() {
+        producer.init_transactions(OP_TIMEOUT)?;
+        producer.begin_transaction()?;
+    }
+    let mut config = consumer_config(job.brokers, &group);
+    match mode {
+        eos::Mode::Transactional(_) => config.set("enable.auto.commit", "false"),
+        eos::Mode::AtLeastOnce => config
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", eos::ALO_COMMIT_INTERVAL),
+    };
+    let consumer: BaseConsumer = config.create()?;
+    consumer.subscribe(&[job.input])?;
+    let watch = eos::Watch::start(job, &group, acked)?;
+    // The open transaction: when its first message came, and the next
+    // offset of each partition it read.
+    let mut opened: Option<Instant> = None;
+    let mut next: std::collections::BTreeMap<i32, i64> = Default::default();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !watch.done() && Instant::now() < deadline {
+        let timeout = match (interval, opened) {
+            (Some(interval), Some(at)) => interval.saturating_sub(at.elapsed()),
+            _ => Duration::from_millis(100),
+        }
+        .min(Duration::from_millis(100));
+        match consumer.poll(timeout) {
+            Some(Ok(m)) => {
+                let value = m.payload().map(<[u8]>::to_ascii_uppercase);
+                let mut record = BaseRecord::<[u8], [u8]>::to(job.output);
+                if let Some(key) = m.key() {
+                    record = record.key(key);
+                }
+                if let Some(value) = &value {
+                    record = record.payload(value.as_slice());
+                }
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+                if interval.is_some() {
+                    next.insert(m.partition(), m.offset() + 1);
+                    opened.get_or_insert_with(Instant::now);
+                } else {
+                    consumer.store_offset_from_message(&m)?;
+                }
+                clock.tick(1);
+            }
+            Some(Err(e)) => eprintln!("raw consumer error: {e}"),
+            None => {}
+        }
+        if let (Some(interval), Some(at)) = (interval, opened) {
+            if at.elapsed() >= interval {
+                let mut offsets = TopicPartitionList::with_capacity(next.len());
+                for (&partition, &offset) in &next {
+                    offsets.add_partition_offset(job.input, partition, Offset::Offset(offset))?;
+                }
+                let metadata = consumer
+                    .group_metadata()
+                    .ok_or("the consumer has no group metadata")?;
+                producer.send_offsets_to_transaction(&offsets, &metadata, OP_TIMEOUT)?;
+                if job.raw_drain {
+                    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                producer.commit_transaction(OP_TIMEOUT)?;
+                producer.begin_transaction()?;
+                next.clear();
+                opened = None;
+            }
+        }
+    }
+    let committed_at = watch.finish();
+    if interval.is_some() {
+        // Nothing is open any more (every input was committed); closes the
+        // empty transaction begun last.
+        let _ = producer.abort_transaction(OP_TIMEOUT);
+    }
+    producer.flush(Duration::from_secs(10))?;
+    if failed.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{} deliveries failed", failed.load(Ordering::Relaxed)).into());
+    }
+    eos::Outcome::of(&clock, committed_at)
 }

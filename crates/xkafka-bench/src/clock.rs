@@ -49,6 +49,20 @@ impl Clock {
         self.count.load(Ordering::Acquire) >= self.target
     }
 
+    /// The number of messages the clock waits for.
+    pub(crate) fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// When the first and the last message were counted, once the target
+    /// is reached.
+    pub(crate) fn span(&self) -> Option<(Instant, Instant)> {
+        Some((
+            (*self.first.lock().unwrap())?,
+            (*self.last.lock().unwrap())?,
+        ))
+    }
+
     /// Messages per second between the first and the last message.
     pub(crate) fn rate(&self) -> Result<f64, String> {
         let first = self.first.lock().unwrap().ok_or("no message arrived")?;

@@ -11,6 +11,7 @@
 
 mod baseline;
 mod clock;
+mod eos;
 mod ours;
 mod report;
 
@@ -50,6 +51,16 @@ struct Args {
     /// profile it alone with `perf record`; ratios are then not computed.
     #[arg(long, value_enum, default_value_t = Side::Both)]
     side: Side,
+    /// Transaction intervals (ms) of the consume-transform-produce runs,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = eos::INTERVALS_MS)]
+    eos_intervals: Vec<u64>,
+    /// An experiment, off by default: the raw transactional loop waits
+    /// until every output is acknowledged before `commit_transaction`, so
+    /// that rdkafka's flush in `commit_transaction` finds nothing in flight
+    /// (when something is, it polls for 100 ms whatever arrives).
+    #[arg(long)]
+    eos_raw_drain: bool,
     /// Where to write the JSON results and the SVG charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -75,6 +86,8 @@ pub(crate) struct Sizes {
     pub(crate) publish_sync: u64,
     pub(crate) latency_rate: u64,
     pub(crate) latency_secs: u64,
+    /// Input messages of the consume-transform-produce runs.
+    pub(crate) eos: u64,
 }
 
 impl Sizes {
@@ -92,6 +105,7 @@ impl Sizes {
                 publish_sync: 10_000,
                 latency_rate: 1_000,
                 latency_secs: 3,
+                eos: 120_000,
             }
         } else {
             Sizes {
@@ -104,6 +118,7 @@ impl Sizes {
                 publish_sync: 100_000,
                 latency_rate: 1_000,
                 latency_secs: 10,
+                eos: 300_000,
             }
         };
         Sizes {
@@ -180,7 +195,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         results
             .brokers
             .insert(target.name.to_owned(), target.description.clone());
-        let plan = plan(&sizes, &wanted);
+        let eos_plan = eos::Plan {
+            intervals: args.eos_intervals.clone(),
+            raw_drain: args.eos_raw_drain,
+        };
+        let plan = plan(&sizes, &wanted, &eos_plan);
         let bar = ProgressBar::new(plan.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -233,6 +252,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 enum Step {
     Compare(&'static str),
     Scaling,
+    /// Consume-transform-produce, exactly-once and at-least-once.
+    Eos(eos::Plan),
 }
 
 impl Step {
@@ -240,6 +261,7 @@ impl Step {
         match self {
             Step::Compare(name) => (*name).to_owned(),
             Step::Scaling => "concurrency scaling".into(),
+            Step::Eos(_) => "consume-transform-produce".into(),
         }
     }
 
@@ -283,12 +305,25 @@ impl Step {
                 }
                 results.scaling.insert(target.name.to_owned(), points);
             }
+            Step::Eos(eos_plan) => {
+                if target.mock().is_some() {
+                    // Measured on the real broker only: the mock's
+                    // transaction coordinator is a simulation, and the
+                    // runs would add minutes to quick mode.
+                    return Ok(());
+                }
+                let (comparisons, figures) = eos::run(target, sizes, side, eos_plan).await?;
+                for comparison in comparisons {
+                    results.add(target.name, comparison);
+                }
+                results.eos.insert(target.name.to_owned(), figures);
+            }
         }
         Ok(())
     }
 }
 
-fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool) -> Vec<Step> {
+fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool, eos: &eos::Plan) -> Vec<Step> {
     let mut steps: Vec<Step> = [
         "consume_seq",
         "consume_seq_1k",
@@ -304,6 +339,9 @@ fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool) -> Vec<Step> {
     .collect();
     if wanted("scaling") || wanted("consume_conc16_1ms") {
         steps.push(Step::Scaling);
+    }
+    if wanted("eos") {
+        steps.push(Step::Eos(eos.clone()));
     }
     steps
 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
 use xkafka::{
-    Ack, Batch, BatchConsumer, Consumer, Decision, Delivery, Error, Message, Order, Producer,
+    Ack, Batch, BatchConsumer, BoxError, Consumer, Decision, Delivery, Error, Message, Order,
+    Producer,
 };
 
 use crate::clock::Clock;
+use crate::eos;
 use crate::{unique, Sizes, RUN_TIMEOUT};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -286,4 +288,74 @@ where
         publish(now_micros()).await?;
     }
     Ok(())
+}
+
+/// Consume-transform-produce: each input's value uppercased, published with
+/// its key to `job.output` with `publish_async`; transactional (ours
+/// begins and commits, every `interval`) or at-least-once. Timed by
+/// [`eos::Watch`] until everything is committed.
+pub(crate) async fn transform(job: &eos::Job<'_>, mode: eos::Mode) -> BoxResult<eos::Outcome> {
+    let group = unique("ours-eos");
+    let clock = Arc::new(Clock::new(job.messages));
+    let ticks = clock.clone();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (acks, failures) = (delivered.clone(), failed.clone());
+    let mut producer = Producer::builder("bench-ours-eos")
+        .brokers([job.brokers])
+        .configs(producer_settings())
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .on_delivery(move |report: &Result<Delivery, Error>| {
+            if report.is_err() {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+            acks.fetch_add(1, Ordering::Release);
+        });
+    if let eos::Mode::Transactional(_) = mode {
+        producer = producer.transactional_id(unique("bench-ours-txn"));
+    }
+    let producer = producer.build()?;
+    let watch = eos::Watch::start(job, &group, delivered)?;
+    let mut consumer = Consumer::builder(group)
+        .brokers([job.brokers])
+        .topics([job.input])
+        .config("auto.offset.reset", "earliest")
+        .error_handler(quiet);
+    consumer = match mode {
+        eos::Mode::Transactional(interval) => consumer
+            .transactional(producer.clone())
+            .transaction_interval(interval)
+            // Transactions end on time only, as in the raw loop.
+            .transaction_max_messages(usize::MAX),
+        eos::Mode::AtLeastOnce => {
+            consumer.config("auto.commit.interval.ms", eos::ALO_COMMIT_INTERVAL)
+        }
+    };
+    let output: Arc<str> = job.output.into();
+    let publisher = producer.clone();
+    let consumer = consumer
+        .handler(move |m: Message| {
+            ticks.tick(1);
+            let producer = publisher.clone();
+            let out = Message::builder(output.clone())
+                .key(m.key().cloned().unwrap_or_default())
+                .value(
+                    m.value()
+                        .map(|v| v.to_ascii_uppercase())
+                        .unwrap_or_default(),
+                )
+                .build();
+            async move {
+                producer.publish_async(out).await?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()?;
+    consumer.run(until(watch.probe())).await?;
+    producer.close().await;
+    let committed_at = watch.finish();
+    if failed.load(Ordering::Relaxed) > 0 {
+        return Err(format!("{} deliveries failed", failed.load(Ordering::Relaxed)).into());
+    }
+    eos::Outcome::of(&clock, committed_at)
 }

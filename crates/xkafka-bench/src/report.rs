@@ -29,7 +29,8 @@ pub(crate) struct Topics {
     pub(crate) sink: String,
 }
 
-async fn create(target: &Target, name: &str, partitions: i32) -> BoxResult<()> {
+/// Creates topic `name` on `target` with `partitions` partitions.
+pub(crate) async fn create(target: &Target, name: &str, partitions: i32) -> BoxResult<()> {
     match target.mock() {
         // The mock cluster has no admin API.
         Some(mock) => mock.create_topic(name, partitions)?,
@@ -49,7 +50,7 @@ async fn create(target: &Target, name: &str, partitions: i32) -> BoxResult<()> {
 
 /// How a prefilled topic's messages are spread over its partitions.
 #[derive(Clone, Copy)]
-enum Spread {
+pub(crate) enum Spread {
     /// Round robin: every partition gets the same number, so the batch
     /// consumer's batches are all full (a trailing partial batch would wait
     /// for its window, which would then weigh on a sub-second run).
@@ -58,7 +59,15 @@ enum Spread {
     ByKey,
 }
 
-fn fill(brokers: &str, topic: &str, messages: u64, size: usize, spread: Spread) -> BoxResult<()> {
+/// Publishes `messages` values of `size` bytes to `topic` (keys `key-0` to
+/// `key-999`), spread as `spread` says.
+pub(crate) fn fill(
+    brokers: &str,
+    topic: &str,
+    messages: u64,
+    size: usize,
+    spread: Spread,
+) -> BoxResult<()> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -90,7 +99,7 @@ fn fill(brokers: &str, topic: &str, messages: u64, size: usize, spread: Spread) 
 }
 
 /// Partitions of every prefilled topic.
-const PARTITIONS: i32 = 6;
+pub(crate) const PARTITIONS: i32 = 6;
 
 /// Creates and fills the topics every round reads again from the start.
 pub(crate) async fn prepare(
@@ -177,6 +186,9 @@ pub(crate) struct Results {
     pub(crate) comparisons: BTreeMap<String, Vec<Comparison>>,
     /// Concurrency scaling with a 1 ms handler: msg/s per setting.
     pub(crate) scaling: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Consume-transform-produce, per broker and variant (`ours_txn_10ms`,
+    /// `raw_alo`, …).
+    pub(crate) eos: BTreeMap<String, BTreeMap<String, crate::eos::Figures>>,
     pub(crate) elapsed_secs: f64,
 }
 
@@ -189,6 +201,7 @@ impl Results {
             brokers: BTreeMap::new(),
             comparisons: BTreeMap::new(),
             scaling: BTreeMap::new(),
+            eos: BTreeMap::new(),
             elapsed_secs: 0.0,
         }
     }
@@ -226,6 +239,22 @@ impl Results {
                 "scaling ({broker}, 1 ms handler, msg/s): {}",
                 line.join(", ")
             );
+        }
+        for (broker, variants) in &self.eos {
+            println!(
+                "consume-transform-produce ({broker}, {} × 100 B; msg/s, medians):",
+                self.sizes.eos
+            );
+            println!(
+                "  {:<16} {:>10} {:>10} {:>9}",
+                "variant", "consumed", "committed", "tail ms"
+            );
+            for (name, f) in variants {
+                println!(
+                    "  {name:<16} {:>10.0} {:>10.0} {:>9.0}",
+                    f.consumed, f.committed, f.tail_ms
+                );
+            }
         }
         println!();
         // The primary broker's lines are plain; others carry a suffix.
@@ -268,11 +297,15 @@ fn machine() -> String {
     )
 }
 
-/// Writes `ratios.svg` (bars per comparison and broker, the 1.0 line) and
-/// `scaling.svg` (msg/s against concurrency with a 1 ms handler).
+/// Writes `ratios.svg` (bars per comparison and broker, the 1.0 line),
+/// `scaling.svg` (msg/s against concurrency with a 1 ms handler) and, when
+/// measured, `eos.svg` (consume-transform-produce throughput per variant).
 pub(crate) fn charts(results: &Results, dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("ratios.svg"), ratios_svg(results))?;
     std::fs::write(dir.join("scaling.svg"), scaling_svg(results))?;
+    if !results.eos.is_empty() {
+        std::fs::write(dir.join("eos.svg"), eos_svg(results))?;
+    }
     Ok(())
 }
 
@@ -282,6 +315,8 @@ fn ratios_svg(results: &Results) -> String {
         .iter()
         .flat_map(|(b, cs)| {
             cs.iter()
+                // ours/ours (exactly-once against at-least-once): in eos.svg.
+                .filter(|c| !c.name.starts_with("eos_vs_alo"))
                 .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
         })
         .collect();
@@ -380,5 +415,56 @@ fn scaling_svg(results: &Results) -> String {
         }
     }
     let _ = write!(svg, "</svg>");
+    svg
+}
+
+/// Consume-transform-produce: per broker and variant, a bar for the input
+/// consumed (light) over one for the output committed (dark), msg/s.
+fn eos_svg(results: &Results) -> String {
+    let rows: Vec<(&str, &str, &crate::eos::Figures)> = results
+        .eos
+        .iter()
+        .flat_map(|(b, vs)| vs.iter().map(move |(n, f)| (b.as_str(), n.as_str(), f)))
+        .collect();
+    let (w, row_h, left) = (720.0, 34.0, 190.0);
+    let h = 60.0 + row_h * rows.len() as f64 + 20.0;
+    let max = rows
+        .iter()
+        .flat_map(|r| [r.2.consumed, r.2.committed])
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max);
+    let scale = (w - left - 90.0) / max;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">Consume-transform-produce, {} × 100 B (msg/s, higher is better)</text><text x="10" y="38" font-size="11">light: input consumed · dark: output committed (offsets at the end, outputs acknowledged)</text>"#,
+        results.sizes.eos
+    );
+    for (i, (broker, name, f)) in rows.iter().enumerate() {
+        let y = 52.0 + row_h * i as f64;
+        let width = |v: f64| if v.is_finite() { v * scale } else { 0.0 };
+        let (c, k) = (width(f.consumed), width(f.committed));
+        let dark = if name.starts_with("ours") {
+            "#3b7dd8"
+        } else {
+            "#8a8a8a"
+        };
+        let light = if name.starts_with("ours") {
+            "#bcd3f2"
+        } else {
+            "#d6d6d6"
+        };
+        let _ = write!(
+            svg,
+            r#"<text x="10" y="{:.0}">{name} ({broker})</text><rect x="{left}" y="{y:.0}" width="{c:.1}" height="13" fill="{light}"/><text x="{:.1}" y="{:.0}" font-size="10">{:.0}</text><rect x="{left}" y="{:.0}" width="{k:.1}" height="13" fill="{dark}"/><text x="{:.1}" y="{:.0}" font-size="10">{:.0}</text>"#,
+            y + 20.0,
+            left + c + 4.0,
+            y + 11.0,
+            f.consumed,
+            y + 14.0,
+            left + k + 4.0,
+            y + 25.0,
+            f.committed
+        );
+    }
+    svg.push_str("</svg>");
     svg
 }

@@ -1,0 +1,404 @@
+//! Exactly-once consume-transform-produce: a prefilled input topic, each
+//! input turned into one output message (its value uppercased, same key),
+//! measured until every input's output is committed.
+//!
+//! Variants, all on the same input, the same broker, the same run:
+//! - ours, transactional ([`ConsumerBuilder::transactional`](xkafka::ConsumerBuilder::transactional)),
+//!   one run per commit interval;
+//! - the raw rdkafka transactional loop at the same intervals (`BaseConsumer`
+//!   and a transactional `ThreadedProducer`: begin, produce per message, every
+//!   interval `send_offsets_to_transaction` + `commit_transaction`);
+//! - ours and the raw loop at-least-once: auto commit every
+//!   [`ALO_COMMIT_INTERVAL`], a plain idempotent producer, the offset stored
+//!   once the output is queued.
+//!
+//! A transaction ends only on time (both sides): `interval` after its first
+//! message. Every run ends when [`Watch`] sees the group's committed offsets
+//! at the input's end offsets and every output acknowledged, so a
+//! transaction still open, or offsets not committed yet, count against the
+//! run. The clock starts at the first input handled (group join and
+//! `init_transactions` are not counted).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::clock::Clock;
+use crate::report::{self, Comparison};
+use crate::{baseline, ours, unique, Side, Sizes, Target, RUN_TIMEOUT};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The transaction intervals measured by default, in milliseconds.
+pub(crate) const INTERVALS_MS: [u64; 3] = [10, 100, 1_000];
+
+/// The at-least-once runs' `auto.commit.interval.ms` (librdkafka's default
+/// is 5 s, which would measure the timer, not the pipeline).
+pub(crate) const ALO_COMMIT_INTERVAL: &str = "100";
+
+/// How often [`Watch`] asks the coordinator for the group's offsets.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
+/// What the comparison runs.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    /// Transaction intervals, ms.
+    pub(crate) intervals: Vec<u64>,
+    /// The raw transactional loop waits for every acknowledgement before
+    /// `commit_transaction` (an experiment; see `--eos-raw-drain`).
+    pub(crate) raw_drain: bool,
+}
+
+/// How a pipeline commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Exactly-once: one transaction per interval.
+    Transactional(Duration),
+    /// At-least-once: auto commit, plain idempotent producer.
+    AtLeastOnce,
+}
+
+/// One run's job: read `messages` from `input`, write one output each to
+/// `output`.
+pub(crate) struct Job<'a> {
+    pub(crate) brokers: &'a str,
+    pub(crate) input: &'a str,
+    pub(crate) output: &'a str,
+    pub(crate) messages: u64,
+    /// The input's end offset per partition (partition = index).
+    pub(crate) ends: &'a [i64],
+    /// See [`Plan::raw_drain`].
+    pub(crate) raw_drain: bool,
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Outcome {
+    /// Messages per second, first input handled → last input handled.
+    pub(crate) consumed: f64,
+    /// Messages per second, first input handled → every output committed
+    /// (offsets at the end, outputs acknowledged).
+    pub(crate) committed: f64,
+    /// Last input handled → everything committed, in milliseconds.
+    pub(crate) tail_ms: f64,
+}
+
+impl Outcome {
+    /// The figures of a run timed by `clock` (inputs) and `watch`.
+    pub(crate) fn of(clock: &Clock, committed_at: Option<Instant>) -> BoxResult<Outcome> {
+        let consumed = clock.rate()?;
+        let (first, last) = clock.span().ok_or("no input handled")?;
+        let committed_at = committed_at.ok_or_else(|| {
+            format!(
+                "the group's offsets did not reach the end within {} s",
+                RUN_TIMEOUT.as_secs()
+            )
+        })?;
+        let secs = (committed_at - first).as_secs_f64().max(1e-9);
+        Ok(Outcome {
+            consumed,
+            committed: clock.target().saturating_sub(1) as f64 / secs,
+            tail_ms: committed_at.saturating_duration_since(last).as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// Watches a group from a thread of its own: done once its committed
+/// offsets reach `ends` and `delivered` reached the number of messages.
+/// The same watcher times both sides.
+pub(crate) struct Watch {
+    done: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    at: Arc<Mutex<Option<Instant>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts watching `group`'s offsets on `job.input`.
+    pub(crate) fn start(job: &Job<'_>, group: &str, delivered: Arc<AtomicU64>) -> BoxResult<Self> {
+        // Not subscribed: it never joins the group, it only asks the
+        // coordinator (OffsetFetch). The coordinator answers with the
+        // committed offsets; those of a transaction count once its commit
+        // marker is written. read_uncommitted: librdkafka then does not ask
+        // for "stable" offsets, which the coordinator refuses
+        // (UNSTABLE_OFFSET_COMMIT) while any transaction of the group is
+        // pending, and librdkafka retries only after a backoff — that would
+        // time the retry, not the commit.
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", job.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..job.ends.len() {
+            tpl.add_partition(job.input, p as i32);
+        }
+        let ends = job.ends.to_vec();
+        let input = job.input.to_owned();
+        let expected = job.messages;
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let at = Arc::new(Mutex::new(None));
+        let (d, s, a) = (done.clone(), stop.clone(), at.clone());
+        let thread = std::thread::Builder::new()
+            .name("bench-watch".into())
+            .spawn(move || {
+                let deadline = Instant::now() + RUN_TIMEOUT;
+                while !s.load(Ordering::Acquire) && Instant::now() < deadline {
+                    let reached = delivered.load(Ordering::Acquire) >= expected
+                        && client
+                            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+                            .is_ok_and(|c| at_end(&c, &input, &ends));
+                    if reached {
+                        *a.lock().unwrap() = Some(Instant::now());
+                        d.store(true, Ordering::Release);
+                        return;
+                    }
+                    std::thread::sleep(WATCH_EVERY);
+                }
+            })?;
+        Ok(Watch {
+            done,
+            stop,
+            at,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether everything is committed.
+    pub(crate) fn done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// A probe for [`done`](Self::done) that outlives `self`'s borrow.
+    pub(crate) fn probe(&self) -> impl Fn() -> bool + Send + 'static {
+        let done = self.done.clone();
+        move || done.load(Ordering::Acquire)
+    }
+
+    /// Stops watching; when everything was committed, if it was.
+    pub(crate) fn finish(mut self) -> Option<Instant> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        *self.at.lock().unwrap()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+fn at_end(committed: &TopicPartitionList, topic: &str, ends: &[i64]) -> bool {
+    ends.iter().enumerate().all(|(p, &end)| {
+        end == 0
+            || matches!(committed.find_partition(topic, p as i32).map(|e| e.offset()),
+                Some(Offset::Offset(o)) if o >= end)
+    })
+}
+
+/// The topics of the comparison: `input` prefilled, `output` shared by
+/// every run (nobody reads it).
+pub(crate) struct Topics {
+    input: String,
+    output: String,
+    ends: Vec<i64>,
+}
+
+/// Creates and fills the input (round robin over the partitions, 1,000
+/// keys, 100-byte values) and creates the output.
+pub(crate) async fn prepare(target: &Target, sizes: &Sizes) -> BoxResult<Topics> {
+    let input = unique("bench-eos-in");
+    let output = unique("bench-eos-out");
+    report::create(target, &input, report::PARTITIONS).await?;
+    report::create(target, &output, report::PARTITIONS).await?;
+    report::fill(
+        &target.brokers,
+        &input,
+        sizes.eos,
+        100,
+        report::Spread::Even,
+    )?;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &target.brokers)
+        .create()?;
+    let ends = (0..report::PARTITIONS)
+        .map(|p| {
+            client
+                .fetch_watermarks(&input, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+        })
+        .collect::<Result<Vec<i64>, _>>()?;
+    if ends.iter().sum::<i64>() != sizes.eos as i64 {
+        return Err(format!("{input} holds {ends:?}, not {} messages", sizes.eos).into());
+    }
+    Ok(Topics {
+        input,
+        output,
+        ends,
+    })
+}
+
+/// One variant of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    ours: bool,
+    mode: Mode,
+}
+
+impl Variant {
+    fn name(&self) -> String {
+        let side = if self.ours { "ours" } else { "raw" };
+        match self.mode {
+            Mode::Transactional(i) => format!("{side}_txn_{}ms", i.as_millis()),
+            Mode::AtLeastOnce => format!("{side}_alo"),
+        }
+    }
+}
+
+/// The medians of one variant.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Figures {
+    /// Input consumed, msg/s (median).
+    pub(crate) consumed: f64,
+    /// Output committed, msg/s (median).
+    pub(crate) committed: f64,
+    /// Last input → everything committed, ms (median).
+    pub(crate) tail_ms: f64,
+    pub(crate) consumed_runs: Vec<f64>,
+    pub(crate) committed_runs: Vec<f64>,
+    pub(crate) tail_runs: Vec<f64>,
+}
+
+/// Runs every variant `sizes.rounds` times, alternating: ours and the raw
+/// loop at the same setting run next to each other, and every other round
+/// goes through the list backwards (so each pair also alternates who goes
+/// first). Returns the comparisons (committed throughput) and every
+/// variant's figures.
+pub(crate) async fn run(
+    target: &Target,
+    sizes: &Sizes,
+    side: Side,
+    plan: &Plan,
+) -> BoxResult<(Vec<Comparison>, BTreeMap<String, Figures>)> {
+    let topics = prepare(target, sizes).await?;
+    let job = Job {
+        brokers: &target.brokers,
+        input: &topics.input,
+        output: &topics.output,
+        messages: sizes.eos,
+        ends: &topics.ends,
+        raw_drain: plan.raw_drain,
+    };
+    let intervals = plan.intervals.as_slice();
+    let mut variants = Vec::new();
+    for mode in intervals
+        .iter()
+        .map(|&ms| Mode::Transactional(Duration::from_millis(ms)))
+        .chain([Mode::AtLeastOnce])
+    {
+        for ours in [true, false] {
+            let wanted = match side {
+                Side::Both => true,
+                Side::Ours => ours,
+                Side::Baseline => !ours,
+            };
+            if wanted {
+                variants.push(Variant { ours, mode });
+            }
+        }
+    }
+    let mut runs: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
+    for round in 0..sizes.rounds {
+        let mut order = variants.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for v in order {
+            let outcome = if v.ours {
+                ours::transform(&job, v.mode).await
+            } else {
+                baseline::transform(&job, v.mode)
+            };
+            let outcome = outcome.map_err(|e| format!("{}: {e}", v.name()))?;
+            runs.entry(v.name()).or_default().push(outcome);
+        }
+    }
+    let figures: BTreeMap<String, Figures> = runs
+        .into_iter()
+        .map(|(name, outcomes)| {
+            let pick = |f: fn(&Outcome) -> f64| outcomes.iter().map(f).collect::<Vec<f64>>();
+            let (consumed_runs, committed_runs, tail_runs) = (
+                pick(|o| o.consumed),
+                pick(|o| o.committed),
+                pick(|o| o.tail_ms),
+            );
+            let figures = Figures {
+                consumed: report::median(&consumed_runs),
+                committed: report::median(&committed_runs),
+                tail_ms: report::median(&tail_runs),
+                consumed_runs,
+                committed_runs,
+                tail_runs,
+            };
+            (name, figures)
+        })
+        .collect();
+    Ok((comparisons(&figures, intervals), figures))
+}
+
+/// `eos_txn_<T>ms`: ours/raw transactional; `eos_alo`: ours/raw
+/// at-least-once; `eos_vs_alo_<T>ms`: ours transactional / ours
+/// at-least-once. All on committed throughput.
+fn comparisons(figures: &BTreeMap<String, Figures>, intervals: &[u64]) -> Vec<Comparison> {
+    let pair = |name: String, a: &str, b: &str, what: &str| -> Option<Comparison> {
+        let (x, y) = (figures.get(a)?, figures.get(b)?);
+        Some(Comparison {
+            name,
+            unit: "msg/s".into(),
+            ours: x.committed,
+            baseline: y.committed,
+            ratio: x.committed / y.committed,
+            ours_runs: x.committed_runs.clone(),
+            baseline_runs: y.committed_runs.clone(),
+            note: format!(
+                "{what}; consumed {:.0} / {:.0} msg/s, tail {:.0} / {:.0} ms",
+                x.consumed, y.consumed, x.tail_ms, y.tail_ms
+            ),
+        })
+    };
+    let mut out = Vec::new();
+    for &ms in intervals {
+        out.extend(pair(
+            format!("eos_txn_{ms}ms"),
+            &format!("ours_txn_{ms}ms"),
+            &format!("raw_txn_{ms}ms"),
+            "committed, ours/raw",
+        ));
+    }
+    out.extend(pair(
+        "eos_alo".into(),
+        "ours_alo",
+        "raw_alo",
+        "committed, ours/raw at-least-once",
+    ));
+    for &ms in intervals {
+        out.extend(pair(
+            format!("eos_vs_alo_{ms}ms"),
+            &format!("ours_txn_{ms}ms"),
+            "ours_alo",
+            "committed, ours exactly-once / ours at-least-once (baseline = ours_alo)",
+        ));
+    }
+    out
+}
