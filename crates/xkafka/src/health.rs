@@ -301,3 +301,140 @@ impl HealthCheck {
 mod http;
 #[cfg(feature = "http")]
 pub use http::router;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::{Counters, PartitionStatus, Unfinished};
+
+    fn status(state: GroupState, state_for: Duration) -> ConsumerStatus {
+        ConsumerStatus {
+            group: "g".into(),
+            member_id: None,
+            state,
+            state_for,
+            protocol: "classic".into(),
+            partitions: Vec::new(),
+            last_poll_ago: Some(Duration::from_millis(5)),
+            partitions_age: Duration::from_millis(50),
+            counters: Counters::default(),
+            fatal_error: None,
+            taken_at: std::time::SystemTime::now(),
+        }
+    }
+
+    fn partition(
+        in_flight: usize,
+        held: Option<(i64, u64)>,
+        lag: i64,
+        unchanged: u64,
+    ) -> PartitionStatus {
+        PartitionStatus {
+            topic: "orders".into(),
+            partition: 2,
+            position: Some(100),
+            stored: Some(40),
+            committed: Some(40),
+            high_watermark: Some(40 + lag),
+            lag: Some(lag),
+            in_flight,
+            paused: None,
+            oldest_unfinished: held.map(|(offset, secs)| Unfinished {
+                offset,
+                held_for: Duration::from_secs(secs),
+            }),
+            last_handled_ago: None,
+            committed_unchanged_for: Duration::from_secs(unchanged),
+        }
+    }
+
+    #[test]
+    fn a_stable_consumer_with_nothing_held_is_live_and_ready() {
+        let mut s = status(GroupState::Stable, Duration::from_secs(3600));
+        s.partitions.push(partition(0, None, 0, 7200));
+        let h = HealthCheck::default().check(&s);
+        assert!(h.live && h.ready, "{h:?}");
+    }
+
+    #[test]
+    fn each_threshold_names_what_crossed_it() {
+        let check = HealthCheck::builder()
+            .poll_stalled_after(Duration::from_secs(10))
+            .handler_stuck_after(Duration::from_secs(30))
+            .commit_stuck_after(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut s = status(GroupState::Stable, Duration::from_secs(5));
+        s.last_poll_ago = Some(Duration::from_secs(11));
+        s.partitions.push(partition(3, Some((40, 31)), 500, 61));
+        let h = check.check(&s);
+        assert!(!h.live && h.ready);
+        let text: Vec<String> = h.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(text[0].contains("no progress for 11 s"), "{text:?}");
+        assert!(
+            text[1].contains("orders[2]")
+                && text[1].contains("offset 40 has not finished for 31 s"),
+            "{text:?}"
+        );
+        assert!(
+            text[2]
+                .contains("committed offset (40) has not moved for 61 s while 500 message(s) wait")
+                && text[2].contains("offset 40 holds it"),
+            "{text:?}"
+        );
+        // Just under every threshold: nothing.
+        s.last_poll_ago = Some(Duration::from_secs(9));
+        s.partitions = vec![partition(3, Some((40, 29)), 500, 59)];
+        assert!(check.check(&s).live);
+    }
+
+    #[test]
+    fn a_group_that_never_settles_is_unhealthy_and_not_ready() {
+        let check = HealthCheck::builder()
+            .not_stable_after(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        for state in [GroupState::Joining, GroupState::Rebalancing] {
+            let h = check.check(&status(state, Duration::from_secs(61)));
+            assert!(!h.live && !h.ready);
+            assert_eq!(
+                h.problems,
+                [Problem::NotStable {
+                    state,
+                    for_secs: 61
+                }]
+            );
+            assert!(check.check(&status(state, Duration::from_secs(59))).live);
+        }
+    }
+
+    #[test]
+    fn stopped_and_fatal_consumers_are_not_live() {
+        let h = HealthCheck::default().check(&status(GroupState::Stopped, Duration::ZERO));
+        assert_eq!(h.problems, [Problem::Stopped]);
+        let stopping = HealthCheck::default().check(&status(GroupState::Stopping, Duration::ZERO));
+        assert!(
+            stopping.live && !stopping.ready,
+            "stopping is bounded: {stopping:?}"
+        );
+        let mut s = status(GroupState::Stable, Duration::ZERO);
+        s.fatal_error = Some("fenced".into());
+        let h = HealthCheck::default().check(&s);
+        assert!(!h.live && !h.ready);
+        assert_eq!(h.problems[0].to_string(), "fatal error: fenced");
+    }
+
+    #[test]
+    fn zero_and_absurd_thresholds_are_refused() {
+        for builder in [
+            HealthCheck::builder().poll_stalled_after(Duration::ZERO),
+            HealthCheck::builder().handler_stuck_after(Duration::from_secs(100_000)),
+            HealthCheck::builder().not_stable_after(Duration::ZERO),
+            HealthCheck::builder().commit_stuck_after(Duration::MAX),
+        ] {
+            let err = builder.build().unwrap_err();
+            assert!(matches!(err, Error::InvalidThreshold { .. }), "{err}");
+        }
+    }
+}

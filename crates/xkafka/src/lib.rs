@@ -303,7 +303,7 @@ pub use consumer::{
     BatchConsumer, CommitMode, Consumer, ConsumerBuilder, Order, Summary, TopicPartition,
 };
 pub use error::{Decision, Error, Operation};
-pub use producer::{CloseReport, Producer, ProducerBuilder};
+pub use producer::{CloseReport, Producer, ProducerBuilder, ProducerStatus};
 pub use shutdown::ShutdownHandle;
 
 /// The `rdkafka` crate xkafka is built on, for the rare case that needs it

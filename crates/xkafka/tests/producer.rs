@@ -226,3 +226,64 @@ async fn publish_to_an_invalid_topic_is_a_clear_error() {
     assert!(err.to_string().contains("invalid topic name"), "{err}");
     producer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
+    let topic = topic("producer-status", 1).await;
+    let producer = producer();
+    let before = producer.status();
+    assert_eq!((before.delivered, before.failed, before.queued), (0, 0, 0));
+    assert!(before.brokers_reachable && !before.closed && !before.transactional);
+    for i in 0..10 {
+        producer
+            .publish_async(
+                Message::builder(topic.as_str())
+                    .value(format!("{i}"))
+                    .build(),
+            )
+            .await
+            .unwrap();
+    }
+    let probe = producer.clone();
+    until(|| probe.status().delivered == 10, Duration::from_secs(10)).await;
+    let after = producer.status();
+    assert_eq!(
+        (after.delivered, after.failed, after.queued),
+        (10, 0, 0),
+        "{after:?}"
+    );
+    producer.close().await;
+    assert!(producer.status().closed);
+
+    // Nothing listens there: librdkafka reports every broker down.
+    let nowhere = Producer::builder("xkafka-tests-nowhere")
+        .brokers(["127.0.0.1:1"])
+        .config("message.timeout.ms", "1000")
+        .error_handler(|_| {})
+        .build()
+        .unwrap();
+    nowhere
+        .publish_async(Message::builder("anything").value("x").build())
+        .await
+        .unwrap();
+    let probe = nowhere.clone();
+    until(
+        || {
+            let s = probe.status();
+            !s.brokers_reachable && s.failed == 1
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    let status = nowhere.status();
+    assert!(!status.brokers_reachable, "{status:?}");
+    assert_eq!(status.failed, 1, "the message timed out: {status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("anything")),
+        "{status:?}"
+    );
+    nowhere.close_within(Duration::from_millis(100)).await;
+}

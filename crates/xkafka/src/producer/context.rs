@@ -91,6 +91,12 @@ impl ClientContext for XProducerContext {
         if is_echo(&error, reason) {
             return;
         }
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.hooks
+                .stats
+                .brokers_down
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let reason = scrub(reason);
         // The application's subscriber runs here, on the polling thread.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -119,6 +125,7 @@ impl ProducerContext for XProducerContext {
                 .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
             Err((err, msg)) => Err((err.clone(), topic, msg.partition())),
         };
+        self.count(&report);
         match target {
             // The receiver is gone when the caller stopped waiting (cancelled
             // `publish`); the report is then of no use to anyone.
@@ -134,6 +141,26 @@ impl ProducerContext for XProducerContext {
                 self.hooks
                     .deliver(&topic, callback, report.map_err(delivery_error));
                 self.hooks.pending.done();
+            }
+        }
+    }
+}
+
+impl XProducerContext {
+    fn count(&self, report: &Result<Delivery, (KafkaError, Arc<str>, i32)>) {
+        use std::sync::atomic::Ordering;
+        let stats = &self.hooks.stats;
+        match report {
+            Ok(_) => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                if stats.brokers_down.load(Ordering::Relaxed) {
+                    stats.brokers_down.store(false, Ordering::Release);
+                }
+            }
+            Err((err, topic, _)) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("delivery to {topic} failed: {err}"));
             }
         }
     }

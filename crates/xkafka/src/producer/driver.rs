@@ -84,6 +84,20 @@ pub(crate) struct Hooks {
     pub(crate) on_delivery: Option<OnDeliveryFn>,
     /// Counts publishes whose callbacks are owed.
     pub(crate) pending: Pending,
+    /// Delivery outcomes and broker reachability, for the status.
+    pub(crate) stats: Stats,
+}
+
+/// What the producer's status reports, counted on librdkafka's delivery
+/// thread (one uncontended atomic per report).
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) delivered: std::sync::atomic::AtomicU64,
+    pub(crate) failed: std::sync::atomic::AtomicU64,
+    pub(crate) last_error: std::sync::Mutex<Option<String>>,
+    /// Set by librdkafka's "all brokers down", cleared by the next
+    /// acknowledged message.
+    pub(crate) brokers_down: std::sync::atomic::AtomicBool,
 }
 
 /// The producer's error handler.

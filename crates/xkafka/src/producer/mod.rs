@@ -320,6 +320,27 @@ impl Producer {
             .await
     }
 
+    /// The producer's status now, without a broker round trip.
+    pub fn status(&self) -> ProducerStatus {
+        use std::sync::atomic::Ordering::Acquire;
+        let stats = &self.inner.hooks.stats;
+        ProducerStatus {
+            name: self.inner.name.to_string(),
+            transactional: self.is_transactional(),
+            queued: self.in_flight(),
+            callbacks_pending: self.inner.hooks.pending.count(),
+            delivered: stats.delivered.load(Acquire),
+            failed: stats.failed.load(Acquire),
+            last_error: stats
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            brokers_reachable: !stats.brokers_down.load(Acquire),
+            closed: self.inner.closed.load(Acquire),
+        }
+    }
+
     /// Messages librdkafka holds that the broker has not acknowledged yet.
     pub fn in_flight(&self) -> usize {
         usize::try_from(self.inner.client.in_flight_count()).unwrap_or(0)
@@ -329,6 +350,31 @@ impl Producer {
     pub fn name(&self) -> &str {
         &self.inner.name
     }
+}
+
+/// A producer's status: see [`Producer::status`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ProducerStatus {
+    /// The producer's name (`client.id`).
+    pub name: String,
+    /// Built with a `transactional.id`.
+    pub transactional: bool,
+    /// Messages in librdkafka's queue or in flight, not acknowledged yet.
+    pub queued: usize,
+    /// Asynchronous publishes whose delivery callbacks have not run yet.
+    pub callbacks_pending: usize,
+    /// Messages the broker acknowledged.
+    pub delivered: u64,
+    /// Messages that could not be delivered.
+    pub failed: u64,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+    /// `false` after librdkafka reported every broker down, until a message
+    /// is acknowledged again (an idle producer learns it at its next one).
+    pub brokers_reachable: bool,
+    /// `close` was called.
+    pub closed: bool,
 }
 
 /// A publish counted in [`Pending`] that is given up unless forgotten.
@@ -619,6 +665,7 @@ impl ProducerBuilder {
             error_handler,
             on_delivery: self.on_delivery,
             pending: Pending::default(),
+            stats: driver::Stats::default(),
         });
         let context = XProducerContext {
             hooks: hooks.clone(),

@@ -142,3 +142,53 @@ async fn a_hung_handler_turns_healthz_unhealthy_naming_its_partition_and_offset(
         (503, "not ready: stopped\n".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_consumer_answers_at_once() {
+    let topic = topic("health-stopping", 1).await;
+    let p = producer();
+    fill(&p, &topic, 0, 3).await;
+    p.close().await;
+    let hung = Arc::new(tokio::sync::Notify::new());
+    let h = hung.clone();
+    let consumer = consumer(&unique("health-stopping"), &topic)
+        .shutdown_timeout(Duration::from_secs(4))
+        .error_handler(|_| Decision::Continue)
+        .handler(move |_m: Message| {
+            let h = h.clone();
+            async move {
+                h.notify_one();
+                std::future::pending::<()>().await;
+                Ack::Success
+            }
+        })
+        .build()
+        .unwrap();
+    let status = consumer.status_handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(status.clone(), HealthCheck::default());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::timeout(Duration::from_secs(30), hung.notified())
+        .await
+        .expect("handling");
+    stop.shutdown();
+    // The consumer waits (up to its shutdown timeout) for the hung handler;
+    // the endpoints do not.
+    let (_, at) = wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(2)).await;
+    let asked = Instant::now();
+    let (code, body) = get(format!("{base}/readyz")).await;
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    assert_eq!((code, body.as_str()), (503, "not ready: stopping\n"));
+    assert_eq!(status.snapshot().state, GroupState::Stopping);
+    assert!(
+        !run.is_finished(),
+        "still stopping: the probe did not wait for it"
+    );
+    let summary = run.await.unwrap().expect("run");
+    assert_eq!(summary.abandoned, 1);
+    assert!(at.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.snapshot().state, GroupState::Stopped);
+}
