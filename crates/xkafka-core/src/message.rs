@@ -216,6 +216,12 @@ impl Message {
         self.timestamp = timestamp;
     }
 
+    /// Sets or clears the consumer group that read it (test kits stamp
+    /// messages built in a test as a consumer stamps fetched ones).
+    pub fn set_group(&mut self, group: Option<Arc<str>>) {
+        self.group = group;
+    }
+
     /// Moves the message out, leaving an empty one (no topic, no payload) in
     /// its place; used by the `Message` extractor.
     pub fn take(&mut self) -> Message {

@@ -284,6 +284,7 @@ pub mod metrics;
 pub mod mock;
 mod producer;
 mod shutdown;
+pub mod testing;
 
 pub use xkafka_core::{extract, middleware, router};
 pub use xkafka_core::{

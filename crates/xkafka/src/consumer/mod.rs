@@ -776,7 +776,27 @@ impl<K: Kind> fmt::Debug for ConsumerBuilder<K> {
     }
 }
 
+/// What [`ConsumerBuilder::into_test_parts`] hands the test kit.
+pub(crate) type TestParts = (
+    Arc<str>,
+    BoxCloneService<Message, Ack, BoxError>,
+    ErrorHandlerFn,
+);
+
 impl ConsumerBuilder<Streaming> {
+    /// The group, the handler with its middleware, and the error handler:
+    /// what [`testing::HandlerTest`](crate::testing::HandlerTest) runs
+    /// messages through, without a client.
+    pub(crate) fn into_test_parts(self) -> Result<TestParts, Error> {
+        let error_handler = self.error_handler.ok_or(Error::MissingErrorHandler)?;
+        let handler = self.service.ok_or(Error::MissingHandler)?;
+        Ok((
+            self.group.into(),
+            self.stack.apply_boxed(handler),
+            error_handler,
+        ))
+    }
+
     /// Adds a middleware; the first added is the outermost.
     pub fn layer<L>(mut self, layer: L) -> Self
     where

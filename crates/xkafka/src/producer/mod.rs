@@ -138,6 +138,7 @@ impl Producer {
             stack: Stack::new(),
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             transaction_timeout: transaction::DEFAULT_OPERATION_TIMEOUT,
+            offline: false,
         }
     }
 
@@ -517,9 +518,17 @@ pub struct ProducerBuilder {
     stack: Stack<Message, Delivery>,
     close_timeout: Duration,
     transaction_timeout: Duration,
+    /// No broker at all (the test kit's recording producer): librdkafka
+    /// gets no `bootstrap.servers` and never connects.
+    offline: bool,
 }
 
 impl ProducerBuilder {
+    pub(crate) fn offline(mut self) -> Self {
+        self.offline = true;
+        self
+    }
+
     /// Makes the producer transactional (librdkafka's `transactional.id`):
     /// see [`Producer::begin_transaction`], or hand it to a consumer with
     /// [`ConsumerBuilder::transactional`](crate::ConsumerBuilder::transactional)
@@ -629,7 +638,12 @@ impl ProducerBuilder {
         let error_handler = self.error_handler.ok_or(Error::MissingErrorHandler)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let mut config = self.config;
-        config.resolve_brokers(&self.brokers)?;
+        if self.offline {
+            // Only librdkafka's "no bootstrap.servers" warning would log.
+            config.set("log_level", "3");
+        } else {
+            config.resolve_brokers(&self.brokers)?;
+        }
         if config.get("client.id").is_none() {
             config.set("client.id", self.name.clone());
         }
