@@ -27,7 +27,7 @@ async fn each_outcome_is_reported_with_the_error_handlers_decision() {
     let test = HandlerTest::new(
         Consumer::builder("billing")
             .error_handler(|err| match err.message_location() {
-                Some((_, _, offset)) if offset == 3 => Decision::Continue,
+                Some((_, _, 3)) => Decision::Continue,
                 _ => Decision::Stop,
             })
             .handler(|m: Message| async move {
