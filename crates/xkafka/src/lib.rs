@@ -267,9 +267,30 @@
 //! # }
 //! ```
 //!
-//! ## Testing without a broker
+//! ## Operating it: status and health
 //!
-//! [`mock::EmbeddedCluster`] starts librdkafka's in-process mock cluster.
+//! [`Consumer::status_handle`] reads a running consumer's
+//! [`ConsumerStatus`](consumer::ConsumerStatus) from anywhere, without a
+//! broker round trip: group state and member, and per partition the
+//! position, stored and committed offsets, lag, messages in flight, why it
+//! is paused, and the oldest unfinished message with how long it has held
+//! the partition. [`health::HealthCheck`] judges it against thresholds (a
+//! stalled poll thread, a stuck handler, a group that never settles, a
+//! committed offset held by a failing message — each named with its
+//! partition and offset), and with the `http` feature
+//! [`health::router`] serves `/healthz`, `/readyz` and `/status` for
+//! Kubernetes. [`Producer::status`] does the same for a producer.
+//!
+//! ## Testing your handlers
+//!
+//! [`testing`] tests a service the way one tests an axum app:
+//! [`testing::HandlerTest`] runs messages built in the test through the
+//! consumer's whole middleware stack and error handler (no broker; retries
+//! under paused tokio time take no real time), [`testing::RecordingProducer`]
+//! captures what the handler (or its dead-letter layer) publishes, and
+//! [`testing::TestCluster`] with [`testing::run_until`] runs the real
+//! consumer on the embedded cluster ([`mock::EmbeddedCluster`], librdkafka's
+//! in-process mock brokers) until it handled what the test expects.
 
 pub mod admin;
 mod config;
