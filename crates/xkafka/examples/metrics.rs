@@ -1,9 +1,11 @@
-//! Serves xkafka's Prometheus metrics on `/metrics` while a consumer with
+//! Serves xkafka's Prometheus metrics on `/metrics`, next to the health
+//! probes (`/healthz`, `/readyz`, `/status`), while a consumer with
 //! retries, skips and a dead-letter topic runs.
 //!
 //! ```text
-//! cargo run -p xkafka --features metrics --example metrics            # embedded cluster
+//! cargo run -p xkafka --features metrics,http --example metrics       # embedded cluster
 //! curl -s 127.0.0.1:9898/metrics | grep xkafka_
+//! curl -s 127.0.0.1:9898/healthz; curl -s 127.0.0.1:9898/status
 //! ```
 
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use axum::routing::get;
 use clap::Parser;
 use xkafka::dlq::DeadLetterLayer;
+use xkafka::health::{router, HealthCheck};
 use xkafka::metrics::Metrics;
 use xkafka::middleware::retry::{Attempt, Backoff, RetryLayer};
 use xkafka::mock::EmbeddedCluster;
@@ -102,9 +105,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let served = metrics.clone();
-    let app = axum::Router::new().route("/metrics", get(move || async move { served.render() }));
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { served.render() }))
+        .merge(router(consumer.status_handle(), HealthCheck::default()));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("metrics on http://{}/metrics", listener.local_addr()?);
+    let at = listener.local_addr()?;
+    println!("metrics on http://{at}/metrics, probes on http://{at}/healthz, /readyz, /status");
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let stop = async move {
