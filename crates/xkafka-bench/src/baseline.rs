@@ -278,7 +278,7 @@ impl ProducerContext for Delivered {
 /// message, `send_offsets_to_transaction` with `consumer.group_metadata()`,
 /// `commit_transaction`, `begin_transaction`. The poll timeout never runs
 /// past the interval. At-least-once: auto commit every
-/// [`eos::ALO_COMMIT_INTERVAL`], the offset stored once the output is
+/// [`eos::ALO_COMMIT_INTERVAL_MS`] ms, the offset stored once the output is
 /// queued. Timed by [`eos::Watch`] until everything is committed.
 pub(crate) fn transform(job: &eos::Job<'_>, mode: eos::Mode) -> BoxResult<eos::Outcome> {
     const OP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -308,9 +308,10 @@ pub(crate) fn transform(job: &eos::Job<'_>, mode: eos::Mode) -> BoxResult<eos::O
     let mut config = consumer_config(job.brokers, &group);
     match mode {
         eos::Mode::Transactional(_) => config.set("enable.auto.commit", "false"),
-        eos::Mode::AtLeastOnce => config
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", eos::ALO_COMMIT_INTERVAL),
+        eos::Mode::AtLeastOnce => config.set("enable.auto.commit", "true").set(
+            "auto.commit.interval.ms",
+            eos::ALO_COMMIT_INTERVAL_MS.to_string(),
+        ),
     };
     let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[job.input])?;

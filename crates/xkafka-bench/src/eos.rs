@@ -9,7 +9,7 @@
 //!   and a transactional `ThreadedProducer`: begin, produce per message, every
 //!   interval `send_offsets_to_transaction` + `commit_transaction`);
 //! - ours and the raw loop at-least-once: auto commit every
-//!   [`ALO_COMMIT_INTERVAL`], a plain idempotent producer, the offset stored
+//!   [`ALO_COMMIT_INTERVAL_MS`], a plain idempotent producer, the offset stored
 //!   once the output is queued.
 //!
 //! A transaction ends only on time (both sides): `interval` after its first
@@ -40,19 +40,21 @@ pub(crate) const INTERVALS_MS: [u64; 3] = [10, 100, 1_000];
 
 /// The at-least-once runs' `auto.commit.interval.ms` (librdkafka's default
 /// is 5 s, which would measure the timer, not the pipeline).
-pub(crate) const ALO_COMMIT_INTERVAL: &str = "100";
+pub(crate) const ALO_COMMIT_INTERVAL_MS: u64 = 100;
 
 /// How often [`Watch`] asks the coordinator for the group's offsets.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// What the comparison runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub(crate) struct Plan {
     /// Transaction intervals, ms.
     pub(crate) intervals: Vec<u64>,
     /// The raw transactional loop waits for every acknowledgement before
     /// `commit_transaction` (an experiment; see `--eos-raw-drain`).
     pub(crate) raw_drain: bool,
+    /// The at-least-once runs' `auto.commit.interval.ms`.
+    pub(crate) alo_commit_interval_ms: u64,
 }
 
 /// How a pipeline commits.
@@ -266,6 +268,17 @@ impl Variant {
     }
 }
 
+/// Where variant `name` (as in [`Figures`]' keys) goes in tables and
+/// charts: by interval (at-least-once last), ours before raw.
+pub(crate) fn order_key(name: &str) -> (u64, bool, String) {
+    let interval = name
+        .split("_txn_")
+        .nth(1)
+        .and_then(|ms| ms.trim_end_matches("ms").parse().ok())
+        .unwrap_or(u64::MAX);
+    (interval, !name.starts_with("ours"), name.to_owned())
+}
+
 /// The medians of one variant.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Figures {
@@ -275,8 +288,11 @@ pub(crate) struct Figures {
     pub(crate) committed: f64,
     /// Last input → everything committed, ms (median).
     pub(crate) tail_ms: f64,
+    /// Every run's input consumed, msg/s.
     pub(crate) consumed_runs: Vec<f64>,
+    /// Every run's output committed, msg/s.
     pub(crate) committed_runs: Vec<f64>,
+    /// Every run's tail, ms.
     pub(crate) tail_runs: Vec<f64>,
 }
 
@@ -354,13 +370,13 @@ pub(crate) async fn run(
             (name, figures)
         })
         .collect();
-    Ok((comparisons(&figures, intervals), figures))
+    Ok((comparisons(&figures, plan), figures))
 }
 
 /// `eos_txn_<T>ms`: ours/raw transactional; `eos_alo`: ours/raw
 /// at-least-once; `eos_vs_alo_<T>ms`: ours transactional / ours
 /// at-least-once. All on committed throughput.
-fn comparisons(figures: &BTreeMap<String, Figures>, intervals: &[u64]) -> Vec<Comparison> {
+fn comparisons(figures: &BTreeMap<String, Figures>, plan: &Plan) -> Vec<Comparison> {
     let pair = |name: String, a: &str, b: &str, what: &str| -> Option<Comparison> {
         let (x, y) = (figures.get(a)?, figures.get(b)?);
         Some(Comparison {
@@ -378,12 +394,17 @@ fn comparisons(figures: &BTreeMap<String, Figures>, intervals: &[u64]) -> Vec<Co
         })
     };
     let mut out = Vec::new();
-    for &ms in intervals {
+    let raw = if plan.raw_drain {
+        "committed, ours/raw (raw drained before each commit: --eos-raw-drain)"
+    } else {
+        "committed, ours/raw"
+    };
+    for &ms in &plan.intervals {
         out.extend(pair(
             format!("eos_txn_{ms}ms"),
             &format!("ours_txn_{ms}ms"),
             &format!("raw_txn_{ms}ms"),
-            "committed, ours/raw",
+            raw,
         ));
     }
     out.extend(pair(
@@ -392,7 +413,7 @@ fn comparisons(figures: &BTreeMap<String, Figures>, intervals: &[u64]) -> Vec<Co
         "raw_alo",
         "committed, ours/raw at-least-once",
     ));
-    for &ms in intervals {
+    for &ms in &plan.intervals {
         out.extend(pair(
             format!("eos_vs_alo_{ms}ms"),
             &format!("ours_txn_{ms}ms"),

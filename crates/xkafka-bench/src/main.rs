@@ -198,6 +198,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let eos_plan = eos::Plan {
             intervals: args.eos_intervals.clone(),
             raw_drain: args.eos_raw_drain,
+            alo_commit_interval_ms: eos::ALO_COMMIT_INTERVAL_MS,
         };
         let plan = plan(&sizes, &wanted, &eos_plan);
         let bar = ProgressBar::new(plan.len() as u64);
@@ -317,6 +318,7 @@ impl Step {
                     results.add(target.name, comparison);
                 }
                 results.eos.insert(target.name.to_owned(), figures);
+                results.eos_plan = Some(eos_plan.clone());
             }
         }
         Ok(())

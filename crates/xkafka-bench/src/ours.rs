@@ -327,9 +327,10 @@ pub(crate) async fn transform(job: &eos::Job<'_>, mode: eos::Mode) -> BoxResult<
             .transaction_interval(interval)
             // Transactions end on time only, as in the raw loop.
             .transaction_max_messages(usize::MAX),
-        eos::Mode::AtLeastOnce => {
-            consumer.config("auto.commit.interval.ms", eos::ALO_COMMIT_INTERVAL)
-        }
+        eos::Mode::AtLeastOnce => consumer.config(
+            "auto.commit.interval.ms",
+            eos::ALO_COMMIT_INTERVAL_MS.to_string(),
+        ),
     };
     let output: Arc<str> = job.output.into();
     let publisher = producer.clone();

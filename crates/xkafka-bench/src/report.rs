@@ -189,6 +189,8 @@ pub(crate) struct Results {
     /// Consume-transform-produce, per broker and variant (`ours_txn_10ms`,
     /// `raw_alo`, …).
     pub(crate) eos: BTreeMap<String, BTreeMap<String, crate::eos::Figures>>,
+    /// How the consume-transform-produce runs were set up, when they ran.
+    pub(crate) eos_plan: Option<crate::eos::Plan>,
     pub(crate) elapsed_secs: f64,
 }
 
@@ -202,6 +204,7 @@ impl Results {
             comparisons: BTreeMap::new(),
             scaling: BTreeMap::new(),
             eos: BTreeMap::new(),
+            eos_plan: None,
             elapsed_secs: 0.0,
         }
     }
@@ -249,7 +252,9 @@ impl Results {
                 "  {:<16} {:>10} {:>10} {:>9}",
                 "variant", "consumed", "committed", "tail ms"
             );
-            for (name, f) in variants {
+            let mut rows: Vec<_> = variants.iter().collect();
+            rows.sort_by_key(|(name, _)| crate::eos::order_key(name));
+            for (name, f) in rows {
                 println!(
                     "  {name:<16} {:>10.0} {:>10.0} {:>9.0}",
                     f.consumed, f.committed, f.tail_ms
@@ -421,11 +426,12 @@ fn scaling_svg(results: &Results) -> String {
 /// Consume-transform-produce: per broker and variant, a bar for the input
 /// consumed (light) over one for the output committed (dark), msg/s.
 fn eos_svg(results: &Results) -> String {
-    let rows: Vec<(&str, &str, &crate::eos::Figures)> = results
+    let mut rows: Vec<(&str, &str, &crate::eos::Figures)> = results
         .eos
         .iter()
         .flat_map(|(b, vs)| vs.iter().map(move |(n, f)| (b.as_str(), n.as_str(), f)))
         .collect();
+    rows.sort_by_key(|(b, n, _)| (*b, crate::eos::order_key(n)));
     let (w, row_h, left) = (720.0, 34.0, 190.0);
     let h = 60.0 + row_h * rows.len() as f64 + 20.0;
     let max = rows
