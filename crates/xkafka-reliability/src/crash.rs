@@ -192,6 +192,13 @@ impl CrashReport {
 /// with messages flowing all along; then a last worker drains the topic and
 /// stops cleanly, and the ledger is counted.
 pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
+    if plan.mode.is_transform() {
+        return Err(format!(
+            "{}: a transform mode, counted in its output topic: run it with exactly_once::crash",
+            plan.mode
+        )
+        .into());
+    }
     let started = Instant::now();
     let (name, dir) = cluster::prepare(
         &plan.brokers,
@@ -212,6 +219,9 @@ pub async fn run(plan: &CrashPlan) -> Result<CrashReport, BoxError> {
         dir: dir.clone(),
         max_in_flight_per_partition: None,
         configs: Vec::new(),
+        output: None,
+        transaction_timeout_ms: None,
+        transaction_max_messages: None,
     };
     let input = Input::new(&plan.brokers, &name)?;
     input.publish(plan.prefill).await?;

@@ -5,6 +5,10 @@
 //! - [`crash`]: SIGKILLs a worker at seeded random moments while messages
 //!   flow, restarts it, and checks the ledger against what the broker
 //!   acknowledged: nothing lost (at-least-once modes), duplicates bounded.
+//! - [`exactly_once`]: exactly-once consume-transform-produce under SIGKILL
+//!   and a storm of transactional members, counted in the output topic
+//!   with a `read_committed` reader; and its at-least-once twin, whose
+//!   duplicates show that the count can fail.
 //! - [`storm`]: three workers of one group, one killed or restarted every few
 //!   seconds.
 //! - [`soak`]: a slow worker flooded with messages, its resident memory
@@ -22,6 +26,7 @@
 pub mod cluster;
 pub mod control;
 pub mod crash;
+pub mod exactly_once;
 pub mod failover;
 pub mod ledger;
 pub mod process;

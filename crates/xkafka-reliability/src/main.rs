@@ -3,6 +3,8 @@
 //! ```text
 //! xkafka-chaos crash --mode sequential --kills 10 --seed 1   # one crash scenario
 //! xkafka-chaos crash --all                                   # every scenario
+//! xkafka-chaos transform --mode eos-transform --kills 10     # exactly-once under SIGKILL
+//! xkafka-chaos transform-storm --events 16                   # storm of transactional members
 //! xkafka-chaos storm --seconds 60                            # rebalance storm
 //! xkafka-chaos soak --seconds 600                            # memory soak
 //! xkafka-chaos worker --topic t --group g --mode per-key --out x.ledger
@@ -18,6 +20,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use xkafka::BoxError;
 use xkafka_reliability::crash::{self, CrashPlan};
+use xkafka_reliability::exactly_once;
 use xkafka_reliability::soak::{self, SoakPlan};
 use xkafka_reliability::storm::{self, StormPlan};
 use xkafka_reliability::worker::{self, Mode, WorkerArgs};
@@ -64,6 +67,40 @@ enum Command {
         kills: u32,
         /// Messages per second published during the kills.
         #[arg(long, default_value_t = 300)]
+        rate: u64,
+    },
+    /// Exactly-once transform (or its at-least-once twin): SIGKILL the
+    /// worker at random moments, restart it with the same transactional
+    /// id, drain, count the output with a read_committed reader.
+    Transform {
+        #[command(flatten)]
+        common: Common,
+        /// `eos-transform` or `alo-transform`.
+        #[arg(long, value_enum, default_value = "eos-transform")]
+        mode: Mode,
+        /// SIGKILLs.
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        /// Input messages published before the first worker.
+        #[arg(long, default_value_t = 20_000)]
+        prefill: u64,
+        /// Input messages per second published during the kills.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+    },
+    /// Storm of transactional members (one transactional id per slot):
+    /// killed, leaving, joining while the transform runs; output counted.
+    TransformStorm {
+        #[command(flatten)]
+        common: Common,
+        /// Kills, leaves and joins, 1–3 s apart.
+        #[arg(long, default_value_t = 16)]
+        events: usize,
+        /// Member slots (the most members at once).
+        #[arg(long, default_value_t = 4)]
+        slots: usize,
+        /// Input messages per second during the storm.
+        #[arg(long, default_value_t = 250)]
         rate: u64,
     },
     /// Committed and end offsets of a group, per partition.
@@ -186,6 +223,44 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             }
             write_json(&common.json, &reports)?;
             Ok(ok)
+        }
+        Command::Transform {
+            common,
+            mode,
+            kills,
+            prefill,
+            rate,
+        } => {
+            let mut plan = exactly_once::CrashPlan::new(&common.brokers, mode, exe, common.dir);
+            plan.kills = kills;
+            plan.seed = common.seed;
+            plan.prefill = prefill;
+            plan.rate = rate;
+            let report = exactly_once::crash(&plan).await?;
+            println!("{}", report.line());
+            write_json(&common.json, &report)?;
+            let output = &report.verdict.output;
+            Ok(report.drained
+                && output.lost == 0
+                && (mode != Mode::EosTransform || output.duplicated == 0))
+        }
+        Command::TransformStorm {
+            common,
+            events,
+            slots,
+            rate,
+        } => {
+            let mut plan = exactly_once::StormPlan::new(&common.brokers, exe, common.dir);
+            plan.events = events;
+            plan.slots = slots;
+            plan.initial = plan.initial.min(slots);
+            plan.rate = rate;
+            plan.seed = common.seed;
+            let report = exactly_once::storm(&plan).await?;
+            println!("{}", report.line());
+            write_json(&common.json, &report)?;
+            let output = &report.verdict.output;
+            Ok(report.drained && output.lost == 0 && output.duplicated == 0)
         }
         Command::Storm {
             common,

@@ -9,6 +9,10 @@ use xkafka::BoxError;
 
 use crate::worker::Mode;
 
+/// The transform workers' log filter: warnings, plus the consumer's
+/// "partitions assigned" / "partitions revoked" lines.
+pub const TRANSFORM_LOG: &str = "warn,xkafka::consumer::context=info";
+
 /// How to start workers of one run.
 #[derive(Clone, Debug)]
 pub struct WorkerSpec {
@@ -34,6 +38,14 @@ pub struct WorkerSpec {
     pub dir: PathBuf,
     /// Extra librdkafka properties.
     pub configs: Vec<(String, String)>,
+    /// The transform modes: the output topic.
+    pub output: Option<String>,
+    /// [`Mode::EosTransform`]: the output producer's `transaction.timeout.ms`
+    /// (`None`: librdkafka's default).
+    pub transaction_timeout_ms: Option<u32>,
+    /// [`Mode::EosTransform`]: messages per transaction at most (`None`:
+    /// the library's default).
+    pub transaction_max_messages: Option<usize>,
 }
 
 /// A running worker.
@@ -49,10 +61,29 @@ impl WorkerSpec {
     /// Starts a worker named `name`: ledger `<dir>/<name>.ledger`, log
     /// `<dir>/<name>.log`.
     pub fn spawn(&self, name: &str, work_ms: u64) -> Result<Worker, BoxError> {
+        self.spawn_transactional(name, work_ms, None)
+    }
+
+    /// [`spawn`](Self::spawn), with the output producer's
+    /// `transactional.id` ([`Mode::EosTransform`]). The transform modes'
+    /// ledgers count handler runs, not the verdict (the output topic is), so
+    /// they are written without `fdatasync`: a SIGKILL cannot lose a
+    /// completed `write`.
+    pub fn spawn_transactional(
+        &self,
+        name: &str,
+        work_ms: u64,
+        transactional_id: Option<&str>,
+    ) -> Result<Worker, BoxError> {
         let ledger = self.dir.join(format!("{name}.ledger"));
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
         let mut command = Command::new(&self.exe);
         command.arg("worker");
+        if self.mode.is_transform() {
+            // The transform harnesses count assignments and aborted
+            // transactions in the workers' logs.
+            command.env("RUST_LOG", TRANSFORM_LOG);
+        }
         for (key, value) in &self.configs {
             command.arg("--config").arg(format!("{key}={value}"));
         }
@@ -72,6 +103,25 @@ impl WorkerSpec {
                     .into_iter()
                     .flatten(),
             )
+            .args(self.output.iter().flat_map(|t| ["--output", t.as_str()]))
+            .args(
+                transactional_id
+                    .into_iter()
+                    .flat_map(|id| ["--transactional-id", id]),
+            )
+            .args(
+                self.transaction_timeout_ms
+                    .map(|ms| ["--transaction-timeout-ms".to_owned(), ms.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(
+                self.transaction_max_messages
+                    .map(|n| ["--transaction-max-messages".to_owned(), n.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(self.mode.is_transform().then_some("--no-fsync"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -133,6 +133,9 @@ pub async fn run(plan: &SoakPlan) -> Result<SoakReport, BoxError> {
                 (plan.fetch_max_bytes / 1024).to_string(),
             ),
         ],
+        output: None,
+        transaction_timeout_ms: None,
+        transaction_max_messages: None,
     };
     let input = Input::new(&plan.brokers, &name)?;
     let feeder = Feeder::start(&input, plan.rate);

@@ -143,6 +143,9 @@ pub async fn run(plan: &StormPlan) -> Result<StormReport, BoxError> {
             .into_iter()
             .chain([("group.protocol".into(), plan.group_protocol.clone())])
             .collect(),
+        output: None,
+        transaction_timeout_ms: None,
+        transaction_max_messages: None,
     };
     let input = Input::new(&plan.brokers, &name)?;
     let feeder = Feeder::start(&input, plan.rate);

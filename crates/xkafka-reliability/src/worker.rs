@@ -8,6 +8,11 @@
 //! success, so an id in the ledger means "handled" even if the process dies
 //! the next instant. SIGTERM stops it gracefully; it then prints its
 //! [`Summary`] as one JSON line on stdout.
+//!
+//! The two transform modes ([`Mode::EosTransform`], [`Mode::AloTransform`])
+//! also turn each input into one output message (same key, value = the
+//! input's id) on `--output`; there the output topic is the verdict (see
+//! [`crate::exactly_once`]) and the ledger counts handler runs.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -19,7 +24,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use xkafka::{
     Ack, Batch, BatchConsumer, BoxError, CommitMode, Consumer, ConsumerBuilder, Decision, Error,
-    Message, Order, Summary,
+    Message, Order, Producer, Summary,
 };
 
 /// How the worker consumes: one scenario of the crash suite each.
@@ -38,6 +43,15 @@ pub enum Mode {
     Manual,
     /// `CommitMode::AtMostOnce`: committed before the handler runs.
     AtMostOnce,
+    /// Exactly-once consume-transform-produce: `Concurrency(8)` per key,
+    /// each input published as one output message through a transactional
+    /// producer (`--transactional-id`), `CommitMode::Transactional`
+    /// (transactions every 100 ms).
+    EosTransform,
+    /// The same transform at-least-once: an idempotent (not transactional)
+    /// producer and `CommitMode::Auto` with librdkafka's default automatic
+    /// commit interval, [`ALO_TRANSFORM_COMMIT_INTERVAL`].
+    AloTransform,
 }
 
 impl Mode {
@@ -51,16 +65,28 @@ impl Mode {
         Mode::AtMostOnce,
     ];
 
+    /// The transform scenarios (their verdict is the output topic, see
+    /// [`crate::exactly_once`]); not in [`Mode::ALL`].
+    pub const TRANSFORMS: [Mode; 2] = [Mode::EosTransform, Mode::AloTransform];
+
     /// Whether the mode promises at-least-once (every other mode promises
-    /// at-most-once).
+    /// at-most-once; [`Mode::EosTransform`] promises more: exactly-once
+    /// output).
     pub fn at_least_once(self) -> bool {
         self != Mode::AtMostOnce
+    }
+
+    /// Whether the worker publishes one output message per input
+    /// ([`Mode::TRANSFORMS`]).
+    pub fn is_transform(self) -> bool {
+        Mode::TRANSFORMS.contains(&self)
     }
 
     /// Handlers running at once.
     pub fn concurrency(self) -> usize {
         match self {
             Mode::Concurrent | Mode::PerKey => 16,
+            Mode::EosTransform | Mode::AloTransform => 8,
             _ => 1,
         }
     }
@@ -83,6 +109,8 @@ impl Mode {
             Mode::Batch => "batch",
             Mode::Manual => "manual",
             Mode::AtMostOnce => "at-most-once",
+            Mode::EosTransform => "eos-transform",
+            Mode::AloTransform => "alo-transform",
         }
     }
 }
@@ -96,6 +124,16 @@ impl fmt::Display for Mode {
 /// The automatic commit interval the worker uses: it bounds how many handled
 /// messages a kill can send round again in the automatic modes.
 pub const AUTO_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The automatic commit interval of [`Mode::AloTransform`]: librdkafka's
+/// default, what an application gets when it sets nothing. librdkafka
+/// starts this timer when the consumer is created, so a worker killed less
+/// than this long after it started has committed nothing.
+pub const ALO_TRANSFORM_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often [`Mode::EosTransform`] ends a transaction (the library's
+/// default, as Kafka Streams' exactly-once commit interval).
+pub const EOS_TRANSACTION_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The worker's command line.
 #[derive(Args, Clone, Debug)]
@@ -135,6 +173,24 @@ pub struct WorkerArgs {
     /// completed `write`; only a machine crash can).
     #[arg(long)]
     pub no_fsync: bool,
+    /// The transform modes: the topic each input's output message goes to.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// [`Mode::EosTransform`]: the output producer's `transactional.id`. A
+    /// restarted worker must reuse its predecessor's: that fences it and
+    /// aborts the transaction it left open.
+    #[arg(long)]
+    pub transactional_id: Option<String>,
+    /// [`Mode::EosTransform`]: the output producer's
+    /// `transaction.timeout.ms` (how long the broker lets a transaction stay
+    /// open before aborting it; librdkafka's default 60 s when not given).
+    #[arg(long)]
+    pub transaction_timeout_ms: Option<u32>,
+    /// [`Mode::EosTransform`]: a transaction ends once this many messages
+    /// were dispatched in it (the library's default, 10,000, when not
+    /// given), or [`EOS_TRANSACTION_INTERVAL`] after its first.
+    #[arg(long)]
+    pub transaction_max_messages: Option<usize>,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -209,13 +265,18 @@ fn configure<K: xkafka::consumer::Kind>(
             .config("session.timeout.ms", args.session_timeout_ms.to_string())
             .config("heartbeat.interval.ms", heartbeat.to_string())
     };
+    let commit_interval = if args.mode == Mode::AloTransform {
+        ALO_TRANSFORM_COMMIT_INTERVAL
+    } else {
+        AUTO_COMMIT_INTERVAL
+    };
     builder
         .brokers([args.brokers.as_str()])
         .topics([args.topic.as_str()])
         .config("auto.offset.reset", "earliest")
         .config(
             "auto.commit.interval.ms",
-            AUTO_COMMIT_INTERVAL.as_millis().to_string(),
+            commit_interval.as_millis().to_string(),
         )
         .configs(args.configs.iter().cloned())
         .max_in_flight(total)
@@ -246,7 +307,9 @@ pub async fn run(args: WorkerArgs) -> Result<Summary, BoxError> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let summary = if mode == Mode::Batch {
+    let summary = if mode.is_transform() {
+        return transform(args, ledger, work, shutdown).await;
+    } else if mode == Mode::Batch {
         let ledger = ledger.clone();
         configure(BatchConsumer::builder(args.group.clone()), &args)
             .batch_size(mode.batch_size())
@@ -291,4 +354,76 @@ pub async fn run(args: WorkerArgs) -> Result<Summary, BoxError> {
             .await?
     };
     Ok(summary)
+}
+
+/// The transform modes: each input becomes one output message on
+/// `--output` (the input's key, value = its id), published and
+/// acknowledged before the input's id goes to the ledger and the handler
+/// returns.
+async fn transform(
+    args: WorkerArgs,
+    ledger: Ledger,
+    work: Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Summary, BoxError> {
+    let output: Arc<str> = args
+        .output
+        .as_deref()
+        .ok_or("the transform modes need --output")?
+        .into();
+    let eos = args.mode == Mode::EosTransform;
+    let mut producer = Producer::builder("xkafka-chaos-transform")
+        .brokers([args.brokers.as_str()])
+        .config("linger.ms", "5")
+        .error_handler(|err: &Error| eprintln!("worker: output producer: {err}"));
+    if eos {
+        let id = args
+            .transactional_id
+            .as_deref()
+            .ok_or("eos-transform needs --transactional-id")?;
+        producer = producer.transactional_id(id);
+        if let Some(ms) = args.transaction_timeout_ms {
+            producer = producer.config("transaction.timeout.ms", ms.to_string());
+        }
+    }
+    let producer = producer.build()?;
+    let builder = configure(Consumer::builder(args.group.clone()), &args)
+        .concurrency(args.mode.concurrency())
+        .order(Order::PerKey);
+    let builder = if eos {
+        let builder = builder
+            .transactional(producer.clone())
+            .transaction_interval(EOS_TRANSACTION_INTERVAL);
+        match args.transaction_max_messages {
+            Some(n) => builder.transaction_max_messages(n),
+            None => builder,
+        }
+    } else {
+        builder.commit_mode(CommitMode::Auto)
+    };
+    let publisher = producer.clone();
+    let summary = builder
+        .handler(move |message: Message| {
+            let ledger = ledger.clone();
+            let producer = publisher.clone();
+            let output = output.clone();
+            async move {
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                let id = id_of(&message)?;
+                let out = Message::builder(output)
+                    .key(message.key().cloned().unwrap_or_default())
+                    .value(id.to_string())
+                    .build();
+                producer.publish(out).await?;
+                ledger.record(&[id])?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()?
+        .run(shutdown)
+        .await;
+    producer.close().await;
+    Ok(summary?)
 }
