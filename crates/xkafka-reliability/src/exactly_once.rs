@@ -76,9 +76,9 @@ impl CrashPlan {
     /// The suite's defaults: 20,000 inputs before the first worker and
     /// 100/s more during the kills, 6 partitions, 10 kills 50–1,500 ms
     /// after each incarnation's first handler run, in-flight bound 1,000,
-    /// transactions of at most 100 messages (so that an incarnation commits
-    /// several before most kills, and kills land in commits too),
-    /// `session.timeout.ms` 2,000.
+    /// transactions of at most 100 messages (a transaction every ~0.2 s:
+    /// most incarnations commit several before their kill, which lands
+    /// anywhere in a transaction's life), `session.timeout.ms` 2,000.
     pub fn new(brokers: impl Into<String>, mode: Mode, exe: PathBuf, dir: PathBuf) -> Self {
         CrashPlan {
             brokers: brokers.into(),

@@ -102,6 +102,17 @@ async fn exactly_once_transform_survives_sigkill() {
         v.handler_runs.duplicated > 0,
         "no input was handled twice: the kills proved nothing"
     );
+    // What a kill sends round again is the transaction it left open, never
+    // more: the offsets committed with each transaction cover exactly its
+    // outputs.
+    let per_transaction = plan.transaction_max_messages.expect("bounded transactions") as u64;
+    for (k, i) in report.incarnations.iter().enumerate() {
+        assert!(
+            i.handled_again <= per_transaction,
+            "kill {k}: {} inputs handled again, more than one transaction ({per_transaction})",
+            i.handled_again
+        );
+    }
     assert!(
         v.output_uncommitted.duplicated > 0,
         "no aborted output in the log: the read_committed count proved nothing"
