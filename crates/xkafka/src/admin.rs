@@ -63,3 +63,40 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// How many partitions `topic` has, from the cluster's metadata; an error
+/// names the topic when it does not exist.
+pub async fn partition_count(brokers: &str, topic: &str, timeout: Duration) -> Result<i32, Error> {
+    validate_topic(topic)?;
+    let (brokers, name) = (brokers.to_owned(), topic.to_owned());
+    let counted = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .map_err(|e| Error::kafka(Operation::Create, e))?;
+        let metadata = client
+            .fetch_metadata(Some(&name), timeout)
+            .map_err(|e| Error::kafka(Operation::Client, e))?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == name) else {
+            return Err(Error::InvalidTopic {
+                name: name.clone(),
+                reason: "the cluster does not know it",
+            });
+        };
+        match t.error() {
+            Some(code) => Err(Error::kafka(
+                Operation::Client,
+                rdkafka::error::KafkaError::MetadataFetch(code.into()),
+            )),
+            None => Ok(i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)),
+        }
+    })
+    .await;
+    counted.unwrap_or_else(|e| {
+        Err(Error::Panicked {
+            place: "reading a topic's metadata",
+            message: e.to_string(),
+        })
+    })
+}

@@ -253,7 +253,7 @@ where
 impl DeadLetterLayer {
     /// Publishes the copy of a failed message; `Err` carries the original
     /// failure and why the publish failed.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         original: &Message,
         error: BoxError,

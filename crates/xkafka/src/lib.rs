@@ -304,6 +304,7 @@ mod log;
 pub mod metrics;
 pub mod mock;
 mod producer;
+pub mod retry_topics;
 mod shutdown;
 pub mod testing;
 

@@ -180,6 +180,7 @@ pub struct Consumer {
     topics: Vec<String>,
     config: Config,
     transaction: Option<(crate::Producer, transaction::Boundary)>,
+    not_before: Option<pipeline::NotBeforeFn>,
 }
 
 impl Consumer {
@@ -241,11 +242,16 @@ impl Consumer {
         if let Some((producer, boundary)) = self.transaction {
             pipeline = pipeline.with_transaction(transaction::Transaction::new(producer, boundary));
         }
+        let delays = self.not_before.is_some();
+        if let Some(not_before) = self.not_before {
+            pipeline = pipeline.with_not_before(not_before);
+        }
         let poll_loop = PollLoop {
             consumer: self.client,
             shared: shared.clone(),
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
+            delays,
         };
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         // From here on, dropping this future (a timeout, a `select!` that
@@ -368,6 +374,7 @@ pub struct ConsumerBuilder<K: Kind = Streaming> {
     batch_timeout: Duration,
     transactional: Option<crate::Producer>,
     boundary: transaction::Boundary,
+    not_before: Option<pipeline::NotBeforeFn>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -394,6 +401,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             batch_size: DEFAULT_BATCH_SIZE,
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
             transactional: None,
+            not_before: None,
             boundary: transaction::Boundary {
                 max_messages: transaction::DEFAULT_MAX_MESSAGES,
                 interval: transaction::DEFAULT_INTERVAL,
@@ -465,6 +473,21 @@ impl<K: Kind> ConsumerBuilder<K> {
     pub fn transactional(mut self, producer: crate::Producer) -> Self {
         self.transactional = Some(producer);
         self.commit_mode = CommitMode::Transactional;
+        self
+    }
+
+    /// Handles each message no earlier than `due` says (`None`: at once):
+    /// a partition whose next message is not due is paused until it is,
+    /// and its fetch position set back to that message — nothing waits in
+    /// a handler, the poll loop never sleeps, other partitions flow. A
+    /// message is never handled before its due time; how late depends on
+    /// the fetch after the resume (lower `fetch.wait.max.ms` for less).
+    /// For retry tiers: [`retry_topics::due`](crate::retry_topics::due).
+    pub fn not_before<F>(mut self, due: F) -> Self
+    where
+        F: Fn(&Message) -> Option<std::time::SystemTime> + Send + Sync + 'static,
+    {
+        self.not_before = Some(Arc::new(due));
         self
     }
 
@@ -752,6 +775,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             topics: self.topics,
             config,
             transaction,
+            not_before: self.not_before,
         }))
     }
 }

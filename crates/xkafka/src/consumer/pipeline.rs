@@ -53,6 +53,9 @@ struct PartitionState {
     /// Paused with an unfinished message holding finished ones behind it,
     /// and reported as such (once per stall).
     stalled: bool,
+    /// Paused until then: its next message is not due yet (`not_before`);
+    /// the fetch position was set back to it.
+    delayed: Option<Instant>,
 }
 
 pub(crate) struct Pipeline {
@@ -75,7 +78,14 @@ pub(crate) struct Pipeline {
     rewound: Vec<TopicPartition>,
     /// Set by `stop` in transactional mode.
     ending: Option<Ending>,
+    /// When a message may be handled (`ConsumerBuilder::not_before`).
+    not_before: Option<NotBeforeFn>,
+    /// Partitions paused until their next message is due.
+    delayed: usize,
 }
+
+/// When a message may be handled at the earliest; `None`: now.
+pub(crate) type NotBeforeFn = Arc<dyn Fn(&Message) -> Option<std::time::SystemTime> + Send + Sync>;
 
 #[derive(Default)]
 struct Settlement {
@@ -111,6 +121,8 @@ impl Pipeline {
             txn: None,
             rewound: Vec::new(),
             ending: None,
+            not_before: None,
+            delayed: 0,
         }
     }
 
@@ -153,6 +165,7 @@ impl Pipeline {
                 let high = crate::convert::cached_high_watermark(consumer, &tp.topic, tp.partition);
                 let paused = state.and_then(|s| match (s.paused, s.closing, s.stalled) {
                     (_, true, _) => Some(PauseReason::Closing),
+                    _ if s.delayed.is_some() => Some(PauseReason::NotDue),
                     (true, _, true) => Some(PauseReason::Stalled),
                     (true, _, false) => Some(PauseReason::Backpressure),
                     (false, _, _) => None,
@@ -180,6 +193,81 @@ impl Pipeline {
             partitions,
             counters,
         });
+    }
+
+    /// Messages are handled no earlier than `not_before` says.
+    pub(crate) fn with_not_before(mut self, not_before: NotBeforeFn) -> Self {
+        self.not_before = Some(not_before);
+        self
+    }
+
+    /// Resumes the partitions whose delayed message is due; returns how
+    /// long until the next one is (for the poll's timeout).
+    pub(crate) fn resume_due<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+    ) -> Option<Duration> {
+        if self.delayed == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for state in self.partitions.values_mut() {
+            match state.delayed {
+                Some(at) if at <= now => {
+                    state.delayed = None;
+                    self.delayed -= 1;
+                }
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        self.resume_drained(consumer, shared);
+        next.map(|at| at.saturating_duration_since(now))
+    }
+
+    /// Holds `message` back when it is not due: pauses its partition until
+    /// it is, and sets the fetch position back to it (what was fetched
+    /// after it is dropped and fetched again). `false`: handle it now.
+    fn hold_back<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        tp: &TopicPartition,
+        message: &Message,
+        offset: i64,
+    ) -> bool {
+        let Some(not_before) = &self.not_before else {
+            return false;
+        };
+        let Some(wait) = not_before(message)
+            .and_then(|due| due.duration_since(std::time::SystemTime::now()).ok())
+            .filter(|w| !w.is_zero())
+        else {
+            return false;
+        };
+        let Some(state) = self.partitions.get_mut(tp) else {
+            return false;
+        };
+        if !state.paused {
+            state.paused = true;
+            pause(consumer, shared, std::slice::from_ref(tp));
+        }
+        if let Err(e) = consumer.seek(
+            &tp.topic,
+            tp.partition,
+            rdkafka::Offset::Offset(offset),
+            SEEK_TIMEOUT,
+        ) {
+            // Not read again from there: handling it now is the only way
+            // not to skip it.
+            tracing::warn!(group = %shared.group, partition = %tp, offset, %e, "cannot hold a message back until it is due; handling it now");
+            return false;
+        }
+        state.delayed = Some(Instant::now() + wait);
+        self.delayed += 1;
+        true
     }
 
     /// Transactional mode: what handlers publish and the offsets they
@@ -224,6 +312,7 @@ impl Pipeline {
                 paused: false,
                 closing: false,
                 stalled: false,
+                delayed: None,
             });
         }
         shared
@@ -243,8 +332,18 @@ impl Pipeline {
             return;
         };
         let tp = TopicPartition::new(message.topic_arc().clone(), partition);
-        let Some(state) = self.partitions.get_mut(&tp) else {
+        let Some(state) = self.partitions.get(&tp) else {
             // Fetched before a revocation: the partition's new owner reads it.
+            return;
+        };
+        if state.delayed.is_some() {
+            // Fetched after a message held back: fetched again after it.
+            return;
+        }
+        if self.not_before.is_some() && self.hold_back(consumer, shared, &tp, &message, offset) {
+            return;
+        }
+        let Some(state) = self.partitions.get_mut(&tp) else {
             return;
         };
         state.tracker.dispatched(offset);
@@ -489,7 +588,9 @@ impl Pipeline {
         let drained: Vec<TopicPartition> = self
             .partitions
             .iter_mut()
-            .filter(|(_, s)| s.paused && !s.closing && s.tracker.tracked() <= low)
+            .filter(|(_, s)| {
+                s.paused && !s.closing && s.delayed.is_none() && s.tracker.tracked() <= low
+            })
             .map(|(tp, s)| {
                 s.paused = false;
                 if std::mem::take(&mut s.stalled) {
@@ -573,6 +674,9 @@ impl Pipeline {
         }
         for tp in partitions {
             if let Some(state) = self.partitions.remove(tp) {
+                if state.delayed.is_some() {
+                    self.delayed -= 1;
+                }
                 self.unsettled -= state.tracker.unsettled();
             }
             self.dispatcher.close_partition(tp);
@@ -813,6 +917,9 @@ impl Pipeline {
             state.gate = Gate::new();
             state.epoch = self.next_epoch;
             state.stalled = false;
+            if state.delayed.take().is_some() {
+                self.delayed -= 1;
+            }
             self.dispatcher.close_partition(tp);
             let _ =
                 tpl.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(*offset));
@@ -895,6 +1002,9 @@ impl Pipeline {
         }
         for tp in partitions {
             if let Some(state) = self.partitions.remove(tp) {
+                if state.delayed.is_some() {
+                    self.delayed -= 1;
+                }
                 state.gate.close();
                 self.unsettled -= state.tracker.unsettled();
             }

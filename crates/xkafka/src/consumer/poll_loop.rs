@@ -43,6 +43,8 @@ pub(crate) struct PollLoop {
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) topics: Vec<String>,
+    /// Some messages may be held back until due (`not_before`).
+    pub(crate) delays: bool,
 }
 
 /// How the loop ended.
@@ -113,6 +115,16 @@ impl PollLoop {
             // Take what librdkafka has ready (up to a bound), then settle
             // once: stores and commits are batched, not per message.
             let mut timeout = if busy { BUSY_POLL } else { IDLE_POLL };
+            if self.delays {
+                // Resume what is due, and wake up for the next one.
+                let next = match self.consumer.context().pipeline().as_mut() {
+                    Some(p) => p.resume_due(&self.consumer, &self.shared),
+                    None => None,
+                };
+                if let Some(next) = next {
+                    timeout = timeout.min(next);
+                }
+            }
             while messages.len() < POLL_BATCH {
                 let polled = self.consumer.poll(timeout);
                 // A rebalance callback inside that poll may have assigned

@@ -59,6 +59,9 @@ pub enum PauseReason {
     Stalled,
     /// Being revoked, or the consumer is stopping: it drains and goes.
     Closing,
+    /// Its next message is not due yet (a retry tier's backoff, see
+    /// [`ConsumerBuilder::not_before`](crate::ConsumerBuilder::not_before)).
+    NotDue,
 }
 
 /// One assigned partition, as the consumer sees it.

@@ -1,0 +1,243 @@
+//! Non-blocking retry topics on the real broker: three tiers (100 ms,
+//! 500 ms, 1 s), a handler that fails a chosen set of messages their first
+//! k times. Every retry is handled no earlier than its due time (lateness
+//! reported), what keeps failing lands in the dead-letter topic after the
+//! last tier, and the main topic is not held up by the backoffs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{brokers, consumer, producer, topic, unique, until};
+use xkafka::dlq::DeadLetterInfo;
+use xkafka::retry_topics::{due, headers, RetryTopics};
+use xkafka::{Ack, BoxError, Decision, Message};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One handler call: the input's number, the attempt (0 on the main
+/// topic), when it ran and when it was due (ms since the epoch).
+#[derive(Clone, Debug)]
+struct Call {
+    n: usize,
+    attempt: usize,
+    at_ms: u64,
+    due_ms: Option<u64>,
+}
+
+/// How many times input `n` fails before it succeeds: 1 to 4 for every
+/// tenth input (4: more than the three tiers, so it is dead-lettered), 0
+/// for the others.
+fn failures(n: usize) -> usize {
+    if n % 10 == 0 {
+        (n / 10) % 4 + 1
+    } else {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_move_through_the_tiers_on_time_and_then_to_the_dead_letter_topic() {
+    const INPUTS: usize = 400;
+    let source = topic("rt-src", 3).await;
+    let p = producer();
+    for n in 0..INPUTS {
+        let msg = Message::builder(source.as_str())
+            .key(format!("k{n}"))
+            .value(n.to_string())
+            .build();
+        p.publish_async(msg).await.unwrap();
+    }
+    p.close().await;
+    let retries = RetryTopics::new(producer(), source.as_str()).tiers([
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+    ]);
+    retries
+        .ensure_topics(&brokers(), Duration::from_secs(10))
+        .await
+        .expect("tier topics");
+    for t in retries.tier_topics() {
+        assert_eq!(
+            xkafka::admin::partition_count(&brokers(), &t, Duration::from_secs(10))
+                .await
+                .unwrap(),
+            3,
+            "{t} has the source's partitions"
+        );
+    }
+
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let handler = {
+        let calls = calls.clone();
+        move |m: Message| {
+            let calls = calls.clone();
+            async move {
+                let n: usize = m.value_str().unwrap().parse().unwrap();
+                let attempt: usize = m
+                    .headers()
+                    .get_str(headers::ATTEMPT)
+                    .map_or(0, |a| a.parse().unwrap());
+                calls.lock().unwrap().push(Call {
+                    n,
+                    attempt,
+                    at_ms: now_ms(),
+                    due_ms: due(&m)
+                        .map(|d| d.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64),
+                });
+                if attempt < failures(n) {
+                    return Err::<Ack, BoxError>(format!("attempt {attempt} of {n} fails").into());
+                }
+                Ok(Ack::Success)
+            }
+        }
+    };
+    let group = unique("rt");
+    let main = consumer(&group, &source)
+        .error_handler(|err| {
+            eprintln!("main: {err}");
+            Decision::Stop
+        })
+        .layer(retries.layer())
+        .handler(handler.clone())
+        .build()
+        .unwrap();
+    let tiers = xkafka::Consumer::builder(format!("{group}-retries"))
+        .brokers([brokers()])
+        .topics(retries.tier_topics())
+        .config("auto.offset.reset", "earliest")
+        .config("fetch.wait.max.ms", "50")
+        .not_before(due)
+        .error_handler(|err| {
+            eprintln!("tiers: {err}");
+            Decision::Stop
+        })
+        .layer(retries.layer())
+        .handler(handler)
+        .build()
+        .unwrap();
+    let (stop_main, stop_tiers) = (main.shutdown_handle(), tiers.shutdown_handle());
+    let started = Instant::now();
+    let main = tokio::spawn(main.run(std::future::pending()));
+    let tiers = tokio::spawn(tiers.run(std::future::pending()));
+
+    let handled_main = |calls: &Arc<Mutex<Vec<Call>>>| {
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.attempt == 0)
+            .count()
+    };
+    let probe = calls.clone();
+    until(|| handled_main(&probe) >= INPUTS, Duration::from_secs(60)).await;
+    let main_done = started.elapsed();
+    // Every input reaches its end: success, or its fourth failure.
+    let expected_calls: usize = (0..INPUTS).map(|n| 1 + failures(n).min(3)).sum();
+    let probe = calls.clone();
+    until(
+        || probe.lock().unwrap().len() >= expected_calls,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop_main.shutdown();
+    stop_tiers.shutdown();
+    let (main, tiers) = (
+        main.await.unwrap().expect("main"),
+        tiers.await.unwrap().expect("tiers"),
+    );
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.len(),
+        expected_calls,
+        "every input handled to its end, once per attempt"
+    );
+
+    // Each input's attempts, in order, each in the right tier.
+    let mut by_input: BTreeMap<usize, Vec<Call>> = BTreeMap::new();
+    for c in &calls {
+        by_input.entry(c.n).or_default().push(c.clone());
+    }
+    let mut lateness: Vec<u64> = Vec::new();
+    for (n, attempts) in &by_input {
+        let tries: Vec<usize> = attempts.iter().map(|c| c.attempt).collect();
+        assert_eq!(
+            tries,
+            (0..=failures(*n).min(3)).collect::<Vec<_>>(),
+            "input {n}"
+        );
+        for c in attempts.iter().filter(|c| c.attempt > 0) {
+            let due_ms = c.due_ms.expect("a retry carries its due time");
+            assert!(
+                c.at_ms >= due_ms,
+                "input {n} attempt {} ran {} ms before it was due",
+                c.attempt,
+                due_ms - c.at_ms
+            );
+            lateness.push(c.at_ms - due_ms);
+        }
+    }
+    lateness.sort_unstable();
+    let pct = |p: usize| lateness[(lateness.len() * p / 100).min(lateness.len() - 1)];
+    let dead: Vec<usize> = (0..INPUTS).filter(|n| failures(*n) > 3).collect();
+    println!(
+        "RETRY_TOPICS inputs={INPUTS} retries={} lateness_p50_ms={} lateness_p99_ms={} lateness_max_ms={} main_topic_done_ms={} dead_lettered={}",
+        lateness.len(),
+        pct(50),
+        pct(99),
+        lateness.last().unwrap(),
+        main_done.as_millis(),
+        dead.len()
+    );
+    // The main topic did not wait for any backoff: with blocking retries it
+    // would have slept at least 100 ms for each of its 40 failing inputs.
+    assert!(
+        main_done < Duration::from_secs(4),
+        "the main topic took {main_done:?}"
+    );
+    // A failure moved on counts as a skip: its copy was acknowledged.
+    assert_eq!((main.succeeded, main.skipped, main.failed), (360, 40, 0));
+    // In the tiers: 30 recovered; 30 + 20 + 10 failures moved on (the last
+    // 10 to the dead-letter topic).
+    assert_eq!((tiers.succeeded, tiers.skipped, tiers.failed), (30, 60, 0));
+
+    // What kept failing is in the dead-letter topic, as it was consumed.
+    let dlq = common::consume(
+        &unique("rt-dlq"),
+        retries.dead_letter(),
+        dead.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut dead_letters: Vec<(usize, String)> = dlq
+        .iter()
+        .map(|m| {
+            let info = DeadLetterInfo::from_message(m).expect("a dead letter");
+            assert_eq!(info.original_topic, source, "named by its original topic");
+            assert!(info.original_offset.is_some() && info.original_partition.is_some());
+            (
+                m.value_str().unwrap().parse().unwrap(),
+                info.error.unwrap_or_default(),
+            )
+        })
+        .collect();
+    dead_letters.sort();
+    assert_eq!(
+        dead_letters.iter().map(|d| d.0).collect::<Vec<_>>(),
+        dead,
+        "exactly the inputs that failed four times"
+    );
+    assert!(
+        dead_letters[0].1.contains("attempt 3 of 30 fails"),
+        "{:?}",
+        dead_letters[0]
+    );
+}
