@@ -8,7 +8,7 @@
 //! errors go straight to the dead-letter topic.
 //!
 //! The consumer of the retry tiers waits for each message's due time
-//! without blocking anything: [`ConsumerBuilder::not_before`] with [`due`]
+//! without blocking anything: [`ConsumerBuilder::not_before`](crate::ConsumerBuilder::not_before) with [`due`]
 //! pauses a partition whose next message is not due yet and resumes it at
 //! its due time; the poll loop never sleeps, and the other partitions and
 //! tiers flow.
