@@ -62,7 +62,7 @@ use tower::{Layer, Service};
 use xkafka_core::middleware::retry::{is_permanent, AttemptLog};
 
 use crate::dlq::DeadLetterLayer;
-use crate::{Ack, BoxError, Error, Message, Producer};
+use crate::{Ack, Batch, BoxError, Error, Message, Producer};
 
 /// The headers a message carries in a retry tier.
 pub mod headers {
@@ -453,6 +453,61 @@ where
                 Err(e) => e.into(),
             };
             tiers.handle_failure(original, error, log).await
+        })
+    }
+}
+
+/// The batch form: every failed message of the batch (recorded with
+/// `Batch::fail`, or all unrecorded ones when the batch as a whole failed)
+/// moves to its next tier (or the dead-letter topic) and is recorded as
+/// skipped; those whose publish failed stay failed.
+impl<S> Service<Batch> for RetryTopicsService<S>
+where
+    S: Service<Batch, Response = Ack>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Ack;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Ack, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut batch: Batch) -> Self::Future {
+        let logs: Vec<AttemptLog> = batch
+            .messages_mut()
+            .iter_mut()
+            .map(AttemptLog::of)
+            .collect();
+        let observer = batch.clone();
+        let future = self.inner.call(batch);
+        let tiers = self.tiers.clone();
+        Box::pin(async move {
+            let overall = future.await.map_err(Into::into);
+            let overall_error = overall.as_ref().err().map(ToString::to_string);
+            let mut failed: Vec<(usize, BoxError)> = Vec::new();
+            for (i, recorded) in observer.take_outcomes().into_iter().enumerate() {
+                match (recorded, &overall, &overall_error) {
+                    (Some(Ok(ack)), _, _) => observer.ack(i, ack),
+                    (Some(Err(e)), _, _) => failed.push((i, e)),
+                    (None, Ok(ack), _) => observer.ack(i, *ack),
+                    (None, Err(_), Some(text)) => failed.push((i, text.clone().into())),
+                    (None, Err(_), None) => {}
+                }
+            }
+            if failed.is_empty() {
+                return overall;
+            }
+            for (i, error) in failed {
+                let message = observer.messages()[i].clone();
+                match tiers.handle_failure(message, error, logs[i].clone()).await {
+                    Ok(ack) => observer.ack(i, ack),
+                    Err(e) => observer.fail(i, e),
+                }
+            }
+            Ok(Ack::Success)
         })
     }
 }

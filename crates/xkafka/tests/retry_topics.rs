@@ -241,3 +241,84 @@ async fn failures_move_through_the_tiers_on_time_and_then_to_the_dead_letter_top
         dead_letters[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_consumer_moves_its_failed_messages_to_the_tiers_too() {
+    let source = topic("rt-batch", 2).await;
+    let p = producer();
+    for n in 0..100 {
+        p.publish_async(
+            Message::builder(source.as_str())
+                .value(n.to_string())
+                .build(),
+        )
+        .await
+        .unwrap();
+    }
+    p.close().await;
+    let retries = RetryTopics::new(producer(), source.as_str()).tiers([Duration::from_millis(200)]);
+    retries
+        .ensure_topics(&brokers(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let group = unique("rt-batch");
+    let main = xkafka::BatchConsumer::builder(&group)
+        .brokers([brokers()])
+        .topics([source.as_str()])
+        .config("auto.offset.reset", "earliest")
+        .batch_size(25)
+        .batch_timeout(Duration::from_millis(100))
+        .error_handler(|_| Decision::Stop)
+        .layer(retries.layer())
+        .handler(|batch: xkafka::Batch| async move {
+            for (i, m) in batch.iter().enumerate() {
+                if m.value_str().unwrap().ends_with('7') {
+                    batch.fail(i, "sevens fail the first time");
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let retried: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let r = retried.clone();
+    let tiers = xkafka::Consumer::builder(format!("{group}-retries"))
+        .brokers([brokers()])
+        .topics(retries.tier_topics())
+        .config("auto.offset.reset", "earliest")
+        .not_before(due)
+        .error_handler(|_| Decision::Stop)
+        .handler(move |m: Message| {
+            let r = r.clone();
+            async move {
+                let due_ms = due(&m)
+                    .unwrap()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64;
+                r.lock().unwrap().push((due_ms, now_ms()));
+                Ack::Success
+            }
+        })
+        .build()
+        .unwrap();
+    let (stop_main, stop_tiers) = (main.shutdown_handle(), tiers.shutdown_handle());
+    let main = tokio::spawn(main.run(std::future::pending()));
+    let tiers = tokio::spawn(tiers.run(std::future::pending()));
+    let probe = retried.clone();
+    until(
+        || probe.lock().unwrap().len() >= 10,
+        Duration::from_secs(30),
+    )
+    .await;
+    stop_main.shutdown();
+    stop_tiers.shutdown();
+    let main = main.await.unwrap().expect("main");
+    tiers.await.unwrap().expect("tiers");
+    assert_eq!((main.succeeded, main.skipped, main.failed), (90, 10, 0));
+    let retried = retried.lock().unwrap().clone();
+    assert_eq!(retried.len(), 10, "the ten sevens, once each");
+    assert!(
+        retried.iter().all(|(due, at)| at >= due),
+        "none early: {retried:?}"
+    );
+}
