@@ -978,3 +978,75 @@ async fn an_abortable_commit_failure_aborts_rewinds_and_handles_the_messages_aga
     );
     assert_eq!(counts(&out).values().max(), Some(&1));
 }
+
+/// Stopped while transactions are full and messages wait in the lanes
+/// (concurrency, per-key order, a backlog): what was dispatched is handled,
+/// the open transaction commits, and `run` returns well inside its
+/// shutdown timeout. (A lane used to leave queued messages unhandled once
+/// stopping, so the transaction could neither end nor commit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_under_load_commits_what_was_dispatched_quickly() {
+    let input = topic("txn-load-in", 6).await;
+    let output = topic("txn-load-out", 6).await;
+    fill_spread(&input, 6, 3_000).await;
+    let group = unique("txn-load");
+    let producer = txn_producer(&unique("txn-load-id"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let p = producer.clone();
+    let out: Arc<str> = output.as_str().into();
+    let c = calls.clone();
+    let consumer = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_max_messages(100)
+        .concurrency(8)
+        .order(Order::PerKey)
+        .shutdown_timeout(Duration::from_secs(10))
+        .error_handler(|err| {
+            eprintln!("consumer error: {err}");
+            Decision::Stop
+        })
+        .handler(move |m: Message| {
+            let (p, out) = (p.clone(), out.clone());
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                p.publish(
+                    Message::builder(out)
+                        .value(m.value().cloned().unwrap_or_default())
+                        .build(),
+                )
+                .await?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let handle = consumer.shutdown_handle();
+    let probe = calls.clone();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    until(
+        || probe.load(Ordering::SeqCst) >= 500,
+        Duration::from_secs(30),
+    )
+    .await;
+    let stopping = Instant::now();
+    handle.shutdown();
+    let summary = run.await.unwrap().expect("run");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "stopped in {took:?}: {summary:?}"
+    );
+    assert!(summary.closed_cleanly, "{summary:?}");
+    assert_eq!(summary.transactions_aborted, 0, "{summary:?}");
+    assert_eq!(summary.failed + summary.abandoned, 0, "{summary:?}");
+    assert_eq!(
+        summary.committed.values().sum::<i64>() as u64,
+        summary.succeeded,
+        "everything handled was committed: {summary:?}"
+    );
+    producer.close().await;
+    let records = read_all(&output, "read_committed");
+    assert_eq!(records.len() as u64, summary.succeeded);
+    assert_eq!(counts(&records).values().max(), Some(&1));
+}

@@ -233,7 +233,8 @@ impl Consumer {
             completions_tx,
             shared.clone(),
             match self.commit_mode {
-                CommitMode::Auto | CommitMode::Transactional => CommitWait::None,
+                CommitMode::Auto => CommitWait::None,
+                CommitMode::Transactional => CommitWait::Transaction,
                 CommitMode::Manual => CommitWait::After,
                 CommitMode::AtMostOnce => CommitWait::Before,
             },

@@ -700,7 +700,7 @@ impl Pipeline {
         let complete = if self.txn.is_some() {
             let all: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
             self.pause_closing(consumer, shared, all.iter());
-            self.barrier(consumer, shared, deadline)
+            self.barrier_within(consumer, shared, deadline, false)
         } else {
             false
         };
@@ -765,6 +765,9 @@ impl Pipeline {
         };
         if self.barrier(consumer, shared, Instant::now() + timeout) {
             self.commit_transaction(consumer, shared);
+        } else if shared.shutdown.is_shutting_down() {
+            // Stopping: `stop` waits within the shutdown's bound and ends
+            // the transaction itself.
         } else if !self.txn.as_ref().is_some_and(|t| t.poisoned) {
             let running = self.unsettled;
             self.abort_transaction(
@@ -786,16 +789,31 @@ impl Pipeline {
     /// or `deadline`, or a failure poisoned the transaction (`false`).
     /// Partial batches are handed to their handlers now rather than at the
     /// end of their window.
+    /// A shutdown requested meanwhile ends the wait too (`false`): `stop`
+    /// waits again, within the shutdown's own bound.
     fn barrier<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         shared: &Shared,
         deadline: Instant,
     ) -> bool {
+        self.barrier_within(consumer, shared, deadline, true)
+    }
+
+    fn barrier_within<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        deadline: Instant,
+        until_shutdown: bool,
+    ) -> bool {
         self.dispatcher.close_batches();
         self.settle(consumer, shared);
         loop {
             if self.txn.as_ref().is_some_and(|t| t.poisoned) {
+                return false;
+            }
+            if until_shutdown && self.unsettled > 0 && shared.shutdown.is_shutting_down() {
                 return false;
             }
             if self.unsettled == 0 {
@@ -985,7 +1003,7 @@ impl Pipeline {
         let open = self.txn.as_ref().is_some_and(|t| !t.is_empty());
         if open && lost {
             self.abort_transaction(consumer, shared, Some(partitions), None);
-        } else if open && self.barrier(consumer, shared, Instant::now() + grace) {
+        } else if open && self.barrier_within(consumer, shared, Instant::now() + grace, false) {
             self.commit_transaction(consumer, shared);
         } else if open && !self.txn.as_ref().is_some_and(|t| t.poisoned) {
             let running = self.unsettled;

@@ -123,7 +123,7 @@ pub(super) async fn handle_batch(
     };
     // Messages of revoked partitions are dropped; when stopping, the batch
     // is not handled at all (rather than with a dying context).
-    if cx.shared.shutdown.is_shutting_down() {
+    if cx.stopping() {
         return true;
     }
     // Count every message's handler in before anything runs (see

@@ -24,7 +24,7 @@ impl Dispatcher {
             gate,
             epoch,
         } = work;
-        if self.context.shared.shutdown.is_shutting_down() || !gate.enter() {
+        if self.context.stopping() || !gate.enter() {
             return Inline::Done(None);
         }
         let first = match panicked {
@@ -70,7 +70,7 @@ impl Dispatcher {
         };
         // As in the lane: not handled at all once stopping; messages of
         // revoked partitions dropped.
-        if self.context.shared.shutdown.is_shutting_down() {
+        if self.context.stopping() {
             return InlineBatch::Done(Vec::new());
         }
         works.retain(|w| w.gate.enter());

@@ -68,7 +68,7 @@ pub(super) async fn handle_work(
     };
     // Revoked or stopping: the message stays unread (the partition's next
     // owner, or our next run, reads it).
-    if cx.shared.shutdown.is_shutting_down() || !gate.enter() {
+    if cx.stopping() || !gate.enter() {
         return true;
     }
     if cx.commit_wait == CommitWait::Before {

@@ -114,6 +114,10 @@ pub(crate) enum CommitWait {
     After,
     /// Before each message (at-most-once).
     Before,
+    /// Never, but every dispatched message is handled even while stopping:
+    /// a transaction ends only once all of them finished (see
+    /// `Pipeline::barrier`), so none may be left queued for nobody.
+    Transaction,
 }
 
 /// A lane's report that a message finished.
@@ -215,6 +219,15 @@ struct LaneContext {
     commit_wait: CommitWait,
 }
 
+impl LaneContext {
+    /// Whether a message not started yet is left unhandled: once stopping
+    /// (our next run reads it), except in a transaction, which ends only
+    /// when every dispatched message finished.
+    fn stopping(&self) -> bool {
+        self.commit_wait != CommitWait::Transaction && self.shared.shutdown.is_shutting_down()
+    }
+}
+
 pub(crate) struct Dispatcher {
     order: Order,
     concurrency: usize,
@@ -270,7 +283,10 @@ impl Dispatcher {
     fn with_inline(mut self) -> Self {
         // With manual commits or at-most-once, lanes wait for commits
         // around each call: those stay in the lanes.
-        if self.context.commit_wait == CommitWait::None {
+        if matches!(
+            self.context.commit_wait,
+            CommitWait::None | CommitWait::Transaction
+        ) {
             match &self.runner {
                 Runner::Single(service) => self.inline = Some(service.clone()),
                 Runner::Batch { service, .. } => self.inline_batch = Some(service.clone()),
