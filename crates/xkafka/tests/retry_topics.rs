@@ -43,6 +43,43 @@ fn failures(n: usize) -> usize {
     }
 }
 
+/// The same main-topic consumer (retry layer included) over `inputs`
+/// healthy messages: first to last handler call, ms.
+async fn healthy_main_topic_span(inputs: usize) -> u64 {
+    let source = topic("rt-healthy", 3).await;
+    let p = producer();
+    for n in 0..inputs {
+        let msg = Message::builder(source.as_str())
+            .key(format!("k{n}"))
+            .value(n.to_string())
+            .build();
+        p.publish_async(msg).await.unwrap();
+    }
+    p.close().await;
+    let retries = RetryTopics::new(producer(), source.as_str()).tiers([Duration::from_millis(100)]);
+    let times: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let t = times.clone();
+    let main = consumer(&unique("rt-healthy"), &source)
+        .error_handler(|_| Decision::Stop)
+        .layer(retries.layer())
+        .handler(move |_m: Message| {
+            t.lock().unwrap().push(now_ms());
+            async { Ack::Success }
+        })
+        .build()
+        .unwrap();
+    let probe = times.clone();
+    main.run(until(
+        move || probe.lock().unwrap().len() >= inputs,
+        Duration::from_secs(30),
+    ))
+    .await
+    .unwrap();
+    let times = times.lock().unwrap();
+    assert_eq!(times.len(), inputs);
+    times.iter().max().unwrap() - times.iter().min().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failures_move_through_the_tiers_on_time_and_then_to_the_dead_letter_topic() {
     const INPUTS: usize = 400;
@@ -187,9 +224,17 @@ async fn failures_move_through_the_tiers_on_time_and_then_to_the_dead_letter_top
     }
     lateness.sort_unstable();
     let pct = |p: usize| lateness[(lateness.len() * p / 100).min(lateness.len() - 1)];
+    // The main topic's pace: first to last handler call there.
+    let main_calls: Vec<u64> = calls
+        .iter()
+        .filter(|c| c.attempt == 0)
+        .map(|c| c.at_ms)
+        .collect();
+    let failing_span = main_calls.iter().max().unwrap() - main_calls.iter().min().unwrap();
+    let healthy_span = healthy_main_topic_span(INPUTS).await;
     let dead: Vec<usize> = (0..INPUTS).filter(|n| failures(*n) > 3).collect();
     println!(
-        "RETRY_TOPICS inputs={INPUTS} retries={} lateness_p50_ms={} lateness_p99_ms={} lateness_max_ms={} main_topic_done_ms={} dead_lettered={}",
+        "RETRY_TOPICS inputs={INPUTS} retries={} lateness_p50_ms={} lateness_p99_ms={} lateness_max_ms={} main_topic_done_ms={} dead_lettered={} main_topic_span_ms: 10%_failing={failing_span} 0%_failing={healthy_span}",
         lateness.len(),
         pct(50),
         pct(99),
