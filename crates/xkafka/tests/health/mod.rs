@@ -98,8 +98,8 @@ async fn a_hung_handler_turns_healthz_unhealthy_naming_its_partition_and_offset(
         wait_status(&format!("{base}/healthz"), 503, Duration::from_secs(10)).await;
     let after = unhealthy_at - hung_at;
     assert!(
-        after >= Duration::from_secs(2) && after < Duration::from_millis(3_500),
-        "unhealthy {after:?} after the hang (threshold 2 s): {problems}"
+        after >= Duration::from_secs(2) && after < Duration::from_millis(4_500),
+        "unhealthy {after:?} after the hang (threshold 2 s, status refreshed every 100 ms): {problems}"
     );
     assert!(
         problems.contains(&format!("{topic}[0]")) && problems.contains("offset 3"),
