@@ -1,0 +1,685 @@
+//! `xkafka dlq inspect` and `xkafka dlq replay`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use regex::Regex;
+use serde_json::{json, Value};
+use xkafka::dlq::DeadLetterInfo;
+use xkafka::{Headers, Message};
+
+use crate::cli::{Format, Global, InspectArgs, ReplayArgs};
+use crate::client::{
+    committed, partitions, runtime, say, watch_ctrl_c, watermarks, Conn, Failure, RangeReader,
+};
+use crate::render;
+
+/// What every header of [`xkafka::dlq::headers`] starts with: a replayed
+/// copy carries none of them.
+const DLQ_PREFIX: &str = "x-dlq-";
+
+/// Where a dead letter's time came from.
+#[derive(Clone, Copy, Debug)]
+struct Moment {
+    millis: i64,
+    partition: i32,
+    offset: i64,
+    /// From `x-dlq-first-failure` (else the record's timestamp).
+    first_failure: bool,
+}
+
+impl Moment {
+    fn json(&self) -> Value {
+        json!({
+            "timestamp": self.millis,
+            "time": render::time(self.millis),
+            "partition": self.partition,
+            "offset": self.offset,
+            "source": if self.first_failure { xkafka::dlq::headers::FIRST_FAILURE } else { "timestamp" },
+        })
+    }
+}
+
+/// The counts of `dlq inspect`.
+#[derive(Debug, Default)]
+struct Stats {
+    records: u64,
+    dead_letters: u64,
+    by_error: HashMap<Option<String>, u64>,
+    by_original: BTreeMap<(String, Option<i32>), u64>,
+    oldest: Option<Moment>,
+    newest: Option<Moment>,
+}
+
+impl Stats {
+    /// Counts `m`; its parsed headers when it is a dead letter.
+    fn add(&mut self, m: &Message) -> Option<DeadLetterInfo> {
+        self.records += 1;
+        let info = DeadLetterInfo::from_message(m)?;
+        self.dead_letters += 1;
+        *self.by_error.entry(info.error.clone()).or_default() += 1;
+        *self
+            .by_original
+            .entry((info.original_topic.clone(), info.original_partition))
+            .or_default() += 1;
+        let first_failure = info
+            .first_failure
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok());
+        let when = first_failure
+            .map(|ms| (ms, true))
+            .or_else(|| m.timestamp().map(|t| (t.millis(), false)));
+        if let Some((millis, first_failure)) = when {
+            let moment = Moment {
+                millis,
+                partition: m.partition().unwrap_or(-1),
+                offset: m.offset().unwrap_or(-1),
+                first_failure,
+            };
+            if self.oldest.is_none_or(|o| millis < o.millis) {
+                self.oldest = Some(moment);
+            }
+            if self.newest.is_none_or(|n| millis > n.millis) {
+                self.newest = Some(moment);
+            }
+        }
+        Some(info)
+    }
+
+    /// Errors, most frequent first (then by text).
+    fn errors(&self) -> Vec<(&Option<String>, u64)> {
+        let mut errors: Vec<_> = self.by_error.iter().map(|(e, n)| (e, *n)).collect();
+        errors.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        errors
+    }
+}
+
+fn info_json(info: &DeadLetterInfo) -> Value {
+    let first = info
+        .first_failure
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok());
+    json!({
+        "original_topic": info.original_topic,
+        "original_partition": info.original_partition,
+        "original_offset": info.original_offset,
+        "original_timestamp": info.original_timestamp,
+        "consumer_group": info.consumer_group,
+        "error": info.error,
+        "attempts": info.attempts,
+        "first_failure": first,
+        "first_failure_time": first.map(render::time),
+    })
+}
+
+/// `xkafka dlq inspect TOPIC`.
+pub(crate) async fn inspect(
+    conn: &Conn,
+    global: &Global,
+    args: &InspectArgs,
+) -> Result<(), Failure> {
+    let topic = &args.topic;
+    let consumer = conn.consumer(None)?;
+    let parts = partitions(conn, &consumer, topic)?;
+    let marks = watermarks(conn, &consumer, topic, &parts)?;
+    let total: i64 = marks.values().map(|(low, high)| (high - low).max(0)).sum();
+    let bar = render::progress(total.unsigned_abs(), !global.no_progress, "inspect");
+    let mut reader = RangeReader::new(&consumer, topic, &marks, conn.timeout)?;
+    let mut stats = Stats::default();
+    let mut shown: Vec<(Message, DeadLetterInfo)> = Vec::new();
+    while let Some(m) = reader.next().await? {
+        bar.inc(1);
+        if let Some(info) = stats.add(&m) {
+            if shown.len() < args.show {
+                shown.push((m, info));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    match global.format {
+        Format::Json => {
+            let by_error: Vec<Value> = stats
+                .errors()
+                .into_iter()
+                .map(|(e, n)| json!({"error": e, "count": n}))
+                .collect();
+            let by_original: Vec<Value> = stats
+                .by_original
+                .iter()
+                .map(|((t, p), n)| json!({"topic": t, "partition": p, "count": n}))
+                .collect();
+            let shown: Vec<Value> = shown
+                .iter()
+                .map(|(m, info)| {
+                    let mut record = render::record_json(m);
+                    record["dead_letter"] = info_json(info);
+                    record
+                })
+                .collect();
+            let doc = json!({
+                "topic": topic,
+                "partitions": parts.len(),
+                "records": stats.records,
+                "dead_letters": stats.dead_letters,
+                "not_dead_letters": stats.records - stats.dead_letters,
+                "by_error": by_error,
+                "by_original": by_original,
+                "oldest": stats.oldest.map(|m| m.json()),
+                "newest": stats.newest.map(|m| m.json()),
+                "shown": shown,
+            });
+            say(&doc.to_string())
+        }
+        Format::Text => {
+            let mut out = vec![format!(
+                "{topic}: {} dead letters in {} partitions",
+                stats.dead_letters,
+                parts.len()
+            )];
+            let others = stats.records - stats.dead_letters;
+            if others > 0 {
+                out.push(format!(
+                    "  and {others} records that are not dead letters (no {} header)",
+                    xkafka::dlq::headers::ORIGINAL_TOPIC
+                ));
+            }
+            for (label, moment) in [("oldest", stats.oldest), ("newest", stats.newest)] {
+                if let Some(m) = moment {
+                    let source = if m.first_failure {
+                        "first failure"
+                    } else {
+                        "record timestamp"
+                    };
+                    out.push(format!(
+                        "{label}: {} ({source}, [{}]@{})",
+                        render::time(m.millis),
+                        m.partition,
+                        m.offset
+                    ));
+                }
+            }
+            if stats.dead_letters > 0 {
+                let errors = stats.errors();
+                out.push(String::new());
+                out.push(format!("by error ({} distinct):", errors.len()));
+                out.push(format!("{:>10}  ERROR", "COUNT"));
+                for (error, n) in errors.iter().take(args.top) {
+                    let text = error.as_deref().map_or_else(
+                        || format!("(no {} header)", xkafka::dlq::headers::ERROR),
+                        |e| render::cut(&render::text_line(e), 120),
+                    );
+                    out.push(format!("{n:>10}  {text}"));
+                }
+                if errors.len() > args.top {
+                    out.push(format!(
+                        "{:>10}  ({} more errors: --top N, or --format json)",
+                        "…",
+                        errors.len() - args.top
+                    ));
+                }
+                out.push(String::new());
+                out.push("by original topic / partition:".to_owned());
+                out.push(format!("{:>10}  TOPIC[PARTITION]", "COUNT"));
+                for ((t, p), n) in &stats.by_original {
+                    let p = p.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                    out.push(format!("{n:>10}  {}[{p}]", render::text_line(t)));
+                }
+            }
+            if !shown.is_empty() {
+                out.push(String::new());
+                out.push(format!("first {} dead letters:", shown.len()));
+                for (m, _) in &shown {
+                    out.push(render::record_text(m));
+                }
+            }
+            say(&out.join("\n"))
+        }
+    }
+}
+
+/// What a replay did (or, dry, would do).
+#[derive(Debug, Default)]
+struct Summary {
+    /// Records read.
+    seen: u64,
+    /// Republished and acknowledged (dry run: would be republished).
+    replayed: u64,
+    /// Per target topic.
+    by_target: BTreeMap<String, u64>,
+    /// Not matching `--where-error`.
+    skipped_filter: u64,
+    /// Without `x-dlq-original-topic`.
+    not_dead_letters: u64,
+    /// Not republished (not acknowledged, or no such target topic).
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl Summary {
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
+
+/// One record of a batch, in the order read.
+struct Entry {
+    partition: i32,
+    offset: i64,
+    state: State,
+}
+
+enum State {
+    /// Nothing to wait for: skipped (or dry run).
+    Done,
+    /// Published; its acknowledgement arrives on the batch's channel.
+    Waiting { target: String },
+    /// Acknowledged.
+    Acked,
+    /// Not republished.
+    Failed,
+}
+
+/// `xkafka dlq replay --from TOPIC`.
+pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> Result<(), Failure> {
+    let filter = match &args.where_error {
+        Some(re) => Some(
+            Regex::new(re).map_err(|e| Failure::Usage(format!("invalid --where-error: {e}")))?,
+        ),
+        None => None,
+    };
+    if args.to.as_deref() == Some(args.from.as_str()) {
+        return Err(Failure::Usage(
+            "--to is the dead-letter topic itself: replay into another topic".into(),
+        ));
+    }
+    let from = &args.from;
+    let group = args
+        .group
+        .clone()
+        .unwrap_or_else(|| format!("xkafka-dlq-replay-{from}"));
+    let consumer = conn.consumer(Some(&group))?;
+    let parts = partitions(conn, &consumer, from)?;
+    let mut targets: HashMap<String, Result<i32, String>> = HashMap::new();
+    if let Some(to) = &args.to {
+        let count = partitions(conn, &consumer, to)?.len();
+        targets.insert(to.clone(), Ok(i32::try_from(count).unwrap_or(i32::MAX)));
+    }
+    let marks = watermarks(conn, &consumer, from, &parts)?;
+    let done = committed(conn, &consumer, from, &parts)?;
+    let ranges: HashMap<i32, (i64, i64)> = marks
+        .iter()
+        .map(|(&p, &(low, high))| {
+            let start = done.get(&p).map_or(low, |&c| c.clamp(low, high.max(low)));
+            (p, (start, high))
+        })
+        .collect();
+    let total: i64 = ranges.values().map(|(s, e)| (e - s).max(0)).sum();
+    let total = match args.max {
+        Some(max) => total.unsigned_abs().min(max),
+        None => total.unsigned_abs(),
+    };
+    let interrupt = watch_ctrl_c();
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let producer = if args.dry_run {
+        None
+    } else {
+        Some(conn.producer("xkafka-dlq-replay", last_error.clone())?)
+    };
+    let bar = render::progress(
+        total,
+        !global.no_progress,
+        if args.dry_run { "dry run" } else { "replay" },
+    );
+    let mut reader = RangeReader::new(&consumer, from, &ranges, conn.timeout)?;
+    let mut summary = Summary::default();
+    let started = Instant::now();
+    let mut read_error: Option<Failure> = None;
+    let mut finished = false;
+    while !finished {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+        let mut batch: Vec<Entry> = Vec::new();
+        while batch.len() < args.batch as usize {
+            if interrupt.is_set() || args.max.is_some_and(|max| summary.seen >= max) {
+                finished = true;
+                break;
+            }
+            let m = match reader.next().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    finished = true;
+                    break;
+                }
+                Err(e) => {
+                    read_error = Some(e);
+                    finished = true;
+                    break;
+                }
+            };
+            summary.seen += 1;
+            if let Some(rate) = args.rate {
+                let due = started + Duration::from_secs_f64(summary.seen as f64 / f64::from(rate));
+                tokio::select! {
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    () = interrupt.wait() => {}
+                }
+            }
+            let (partition, offset) = (m.partition().unwrap_or(-1), m.offset().unwrap_or(-1));
+            let state = classify(
+                &m,
+                args,
+                filter.as_ref(),
+                &mut summary,
+                &mut targets,
+                conn,
+                &consumer,
+            );
+            let state = match (state, &producer) {
+                (Ok(Some((copy, target))), Some(producer)) => {
+                    let idx = batch.len();
+                    let tx = tx.clone();
+                    let published = producer
+                        .publish_async_with(copy, move |outcome| {
+                            let _ = tx.send((idx, outcome.map(|_| ()).map_err(|e| e.to_string())));
+                        })
+                        .await;
+                    match published {
+                        Ok(()) => State::Waiting { target },
+                        Err(e) => {
+                            summary.fail(format!("publishing to {target}: {e}"));
+                            State::Failed
+                        }
+                    }
+                }
+                (Ok(Some((_, target))), None) => {
+                    summary.replayed += 1;
+                    *summary.by_target.entry(target).or_default() += 1;
+                    State::Done
+                }
+                (Ok(None), _) => State::Done,
+                (Err(error), _) => {
+                    summary.fail(error);
+                    State::Failed
+                }
+            };
+            let failed = matches!(state, State::Failed);
+            batch.push(Entry {
+                partition,
+                offset,
+                state,
+            });
+            if failed {
+                finished = true;
+                break;
+            }
+        }
+        drop(tx);
+        // Every accepted record's callback runs exactly once (an error
+        // past message.timeout.ms at the latest).
+        let mut waiting = batch
+            .iter()
+            .filter(|e| matches!(e.state, State::Waiting { .. }))
+            .count();
+        while waiting > 0 {
+            let Some((idx, outcome)) = rx.recv().await else {
+                break;
+            };
+            waiting -= 1;
+            let entry = &mut batch[idx];
+            let State::Waiting { target } = std::mem::replace(&mut entry.state, State::Failed)
+            else {
+                continue;
+            };
+            match outcome {
+                Ok(()) => {
+                    summary.replayed += 1;
+                    *summary.by_target.entry(target).or_default() += 1;
+                    entry.state = State::Acked;
+                }
+                Err(e) => {
+                    summary.fail(format!("publishing to {target}: {e}"));
+                    finished = true;
+                }
+            }
+        }
+        // Commit, per partition, past the records done in a row from the
+        // batch's start: never past one that was not republished.
+        let mut commit: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut blocked: Vec<i32> = Vec::new();
+        for entry in &batch {
+            if blocked.contains(&entry.partition) {
+                continue;
+            }
+            match entry.state {
+                State::Done | State::Acked => {
+                    commit.insert(entry.partition, entry.offset + 1);
+                }
+                State::Waiting { .. } | State::Failed => blocked.push(entry.partition),
+            }
+        }
+        bar.inc(batch.len() as u64);
+        if producer.is_some() && !commit.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (&p, &o) in &commit {
+                tpl.add_partition_offset(from, p, Offset::Offset(o))
+                    .map_err(|e| runtime(format!("{from}[{p}]: {e}")))?;
+            }
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                bar.finish_and_clear();
+                print_summary(global, args, &group, &summary, false)?;
+                return Err(runtime(format!(
+                    "could not commit the replay's progress in group {group}: {e} (a re-run \
+                     replays the last batch again)"
+                )));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(producer) = &producer {
+        producer.close_within(conn.timeout).await;
+    }
+    let interrupted = interrupt.is_set();
+    print_summary(global, args, &group, &summary, interrupted)?;
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    if summary.failed > 0 {
+        let mut error = summary.first_error.clone().unwrap_or_default();
+        if let Some(client) = last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            error = format!("{error} ({client})");
+        }
+        return Err(runtime(format!(
+            "{} dead letters not replayed: {error}; progress is committed up to the first of \
+             them, a re-run retries from there",
+            summary.failed
+        )));
+    }
+    if interrupted {
+        return Err(Failure::Interrupted(format!(
+            "interrupted after {} dead letters; progress is committed in group {group}, a \
+             re-run resumes",
+            summary.seen
+        )));
+    }
+    Ok(())
+}
+
+/// What to do with one record: `Ok(Some((copy, target)))` to republish,
+/// `Ok(None)` to skip (counted), `Err` when it cannot be replayed.
+fn classify(
+    m: &Message,
+    args: &ReplayArgs,
+    filter: Option<&Regex>,
+    summary: &mut Summary,
+    targets: &mut HashMap<String, Result<i32, String>>,
+    conn: &Conn,
+    consumer: &StreamConsumer,
+) -> Result<Option<(Message, String)>, String> {
+    let Some(info) = DeadLetterInfo::from_message(m) else {
+        summary.not_dead_letters += 1;
+        return Ok(None);
+    };
+    if let Some(filter) = filter {
+        if !info.error.as_deref().is_some_and(|e| filter.is_match(e)) {
+            summary.skipped_filter += 1;
+            return Ok(None);
+        }
+    }
+    let target = args
+        .to
+        .clone()
+        .unwrap_or_else(|| info.original_topic.clone());
+    let count = targets
+        .entry(target.clone())
+        .or_insert_with(|| {
+            partitions(conn, consumer, &target)
+                .map(|ps| i32::try_from(ps.len()).unwrap_or(i32::MAX))
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| {
+            format!(
+                "cannot replay {}[{}]@{} to {target}: {e}",
+                m.topic(),
+                m.partition().unwrap_or(-1),
+                m.offset().unwrap_or(-1)
+            )
+        })?;
+    Ok(Some((
+        copy(m, &info, &target, args.to.is_none(), count),
+        target,
+    )))
+}
+
+/// The record to republish: `m`'s key, value and headers without the
+/// `x-dlq-*` ones, to `target`; to its original partition when replayed to
+/// its original topic and that partition still exists (a producer of
+/// another language may have partitioned by key differently), else by key.
+fn copy(m: &Message, info: &DeadLetterInfo, target: &str, original: bool, count: i32) -> Message {
+    let own: Headers = m
+        .headers()
+        .iter()
+        .filter(|h| !h.name().starts_with(DLQ_PREFIX))
+        .cloned()
+        .collect();
+    let mut builder = Message::builder(target.to_owned()).headers(own);
+    if let Some(key) = m.key() {
+        builder = builder.key(key.clone());
+    }
+    if let Some(value) = m.value() {
+        builder = builder.value(value.clone());
+    }
+    if let Some(p) = info
+        .original_partition
+        .filter(|p| original && (0..count).contains(p))
+    {
+        builder = builder.partition(p);
+    }
+    builder.build()
+}
+
+fn print_summary(
+    global: &Global,
+    args: &ReplayArgs,
+    group: &str,
+    s: &Summary,
+    interrupted: bool,
+) -> Result<(), Failure> {
+    match global.format {
+        Format::Json => say(&json!({
+            "from": args.from,
+            "group": group,
+            "dry_run": args.dry_run,
+            "read": s.seen,
+            "replayed": s.replayed,
+            "by_target": s.by_target,
+            "skipped_filter": s.skipped_filter,
+            "not_dead_letters": s.not_dead_letters,
+            "failed": s.failed,
+            "first_error": s.first_error,
+            "interrupted": interrupted,
+        })
+        .to_string()),
+        Format::Text => {
+            let targets: Vec<String> = s
+                .by_target
+                .iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect();
+            let targets = if targets.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", targets.join(", "))
+            };
+            let verb = if args.dry_run {
+                "dry run: would replay"
+            } else {
+                "replayed"
+            };
+            let mut line = format!(
+                "{verb} {}{targets}, skipped by filter {}, not dead letters {}, failed {} \
+                 (from {}, group {group})",
+                s.replayed, s.skipped_filter, s.not_dead_letters, s.failed, args.from
+            );
+            if interrupted {
+                line.push_str(", interrupted");
+            }
+            say(&line)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_library_header_has_the_prefix() {
+        use xkafka::dlq::headers::*;
+        for h in [
+            ORIGINAL_TOPIC,
+            ORIGINAL_PARTITION,
+            ORIGINAL_OFFSET,
+            ORIGINAL_TIMESTAMP,
+            CONSUMER_GROUP,
+            ERROR,
+            ATTEMPTS,
+            FIRST_FAILURE,
+        ] {
+            assert!(h.starts_with(DLQ_PREFIX), "{h}");
+        }
+    }
+
+    #[test]
+    fn a_copy_loses_the_dlq_headers_only() {
+        let original = Message::builder("orders")
+            .partition(2)
+            .offset(9)
+            .key("k")
+            .value("v")
+            .header("trace", "t1")
+            .null_header("nothing")
+            .build();
+        let error: xkafka::BoxError = "boom".into();
+        let dead = xkafka::dlq::dead_letter(&original, "orders.dlq", &error, Default::default());
+        let info = DeadLetterInfo::from_message(&dead).unwrap();
+        let back = copy(&dead, &info, "orders", true, 3);
+        assert_eq!(back.topic(), "orders");
+        assert_eq!(back.partition(), Some(2));
+        assert_eq!(back.key_str(), Some("k"));
+        assert_eq!(back.value_str(), Some("v"));
+        let names: Vec<&str> = back.headers().iter().map(|h| h.name()).collect();
+        assert_eq!(names, ["trace", "nothing"]);
+        assert_eq!(back.headers().get("nothing"), None);
+        // Fewer partitions now, or another topic: by key.
+        assert_eq!(copy(&dead, &info, "orders", true, 2).partition(), None);
+        assert_eq!(copy(&dead, &info, "elsewhere", false, 8).partition(), None);
+    }
+}

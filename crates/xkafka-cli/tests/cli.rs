@@ -1,0 +1,858 @@
+//! End-to-end tests of the `xkafka` binary against the real broker
+//! (`XKAFKA_TEST_BROKERS`, default 127.0.0.1:9092; a missing broker fails
+//! them). Each test runs the built binary and parses what it prints.
+#![allow(unreachable_pub)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use xkafka::dlq::DeadLetterLayer;
+use xkafka::testing::{HandlerTest, Outcome};
+use xkafka::{BoxError, Consumer, Decision, Message, Producer};
+
+/// The broker's address; panics when nothing answers there.
+fn brokers() -> String {
+    let addr = std::env::var("XKAFKA_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if TcpStream::connect_timeout(
+        &addr.parse().expect("XKAFKA_TEST_BROKERS is host:port"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "no Kafka broker at {addr}: run the suite with scripts/test.sh, or start one with \
+             scripts/broker.sh install && scripts/broker.sh start"
+        );
+    }
+    addr
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "{prefix}-{ms}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh topic.
+async fn topic(prefix: &str, partitions: i32) -> String {
+    let name = unique(prefix);
+    xkafka::admin::ensure_topics(
+        &brokers(),
+        &[(&name, partitions)],
+        &xkafka::Config::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("create topic");
+    name
+}
+
+fn producer() -> Producer {
+    Producer::builder("xkafka-cli-tests")
+        .brokers([brokers()])
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .build()
+        .expect("producer")
+}
+
+/// What a run of the binary left.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Run {
+    /// The exit code, asserting that stderr shows no panic.
+    fn code(&self) -> i32 {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "the binary panicked: {}",
+            self.stderr
+        );
+        self.code.expect("exited, not killed by a signal")
+    }
+
+    /// Asserts success and parses stdout as one JSON document.
+    fn json(&self) -> Value {
+        assert_eq!(self.code(), 0, "failed: {self:?}");
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+
+    /// Asserts success and parses each line of stdout as JSON.
+    fn json_lines(&self) -> Vec<Value> {
+        assert_eq!(self.code(), 0, "failed: {self:?}");
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// Asserts a failure with `code` and one line on stderr.
+    fn fails(&self, code: i32) -> &str {
+        assert_eq!(self.code(), code, "{self:?}");
+        let line = self.stderr.trim_end();
+        assert!(
+            !line.is_empty() && !line.contains('\n'),
+            "not one line: {line:?}"
+        );
+        assert!(line.starts_with("xkafka: "), "{line:?}");
+        line
+    }
+}
+
+/// The binary with `args`, against the test broker, without progress bars.
+fn xkafka(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xkafka"));
+    cmd.env_remove("XKAFKA_BROKERS")
+        .args(["--brokers", &brokers(), "--no-progress"])
+        .args(args);
+    cmd
+}
+
+/// Runs `cmd` with `stdin`; killed (and the test failed) past 60 s.
+fn run_with(mut cmd: Command, stdin: &[u8]) -> Run {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run xkafka");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    finish(child, started)
+}
+
+fn finish(mut child: Child, started: Instant) -> Run {
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "xkafka hung; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).expect("UTF-8 output"),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    run_with(xkafka(args), b"")
+}
+
+/// `(low, high)` of one partition, read by a second client.
+fn watermarks(topic: &str, partition: i32) -> (i64, i64) {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    client
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .unwrap()
+}
+
+/// Dead letters written by the library's `DeadLetterLayer`: each original
+/// goes through a handler that fails with its `fail` header's text.
+async fn dead_letters(dlq: &str, originals: Vec<Message>) {
+    let dead_producer = producer();
+    let test = HandlerTest::new(
+        Consumer::builder("billing")
+            .error_handler(|_| Decision::Stop)
+            .layer(DeadLetterLayer::new(dead_producer.clone(), dlq.to_owned()))
+            .handler(|m: Message| async move {
+                let why = m
+                    .headers()
+                    .get_str("fail")
+                    .unwrap_or("no reason")
+                    .to_owned();
+                Err::<(), BoxError>(why.into())
+            }),
+    )
+    .unwrap();
+    for m in originals {
+        assert_eq!(test.call(m).await, Outcome::Skip, "dead-lettered");
+    }
+    dead_producer.close().await;
+}
+
+/// An original record of `topic`, as a consumer would have fetched it.
+fn original(topic: &str, partition: i32, offset: i64, fail: &str) -> Message {
+    Message::builder(topic.to_owned())
+        .partition(partition)
+        .offset(offset)
+        .key(format!("key-{topic}-{partition}-{offset}"))
+        .value(format!("value-{topic}-{partition}-{offset}"))
+        .header("trace", format!("t{offset}"))
+        .header("fail", fail.to_owned())
+        .timestamp_millis(1_700_000_000_000 + offset)
+        .build()
+}
+
+/// Every record of `topic` now, through `tail --until-end --format json`.
+fn read_all(topic: &str) -> Vec<Value> {
+    run(&[
+        "tail",
+        topic,
+        "--from",
+        "beginning",
+        "--until-end",
+        "--format",
+        "json",
+    ])
+    .json_lines()
+}
+
+#[tokio::test]
+async fn produce_then_tail_round_trip() {
+    let topic = topic("cli-roundtrip", 2).await;
+    let input = b"k1|hello\nk2|w\xc3\xb6rld|with|bars\r\nk3|\xff\xfebin\nno key here\nk5|\n";
+    let cmd = xkafka(&[
+        "produce",
+        &topic,
+        "--key-separator",
+        "|",
+        "--header",
+        "source=cli-test",
+        "--header",
+        "empty=",
+    ]);
+    let produced = run_with(cmd, input);
+    assert_eq!(produced.code(), 0, "{produced:?}");
+    assert_eq!(produced.stdout.trim(), "5 acknowledged");
+
+    // Another line to one partition, counted in JSON.
+    let mut cmd = xkafka(&["produce", &topic, "--partition", "1", "--format", "json"]);
+    cmd.arg("--key-separator=:");
+    let produced = run_with(cmd, b"pk:last").json();
+    assert_eq!(produced["acknowledged"], 6 - 5);
+    assert_eq!(produced["failed"], 0);
+
+    let records = run(&[
+        "tail",
+        &topic,
+        "--from",
+        "beginning",
+        "--count",
+        "6",
+        "--format",
+        "json",
+    ])
+    .json_lines();
+    assert_eq!(records.len(), 6);
+    let by_key: BTreeMap<String, &Value> = records
+        .iter()
+        .map(|r| (r["key"].as_str().unwrap_or("<null>").to_owned(), r))
+        .collect();
+    assert_eq!(by_key["k1"]["value"], "hello");
+    assert_eq!(
+        by_key["k2"]["value"], "wörld|with|bars",
+        "split at the first |, \\r\\n cut"
+    );
+    assert_eq!(by_key["k3"]["value"], r"\xff\xfebin");
+    assert_eq!(by_key["k3"]["value_escaped"], true);
+    assert_eq!(by_key["k1"]["value_escaped"], false);
+    assert_eq!(by_key["k5"]["value"], "");
+    assert_eq!(by_key["<null>"]["value"], "no key here");
+    assert_eq!(by_key["<null>"]["key"], Value::Null);
+    assert_eq!(by_key["pk"]["partition"], 1);
+    for r in records.iter().filter(|r| r["key"] != "pk") {
+        assert_eq!(r["topic"], topic.as_str());
+        let headers: Vec<(&str, &str)> = r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap(), h["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(headers, [("source", "cli-test"), ("empty", "")]);
+        assert!(r["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    }
+    // Keys, hence partitions, keep the input's order within a partition.
+    for p in 0..2 {
+        let offsets: Vec<i64> = records
+            .iter()
+            .filter(|r| r["partition"] == p)
+            .map(|r| r["offset"].as_i64().unwrap())
+            .collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    }
+
+    // The text form: one line per record, bytes escaped.
+    let text = run(&["tail", &topic, "--from", "beginning", "--until-end"]);
+    assert_eq!(text.code(), 0, "{text:?}");
+    assert_eq!(text.stdout.lines().count(), 6, "{}", text.stdout);
+    let k3 = text.stdout.lines().find(|l| l.contains("key=k3")).unwrap();
+    assert!(
+        k3.ends_with(r#"headers={source=cli-test, empty=} value=b"\xff\xfebin""#),
+        "{k3}"
+    );
+
+    // One partition, from an offset.
+    let p1 = run(&[
+        "tail",
+        &topic,
+        "--partition",
+        "1",
+        "--from",
+        "1",
+        "--until-end",
+        "--format",
+        "json",
+    ])
+    .json_lines();
+    let (_, high) = watermarks(&topic, 1);
+    assert_eq!(p1.len() as i64, high - 1);
+    assert!(p1
+        .iter()
+        .all(|r| r["partition"] == 1 && r["offset"].as_i64() >= Some(1)));
+    // The last record of each partition, from a time before it.
+    let last = run(&[
+        "tail",
+        &topic,
+        "--from",
+        "-1",
+        "--until-end",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(last.json_lines().len(), 2);
+    let all = run(&[
+        "tail",
+        &topic,
+        "--from",
+        "@1000000000000",
+        "--until-end",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(all.json_lines().len(), 6);
+}
+
+#[tokio::test]
+async fn lag_after_a_partial_commit() {
+    let topic = topic("cli-lag", 2).await;
+    let producer = producer();
+    for (partition, count) in [(0, 10), (1, 6)] {
+        for i in 0..count {
+            let m = Message::builder(topic.clone())
+                .partition(partition)
+                .value(format!("v{i}"))
+                .build();
+            producer.publish(m).await.unwrap();
+        }
+    }
+    producer.close().await;
+    let group = unique("cli-lag-group");
+    {
+        let committer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &group)
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(4))
+            .unwrap();
+        tpl.add_partition_offset(&topic, 1, Offset::Offset(6))
+            .unwrap();
+        committer.commit(&tpl, CommitMode::Sync).unwrap();
+    }
+
+    let lag = run(&[
+        "lag", "--group", &group, "--topic", &topic, "--format", "json",
+    ])
+    .json();
+    assert_eq!(lag["group"], group.as_str());
+    let rows: Vec<(i64, i64, i64, i64)> = lag["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["topic"], topic.as_str());
+            (
+                r["partition"].as_i64().unwrap(),
+                r["committed"].as_i64().unwrap(),
+                r["end"].as_i64().unwrap(),
+                r["lag"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [(0, 4, 10, 6), (1, 6, 6, 0)]);
+    assert_eq!(lag["total_lag"], 6);
+
+    // Without --topic: the topics the group committed for (only this one).
+    let all = run(&["lag", "--group", &group, "--format", "json"]).json();
+    assert_eq!(all["partitions"], lag["partitions"]);
+
+    // The table.
+    let table = run(&["lag", "--group", &group]);
+    assert_eq!(table.code(), 0, "{table:?}");
+    let lines: Vec<Vec<&str>> = table
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["TOPIC", "PARTITION", "COMMITTED", "END", "LAG"]);
+    assert_eq!(lines[1], [topic.as_str(), "0", "4", "10", "6"]);
+    assert_eq!(lines[2], [topic.as_str(), "1", "6", "6", "0"]);
+    assert_eq!(lines[3], ["total", "6"]);
+
+    // A group that never committed: nothing to say, and it says so.
+    let nobody = unique("cli-lag-nobody");
+    let none = run(&["lag", "--group", &nobody]);
+    assert!(none.fails(1).contains(&nobody), "{none:?}");
+    // With --topic: uncommitted partitions count their whole log.
+    let fresh = run(&[
+        "lag", "--group", &nobody, "--topic", &topic, "--format", "json",
+    ])
+    .json();
+    assert_eq!(fresh["total_lag"], 16);
+    assert_eq!(fresh["partitions"][0]["committed"], Value::Null);
+}
+
+#[tokio::test]
+async fn dlq_inspect_counts_dead_letters() {
+    let dlq = topic("cli-inspect-dlq", 2).await;
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut originals = Vec::new();
+    for offset in 0..12 {
+        originals.push(original(
+            "orders",
+            (offset % 3) as i32,
+            offset,
+            "invalid JSON at 1:1",
+        ));
+    }
+    for offset in 0..5 {
+        originals.push(original("payments", 0, offset, "timeout: db\nunreachable"));
+    }
+    dead_letters(&dlq, originals).await;
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // And a record without the headers: not a dead letter.
+    let p = producer();
+    p.publish(
+        Message::builder(dlq.clone())
+            .partition(1)
+            .value("stray")
+            .build(),
+    )
+    .await
+    .unwrap();
+    p.close().await;
+
+    let report = run(&["dlq", "inspect", &dlq, "--show", "3", "--format", "json"]).json();
+    assert_eq!(report["topic"], dlq.as_str());
+    assert_eq!(report["records"], 18);
+    assert_eq!(report["dead_letters"], 17);
+    assert_eq!(report["not_dead_letters"], 1);
+    assert_eq!(
+        report["by_error"],
+        serde_json::json!([
+            {"error": "invalid JSON at 1:1", "count": 12},
+            {"error": "timeout: db\nunreachable", "count": 5},
+        ])
+    );
+    assert_eq!(
+        report["by_original"],
+        serde_json::json!([
+            {"topic": "orders", "partition": 0, "count": 4},
+            {"topic": "orders", "partition": 1, "count": 4},
+            {"topic": "orders", "partition": 2, "count": 4},
+            {"topic": "payments", "partition": 0, "count": 5},
+        ])
+    );
+    let (oldest, newest) = (&report["oldest"], &report["newest"]);
+    assert_eq!(oldest["source"], "x-dlq-first-failure");
+    let (o, n) = (
+        oldest["timestamp"].as_i64().unwrap(),
+        newest["timestamp"].as_i64().unwrap(),
+    );
+    assert!(
+        before <= o && o <= n && n <= after,
+        "{before} {o} {n} {after}"
+    );
+    let shown = report["shown"].as_array().unwrap();
+    assert_eq!(shown.len(), 3);
+    for s in shown {
+        let names: Vec<&str> = s["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"trace") && names.contains(&"x-dlq-error"),
+            "{names:?}"
+        );
+        assert!(s["dead_letter"]["original_topic"].is_string());
+        assert_eq!(s["dead_letter"]["attempts"], 1);
+        assert_eq!(s["dead_letter"]["consumer_group"], "billing");
+    }
+
+    let text = run(&["dlq", "inspect", &dlq]);
+    assert_eq!(text.code(), 0, "{text:?}");
+    let out = &text.stdout;
+    assert!(
+        out.starts_with(&format!("{dlq}: 17 dead letters in 2 partitions")),
+        "{out}"
+    );
+    assert!(out.contains("1 records that are not dead letters"), "{out}");
+    let count_of = |needle: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_end().ends_with(needle))
+            .unwrap();
+        line.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!(count_of("invalid JSON at 1:1"), 12);
+    assert_eq!(count_of(r"timeout: db\nunreachable"), 5);
+    assert_eq!(count_of("payments[0]"), 5);
+    assert_eq!(count_of("orders[2]"), 4);
+    assert!(
+        out.contains("oldest: ") && out.contains("newest: "),
+        "{out}"
+    );
+
+    // An empty dead-letter topic.
+    let empty = topic("cli-inspect-empty", 1).await;
+    let report = run(&["dlq", "inspect", &empty, "--format", "json"]).json();
+    assert_eq!(report["dead_letters"], 0);
+    assert_eq!(report["oldest"], Value::Null);
+}
+
+/// A dead-letter topic with 20 "invalid JSON" dead letters of `orders`
+/// (2 partitions), 10 "timeout" ones of `payments` and one stray record.
+async fn replay_fixture() -> (String, String, String) {
+    let dlq = topic("cli-replay-dlq", 2).await;
+    let orders = topic("cli-replay-orders", 2).await;
+    let payments = topic("cli-replay-payments", 1).await;
+    let mut originals = Vec::new();
+    for offset in 0..20 {
+        originals.push(original(
+            &orders,
+            (offset % 2) as i32,
+            offset,
+            "invalid JSON",
+        ));
+    }
+    for offset in 0..10 {
+        originals.push(original(&payments, 0, offset, "timeout talking to db"));
+    }
+    dead_letters(&dlq, originals).await;
+    let p = producer();
+    p.publish(Message::builder(dlq.clone()).value("stray").build())
+        .await
+        .unwrap();
+    p.close().await;
+    (dlq, orders, payments)
+}
+
+/// Asserts `records` are the replayed copies of distinct originals of
+/// `topic`: no duplicates, no `x-dlq-*` header, own headers, key and value
+/// kept; returns their original offsets.
+fn replayed_copies(records: &[Value], topic: &str) -> HashSet<i64> {
+    let mut seen = HashSet::new();
+    for r in records {
+        let value = r["value"].as_str().unwrap();
+        let parts: Vec<&str> = value.rsplitn(3, '-').collect();
+        let (offset, partition): (i64, i64) =
+            (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+        assert_eq!(value, format!("value-{topic}-{partition}-{offset}"));
+        assert_eq!(
+            r["key"],
+            format!("key-{topic}-{partition}-{offset}").as_str()
+        );
+        assert_eq!(
+            r["partition"], partition,
+            "replayed to its original partition"
+        );
+        let headers: Vec<(&str, &str)> = r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].as_str().unwrap(), h["value"].as_str().unwrap()))
+            .collect();
+        let trace = format!("t{offset}");
+        assert!(headers.contains(&("trace", trace.as_str())), "{headers:?}");
+        assert!(
+            !headers.iter().any(|(n, _)| n.starts_with("x-dlq-")),
+            "{headers:?}"
+        );
+        assert!(seen.insert(offset), "duplicate of {offset}");
+    }
+    seen
+}
+
+#[tokio::test]
+async fn dlq_replay_filters_dry_runs_and_resumes_in_steps() {
+    let (dlq, orders, payments) = replay_fixture().await;
+    let filter = ["--where-error", "^invalid JSON$"];
+
+    // Dry run: counts, publishes and commits nothing.
+    let mut args = vec![
+        "dlq",
+        "replay",
+        "--from",
+        &dlq,
+        "--dry-run",
+        "--format",
+        "json",
+    ];
+    args.extend(filter);
+    let dry = run(&args).json();
+    assert_eq!(
+        (
+            &dry["dry_run"],
+            &dry["read"],
+            &dry["replayed"],
+            &dry["skipped_filter"],
+            &dry["not_dead_letters"],
+            &dry["failed"]
+        ),
+        (
+            &Value::Bool(true),
+            &31.into(),
+            &20.into(),
+            &10.into(),
+            &1.into(),
+            &0.into()
+        )
+    );
+    assert_eq!(dry["by_target"][&orders], 20);
+    assert_eq!(watermarks(&orders, 0).1 + watermarks(&orders, 1).1, 0);
+    let group = format!("xkafka-dlq-replay-{dlq}");
+    let no_commit = run(&["lag", "--group", &group]);
+    assert!(
+        no_commit.fails(1).contains("no committed offsets"),
+        "{no_commit:?}"
+    );
+
+    // Two steps: 12 records, then the rest.
+    let mut args = vec![
+        "dlq", "replay", "--from", &dlq, "--max", "12", "--batch", "5", "--format", "json",
+    ];
+    args.extend(filter);
+    let first = run(&args).json();
+    assert_eq!(first["read"], 12);
+    assert_eq!(first["failed"], 0);
+    assert_eq!(first["dry_run"], false);
+    let lag = run(&["lag", "--group", &group, "--format", "json"]).json();
+    assert_eq!(lag["total_lag"], 31 - 12, "progress committed: {lag}");
+    let mut args = vec!["dlq", "replay", "--from", &dlq, "--format", "json"];
+    args.extend(filter);
+    let second = run(&args).json();
+    assert_eq!(second["read"], 31 - 12);
+    let replayed = first["replayed"].as_u64().unwrap() + second["replayed"].as_u64().unwrap();
+    let skipped =
+        first["skipped_filter"].as_u64().unwrap() + second["skipped_filter"].as_u64().unwrap();
+    assert_eq!((replayed, skipped), (20, 10));
+    assert_eq!(
+        run(&["lag", "--group", &group, "--format", "json"]).json()["total_lag"],
+        0
+    );
+
+    let copies = read_all(&orders);
+    assert_eq!(copies.len(), 20);
+    assert_eq!(replayed_copies(&copies, &orders), (0..20).collect());
+    assert!(read_all(&payments).is_empty(), "filtered out");
+
+    // Nothing left: a third run replays nothing.
+    let third = run(&["dlq", "replay", "--from", &dlq, "--format", "json"]).json();
+    assert_eq!((&third["read"], &third["replayed"]), (&0.into(), &0.into()));
+
+    // The text summary, with its own group and --to.
+    let elsewhere = topic("cli-replay-elsewhere", 3).await;
+    let text = run(&[
+        "dlq",
+        "replay",
+        "--from",
+        &dlq,
+        "--to",
+        &elsewhere,
+        "--group",
+        &unique("g"),
+        "--where-error",
+        "timeout",
+    ]);
+    assert_eq!(text.code(), 0, "{text:?}");
+    assert!(
+        text.stdout.starts_with(&format!(
+            "replayed 10 ({elsewhere}: 10), skipped by filter 20, not dead letters 1, failed 0"
+        )),
+        "{}",
+        text.stdout
+    );
+    assert_eq!(read_all(&elsewhere).len(), 10);
+}
+
+#[tokio::test]
+async fn dlq_replay_interrupted_resumes_without_duplicates() {
+    let (dlq, orders, payments) = replay_fixture().await;
+    let group = unique("cli-replay-interrupted");
+    // Slowly (20 records/s, commits every 4), so that Ctrl-C lands mid-way.
+    let mut cmd = xkafka(&[
+        "dlq", "replay", "--from", &dlq, "--group", &group, "--rate", "20", "--batch", "4",
+        "--format", "json",
+    ]);
+    let started = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let written =
+        || watermarks(&orders, 0).1 + watermarks(&orders, 1).1 + watermarks(&payments, 0).1;
+    while written() < 6 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = finish(child, started);
+    assert_eq!(stopped.code(), 130, "{stopped:?}");
+    assert!(stopped.stderr.contains("interrupted"), "{stopped:?}");
+    let summary: Value = serde_json::from_str(&stopped.stdout).unwrap();
+    assert_eq!(summary["interrupted"], true);
+    let first = summary["replayed"].as_u64().unwrap();
+    assert!((6..30).contains(&first), "interrupted mid-way: {summary}");
+    let lag = run(&["lag", "--group", &group, "--format", "json"]).json();
+    assert!(lag["total_lag"].as_u64().unwrap() > 0, "{lag}");
+
+    let rest = run(&[
+        "dlq", "replay", "--from", &dlq, "--group", &group, "--format", "json",
+    ])
+    .json();
+    assert_eq!(rest["interrupted"], false);
+    assert_eq!(
+        first + rest["replayed"].as_u64().unwrap(),
+        30,
+        "{summary} then {rest}"
+    );
+    assert_eq!(replayed_copies(&read_all(&orders), &orders).len(), 20);
+    assert_eq!(replayed_copies(&read_all(&payments), &payments).len(), 10);
+}
+
+#[tokio::test]
+async fn bad_input_fails_clearly() {
+    let missing = unique("cli-missing");
+    for args in [
+        vec!["tail", missing.as_str()],
+        vec!["dlq", "inspect", missing.as_str()],
+        vec!["dlq", "replay", "--from", missing.as_str()],
+        vec!["lag", "--group", "g", "--topic", missing.as_str()],
+    ] {
+        let r = run(&args);
+        let line = r.fails(1);
+        assert!(
+            line.contains(&format!("topic {missing} does not exist")),
+            "{line}"
+        );
+        assert!(r.took < Duration::from_secs(8), "{:?}", r.took);
+    }
+    let produce = run_with(xkafka(&["produce", &missing]), b"x\n");
+    assert!(produce.fails(1).contains(&missing));
+
+    // An unreachable broker: a bounded wait, then exit 1.
+    for args in [
+        &["lag", "--group", "g"][..],
+        &["dlq", "inspect", "dlq"][..],
+        &["tail", "t", "--count", "1"][..],
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xkafka"));
+        cmd.env_remove("XKAFKA_BROKERS")
+            .args(["--brokers", "127.0.0.1:1", "--timeout", "2"])
+            .args(args);
+        let r = run_with(cmd, b"");
+        let line = r.fails(1);
+        assert!(line.contains("127.0.0.1:1"), "{line}");
+        assert!(r.took < Duration::from_secs(5), "took {:?}", r.took);
+    }
+
+    // Usage: exit 2.
+    let topic = topic("cli-bad-input", 1).await;
+    let usage = [
+        vec!["-X", "nonsense", "tail", topic.as_str()],
+        vec!["-X", "no.such.property=1", "tail", topic.as_str()],
+        vec!["-X", "session.timeout.ms=soon", "lag", "--group", "g"],
+        vec![
+            "dlq",
+            "replay",
+            "--from",
+            topic.as_str(),
+            "--where-error",
+            "(unclosed",
+        ],
+        vec!["tail", topic.as_str(), "--from", "yesterday"],
+        vec!["produce", topic.as_str(), "--header", "novalue"],
+        vec!["lag"],
+        vec!["frobnicate"],
+    ];
+    for args in usage {
+        let r = run(&args);
+        r.fails(2);
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+    let r = run(&["-X", "no.such.property=1", "tail", &topic]);
+    assert!(r.fails(2).contains("no.such.property"), "{r:?}");
+    // No brokers at all.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xkafka"));
+    cmd.env_remove("XKAFKA_BROKERS")
+        .args(["lag", "--group", "g"]);
+    assert!(run_with(cmd, b"").fails(2).contains("XKAFKA_BROKERS"));
+    // The environment variable works.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xkafka"));
+    cmd.env("XKAFKA_BROKERS", brokers()).args([
+        "tail",
+        &topic,
+        "--until-end",
+        "--from",
+        "beginning",
+    ]);
+    assert_eq!(run_with(cmd, b"").code(), 0);
+    // A partition the topic does not have.
+    let r = run(&["tail", &topic, "--partition", "7"]);
+    assert!(r.fails(1).contains("no partition 7"));
+    // --help documents the exit codes.
+    let help = run(&["--help"]);
+    assert_eq!(help.code(), 0);
+    assert!(help.stdout.contains("Exit codes:") && help.stdout.contains("usage or bad input"));
+}
