@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # bench.sh - xkafka against the raw rdkafka client, on the same brokers, in one run.
 #
-#   scripts/bench.sh --quick     # under 5 minutes on 2 cores (the target), 5 rounds
+#   scripts/bench.sh --quick     # about 5.5 minutes on 2 cores (the eos step: about 1), 5 rounds
 #   scripts/bench.sh             # the full mode: bigger runs, 9 rounds
 #
 # Starts an Apache Kafka node of its own (scripts/broker.sh with port 9192 and data under
 # target/xkafka-broker-bench, so the test suite's node on 9092 is left alone), measures on it and on
-# librdkafka's in-process mock cluster, prints the table and one
+# librdkafka's in-process mock cluster (the exactly-once consume-transform-produce step, "eos", on
+# Kafka only), prints the table and one
 # `RATIO <name> <ours/baseline> ours=... baseline=...` line per comparison, writes
 # target/bench/results.json and the SVG charts, stops the broker.
 # Extra arguments go to the tool (e.g. --only consume, --rounds 3, --no-mock).
