@@ -240,6 +240,7 @@ impl Consumer {
             },
         );
         let mut pipeline = Pipeline::new(dispatcher, completions_rx, self.limits, self.commit_mode);
+        let transactional = self.transaction.is_some();
         if let Some((producer, boundary)) = self.transaction {
             pipeline = pipeline.with_transaction(transaction::Transaction::new(producer, boundary));
         }
@@ -253,6 +254,7 @@ impl Consumer {
             shutdown_timeout: self.shutdown_timeout,
             topics: self.topics,
             delays,
+            transactional,
         };
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
         // From here on, dropping this future (a timeout, a `select!` that

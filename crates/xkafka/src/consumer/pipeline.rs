@@ -741,6 +741,13 @@ impl Pipeline {
         self.txn.as_ref().is_some_and(Transaction::full)
     }
 
+    /// Transactional: how long until the open transaction is due, for the
+    /// poll's timeout (an idle poll would otherwise end it up to 100 ms
+    /// late).
+    pub(crate) fn transaction_due_in(&self) -> Option<Duration> {
+        self.txn.as_ref().and_then(Transaction::due_in)
+    }
+
     /// Transactional: whether the open transaction should end now.
     pub(crate) fn transaction_due(&self) -> bool {
         self.txn.as_ref().is_some_and(Transaction::due)

@@ -45,6 +45,8 @@ pub(crate) struct PollLoop {
     pub(crate) topics: Vec<String>,
     /// Some messages may be held back until due (`not_before`).
     pub(crate) delays: bool,
+    /// Transactions end on time (`CommitMode::Transactional`).
+    pub(crate) transactional: bool,
 }
 
 /// How the loop ended.
@@ -115,10 +117,15 @@ impl PollLoop {
             // Take what librdkafka has ready (up to a bound), then settle
             // once: stores and commits are batched, not per message.
             let mut timeout = if busy { BUSY_POLL } else { IDLE_POLL };
-            if self.delays {
-                // Resume what is due, and wake up for the next one.
+            if self.delays || self.transactional {
+                // Resume what is due and wake up for the next one; end a
+                // transaction on time even when nothing arrives.
                 let next = match self.consumer.context().pipeline().as_mut() {
-                    Some(p) => p.resume_due(&self.consumer, &self.shared),
+                    Some(p) => {
+                        let resume = p.resume_due(&self.consumer, &self.shared);
+                        let txn = p.transaction_due_in();
+                        resume.into_iter().chain(txn).min()
+                    }
                     None => None,
                 };
                 if let Some(next) = next {

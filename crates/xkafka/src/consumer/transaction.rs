@@ -74,6 +74,13 @@ impl Transaction {
         }
     }
 
+    /// How long until the open transaction is due by its interval (`None`:
+    /// no message in it yet).
+    pub(crate) fn due_in(&self) -> Option<Duration> {
+        self.opened_at
+            .map(|at| self.boundary.interval.saturating_sub(at.elapsed()))
+    }
+
     /// Whether the open transaction holds `max_messages` messages.
     pub(crate) fn full(&self) -> bool {
         self.messages >= self.boundary.max_messages
