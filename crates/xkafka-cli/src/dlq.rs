@@ -338,11 +338,13 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
     let mut summary = Summary::default();
     let started = Instant::now();
     let mut read_error: Option<Failure> = None;
+    // Rate-limited: commit about once a second.
+    let batch_size = args.batch.min(args.rate.unwrap_or(u32::MAX)) as usize;
     let mut finished = false;
     while !finished {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Result<(), String>)>();
         let mut batch: Vec<Entry> = Vec::new();
-        while batch.len() < args.batch as usize {
+        while batch.len() < batch_size {
             if interrupt.is_set() || args.max.is_some_and(|max| summary.seen >= max) {
                 finished = true;
                 break;
@@ -406,6 +408,7 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                 }
             };
             let failed = matches!(state, State::Failed);
+            bar.inc(1);
             batch.push(Entry {
                 partition,
                 offset,
@@ -460,7 +463,6 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                 State::Waiting { .. } | State::Failed => blocked.push(entry.partition),
             }
         }
-        bar.inc(batch.len() as u64);
         if producer.is_some() && !commit.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for (&p, &o) in &commit {

@@ -150,6 +150,7 @@ pub(crate) fn progress(total: u64, enabled: bool, what: &str) -> ProgressBar {
         bar.set_style(style);
     }
     bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 

@@ -128,7 +128,13 @@ fn xkafka(args: &[&str]) -> Command {
 }
 
 /// Runs `cmd` with `stdin`; killed (and the test failed) past 60 s.
-fn run_with(mut cmd: Command, stdin: &[u8]) -> Run {
+fn run_with(cmd: Command, stdin: &[u8]) -> Run {
+    let (child, started) = start(cmd, stdin);
+    finish(child, started)
+}
+
+/// Starts `cmd` with `stdin` (its output is read by [`finish`]).
+fn start(mut cmd: Command, stdin: &[u8]) -> (Child, Instant) {
     let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -139,7 +145,7 @@ fn run_with(mut cmd: Command, stdin: &[u8]) -> Run {
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin).unwrap();
     drop(input);
-    finish(child, started)
+    (child, started)
 }
 
 fn finish(mut child: Child, started: Instant) -> Run {
@@ -724,9 +730,9 @@ async fn dlq_replay_filters_dry_runs_and_resumes_in_steps() {
 async fn dlq_replay_interrupted_resumes_without_duplicates() {
     let (dlq, orders, payments) = replay_fixture().await;
     let group = unique("cli-replay-interrupted");
-    // Slowly (20 records/s, commits every 4), so that Ctrl-C lands mid-way.
+    // Slowly (10 records/s, commits every 4), so that Ctrl-C lands mid-way.
     let mut cmd = xkafka(&[
-        "dlq", "replay", "--from", &dlq, "--group", &group, "--rate", "20", "--batch", "4",
+        "dlq", "replay", "--from", &dlq, "--group", &group, "--rate", "10", "--batch", "4",
         "--format", "json",
     ]);
     let started = Instant::now();
@@ -736,8 +742,21 @@ async fn dlq_replay_interrupted_resumes_without_duplicates() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let written =
-        || watermarks(&orders, 0).1 + watermarks(&orders, 1).1 + watermarks(&payments, 0).1;
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let written = || {
+        [(&orders, 0), (&orders, 1), (&payments, 0)]
+            .into_iter()
+            .map(|(t, p)| {
+                reader
+                    .fetch_watermarks(t, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .sum::<i64>()
+    };
     while written() < 6 {
         assert!(started.elapsed() < Duration::from_secs(20), "no progress");
         std::thread::sleep(Duration::from_millis(20));
@@ -773,39 +792,68 @@ async fn dlq_replay_interrupted_resumes_without_duplicates() {
 
 #[tokio::test]
 async fn bad_input_fails_clearly() {
+    // Side by side: each waits for the brokers (or for a topic's metadata).
     let missing = unique("cli-missing");
-    for args in [
+    let mut started: Vec<_> = [
         vec!["tail", missing.as_str()],
         vec!["dlq", "inspect", missing.as_str()],
         vec!["dlq", "replay", "--from", missing.as_str()],
         vec!["lag", "--group", "g", "--topic", missing.as_str()],
-    ] {
-        let r = run(&args);
-        let line = r.fails(1);
-        assert!(
-            line.contains(&format!("topic {missing} does not exist")),
-            "{line}"
-        );
-        assert!(r.took < Duration::from_secs(8), "{:?}", r.took);
-    }
-    let produce = run_with(xkafka(&["produce", &missing]), b"x\n");
-    assert!(produce.fails(1).contains(&missing));
-
+        vec!["produce", missing.as_str()],
+    ]
+    .into_iter()
+    .map(|args| start(xkafka(&args), b"x\n"))
+    .collect();
     // An unreachable broker: a bounded wait, then exit 1.
-    for args in [
+    let unreachable = [
         &["lag", "--group", "g"][..],
         &["dlq", "inspect", "dlq"][..],
         &["tail", "t", "--count", "1"][..],
-    ] {
+        &["produce", "t"][..],
+    ];
+    for args in unreachable {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xkafka"));
         cmd.env_remove("XKAFKA_BROKERS")
             .args(["--brokers", "127.0.0.1:1", "--timeout", "2"])
             .args(args);
-        let r = run_with(cmd, b"");
-        let line = r.fails(1);
-        assert!(line.contains("127.0.0.1:1"), "{line}");
-        assert!(r.took < Duration::from_secs(5), "took {:?}", r.took);
+        started.push(start(cmd, b"x\n"));
     }
+    for (i, (child, at)) in started.into_iter().enumerate() {
+        let r = finish(child, at);
+        let line = r.fails(1);
+        if i < 5 {
+            assert!(
+                line.contains(&format!("topic {missing} does not exist")),
+                "{line}"
+            );
+            assert!(r.took < Duration::from_secs(8), "{:?}", r.took);
+        } else {
+            assert!(
+                line.contains("no answer from the brokers at 127.0.0.1:1"),
+                "{line}"
+            );
+            assert!(r.took < Duration::from_secs(5), "took {:?}", r.took);
+        }
+    }
+
+    // A dead letter whose original topic is gone: exit 1 naming it, and
+    // nothing committed past it.
+    let dlq = topic("cli-bad-input-dlq", 1).await;
+    let gone = unique("cli-gone");
+    dead_letters(&dlq, vec![original(&gone, 0, 0, "boom")]).await;
+    let group = unique("cli-gone-group");
+    let r = run(&["dlq", "replay", "--from", &dlq, "--group", &group]);
+    let line = r.fails(1);
+    assert!(
+        line.contains(&format!("topic {gone} does not exist")),
+        "{line}"
+    );
+    assert!(r.stdout.contains("failed 1"), "{r:?}");
+    let lag = run(&[
+        "lag", "--group", &group, "--topic", &dlq, "--format", "json",
+    ])
+    .json();
+    assert_eq!(lag["partitions"][0]["committed"], Value::Null, "{lag}");
 
     // Usage: exit 2.
     let topic = topic("cli-bad-input", 1).await;
