@@ -726,13 +726,12 @@ async fn dlq_replay_filters_dry_runs_and_resumes_in_steps() {
     assert_eq!(read_all(&elsewhere).len(), 10);
 }
 
-#[tokio::test]
-async fn dlq_replay_interrupted_resumes_without_duplicates() {
-    let (dlq, orders, payments) = replay_fixture().await;
-    let group = unique("cli-replay-interrupted");
-    // Slowly (10 records/s, commits every 4), so that Ctrl-C lands mid-way.
+/// Starts a slow replay of the fixture (10 records/s, a commit every 4),
+/// sends `signal` once 6 copies were written, and returns what the
+/// process left.
+fn replay_and_signal(dlq: &str, group: &str, orders: &str, payments: &str, signal: &str) -> Run {
     let mut cmd = xkafka(&[
-        "dlq", "replay", "--from", &dlq, "--group", &group, "--rate", "10", "--batch", "4",
+        "dlq", "replay", "--from", dlq, "--group", group, "--rate", "10", "--batch", "4",
         "--format", "json",
     ]);
     let started = Instant::now();
@@ -747,7 +746,7 @@ async fn dlq_replay_interrupted_resumes_without_duplicates() {
         .create()
         .unwrap();
     let written = || {
-        [(&orders, 0), (&orders, 1), (&payments, 0)]
+        [(orders, 0), (orders, 1), (payments, 0)]
             .into_iter()
             .map(|(t, p)| {
                 reader
@@ -762,11 +761,18 @@ async fn dlq_replay_interrupted_resumes_without_duplicates() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let sent = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-    let stopped = finish(child, started);
+    finish(child, started)
+}
+
+#[tokio::test]
+async fn dlq_replay_interrupted_resumes_without_duplicates() {
+    let (dlq, orders, payments) = replay_fixture().await;
+    let group = unique("cli-replay-interrupted");
+    let stopped = replay_and_signal(&dlq, &group, &orders, &payments, "-INT");
     assert_eq!(stopped.code(), 130, "{stopped:?}");
     assert!(stopped.stderr.contains("interrupted"), "{stopped:?}");
     let summary: Value = serde_json::from_str(&stopped.stdout).unwrap();
@@ -788,6 +794,32 @@ async fn dlq_replay_interrupted_resumes_without_duplicates() {
     );
     assert_eq!(replayed_copies(&read_all(&orders), &orders).len(), 20);
     assert_eq!(replayed_copies(&read_all(&payments), &payments).len(), 10);
+}
+
+/// `kill -9`: nothing lost; what is replayed again is at most the batch in
+/// flight (acknowledged, not yet committed).
+#[tokio::test]
+async fn dlq_replay_killed_loses_nothing() {
+    let (dlq, orders, payments) = replay_fixture().await;
+    let group = unique("cli-replay-killed");
+    let killed = replay_and_signal(&dlq, &group, &orders, &payments, "-KILL");
+    assert_eq!(killed.code, None, "killed: {killed:?}");
+    let rest = run(&[
+        "dlq", "replay", "--from", &dlq, "--group", &group, "--format", "json",
+    ])
+    .json();
+    assert_eq!(rest["failed"], 0);
+    let mut copies = read_all(&orders);
+    copies.extend(read_all(&payments));
+    let mut count: BTreeMap<String, u32> = BTreeMap::new();
+    for c in &copies {
+        *count
+            .entry(c["value"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(count.len(), 30, "every dead letter replayed");
+    let again: u32 = count.values().map(|n| n - 1).sum();
+    assert!(again <= 4, "{again} replayed twice: more than one batch");
 }
 
 #[tokio::test]
