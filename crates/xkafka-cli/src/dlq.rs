@@ -426,8 +426,10 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
             .iter()
             .filter(|e| matches!(e.state, State::Waiting { .. }))
             .count();
+        // A bound all the same, so that nothing can hang the replay.
+        let patience = conn.delivery_timeout() + Duration::from_secs(10);
         while waiting > 0 {
-            let Some((idx, outcome)) = rx.recv().await else {
+            let Ok(Some((idx, outcome))) = tokio::time::timeout(patience, rx.recv()).await else {
                 break;
             };
             waiting -= 1;
@@ -446,6 +448,16 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                     summary.fail(format!("publishing to {target}: {e}"));
                     finished = true;
                 }
+            }
+        }
+        for entry in &mut batch {
+            if let State::Waiting { target } = &entry.state {
+                summary.fail(format!(
+                    "no acknowledgement from {target} within {}",
+                    humantime::format_duration(patience)
+                ));
+                entry.state = State::Failed;
+                finished = true;
             }
         }
         // Commit, per partition, past the records done in a row from the
