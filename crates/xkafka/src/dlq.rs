@@ -318,17 +318,7 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let overall = future.await.map_err(Into::into);
-            let overall_error = overall.as_ref().err().map(ToString::to_string);
-            let mut failed: Vec<(usize, BoxError)> = Vec::new();
-            for (i, recorded) in observer.take_outcomes().into_iter().enumerate() {
-                match (recorded, &overall, &overall_error) {
-                    (Some(Ok(ack)), _, _) => observer.ack(i, ack),
-                    (Some(Err(e)), _, _) => failed.push((i, e)),
-                    (None, Ok(ack), _) => observer.ack(i, *ack),
-                    (None, Err(_), Some(text)) => failed.push((i, text.clone().into())),
-                    (None, Err(_), None) => {}
-                }
-            }
+            let failed = failures_of(&observer, &overall);
             if failed.is_empty() {
                 return overall;
             }
@@ -342,6 +332,29 @@ where
             Ok(Ack::Success)
         })
     }
+}
+
+/// Takes a batch's outcome apart, message by message: the successes (the
+/// ones the handler recorded, or all unrecorded ones when the batch as a
+/// whole succeeded) are recorded on the batch; the failures (recorded, or
+/// all unrecorded ones when the batch failed) are returned, for a layer
+/// that deals with them one by one (dead letters, retry tiers).
+pub(crate) fn failures_of(
+    batch: &Batch,
+    overall: &Result<Ack, BoxError>,
+) -> Vec<(usize, BoxError)> {
+    let overall_error = overall.as_ref().err().map(ToString::to_string);
+    let mut failed: Vec<(usize, BoxError)> = Vec::new();
+    for (i, recorded) in batch.take_outcomes().into_iter().enumerate() {
+        match (recorded, overall, &overall_error) {
+            (Some(Ok(ack)), _, _) => batch.ack(i, ack),
+            (Some(Err(e)), _, _) => failed.push((i, e)),
+            (None, Ok(ack), _) => batch.ack(i, *ack),
+            (None, Err(_), Some(text)) => failed.push((i, text.clone().into())),
+            (None, Err(_), None) => {}
+        }
+    }
+    failed
 }
 
 /// The copy of `original` that goes to the dead-letter topic: its key,

@@ -227,18 +227,7 @@ impl RetryTopics {
         let now = now_ms();
         let h = original.headers();
         let carried = |name: &str| h.get_str(name).map(str::to_owned);
-        let own: crate::Headers = h
-            .iter()
-            .filter(|x| !ALL_HEADERS.contains(&x.name()))
-            .cloned()
-            .collect();
-        let mut b = Message::builder(t.topics[tier].clone()).headers(own);
-        if let Some(key) = original.key() {
-            b = b.key(key.clone());
-        }
-        if let Some(value) = original.value() {
-            b = b.value(value.clone());
-        }
+        let mut b = carry(original, t.topics[tier].clone());
         if let Some(p) = original.partition() {
             // Same partition number: the tiers have the source's count, so
             // a key keeps its partition (and its order within a tier).
@@ -299,18 +288,7 @@ impl RetryTopics {
         let Some(topic) = h.get_str(headers::ORIGINAL_TOPIC) else {
             return message.clone();
         };
-        let own: crate::Headers = h
-            .iter()
-            .filter(|x| !ALL_HEADERS.contains(&x.name()))
-            .cloned()
-            .collect();
-        let mut b = Message::builder(topic.to_owned()).headers(own);
-        if let Some(key) = message.key() {
-            b = b.key(key.clone());
-        }
-        if let Some(value) = message.value() {
-            b = b.value(value.clone());
-        }
+        let mut b = carry(message, topic.to_owned());
         if let Some(p) = h
             .get_str(headers::ORIGINAL_PARTITION)
             .and_then(|p| p.parse().ok())
@@ -486,17 +464,7 @@ where
         let tiers = self.tiers.clone();
         Box::pin(async move {
             let overall = future.await.map_err(Into::into);
-            let overall_error = overall.as_ref().err().map(ToString::to_string);
-            let mut failed: Vec<(usize, BoxError)> = Vec::new();
-            for (i, recorded) in observer.take_outcomes().into_iter().enumerate() {
-                match (recorded, &overall, &overall_error) {
-                    (Some(Ok(ack)), _, _) => observer.ack(i, ack),
-                    (Some(Err(e)), _, _) => failed.push((i, e)),
-                    (None, Ok(ack), _) => observer.ack(i, *ack),
-                    (None, Err(_), Some(text)) => failed.push((i, text.clone().into())),
-                    (None, Err(_), None) => {}
-                }
-            }
+            let failed = crate::dlq::failures_of(&observer, &overall);
             if failed.is_empty() {
                 return overall;
             }
@@ -510,6 +478,25 @@ where
             Ok(Ack::Success)
         })
     }
+}
+
+/// A message to `topic` with `message`'s key, value and headers, the
+/// retry headers left out.
+fn carry(message: &Message, topic: impl Into<Arc<str>>) -> crate::MessageBuilder {
+    let own: crate::Headers = message
+        .headers()
+        .iter()
+        .filter(|x| !ALL_HEADERS.contains(&x.name()))
+        .cloned()
+        .collect();
+    let mut b = Message::builder(topic).headers(own);
+    if let Some(key) = message.key() {
+        b = b.key(key.clone());
+    }
+    if let Some(value) = message.value() {
+        b = b.value(value.clone());
+    }
+    b
 }
 
 fn now_ms() -> u64 {
