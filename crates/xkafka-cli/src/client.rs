@@ -3,7 +3,6 @@
 //! offset ranges.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CStr;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use xkafka::{Header, Headers, Message, Timestamp};
+use xkafka::Message;
 
 use crate::cli::Global;
 
@@ -439,66 +438,10 @@ pub(crate) fn fatal(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// An owned copy of a fetched record.
+/// An owned copy of a fetched record (xkafka's own conversion: header
+/// names that are not UTF-8 are decoded lossily instead of panicking).
 pub(crate) fn owned(m: &BorrowedMessage<'_>) -> Message {
-    let mut builder = Message::builder(m.topic())
-        .partition(m.partition())
-        .offset(m.offset())
-        .headers(headers(m));
-    if let Some(key) = m.key() {
-        builder = builder.key(key.to_vec());
-    }
-    if let Some(value) = m.payload() {
-        builder = builder.value(value.to_vec());
-    }
-    match m.timestamp() {
-        rdkafka::Timestamp::CreateTime(ms) => {
-            builder = builder.timestamp(Timestamp::CreateTime(ms))
-        }
-        rdkafka::Timestamp::LogAppendTime(ms) => {
-            builder = builder.timestamp(Timestamp::LogAppendTime(ms));
-        }
-        rdkafka::Timestamp::NotAvailable => {}
-    }
-    builder.build()
-}
-
-/// A record's headers, read through librdkafka's C API: rdkafka's own
-/// accessors panic on a header name that is not UTF-8 (any producer can
-/// write one). Names are decoded lossily, values kept byte for byte. (The
-/// same as xkafka's private conversion of consumed records, which it does
-/// not export.)
-#[allow(unsafe_code)]
-fn headers(m: &BorrowedMessage<'_>) -> Headers {
-    use rdkafka::bindings as rd;
-    let mut hdrs = std::ptr::null_mut();
-    // SAFETY: `m.ptr()` is a live message for the lifetime of `m`; the
-    // headers it returns are owned by the message and only read here.
-    let err = unsafe { rd::rd_kafka_message_headers(m.ptr(), &mut hdrs) };
-    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || hdrs.is_null() {
-        return Headers::new();
-    }
-    // SAFETY: `hdrs` is non-null and owned by the message.
-    let count = unsafe { rd::rd_kafka_header_cnt(hdrs) };
-    let mut out = Headers::with_capacity(count);
-    for idx in 0..count {
-        let mut name = std::ptr::null();
-        let mut value = std::ptr::null();
-        let mut size = 0usize;
-        // SAFETY: idx < count; the out-pointers are valid locals.
-        let err =
-            unsafe { rd::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size) };
-        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
-            continue;
-        }
-        // SAFETY: librdkafka guarantees a NUL-terminated name and `size`
-        // readable bytes at `value` when it is non-null.
-        let name = unsafe { CStr::from_ptr(name) }.to_bytes();
-        let value = (!value.is_null())
-            .then(|| unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) });
-        out.push(Header::from_wire(name, value));
-    }
-    out
+    xkafka::message_from_rdkafka(m)
 }
 
 /// Set once Ctrl-C was pressed (after [`watch_ctrl_c`]).

@@ -314,6 +314,19 @@ pub use xkafka_core::{
     MessageBuilder, Router, Timestamp,
 };
 
+/// An owned [`Message`] copied from a record a raw rdkafka consumer
+/// fetched: key, value, headers, partition, offset and timestamp — what
+/// xkafka's consumers hand their handlers (without the group). Header
+/// names that are not UTF-8 are decoded lossily, where rdkafka's own
+/// accessors would panic; values are kept byte for byte. For tools that
+/// read topics with rdkafka directly (the `xkafka` command line).
+pub fn message_from_rdkafka(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    use rdkafka::message::Message as _;
+    let mut message = convert::owned_message(record, record.topic().into(), &"".into());
+    message.set_group(None);
+    message
+}
+
 /// How handlers become tower services, for code that names those types (a
 /// custom layer's bounds, a hand-written handler): the machinery behind
 /// [`Handler`] and [`BatchHandler`].
