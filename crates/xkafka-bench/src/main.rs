@@ -13,6 +13,7 @@ mod baseline;
 mod clock;
 mod eos;
 mod ours;
+mod peers;
 mod report;
 
 use std::collections::BTreeMap;
@@ -61,6 +62,10 @@ struct Args {
     /// (when something is, it polls for 100 ms whatever arrives).
     #[arg(long)]
     eos_raw_drain: bool,
+    /// Skip the Go xkafka peer (otherwise built with `go build` and run in
+    /// the same rounds, where it has a counterpart).
+    #[arg(long)]
+    no_go: bool,
     /// Where to write the JSON results and the SVG charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -191,6 +196,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
 
     let mut results = Results::new(&sizes, args.quick);
+    // Go xkafka beside us, built once, where a wanted comparison has a Go
+    // counterpart (both sides only: it is a third side).
+    let go = (!args.no_go
+        && args.side == Side::Both
+        && PLAN.iter().any(|n| wanted(n) && peers::GoPeer::covers(n)))
+    .then(|| peers::GoPeer::build(&args.out))
+    .flatten();
     for target in &targets {
         results
             .brokers
@@ -218,7 +230,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             bar.set_message(step.label());
             let step_started = Instant::now();
             let outcome = step
-                .run(target, &topics, &sizes, args.side, &mut results)
+                .run(
+                    target,
+                    &topics,
+                    &sizes,
+                    args.side,
+                    go.as_ref(),
+                    &mut results,
+                )
                 .await;
             if let Err(err) = &outcome {
                 bar.println(format!("{} {}: failed: {err}", target.name, step.label()));
@@ -276,12 +295,22 @@ impl Step {
         topics: &report::Topics,
         sizes: &Sizes,
         side: Side,
+        go: Option<&peers::GoPeer>,
         results: &mut Results,
     ) -> Result<(), Box<dyn std::error::Error>> {
         match self {
             Step::Compare(name) => {
-                let comparison = compare(name, target, topics, sizes, side).await?;
+                let (comparison, against_go) =
+                    compare(name, target, topics, sizes, side, go).await?;
                 results.add(target.name, comparison);
+                if let Some(c) = against_go {
+                    results.go_peer = c.go_details.first().map(peers::GoRun::versions);
+                    results
+                        .peers
+                        .entry(target.name.to_owned())
+                        .or_default()
+                        .push(c);
+                }
             }
             Step::Scaling => {
                 let mut points = BTreeMap::new();
@@ -323,20 +352,23 @@ impl Step {
     }
 }
 
+/// The comparisons, in order.
+const PLAN: [&str; 7] = [
+    "consume_seq",
+    "consume_seq_1k",
+    "consume_conc16_1ms",
+    "consume_batch",
+    "publish_async",
+    "publish_sync",
+    "e2e_latency_p99",
+];
+
 fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool, eos: Option<&eos::Plan>) -> Vec<Step> {
-    let mut steps: Vec<Step> = [
-        "consume_seq",
-        "consume_seq_1k",
-        "consume_conc16_1ms",
-        "consume_batch",
-        "publish_async",
-        "publish_sync",
-        "e2e_latency_p99",
-    ]
-    .into_iter()
-    .filter(|n| wanted(n))
-    .map(Step::Compare)
-    .collect();
+    let mut steps: Vec<Step> = PLAN
+        .into_iter()
+        .filter(|n| wanted(n))
+        .map(Step::Compare)
+        .collect();
     if wanted("scaling") || wanted("consume_conc16_1ms") {
         steps.push(Step::Scaling);
     }
@@ -346,18 +378,31 @@ fn plan(_sizes: &Sizes, wanted: &dyn Fn(&str) -> bool, eos: Option<&eos::Plan>) 
     steps
 }
 
-/// Runs ours and the baseline alternately and keeps the medians.
+/// Who runs in a turn of a round.
+#[derive(Clone, Copy, PartialEq)]
+enum Turn {
+    Ours,
+    Baseline,
+    Go,
+}
+
+/// Runs ours and the baseline (and Go xkafka, where it has a counterpart)
+/// alternately and keeps the medians.
 async fn compare(
     name: &'static str,
     target: &Target,
     topics: &report::Topics,
     sizes: &Sizes,
     side: Side,
-) -> Result<Comparison, Box<dyn std::error::Error>> {
+    go: Option<&peers::GoPeer>,
+) -> Result<(Comparison, Option<report::PeerComparison>), Box<dyn std::error::Error>> {
     let b = &target.brokers;
+    let go = go.filter(|_| side == Side::Both && peers::GoPeer::covers(name));
     let mut ours_runs = Vec::new();
     let mut base_runs = Vec::new();
     let mut extra_runs = Vec::new();
+    let mut ours_cpu = Vec::new();
+    let mut go_runs = Vec::new();
     // A publish_async run lasts a fraction of a second and, on 2 cores shared
     // with the broker, varies by ±30 % from run to run: it gets more rounds.
     let rounds = if name == "publish_async" {
@@ -366,16 +411,30 @@ async fn compare(
         sizes.rounds
     };
     for round in 0..rounds {
-        // Alternate who goes first, too.
-        let ours_first = round % 2 == 0;
-        for ours_turn in [ours_first, !ours_first] {
-            if ours_turn && side == Side::Baseline || !ours_turn && side == Side::Ours {
+        // Alternate who goes first, too (with Go: O B G, B G O, G O B, …).
+        let mut turns = vec![Turn::Ours, Turn::Baseline];
+        if go.is_some() {
+            turns.push(Turn::Go);
+        }
+        let first = round % turns.len();
+        turns.rotate_left(first);
+        for turn in turns {
+            if turn == Turn::Ours && side == Side::Baseline
+                || turn == Turn::Baseline && side == Side::Ours
+            {
                 continue;
             }
-            if ours_turn {
-                ours_runs.push(run_ours(name, target, topics, sizes).await?);
-            } else {
-                base_runs.push(run_baseline(name, target, topics, sizes).await?);
+            match (turn, go) {
+                (Turn::Ours, _) => {
+                    let cpu = peers::process_cpu_secs();
+                    ours_runs.push(run_ours(name, target, topics, sizes).await?);
+                    ours_cpu.push(peers::process_cpu_secs() - cpu);
+                }
+                (Turn::Baseline, _) => {
+                    base_runs.push(run_baseline(name, target, topics, sizes).await?)
+                }
+                (Turn::Go, Some(go)) => go_runs.push(go.run(name, target, topics, sizes)?),
+                (Turn::Go, None) => {}
             }
         }
         if side == Side::Both && (name == "consume_seq" || name == "consume_conc16_1ms") {
@@ -406,7 +465,41 @@ async fn compare(
         );
     }
     let latency = name == "e2e_latency_p99";
-    Ok(Comparison {
+    let against_go = (!go_runs.is_empty()).then(|| {
+        let go = report::median(&go_runs.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>());
+        report::PeerComparison {
+            name: format!("{name}_vs_go"),
+            peer: "go-xkafka".into(),
+            unit: "msg/s".into(),
+            ours,
+            go,
+            ratio: ours / go,
+            ours_runs: ours_runs.clone(),
+            go_runs: go_runs.iter().map(|r| r.msgs_per_sec).collect(),
+            // The mock cluster runs in our process: its CPU would count as ours.
+            ours_cpu_secs: target.mock().is_none().then(|| report::median(&ours_cpu)),
+            go_cpu_secs: report::median(
+                &go_runs
+                    .iter()
+                    .map(|r| r.cpu_user_secs + r.cpu_sys_secs)
+                    .collect::<Vec<_>>(),
+            ),
+            go_cpu_window_secs: report::median(
+                &go_runs
+                    .iter()
+                    .map(|r| r.cpu_window_secs)
+                    .collect::<Vec<_>>(),
+            ),
+            note: match name {
+                "consume_conc16_1ms" => {
+                    "ours Order::PerKey; Go xkafka has no per-key order (any 16 at once)".into()
+                }
+                _ => String::new(),
+            },
+            go_details: go_runs,
+        }
+    });
+    let comparison = Comparison {
         name: name.to_owned(),
         unit: if latency { "ms".into() } else { "msg/s".into() },
         ours,
@@ -419,7 +512,8 @@ async fn compare(
         ours_runs,
         baseline_runs: base_runs,
         note,
-    })
+    };
+    Ok((comparison, against_go))
 }
 
 async fn run_ours(

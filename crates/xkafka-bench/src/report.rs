@@ -177,6 +177,32 @@ pub(crate) struct Comparison {
     pub(crate) note: String,
 }
 
+/// Ours against a peer framework (Go xkafka) in one comparison's rounds.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PeerComparison {
+    /// `<comparison>_vs_go`.
+    pub(crate) name: String,
+    pub(crate) peer: String,
+    pub(crate) unit: String,
+    pub(crate) ours: f64,
+    pub(crate) go: f64,
+    /// ours/go (higher is better for ours).
+    pub(crate) ratio: f64,
+    pub(crate) ours_runs: Vec<f64>,
+    pub(crate) go_runs: Vec<f64>,
+    /// CPU seconds (user + system) per run, medians: our whole process
+    /// around each of our runs (client start to close; on the Kafka target
+    /// only, as the mock cluster runs in our process) and the Go process,
+    /// start to exit.
+    pub(crate) ours_cpu_secs: Option<f64>,
+    pub(crate) go_cpu_secs: f64,
+    /// The Go process's CPU within its timed span (first to last message),
+    /// median.
+    pub(crate) go_cpu_window_secs: f64,
+    pub(crate) go_details: Vec<crate::peers::GoRun>,
+    pub(crate) note: String,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Results {
     pub(crate) quick: bool,
@@ -191,6 +217,10 @@ pub(crate) struct Results {
     pub(crate) eos: BTreeMap<String, BTreeMap<String, crate::eos::Figures>>,
     /// How the consume-transform-produce runs were set up, when they ran.
     pub(crate) eos_plan: Option<crate::eos::Plan>,
+    /// Ours against Go xkafka, per broker (see `peers`).
+    pub(crate) peers: BTreeMap<String, Vec<PeerComparison>>,
+    /// The Go peer's versions, once it ran; `None` if it was skipped.
+    pub(crate) go_peer: Option<crate::peers::GoVersions>,
     pub(crate) elapsed_secs: f64,
 }
 
@@ -205,6 +235,8 @@ impl Results {
             scaling: BTreeMap::new(),
             eos: BTreeMap::new(),
             eos_plan: None,
+            peers: BTreeMap::new(),
+            go_peer: None,
             elapsed_secs: 0.0,
         }
     }
@@ -261,6 +293,36 @@ impl Results {
                 );
             }
         }
+        if !self.peers.is_empty() {
+            if let Some(v) = &self.go_peer {
+                println!(
+                    "\nGo xkafka {} (confluent-kafka-go {}, librdkafka {}, {}); CPU s per run, medians:",
+                    v.go_xkafka, v.confluent_kafka_go, v.librdkafka, v.go
+                );
+            }
+            println!(
+                "{:<26} {:>7} {:>16} {:>16} {:>7} {:>8} {:>8}  note",
+                "comparison", "broker", "ours", "go", "ratio", "cpu ours", "cpu go"
+            );
+            for (broker, comparisons) in &self.peers {
+                for c in comparisons {
+                    let ours_cpu = c.ours_cpu_secs.map_or("-".into(), |v| format!("{v:.2}"));
+                    println!(
+                        "{:<26} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3} {:>8} {:>8.2}  {}",
+                        c.name,
+                        broker,
+                        c.ours,
+                        c.unit,
+                        c.go,
+                        c.unit,
+                        c.ratio,
+                        ours_cpu,
+                        c.go_cpu_secs,
+                        c.note
+                    );
+                }
+            }
+        }
         println!();
         // The primary broker's lines are plain; others carry a suffix.
         let primary = if self.brokers.contains_key("kafka") {
@@ -278,6 +340,19 @@ impl Results {
                 println!(
                     "RATIO {name} {:.3} ours={:.1}{} baseline={:.1}{}",
                     c.ratio, c.ours, c.unit, c.baseline, c.unit
+                );
+            }
+        }
+        for (broker, comparisons) in &self.peers {
+            for c in comparisons {
+                let name = if broker == primary {
+                    c.name.clone()
+                } else {
+                    format!("{}.{broker}", c.name)
+                };
+                println!(
+                    "RATIO {name} {:.3} ours={:.1}{} go={:.1}{}",
+                    c.ratio, c.ours, c.unit, c.go, c.unit
                 );
             }
         }
@@ -324,6 +399,11 @@ fn ratios_svg(results: &Results) -> String {
                 .filter(|c| !c.name.starts_with("eos_vs_alo"))
                 .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
         })
+        // Ours against Go xkafka (`<name>_vs_go`), after them.
+        .chain(results.peers.iter().flat_map(|(b, cs)| {
+            cs.iter()
+                .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
+        }))
         .collect();
     let (w, row_h, left) = (720.0, 22.0, 230.0);
     let h = 40.0 + row_h * rows.len() as f64 + 30.0;
@@ -338,14 +418,15 @@ fn ratios_svg(results: &Results) -> String {
     );
     let _ = write!(
         svg,
-        r#"<text x="10" y="20" font-size="14">xkafka / raw rdkafka (higher is better)</text>"#
+        r#"<text x="10" y="20" font-size="14">xkafka / raw rdkafka, and xkafka / Go xkafka (orange, _vs_go); higher is better</text>"#
     );
     for (i, (name, broker, ratio)) in rows.iter().enumerate() {
         let y = 40.0 + row_h * i as f64;
-        let color = if *broker == "kafka" {
-            "#3b7dd8"
-        } else {
-            "#9bb8e0"
+        let color = match (*broker == "kafka", name.ends_with("_vs_go")) {
+            (true, false) => "#3b7dd8",
+            (false, false) => "#9bb8e0",
+            (true, true) => "#d8843b",
+            (false, true) => "#ecbd92",
         };
         let width = if ratio.is_finite() {
             ratio * scale

@@ -1,0 +1,453 @@
+// go-xkafka: Go xkafka (github.com/gojekfarm/xtools/xkafka) measured beside
+// the Rust xkafka by crates/xkafka-bench, on the same broker, topics and
+// settings. One scenario per invocation; the result is one JSON line on
+// stdout (diagnostics go to stderr).
+//
+//	go-xkafka -brokers 127.0.0.1:9192 -topic bench-100b-1-0 -scenario consume_seq -messages 102000
+//
+// Scenarios (as the Rust side's; see crates/xkafka-bench/src/ours.rs):
+//
+//	consume_seq         Consumer, no-op handler that acks Success
+//	consume_batch       BatchConsumer, batches of 1,000, 10 ms batch timeout
+//	consume_conc16_1ms  Consumer with Concurrency(16), handler sleeps 1 ms
+//	publish_sync        Producer.Publish from 64 goroutines, N messages in all
+//	publish_async       Producer.AsyncPublish + DeliveryCallback
+//
+// Consumers are timed from the first message handled to the N-th; publish_async
+// from the first send (after one acknowledged warm-up message) to the N-th
+// delivery report; publish_sync from the start of the 64 goroutines to the end
+// of the last Publish. The rate is (N-1)/time for the first three and N/time
+// for publish_sync, as on the Rust side.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/gojekfarm/xtools/xkafka"
+)
+
+// Versions, for the report (the module versions are pinned in go.mod).
+const (
+	goXkafkaVersion         = "v0.11.1"
+	confluentKafkaGoVersion = "v2.12.0"
+)
+
+// runTimeout bounds a run, as RUN_TIMEOUT does on the Rust side.
+const runTimeout = 120 * time.Second
+
+type result struct {
+	Scenario   string  `json:"scenario"`
+	Messages   int64   `json:"messages"`
+	MsgsPerSec float64 `json:"msgs_per_sec"`
+	// ElapsedSecs is the timed span (see the package comment).
+	ElapsedSecs float64 `json:"elapsed_secs"`
+	// CPU of the whole process (getrusage RUSAGE_SELF), start-up included.
+	CPUUserSecs float64 `json:"cpu_user_secs"`
+	CPUSysSecs  float64 `json:"cpu_sys_secs"`
+	// CPU (user+sys) of the process within the timed span only.
+	CPUWindowSecs    float64 `json:"cpu_window_secs"`
+	WallSecs         float64 `json:"wall_secs"`
+	GoXkafka         string  `json:"go_xkafka"`
+	ConfluentKafkaGo string  `json:"confluent_kafka_go"`
+	Librdkafka       string  `json:"librdkafka"`
+	GoVersion        string  `json:"go_version"`
+}
+
+func cpuSecs() (user, sys float64) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, 0
+	}
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	return tv(ru.Utime), tv(ru.Stime)
+}
+
+// clock counts messages and remembers when the first and the target-th were
+// counted, and the process CPU at both points.
+type clock struct {
+	target   int64
+	count    atomic.Int64
+	mu       sync.Mutex
+	first    time.Time
+	last     time.Time
+	cpuFirst float64
+	cpuLast  float64
+	done     chan struct{}
+}
+
+func newClock(target int64) *clock {
+	return &clock{target: target, done: make(chan struct{})}
+}
+
+func (c *clock) start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.first.IsZero() {
+		c.first = time.Now()
+		u, s := cpuSecs()
+		c.cpuFirst = u + s
+	}
+}
+
+func (c *clock) tick(n int64) {
+	now := c.count.Add(n)
+	before := now - n
+	if before == 0 {
+		c.start()
+	}
+	if now >= c.target && before < c.target {
+		c.mu.Lock()
+		c.last = time.Now()
+		u, s := cpuSecs()
+		c.cpuLast = u + s
+		c.mu.Unlock()
+		close(c.done)
+	}
+}
+
+// wait blocks until the target is reached or the run timeout passes.
+func (c *clock) wait() error {
+	select {
+	case <-c.done:
+		return nil
+	case <-time.After(runTimeout):
+		return fmt.Errorf("only %d of %d messages after %s", c.count.Load(), c.target, runTimeout)
+	}
+}
+
+// span returns the timed seconds and the CPU seconds spent within them.
+func (c *clock) span() (secs, cpu float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	secs = c.last.Sub(c.first).Seconds()
+	if secs < 1e-9 {
+		secs = 1e-9
+	}
+	return secs, c.cpuLast - c.cpuFirst
+}
+
+type options struct {
+	brokers      string
+	topic        string
+	scenario     string
+	messages     int64
+	group        string
+	fetchWaitMs  int
+	batchSize    int
+	batchTimeout time.Duration
+	concurrency  int
+	inFlight     int
+	valueSize    int
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.brokers, "brokers", "127.0.0.1:9192", "bootstrap servers")
+	flag.StringVar(&o.topic, "topic", "", "topic to consume from or publish to")
+	flag.StringVar(&o.scenario, "scenario", "", "consume_seq | consume_batch | consume_conc16_1ms | publish_sync | publish_async")
+	flag.Int64Var(&o.messages, "messages", 0, "messages to consume or publish")
+	flag.StringVar(&o.group, "group", "", "consumer group id (default: a fresh one)")
+	flag.IntVar(&o.fetchWaitMs, "fetch-wait-ms", -1, "fetch.wait.max.ms (default: 10 for consume_conc16_1ms, 500 otherwise, as the Rust side)")
+	flag.IntVar(&o.batchSize, "batch-size", 1000, "BatchSize of consume_batch")
+	flag.DurationVar(&o.batchTimeout, "batch-timeout", 10*time.Millisecond, "BatchTimeout of consume_batch")
+	flag.IntVar(&o.concurrency, "concurrency", 16, "Concurrency of consume_conc16_1ms")
+	flag.IntVar(&o.inFlight, "in-flight", 64, "goroutines of publish_sync")
+	flag.IntVar(&o.valueSize, "value-size", 100, "bytes per published value")
+	flag.Parse()
+	if o.topic == "" || o.scenario == "" || o.messages <= 0 {
+		fail(errors.New("-topic, -scenario and -messages > 0 are required"))
+	}
+	if o.group == "" {
+		o.group = fmt.Sprintf("go-xkafka-%d-%d", os.Getpid(), time.Now().UnixNano())
+	}
+	if o.fetchWaitMs < 0 {
+		o.fetchWaitMs = 500
+		if o.scenario == "consume_conc16_1ms" {
+			o.fetchWaitMs = 10
+		}
+	}
+
+	started := time.Now()
+	var (
+		secs, cpuWindow float64
+		err             error
+	)
+	switch o.scenario {
+	case "consume_seq":
+		secs, cpuWindow, err = consume(o, 1, 0)
+	case "consume_conc16_1ms":
+		secs, cpuWindow, err = consume(o, o.concurrency, time.Millisecond)
+	case "consume_batch":
+		secs, cpuWindow, err = consumeBatch(o)
+	case "publish_async":
+		secs, cpuWindow, err = publishAsync(o)
+	case "publish_sync":
+		secs, cpuWindow, err = publishSync(o)
+	default:
+		err = fmt.Errorf("unknown scenario %q", o.scenario)
+	}
+	if err != nil {
+		fail(err)
+	}
+	rate := float64(o.messages-1) / secs
+	if o.scenario == "publish_sync" {
+		rate = float64(o.messages) / secs
+	}
+	user, sys := cpuSecs()
+	_, librdkafka := kafka.LibraryVersion()
+	out, _ := json.Marshal(result{
+		Scenario:         o.scenario,
+		Messages:         o.messages,
+		MsgsPerSec:       rate,
+		ElapsedSecs:      secs,
+		CPUUserSecs:      user,
+		CPUSysSecs:       sys,
+		CPUWindowSecs:    cpuWindow,
+		WallSecs:         time.Since(started).Seconds(),
+		GoXkafka:         goXkafkaVersion,
+		ConfluentKafkaGo: confluentKafkaGoVersion,
+		Librdkafka:       librdkafka,
+		GoVersion:        runtime.Version(),
+	})
+	fmt.Println(string(out))
+}
+
+func fail(err error) {
+	out, _ := json.Marshal(map[string]string{"error": err.Error()})
+	fmt.Println(string(out))
+	fmt.Fprintln(os.Stderr, "go-xkafka:", err)
+	os.Exit(1)
+}
+
+// quiet logs an error and goes on (as the Rust side's error handler, which
+// returns Decision::Continue).
+func quiet(err error) error {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go-xkafka consumer error:", err)
+	}
+	return nil
+}
+
+func consumerOptions(o options) []xkafka.ConsumerOption {
+	return []xkafka.ConsumerOption{
+		xkafka.Brokers{o.brokers},
+		xkafka.Topics{o.topic},
+		xkafka.ConfigMap{
+			"auto.offset.reset": "earliest",
+			"fetch.wait.max.ms": o.fetchWaitMs,
+		},
+		xkafka.ErrorHandler(quiet),
+		// The library's default is 10 s; the raw Rust loop polls for 100 ms.
+		// It matters only while nothing arrives (and lets the batch timer run).
+		xkafka.PollTimeout(100 * time.Millisecond),
+		// Run waits this long before closing the client; it is outside the
+		// timed span anyway.
+		xkafka.ShutdownTimeout(10 * time.Millisecond),
+	}
+}
+
+// consume runs a Consumer until it handled o.messages messages.
+func consume(o options, concurrency int, sleep time.Duration) (float64, float64, error) {
+	c := newClock(o.messages)
+	handler := xkafka.HandlerFunc(func(ctx context.Context, m *xkafka.Message) error {
+		c.tick(1)
+		if sleep > 0 {
+			time.Sleep(sleep)
+		}
+		m.AckSuccess()
+		return nil
+	})
+	opts := consumerOptions(o)
+	if concurrency > 1 {
+		opts = append(opts, xkafka.Concurrency(concurrency))
+	}
+	consumer, err := xkafka.NewConsumer(o.group, handler, opts...)
+	if err != nil {
+		return 0, 0, err
+	}
+	return runUntil(c, consumer.Run)
+}
+
+// consumeBatch runs a BatchConsumer until its batches held o.messages messages.
+func consumeBatch(o options) (float64, float64, error) {
+	c := newClock(o.messages)
+	handler := xkafka.BatchHandlerFunc(func(ctx context.Context, b *xkafka.Batch) error {
+		c.tick(int64(len(b.Messages)))
+		b.AckSuccess()
+		return nil
+	})
+	opts := append(consumerOptions(o),
+		xkafka.BatchSize(o.batchSize),
+		xkafka.BatchTimeout(o.batchTimeout))
+	consumer, err := xkafka.NewBatchConsumer(o.group, handler, opts...)
+	if err != nil {
+		return 0, 0, err
+	}
+	return runUntil(c, consumer.Run)
+}
+
+// runUntil runs a consumer until the clock's target is reached, then stops it.
+func runUntil(c *clock, run func(context.Context) error) (float64, float64, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- run(ctx) }()
+	waited := c.wait()
+	cancel()
+	runErr := <-stopped
+	if waited != nil {
+		return 0, 0, waited
+	}
+	if runErr != nil && !errors.Is(runErr, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "go-xkafka: consumer stopped with:", runErr)
+	}
+	secs, cpu := c.span()
+	return secs, cpu, nil
+}
+
+// producerOptions: linger.ms=5, acks=all, enable.idempotence=true, as both
+// Rust sides. Go xkafka sets "default.topic.config" to acks=1 and the
+// consistent_random partitioner (librdkafka's default, which the Rust sides
+// use); that sub-map replaces the default topic configuration wholesale, in
+// map order, so acks=all is given there as well.
+func producerOptions(o options, extra ...xkafka.ProducerOption) []xkafka.ProducerOption {
+	return append([]xkafka.ProducerOption{
+		xkafka.Brokers{o.brokers},
+		xkafka.ConfigMap{
+			"linger.ms":          5,
+			"acks":               "all",
+			"enable.idempotence": true,
+			"default.topic.config": kafka.ConfigMap{
+				"acks":        "all",
+				"partitioner": "consistent_random",
+			},
+		},
+		xkafka.ErrorHandler(func(err error) error {
+			fmt.Fprintln(os.Stderr, "go-xkafka producer error:", err)
+			return nil
+		}),
+		xkafka.ShutdownTimeout(10 * time.Second),
+	}, extra...)
+}
+
+func payload(size int) []byte {
+	v := make([]byte, size)
+	for i := range v {
+		v[i] = byte('a' + i%26)
+	}
+	return v
+}
+
+// keys are k0 … k999, made once (the Rust side formats one per message).
+func keys() [][]byte {
+	k := make([][]byte, 1000)
+	for i := range k {
+		k[i] = []byte("k" + strconv.Itoa(i))
+	}
+	return k
+}
+
+// publishAsync: AsyncPublish with a DeliveryCallback, timed from the first
+// send to the N-th delivery report.
+func publishAsync(o options) (float64, float64, error) {
+	c := newClock(o.messages)
+	var counting atomic.Bool
+	var failed atomic.Int64
+	producer, err := xkafka.NewProducer("bench-go", producerOptions(o,
+		xkafka.DeliveryCallback(func(m *xkafka.Message) {
+			if m.Status != xkafka.Success {
+				failed.Add(1)
+			}
+			if counting.Load() {
+				c.tick(1)
+			}
+		}))...)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Delivery reports of AsyncPublish arrive on the events channel, which
+	// Start drains (and calls the callback).
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan struct{})
+	go func() { _ = producer.Start(ctx); close(events) }()
+	value := payload(o.valueSize)
+	// Warm up as the Rust sides do: connected, producer id, metadata.
+	if err := producer.Publish(ctx, &xkafka.Message{Topic: o.topic, Value: value}); err != nil {
+		cancel()
+		return 0, 0, fmt.Errorf("warm-up: %w", err)
+	}
+	counting.Store(true)
+	k := keys()
+	c.start()
+	for i := int64(0); i < o.messages; i++ {
+		msg := &xkafka.Message{Topic: o.topic, Key: k[i%1000], Value: value}
+		if err := producer.AsyncPublish(ctx, msg); err != nil {
+			cancel()
+			return 0, 0, err
+		}
+	}
+	waited := c.wait()
+	cancel()
+	<-events
+	producer.Close()
+	if waited != nil {
+		return 0, 0, waited
+	}
+	if n := failed.Load(); n > 0 {
+		return 0, 0, fmt.Errorf("%d deliveries failed", n)
+	}
+	secs, cpu := c.span()
+	return secs, cpu, nil
+}
+
+// publishSync: Publish (which waits for the delivery report) from 64
+// goroutines sharing N messages.
+func publishSync(o options) (float64, float64, error) {
+	producer, err := xkafka.NewProducer("bench-go-sync", producerOptions(o)...)
+	if err != nil {
+		return 0, 0, err
+	}
+	value := payload(o.valueSize)
+	k := keys()
+	ctx := context.Background()
+	var next atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	u0, s0 := cpuSecs()
+	started := time.Now()
+	for g := 0; g < o.inFlight; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= o.messages {
+					return
+				}
+				msg := &xkafka.Message{Topic: o.topic, Key: k[i%1000], Value: value}
+				if err := producer.Publish(ctx, msg); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	secs := time.Since(started).Seconds()
+	u1, s1 := cpuSecs()
+	producer.Close()
+	if e := firstErr.Load(); e != nil {
+		return 0, 0, fmt.Errorf("publish failed: %w", *e)
+	}
+	return secs, (u1 + s1) - (u0 + s0), nil
+}
