@@ -336,7 +336,7 @@ pub mod handler {
 
 pub use config::Config;
 pub use consumer::{
-    BatchConsumer, CommitMode, Consumer, ConsumerBuilder, Order, Summary, TopicPartition,
+    BatchConsumer, CommitMode, Consumer, ConsumerBuilder, Order, Rebalance, Summary, TopicPartition,
 };
 pub use error::{Decision, Error, Operation};
 pub use producer::{CloseReport, Producer, ProducerBuilder, ProducerStatus};

@@ -7,6 +7,7 @@
 //! | `xkafka_messages_in_flight` | topic | messages inside the handler stack now |
 //! | `xkafka_retries_total` | topic | calls beyond the first, made by the retry layer |
 //! | `xkafka_dead_lettered_total` | topic | messages published to a dead-letter topic |
+//! | `xkafka_retry_tier_moves_total` | topic, tier (`1`, `2`, …), reason (`failed`, `follows`) | messages a [retry-topics](crate::retry_topics) layer moved to a retry tier: after a failure, or behind an earlier message of their key |
 //! | `xkafka_messages_published_total` | topic, outcome (`success`, `fail`) | publishes through the producer layer |
 //! | `xkafka_committed_offset` | topic, partition | last committed offset (next to read) |
 //! | `xkafka_consumer_lag` | topic, partition | high watermark (librdkafka's, from the last fetch) − committed offset |
@@ -57,6 +58,7 @@ struct Families {
     in_flight: IntGaugeVec,
     retries: IntCounterVec,
     dead_lettered: IntCounterVec,
+    retry_tier: IntCounterVec,
     published: IntCounterVec,
     committed: IntGaugeVec,
     lag: IntGaugeVec,
@@ -126,6 +128,11 @@ impl Metrics {
                 "Messages published to a dead-letter topic",
                 &["topic"],
             )?,
+            retry_tier: counter(
+                "xkafka_retry_tier_moves_total",
+                "Messages moved to a retry tier, by tier and reason",
+                &["topic", "tier", "reason"],
+            )?,
             published: counter(
                 "xkafka_messages_published_total",
                 "Messages published, by outcome",
@@ -152,6 +159,7 @@ impl Metrics {
         registry.register(Box::new(families.in_flight.clone()))?;
         registry.register(Box::new(families.retries.clone()))?;
         registry.register(Box::new(families.dead_lettered.clone()))?;
+        registry.register(Box::new(families.retry_tier.clone()))?;
         registry.register(Box::new(families.published.clone()))?;
         registry.register(Box::new(families.committed.clone()))?;
         registry.register(Box::new(families.lag.clone()))?;
@@ -268,6 +276,27 @@ pub struct MetricsService<S> {
 
 type Boxed<R> = Pin<Box<dyn Future<Output = Result<R, BoxError>> + Send>>;
 
+impl Families {
+    /// What the retry, dead-letter and retry-topics layers recorded of one
+    /// message.
+    fn attempts(&self, topic: &str, record: &xkafka_core::middleware::retry::AttemptRecord) {
+        if record.attempts > 1 {
+            self.retries
+                .with_label_values(&[topic])
+                .inc_by(u64::from(record.attempts - 1));
+        }
+        if record.dead_lettered {
+            self.dead_lettered.with_label_values(&[topic]).inc();
+        }
+        if let Some(tier) = record.retry_tier {
+            let reason = if record.followed { "follows" } else { "failed" };
+            self.retry_tier
+                .with_label_values(&[topic, &tier.to_string(), reason])
+                .inc();
+        }
+    }
+}
+
 fn outcome(result: &Result<Ack, BoxError>) -> &'static str {
     match result {
         Ok(Ack::Success) => "success",
@@ -307,15 +336,7 @@ where
             f.consumed
                 .with_label_values(&[&*topic, &partition, outcome(&result)])
                 .inc();
-            let record = log.get();
-            if record.attempts > 1 {
-                f.retries
-                    .with_label_values(&[&*topic])
-                    .inc_by(u64::from(record.attempts - 1));
-            }
-            if record.dead_lettered {
-                f.dead_lettered.with_label_values(&[&*topic]).inc();
-            }
+            f.attempts(&topic, &log.get());
             result
         })
     }
@@ -335,8 +356,15 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, batch: Batch) -> Self::Future {
+    fn call(&mut self, mut batch: Batch) -> Self::Future {
         let f = self.metrics.families.clone();
+        // Shared with the layers inside (dead letters, retry topics), which
+        // record what they did with each message.
+        let logs: Vec<AttemptLog> = batch
+            .messages_mut()
+            .iter_mut()
+            .map(AttemptLog::of)
+            .collect();
         let labels: Vec<(Arc<str>, String)> = batch
             .iter()
             .map(|m| {
@@ -356,6 +384,9 @@ where
             let result = future.await.map_err(Into::into);
             let elapsed = started.elapsed().as_secs_f64();
             let whole = outcome(&result);
+            for ((topic, _), log) in labels.iter().zip(&logs) {
+                f.attempts(topic, &log.get());
+            }
             for ((topic, partition), recorded) in labels.iter().zip(observer.peek_outcomes()) {
                 let kind = match recorded {
                     Some(Ok(Ack::Success)) => "success",

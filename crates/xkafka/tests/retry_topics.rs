@@ -367,3 +367,342 @@ async fn a_batch_consumer_moves_its_failed_messages_to_the_tiers_too() {
         "none early: {retried:?}"
     );
 }
+
+/// One handler call in the key-order runs.
+#[derive(Clone, Debug)]
+struct KeyedCall {
+    /// Global call order.
+    order: usize,
+    key: usize,
+    seq: usize,
+    /// The tier it was consumed from (0: main topic).
+    tier: usize,
+    /// It had followed an earlier message of its key into the tiers.
+    followed: bool,
+    failed: bool,
+}
+
+const KEYS: usize = 24;
+const PER_KEY: usize = 16;
+
+/// How many times the message `seq` of `key` fails before it succeeds:
+/// about one in nine fails 1 to 4 times (4: dead-lettered if handled
+/// in every tier).
+fn keyed_failures(key: usize, seq: usize) -> usize {
+    if (key * 7 + seq * 5) % 9 == 0 {
+        (key + seq) % 4 + 1
+    } else {
+        0
+    }
+}
+
+/// Publishes messages `seqs` of every key, key by key in order.
+async fn publish_keyed(source: &str, seqs: std::ops::Range<usize>) {
+    let p = producer();
+    for seq in seqs {
+        for key in 0..KEYS {
+            let msg = Message::builder(source)
+                .key(format!("key-{key}"))
+                .value(format!("{key}:{seq}"))
+                .build();
+            p.publish_async(msg).await.unwrap();
+        }
+    }
+    p.close().await;
+}
+
+/// A handler failing each message its first `keyed_failures` calls,
+/// recording every call.
+fn keyed_handler(
+    calls: Arc<Mutex<Vec<KeyedCall>>>,
+) -> impl Fn(
+    Message,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Ack, BoxError>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |m: Message| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            let (key, seq) = m.value_str().unwrap().split_once(':').unwrap();
+            let (key, seq): (usize, usize) = (key.parse().unwrap(), seq.parse().unwrap());
+            let tier = m
+                .headers()
+                .get_str(headers::ATTEMPT)
+                .map_or(0, |a| a.parse().unwrap());
+            let mut calls = calls.lock().unwrap();
+            let before = calls
+                .iter()
+                .filter(|c| (c.key, c.seq) == (key, seq))
+                .count();
+            let failed = before < keyed_failures(key, seq);
+            let order = calls.len();
+            calls.push(KeyedCall {
+                order,
+                key,
+                seq,
+                tier,
+                followed: m.headers().get_str(headers::FOLLOWS).is_some(),
+                failed,
+            });
+            drop(calls);
+            if failed {
+                Err(format!("{key}:{seq} fails").into())
+            } else {
+                Ok(Ack::Success)
+            }
+        })
+    }
+}
+
+/// Calls where a key went backwards: a message handled after a later
+/// message of its key. A call for a message that had already settled
+/// (succeeded, or failed in the last tier) is a redelivery after the
+/// restart — at-least-once replays what follows the committed offset — and
+/// is counted apart (second value), not as order.
+fn order_violations(calls: &[KeyedCall], tiers: usize) -> (Vec<String>, usize) {
+    let mut last: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut settled: std::collections::BTreeSet<(usize, usize)> = Default::default();
+    let mut violations = Vec::new();
+    let mut redelivered = 0;
+    let mut sorted = calls.to_vec();
+    sorted.sort_by_key(|c| c.order);
+    for c in &sorted {
+        if settled.contains(&(c.key, c.seq)) {
+            redelivered += 1;
+            continue;
+        }
+        if !c.failed || c.tier == tiers {
+            settled.insert((c.key, c.seq));
+        }
+        if let Some(prev) = last.get(&c.key) {
+            if c.seq < *prev {
+                violations.push(format!(
+                    "key-{} seq {} (tier {}) after seq {prev}",
+                    c.key, c.seq, c.tier
+                ));
+            }
+        }
+        last.insert(c.key, c.seq);
+    }
+    (violations, redelivered)
+}
+
+/// Every input settled: its last call succeeded, or it failed in the last
+/// tier (dead-lettered).
+fn settled(calls: &[KeyedCall], tiers: usize) -> usize {
+    let mut last: BTreeMap<(usize, usize), &KeyedCall> = BTreeMap::new();
+    for c in calls {
+        let e = last.entry((c.key, c.seq)).or_insert(c);
+        if c.order > e.order {
+            *e = c;
+        }
+    }
+    last.values()
+        .filter(|c| !c.failed || c.tier == tiers)
+        .count()
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Per-key order kept across the tiers, over the whole run: one consumer
+/// for the main topic and the tiers (`subscribe`), `Concurrency(4)` per
+/// key, stopped half-way while keys wait in the tiers and replaced by a
+/// new instance (which reads what the tiers hold before handling
+/// anything). The same inputs without key order, in the same run, do get
+/// handled out of order: the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_key_order_no_key_is_ever_handled_out_of_order() {
+    const TIERS: usize = 3;
+    let delays = [
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+        Duration::from_secs(1),
+    ];
+    let inputs = KEYS * PER_KEY;
+    let expected_dead = (0..KEYS)
+        .flat_map(|k| (0..PER_KEY).map(move |s| (k, s)))
+        .filter(|(k, s)| keyed_failures(*k, *s) > TIERS)
+        .count();
+    assert!(expected_dead > 0, "some inputs fail in every tier");
+
+    // Key order kept.
+    let source = topic("rt-order", 3).await;
+    publish_keyed(&source, 0..PER_KEY / 2).await;
+    let retries = RetryTopics::new(producer(), source.as_str())
+        .tiers(delays)
+        .keep_key_order();
+    retries
+        .ensure_topics(&brokers(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let metrics = xkafka::metrics::Metrics::new();
+    let calls: Arc<Mutex<Vec<KeyedCall>>> = Arc::default();
+    let group = unique("rt-order");
+    let instance = || {
+        retries
+            .subscribe(xkafka::Consumer::builder(&group))
+            .brokers([brokers()])
+            .config("auto.offset.reset", "earliest")
+            .config("fetch.wait.max.ms", "50")
+            .concurrency(4)
+            .order(xkafka::Order::PerKey)
+            .shutdown_timeout(Duration::from_secs(10))
+            .error_handler(|err| {
+                eprintln!("ordered: {err}");
+                Decision::Stop
+            })
+            .layer(metrics.layer())
+            .layer(retries.layer())
+            .handler(keyed_handler(calls.clone()))
+            .build()
+            .unwrap()
+    };
+    // First instance: stopped once some keys wait in the tiers.
+    let probe = calls.clone();
+    let first = instance()
+        .run(until(
+            move || probe.lock().unwrap().iter().filter(|c| c.failed).count() >= 12,
+            Duration::from_secs(30),
+        ))
+        .await
+        .expect("first instance");
+    let at_stop = calls.lock().unwrap().len();
+    // The second half arrives while the first half's failures wait.
+    publish_keyed(&source, PER_KEY / 2..PER_KEY).await;
+    let probe = calls.clone();
+    let second = instance()
+        .run(until(
+            move || settled(&probe.lock().unwrap(), TIERS) >= inputs,
+            Duration::from_secs(90),
+        ))
+        .await
+        .expect("second instance");
+    let ordered = calls.lock().unwrap().clone();
+    assert_eq!(settled(&ordered, TIERS), inputs, "every input settled");
+    let (violations, redelivered) = order_violations(&ordered, TIERS);
+    let followed = ordered.iter().filter(|c| c.followed).count();
+    let text = metrics.render();
+    let moves = |tier: usize, reason: &str| {
+        metric(
+            &text,
+            &format!(
+                "xkafka_retry_tier_moves_total{{reason=\"{reason}\",tier=\"{tier}\",topic=\"{}\"}}",
+                if tier == 1 {
+                    source.clone()
+                } else {
+                    format!("{source}.retry.{}", tier - 1)
+                }
+            ),
+        )
+    };
+
+    // Twin without key order: same inputs, same tiers.
+    let twin_source = topic("rt-twin", 3).await;
+    publish_keyed(&twin_source, 0..PER_KEY).await;
+    let twin_retries = RetryTopics::new(producer(), twin_source.as_str()).tiers(delays);
+    twin_retries
+        .ensure_topics(&brokers(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let twin_calls: Arc<Mutex<Vec<KeyedCall>>> = Arc::default();
+    let twin = twin_retries
+        .subscribe(xkafka::Consumer::builder(unique("rt-twin")))
+        .brokers([brokers()])
+        .config("auto.offset.reset", "earliest")
+        .config("fetch.wait.max.ms", "50")
+        .concurrency(4)
+        .order(xkafka::Order::PerKey)
+        .error_handler(|err| {
+            eprintln!("twin: {err}");
+            Decision::Stop
+        })
+        .layer(twin_retries.layer())
+        .handler(keyed_handler(twin_calls.clone()))
+        .build()
+        .unwrap();
+    let probe = twin_calls.clone();
+    twin.run(until(
+        move || settled(&probe.lock().unwrap(), TIERS) >= inputs,
+        Duration::from_secs(60),
+    ))
+    .await
+    .expect("twin");
+    let twin_calls = twin_calls.lock().unwrap().clone();
+    let (twin_violations, _) = order_violations(&twin_calls, TIERS);
+    println!(
+        "KEY_ORDER inputs={inputs} keys={KEYS} calls={} followed={followed} violations={} redelivered_after_restart={redelivered} \
+         restart_after_calls={at_stop} moves_failed={}/{}/{} moves_follows={}/{}/{} \
+         twin_calls={} twin_violations={}",
+        ordered.len(),
+        violations.len(),
+        moves(1, "failed"),
+        moves(2, "failed"),
+        moves(3, "failed"),
+        moves(1, "follows"),
+        moves(2, "follows"),
+        moves(3, "follows"),
+        twin_calls.len(),
+        twin_violations.len(),
+    );
+    assert!(
+        violations.is_empty(),
+        "out of order with key order on: {violations:?}"
+    );
+    assert!(followed > 0, "later messages followed their key's head");
+    assert!(
+        !twin_violations.is_empty(),
+        "without key order later messages overtake a failed one"
+    );
+    // Failures moved per tier, as counted by the metrics layer: each failed
+    // call outside the last tier moved its message one tier on.
+    for tier in 1..=TIERS {
+        let failed_here = ordered
+            .iter()
+            .filter(|c| c.failed && c.tier == tier - 1)
+            .count() as u64;
+        assert_eq!(moves(tier, "failed"), failed_here, "tier {tier}");
+    }
+    assert!(
+        (1..=TIERS).map(|t| moves(t, "follows")).sum::<u64>() > 0,
+        "moves behind a key's head are counted too"
+    );
+    // Both instances ended cleanly; nothing failed past the layer.
+    assert_eq!(first.failed + second.failed, 0);
+
+    // What the dead-letter topic holds: the inputs whose last call failed
+    // in the last tier, each once.
+    let dead_calls: Vec<(usize, usize)> = {
+        let mut d: Vec<(usize, usize)> = ordered
+            .iter()
+            .filter(|c| c.failed && c.tier == TIERS)
+            .map(|c| (c.key, c.seq))
+            .collect();
+        d.sort_unstable();
+        d
+    };
+    let dlq = common::consume(
+        &unique("rt-order-dlq"),
+        retries.dead_letter(),
+        dead_calls.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut dead: Vec<(usize, usize)> = dlq
+        .iter()
+        .map(|m| {
+            let (k, s) = m.value_str().unwrap().split_once(':').unwrap();
+            (k.parse().unwrap(), s.parse().unwrap())
+        })
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(dead, dead_calls);
+}

@@ -65,6 +65,11 @@ pub struct AttemptRecord {
     /// Whether a dead-letter layer published the message after the last
     /// failure.
     pub dead_lettered: bool,
+    /// The retry tier (1-based) a retry-topics layer moved the message to.
+    pub retry_tier: Option<u32>,
+    /// It was moved there without being handled, behind an earlier message
+    /// of its key (retry topics keeping key order).
+    pub followed: bool,
 }
 
 impl AttemptLog {
@@ -90,6 +95,15 @@ impl AttemptLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .dead_lettered = true;
+    }
+
+    /// Notes that the message moved to retry tier `tier` (1-based);
+    /// `followed`: without being handled, behind an earlier message of its
+    /// key.
+    pub fn mark_retry_tier(&self, tier: u32, followed: bool) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.retry_tier = Some(tier);
+        r.followed = followed;
     }
 
     fn record(&self, attempt: u32, failed: bool) {

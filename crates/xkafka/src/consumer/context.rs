@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::commit::{commit_sync, is_nothing_to_commit};
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
+use super::rebalance::Rebalance;
 use super::shared::Shared;
 use crate::error::{Error, Operation};
 use crate::log::{forward_log, scrub};
@@ -149,7 +150,7 @@ impl XConsumerContext {
                 }
                 let mut ledger = self.shared.ledger();
                 ledger.assignments += 1;
-                ledger.assigned.extend(partitions);
+                ledger.assigned.extend(partitions.iter().cloned());
                 drop(ledger);
                 self.shared.set_state(super::status::GroupState::Stable);
                 let result = if cooperative {
@@ -159,6 +160,12 @@ impl XConsumerContext {
                 };
                 if let Err(e) = result {
                     self.shared.report(Error::kafka(Operation::Rebalance, e));
+                }
+                // Before the first fetch of these partitions: nothing of
+                // theirs can have reached a handler yet.
+                if !self.shared.listeners.is_empty() {
+                    self.shared
+                        .notify(&Rebalance::Assigned(partitions.iter().cloned().collect()));
                 }
                 // librdkafka remembers a pause across revoke and re-assign;
                 // a partition we get (back) starts with an empty buffer, so
@@ -192,6 +199,12 @@ impl XConsumerContext {
                     None => {}
                 }
                 drop(pipeline);
+                if !self.shared.listeners.is_empty() {
+                    self.shared.notify(&Rebalance::Revoked {
+                        partitions: partitions.iter().cloned().collect(),
+                        lost,
+                    });
+                }
                 {
                     let mut ledger = self.shared.ledger();
                     for tp in &partitions {

@@ -9,6 +9,7 @@ mod dispatch;
 mod offsets;
 mod pipeline;
 mod poll_loop;
+mod rebalance;
 mod shared;
 mod status;
 mod tracker;
@@ -36,6 +37,8 @@ use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
+pub(crate) use rebalance::Listener;
+pub use rebalance::Rebalance;
 use shared::Shared;
 pub use status::{
     ConsumerStatus, Counters, GroupState, PartitionStatus, PauseReason, StatusHandle, Unfinished,
@@ -378,6 +381,7 @@ pub struct ConsumerBuilder<K: Kind = Streaming> {
     transactional: Option<crate::Producer>,
     boundary: transaction::Boundary,
     not_before: Option<pipeline::NotBeforeFn>,
+    listeners: rebalance::Listeners,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
 }
@@ -405,6 +409,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             batch_timeout: DEFAULT_BATCH_TIMEOUT,
             transactional: None,
             not_before: None,
+            listeners: Vec::new(),
             boundary: transaction::Boundary {
                 max_messages: transaction::DEFAULT_MAX_MESSAGES,
                 interval: transaction::DEFAULT_INTERVAL,
@@ -491,6 +496,46 @@ impl<K: Kind> ConsumerBuilder<K> {
         F: Fn(&Message) -> Option<std::time::SystemTime> + Send + Sync + 'static,
     {
         self.not_before = Some(Arc::new(due));
+        self
+    }
+
+    /// Calls `listener` on every change of the assignment, on the poll
+    /// thread inside the rebalance: [`Rebalance::Assigned`] before any
+    /// message of those partitions reaches a handler,
+    /// [`Rebalance::Revoked`] once their handlers finished and what they
+    /// processed was committed. Keep it short (the group waits for it). A
+    /// panic in it is caught and goes to the error handler as
+    /// [`Error::CallbackPanicked`]. Listeners add up: each one given is
+    /// called, in order.
+    ///
+    /// ```
+    /// use xkafka::{Consumer, Decision, Message, Rebalance};
+    ///
+    /// let consumer = Consumer::builder("billing")
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .topics(["orders"])
+    ///     .on_rebalance(|event: &Rebalance| match event {
+    ///         Rebalance::Assigned(partitions) => println!("got {partitions:?}"),
+    ///         Rebalance::Revoked { partitions, .. } => println!("lost {partitions:?}"),
+    ///         _ => {}
+    ///     })
+    ///     .error_handler(|_| Decision::Stop)
+    ///     .handler(|_m: Message| async {})
+    ///     .build()?;
+    /// # Ok::<(), xkafka::Error>(())
+    /// ```
+    pub fn on_rebalance<F>(mut self, listener: F) -> Self
+    where
+        F: Fn(&Rebalance) + Send + Sync + 'static,
+    {
+        self.listeners
+            .push(Arc::new(rebalance::FnListener(listener)));
+        self
+    }
+
+    /// A crate-internal listener (retry topics' key order).
+    pub(crate) fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
+        self.listeners.push(listener);
         self
     }
 
@@ -746,6 +791,10 @@ impl<K: Kind> ConsumerBuilder<K> {
         {
             shared.metrics = self.metrics;
         }
+        for listener in &self.listeners {
+            listener.bind(&config)?;
+        }
+        shared.listeners = self.listeners;
         let protocol = match config.get("group.protocol") {
             Some(p) if p.eq_ignore_ascii_case("consumer") => "consumer",
             _ => "classic",

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) rewinds: std::sync::atomic::AtomicU64,
     /// The status the poll thread publishes (and `StatusHandle`s read).
     pub(crate) board: Arc<Board>,
+    /// `on_rebalance` listeners, called on the poll thread.
+    pub(crate) listeners: super::rebalance::Listeners,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -69,6 +71,7 @@ impl Shared {
             revoke_grace,
             rewinds: std::sync::atomic::AtomicU64::new(0),
             board,
+            listeners: Vec::new(),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -123,6 +126,23 @@ impl Shared {
         }
         drop(slot);
         self.shutdown.shutdown();
+    }
+
+    /// Tells the rebalance listeners; a panicking one goes to the error
+    /// handler (the others are still told).
+    pub(crate) fn notify(&self, event: &super::rebalance::Rebalance) {
+        for listener in &self.listeners {
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener.on_rebalance(event);
+            }));
+            if let Err(payload) = told {
+                self.report(Error::CallbackPanicked {
+                    callback: "an on_rebalance listener",
+                    topic: None,
+                    message: Panicked::from_payload(payload).message,
+                });
+            }
+        }
     }
 
     /// Records where the consumer stands in its group, for its status.

@@ -13,6 +13,18 @@
 //! its due time; the poll loop never sleeps, and the other partitions and
 //! tiers flow.
 //!
+//! **Key order** is optional ([`RetryTopics::keep_key_order`], with one
+//! consumer for the main topic and the tiers set up by
+//! [`RetryTopics::subscribe`]): while a key has a message in the tiers,
+//! later messages of that key follow it there instead of overtaking it.
+//! Without it (the default, as in Spring's retry topics) a failed message
+//! is overtaken by the later messages of its key.
+//!
+//! With [`Metrics::layer`](crate::metrics::Metrics::layer) outside this
+//! layer, each move is counted by tier (`xkafka_retry_tier_moves_total`).
+//! Headers are carried from tier to tier, `traceparent` included: with the
+//! trace-context layers the trace of a message continues in every tier.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use xkafka::retry_topics::{due, RetryTopics};
@@ -61,8 +73,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower::{Layer, Service};
 use xkafka_core::middleware::retry::{is_permanent, AttemptLog};
 
+use crate::consumer::{ConsumerBuilder, Kind};
 use crate::dlq::DeadLetterLayer;
 use crate::{Ack, Batch, BoxError, Error, Message, Producer};
+
+mod key_order;
+pub use key_order::KeyOrderError;
+use key_order::{KeyOrder, Place, Step};
 
 /// The headers a message carries in a retry tier.
 pub mod headers {
@@ -84,9 +101,12 @@ pub mod headers {
     pub const LAST_ERROR: &str = "x-retry-last-error";
     /// When it first failed, milliseconds since the Unix epoch.
     pub const FIRST_FAILURE: &str = "x-retry-first-failure";
+    /// It was moved without being handled, behind an earlier message of its
+    /// key (with key order kept): that message's original offset.
+    pub const FOLLOWS: &str = "x-retry-follows";
 }
 
-const ALL_HEADERS: [&str; 9] = [
+const ALL_HEADERS: [&str; 10] = [
     headers::ATTEMPT,
     headers::DUE,
     headers::ORIGINAL_TOPIC,
@@ -96,6 +116,7 @@ const ALL_HEADERS: [&str; 9] = [
     headers::FIRST_ERROR,
     headers::LAST_ERROR,
     headers::FIRST_FAILURE,
+    headers::FOLLOWS,
 ];
 
 const MAX_ERROR_LEN: usize = 4096;
@@ -126,6 +147,16 @@ struct Tiers {
     dead_letters: DeadLetterLayer,
     dead_letter_topic: Arc<str>,
     timeout: Duration,
+    key_order: Option<Arc<KeyOrder>>,
+}
+
+/// Why a message moves to a tier.
+#[derive(Clone, Copy, Debug)]
+enum Cause<'a> {
+    /// Its handler failed with this error.
+    Failed(&'a str),
+    /// An earlier message of its key (this original offset) is in the tiers.
+    Follows(i64),
 }
 
 impl RetryTopics {
@@ -144,13 +175,99 @@ impl RetryTopics {
                 source,
                 dead_letter_topic: dlq,
                 timeout: DEFAULT_TIMEOUT,
+                key_order: None,
             }),
         }
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Tiers)) -> Self {
-        f(Arc::make_mut(&mut self.inner));
+        let t = Arc::make_mut(&mut self.inner);
+        f(t);
+        if t.key_order.is_some() {
+            // Made anew: its topics may have changed.
+            t.key_order = Some(Arc::new(KeyOrder::new(
+                t.source.as_str().into(),
+                t.topics.clone(),
+                t.timeout,
+            )));
+        }
         self
+    }
+
+    /// **Keeps per-key order** (off by default): while a key has a message
+    /// in the tiers, later messages of that key follow it there (moved
+    /// without being handled, header [`headers::FOLLOWS`]) instead of
+    /// overtaking it; each is handled once every earlier message of its key
+    /// succeeded or was dead-lettered. Messages without key are not ordered.
+    ///
+    /// What it takes:
+    /// - **One consumer for the main topic and the tiers**, set up by
+    ///   [`subscribe`](Self::subscribe), with a co-partitioning assignor
+    ///   (`range`: librdkafka's default for the classic protocol; with
+    ///   `group.protocol=consumer` set `group.remote.assignor=range`) —
+    ///   the build fails otherwise. So a backlog in the tiers shares that
+    ///   consumer's members with the main topic.
+    /// - **An ordered consumer**: `Order::Partition` (the default, with any
+    ///   concurrency) or `Order::PerKey`, not `Order::Unordered`.
+    ///
+    /// What it costs:
+    /// - **After each assignment**, before the first message of a partition
+    ///   is handled, that partition of every tier is read from the group's
+    ///   committed offset to its end (what is waiting there, by key):
+    ///   the partition's start is delayed by that read.
+    /// - **A failing key holds its later messages back** for the tiers'
+    ///   delays (and sends them through the tiers: more publishes), and a
+    ///   message dead-lettered lets the next of its key go — that is the
+    ///   order kept, not a cost one can tune.
+    /// - Memory: one entry per key and message in the tiers.
+    /// - Each message takes a lock of its partition (uncontended unless
+    ///   concurrency is high).
+    pub fn keep_key_order(self) -> Self {
+        let mut me = self;
+        Arc::make_mut(&mut me.inner).key_order = Some(Arc::new(KeyOrder::new(
+            me.inner.source.as_str().into(),
+            me.inner.topics.clone(),
+            me.inner.timeout,
+        )));
+        me
+    }
+
+    /// Subscribes `builder` to the main topic and every tier, with
+    /// [`due`] as its [`not_before`](ConsumerBuilder::not_before), and (with
+    /// [`keep_key_order`](Self::keep_key_order)) what key order needs: one
+    /// consumer handling both. Add [`layer`](Self::layer) to it as well,
+    /// where the stack should have it.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use xkafka::retry_topics::RetryTopics;
+    /// use xkafka::{Ack, Consumer, Decision, Message, Producer};
+    ///
+    /// # fn build() -> Result<(), xkafka::Error> {
+    /// let producer = Producer::builder("orders-retries")
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .error_handler(|err| eprintln!("{err}"))
+    ///     .build()?;
+    /// let retries = RetryTopics::new(producer, "orders")
+    ///     .tiers([Duration::from_secs(1), Duration::from_secs(30)])
+    ///     .keep_key_order();
+    /// let consumer = retries
+    ///     .subscribe(Consumer::builder("billing"))
+    ///     .brokers(["127.0.0.1:9092"])
+    ///     .error_handler(|_| Decision::Stop)
+    ///     .layer(retries.layer())
+    ///     .handler(|_m: Message| async { Ack::Success })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe<K: Kind>(&self, builder: ConsumerBuilder<K>) -> ConsumerBuilder<K> {
+        let builder = builder
+            .topics(std::iter::once(self.inner.source.clone()).chain(self.tier_topics()))
+            .not_before(due);
+        match &self.inner.key_order {
+            Some(order) => builder.listener(order.clone()),
+            None => builder,
+        }
     }
 
     /// The tiers' delays, in order: tier `n` is `<source>.retry.<n>`
@@ -220,9 +337,9 @@ impl RetryTopics {
         }
     }
 
-    /// The copy of `original` (which failed with `error`) for tier `tier`
-    /// (0-based), due `delay` from now.
-    fn copy_for(&self, original: &Message, tier: usize, error: &str) -> Message {
+    /// The copy of `original` for tier `tier` (0-based), due its delay from
+    /// now.
+    fn copy_for(&self, original: &Message, tier: usize, cause: Cause<'_>) -> Message {
         let t = &self.inner;
         let now = now_ms();
         let h = original.headers();
@@ -237,9 +354,19 @@ impl RetryTopics {
         let due = now + u64::try_from(t.delays[tier].as_millis()).unwrap_or(u64::MAX);
         b = b
             .header(headers::ATTEMPT, (tier + 1).to_string())
-            .header(headers::DUE, due.to_string())
-            .header(headers::LAST_ERROR, cut(error));
+            .header(headers::DUE, due.to_string());
+        let error = match cause {
+            Cause::Failed(error) => Some(cut(error)),
+            Cause::Follows(head) => {
+                b = b.header(headers::FOLLOWS, head.to_string());
+                None
+            }
+        };
         for (name, value) in [
+            (
+                headers::LAST_ERROR,
+                error.clone().or_else(|| carried(headers::LAST_ERROR)),
+            ),
             (
                 headers::ORIGINAL_TOPIC,
                 first(headers::ORIGINAL_TOPIC, Some(original.topic().to_owned())),
@@ -267,11 +394,14 @@ impl RetryTopics {
             ),
             (
                 headers::FIRST_ERROR,
-                first(headers::FIRST_ERROR, Some(cut(error))),
+                first(headers::FIRST_ERROR, error.clone()),
             ),
             (
                 headers::FIRST_FAILURE,
-                first(headers::FIRST_FAILURE, Some(now.to_string())),
+                first(
+                    headers::FIRST_FAILURE,
+                    error.as_ref().map(|_| now.to_string()),
+                ),
             ),
         ] {
             if let Some(value) = value {
@@ -313,49 +443,202 @@ impl RetryTopics {
         b.build()
     }
 
+    /// The tier (0-based) a failure of `message` moves to, or `None`: the
+    /// dead-letter topic.
+    fn next_tier(&self, message: &Message, error: &BoxError) -> Option<usize> {
+        let attempt = attempt_of(message);
+        (attempt < self.inner.delays.len() && !is_permanent(error.as_ref())).then_some(attempt)
+    }
+
     async fn handle_failure(
         &self,
         original: Message,
         error: BoxError,
         log: AttemptLog,
     ) -> Result<Ack, BoxError> {
-        let attempt: usize = original
-            .headers()
-            .get_str(headers::ATTEMPT)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0);
-        let t = &self.inner;
-        if attempt >= t.delays.len() || is_permanent(error.as_ref()) {
-            let view = self.as_original(&original);
-            return t
-                .dead_letters
-                .send(&view, error, &log)
-                .await
-                .map(|()| Ack::Skip);
-        }
-        let copy = self.copy_for(&original, attempt, &error.to_string());
-        let published = tokio::time::timeout(t.timeout, t.producer.publish(copy)).await;
-        match published {
-            Ok(Ok(delivery)) => {
-                tracing::info!(
-                    message = %original.location(),
-                    tier = attempt + 1,
-                    retry = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
-                    %error,
-                    "moved to a retry tier",
-                );
+        match self.next_tier(&original, &error) {
+            Some(tier) => {
+                let text = error.to_string();
+                self.move_to(&original, tier, Cause::Failed(&text), &log)
+                    .await
+                    .map_err(|publish| publish.with(error))?;
                 Ok(Ack::Skip)
             }
-            Ok(Err(publish)) => Err(Box::new(RetryPublishFailed {
-                error,
-                topic: t.topics[attempt].clone(),
-                publish: Some(publish),
-            })),
-            Err(_) => Err(Box::new(RetryPublishFailed {
-                error,
-                topic: t.topics[attempt].clone(),
-                publish: None,
-            })),
+            None => self.send_dead_letter(&original, error, &log).await,
+        }
+    }
+
+    async fn send_dead_letter(
+        &self,
+        original: &Message,
+        error: BoxError,
+        log: &AttemptLog,
+    ) -> Result<Ack, BoxError> {
+        let view = self.as_original(original);
+        self.inner
+            .dead_letters
+            .send(&view, error, log)
+            .await
+            .map(|()| Ack::Skip)
+    }
+
+    /// Publishes the copy of `original` for tier `tier` (0-based) and waits
+    /// for its acknowledgement.
+    async fn move_to(
+        &self,
+        original: &Message,
+        tier: usize,
+        cause: Cause<'_>,
+        log: &AttemptLog,
+    ) -> Result<(), PublishFailed> {
+        let t = &self.inner;
+        let copy = self.copy_for(original, tier, cause);
+        let failed = |publish| PublishFailed {
+            topic: t.topics[tier].clone(),
+            publish,
+        };
+        let delivery = tokio::time::timeout(t.timeout, t.producer.publish(copy))
+            .await
+            .map_err(|_| failed(None))?
+            .map_err(|e| failed(Some(e)))?;
+        let number = u32::try_from(tier + 1).unwrap_or(u32::MAX);
+        log.mark_retry_tier(number, matches!(cause, Cause::Follows(_)));
+        tracing::info!(
+            message = %original.location(),
+            tier = tier + 1,
+            retry = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
+            cause = ?cause,
+            "moved to a retry tier",
+        );
+        Ok(())
+    }
+
+    /// The streaming path with key order kept: see [`key_order`].
+    async fn ordered<S>(
+        &self,
+        order: &KeyOrder,
+        place: Place,
+        message: Message,
+        log: AttemptLog,
+        inner: S,
+    ) -> Result<Ack, BoxError>
+    where
+        S: Service<Message, Response = Ack>,
+        S::Error: Into<BoxError>,
+    {
+        let slot = order.slot(place.partition)?;
+        let mut chain = slot.chain.lock().await;
+        if chain.is_none() {
+            let partition = place.partition;
+            let shared = self.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                shared
+                    .inner
+                    .key_order
+                    .as_ref()
+                    .expect("key order is on")
+                    .read(partition)
+            })
+            .await
+            .map_err(|e| KeyOrderError::Rebuild {
+                partition,
+                reason: e.to_string(),
+            })??;
+            tracing::info!(
+                topic = %self.inner.source,
+                partition,
+                keys_waiting = read.keys_waiting(),
+                "read what the retry tiers hold for key order",
+            );
+            *chain = Some(read);
+        }
+        let step = chain.as_ref().expect("just built").step(&place);
+        let (key, offset) = (&place.key, place.original_offset);
+        // This copy leaves the chain once settled (success, moved on,
+        // dead-lettered, or handed to the error handler, which skips it or
+        // stops the consumer — a restart reads the tiers anew).
+        let settle = |chain: &mut Option<key_order::Chain>| {
+            if place.tier > 0 {
+                if let Some(c) = chain.as_mut() {
+                    c.remove(key, offset);
+                }
+            }
+        };
+        match step {
+            Step::AlreadyMoved => return Ok(Ack::Skip),
+            Step::Follow => {
+                // Registered before the publish: nothing of its key can
+                // overtake it while the copy is in flight.
+                chain.as_mut().expect("built").add(key, offset);
+                drop(chain);
+                let tier = place.tier.min(self.inner.delays.len().saturating_sub(1));
+                let head = Cause::Follows(offset);
+                let moved = self.move_to(&message, tier, head, &log).await;
+                let mut chain = slot.chain.lock().await;
+                if moved.is_err() {
+                    if let Some(c) = chain.as_mut() {
+                        c.remove(key, offset);
+                    }
+                }
+                settle(&mut chain);
+                return moved.map(|()| Ack::Skip).map_err(|e| {
+                    Box::new(e.with("it waits behind an earlier message of its key".into())) as _
+                });
+            }
+            Step::Handle => drop(chain),
+        }
+        let mut inner = inner;
+        let result = inner.call(message.clone()).await.map_err(Into::into);
+        let outcome = match result {
+            Ok(ack) => Ok(ack),
+            Err(error) => match self.next_tier(&message, &error) {
+                Some(tier) => {
+                    if let Some(c) = slot.chain.lock().await.as_mut() {
+                        c.add(key, offset);
+                    }
+                    let text = error.to_string();
+                    let moved = self
+                        .move_to(&message, tier, Cause::Failed(&text), &log)
+                        .await;
+                    if moved.is_err() {
+                        if let Some(c) = slot.chain.lock().await.as_mut() {
+                            c.remove(key, offset);
+                        }
+                    }
+                    moved
+                        .map(|()| Ack::Skip)
+                        .map_err(|e| Box::new(e.with(error)) as _)
+                }
+                None => self.send_dead_letter(&message, error, &log).await,
+            },
+        };
+        settle(&mut *slot.chain.lock().await);
+        outcome
+    }
+}
+
+/// How many failed attempts a message has behind it (its tier; 0 on the
+/// main topic).
+fn attempt_of(message: &Message) -> usize {
+    message
+        .headers()
+        .get_str(headers::ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A retry publish that failed (`None`: timed out).
+struct PublishFailed {
+    topic: Arc<str>,
+    publish: Option<Error>,
+}
+
+impl PublishFailed {
+    fn with(self, error: BoxError) -> RetryPublishFailed {
+        RetryPublishFailed {
+            error,
+            topic: self.topic,
+            publish: self.publish,
         }
     }
 }
@@ -408,7 +691,7 @@ pub struct RetryTopicsService<S> {
 
 impl<S> Service<Message> for RetryTopicsService<S>
 where
-    S: Service<Message, Response = Ack>,
+    S: Service<Message, Response = Ack> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
@@ -422,9 +705,20 @@ where
 
     fn call(&mut self, mut message: Message) -> Self::Future {
         let log = AttemptLog::of(&mut message);
+        let tiers = self.tiers.clone();
+        if let Some(order) = tiers.inner.key_order.clone() {
+            if let Some(place) = Place::of(&message) {
+                // The handler runs later, once the order allows it: take the
+                // service that was made ready, leave a clone in its place.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                return Box::pin(
+                    async move { tiers.ordered(&order, place, message, log, inner).await },
+                );
+            }
+        }
         let original = message.clone();
         let future = self.inner.call(message);
-        let tiers = self.tiers.clone();
         Box::pin(async move {
             let error: BoxError = match future.await {
                 Ok(ack) => return Ok(ack),
@@ -454,6 +748,9 @@ where
     }
 
     fn call(&mut self, mut batch: Batch) -> Self::Future {
+        if self.tiers.inner.key_order.is_some() {
+            return Box::pin(async { Err(Box::new(KeyOrderError::Batch) as BoxError) });
+        }
         let logs: Vec<AttemptLog> = batch
             .messages_mut()
             .iter_mut()
@@ -533,7 +830,7 @@ mod tests {
             .timestamp_millis(1_000)
             .build();
         let before = now_ms();
-        let first = tiers.copy_for(&original, 0, "down");
+        let first = tiers.copy_for(&original, 0, Cause::Failed("down"));
         let h = first.headers();
         assert_eq!(first.topic(), "orders.retry.1");
         assert_eq!(first.partition(), Some(2));
@@ -552,7 +849,7 @@ mod tests {
         // Consumed from tier 1 (its own partition and offset), failing again.
         let mut fetched = first.clone();
         fetched.set_partition(Some(0));
-        let second = tiers.copy_for(&fetched, 1, "still down");
+        let second = tiers.copy_for(&fetched, 1, Cause::Failed("still down"));
         let h = second.headers();
         assert_eq!(second.topic(), "orders.retry.2");
         assert_eq!(h.get_str(headers::ATTEMPT), Some("2"));

@@ -173,3 +173,82 @@ async fn a_batch_span_links_every_message() {
         "only valid contexts are linked: {linked:?}"
     );
 }
+
+/// A message that fails on the main topic and in the first retry tier is
+/// handled three times, by two consumers, and every call is in the trace of
+/// the span that published it: the retry copies carry `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_continues_across_retry_tiers() {
+    use xkafka::retry_topics::{headers, RetryTopics};
+    use xkafka::{Ack, BoxError};
+
+    let (exporter, provider) = exporter();
+    let source = topic("trace-rt", 1).await;
+    let (trace_id, _) = publish_three(&source).await;
+    let retries = RetryTopics::new(producer(), source.as_str())
+        .tiers([Duration::from_millis(100), Duration::from_millis(100)]);
+    retries
+        .ensure_topics(&brokers(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    // (key, attempt) → the trace of the handler's span.
+    let seen: Arc<Mutex<HashMap<(String, usize), TraceId>>> = Arc::default();
+    let record = seen.clone();
+    let consumer = retries
+        .subscribe(xkafka::Consumer::builder(unique("trace-rt-g")))
+        .brokers([brokers()])
+        .config("auto.offset.reset", "earliest")
+        .config("fetch.wait.max.ms", "50")
+        .error_handler(|err| panic!("unexpected: {err}"))
+        .layer(ExtractLayer)
+        .layer(retries.layer())
+        .handler(move |m: Message| {
+            let record = record.clone();
+            async move {
+                let attempt: usize = m
+                    .headers()
+                    .get_str(headers::ATTEMPT)
+                    .map_or(0, |a| a.parse().unwrap());
+                let id = tracing::Span::current()
+                    .context()
+                    .span()
+                    .span_context()
+                    .trace_id();
+                let key = m.key_str().unwrap().to_owned();
+                record.lock().unwrap().insert((key.clone(), attempt), id);
+                if key == "traced" && attempt < 2 {
+                    return Err::<Ack, BoxError>("downstream is down".into());
+                }
+                Ok(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let probe = seen.clone();
+    let summary = consumer
+        .run(until(
+            move || probe.lock().unwrap().len() >= 5,
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    for attempt in 0..=2 {
+        assert_eq!(
+            seen.get(&("traced".to_owned(), attempt)),
+            Some(&trace_id),
+            "attempt {attempt}: the publisher's trace ({seen:?})"
+        );
+    }
+    assert_eq!(summary.skipped, 2, "moved twice: {summary:?}");
+    let _ = provider.force_flush();
+    let spans = exporter.get_finished_spans().unwrap();
+    let in_trace = spans
+        .iter()
+        .filter(|s| s.name == "kafka.process" && s.span_context.trace_id() == trace_id)
+        .count();
+    assert!(
+        in_trace >= 3,
+        "one process span per call in the trace, {in_trace} found"
+    );
+}
