@@ -403,6 +403,7 @@ async fn compare(
     let mut extra_runs = Vec::new();
     let mut ours_cpu = Vec::new();
     let mut go_runs = Vec::new();
+    let mut go_sequential_runs = Vec::new();
     // A publish_async run lasts a fraction of a second and, on 2 cores shared
     // with the broker, varies by ±30 % from run to run: it gets more rounds.
     let rounds = if name == "publish_async" {
@@ -433,7 +434,12 @@ async fn compare(
                 (Turn::Baseline, _) => {
                     base_runs.push(run_baseline(name, target, topics, sizes).await?)
                 }
-                (Turn::Go, Some(go)) => go_runs.push(go.run(name, target, topics, sizes)?),
+                (Turn::Go, Some(go)) => {
+                    go_runs.push(go.run(name, target, topics, sizes)?);
+                    if name == "consume_conc16_1ms" {
+                        go_sequential_runs.push(go.run_sequential_1ms(target, topics, sizes)?);
+                    }
+                }
                 (Turn::Go, None) => {}
             }
         }
@@ -449,6 +455,8 @@ async fn compare(
     }
     let ours = report::median(&ours_runs);
     let mut baseline = report::median(&base_runs);
+    // Our sequential rate with the 1 ms handler, for the Go comparison.
+    let ours_sequential = (name == "consume_conc16_1ms").then_some(baseline);
     let mut note = String::new();
     if name == "consume_conc16_1ms" {
         // The ideal: 16 × the sequential rate with the same handler, capped
@@ -465,39 +473,15 @@ async fn compare(
         );
     }
     let latency = name == "e2e_latency_p99";
-    let against_go = (!go_runs.is_empty()).then(|| {
-        let go = report::median(&go_runs.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>());
-        report::PeerComparison {
-            name: format!("{name}_vs_go"),
-            peer: "go-xkafka".into(),
-            unit: "msg/s".into(),
-            ours,
-            go,
-            ratio: ours / go,
-            ours_runs: ours_runs.clone(),
-            go_runs: go_runs.iter().map(|r| r.msgs_per_sec).collect(),
-            // The mock cluster runs in our process: its CPU would count as ours.
-            ours_cpu_secs: target.mock().is_none().then(|| report::median(&ours_cpu)),
-            go_cpu_secs: report::median(
-                &go_runs
-                    .iter()
-                    .map(|r| r.cpu_user_secs + r.cpu_sys_secs)
-                    .collect::<Vec<_>>(),
-            ),
-            go_cpu_window_secs: report::median(
-                &go_runs
-                    .iter()
-                    .map(|r| r.cpu_window_secs)
-                    .collect::<Vec<_>>(),
-            ),
-            note: match name {
-                "consume_conc16_1ms" => {
-                    "ours Order::PerKey; Go xkafka has no per-key order (any 16 at once)".into()
-                }
-                _ => String::new(),
-            },
-            go_details: go_runs,
-        }
+    let against_go = peers::against_go(peers::GoSide {
+        name,
+        target,
+        ours,
+        ours_runs: &ours_runs,
+        ours_cpu: &ours_cpu,
+        ours_sequential,
+        go_runs,
+        go_sequential_runs,
     });
     let comparison = Comparison {
         name: name.to_owned(),

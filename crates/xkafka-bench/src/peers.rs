@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::Topics;
+use crate::report::{median, PeerComparison, Topics};
 use crate::{Sizes, Target, RUN_TIMEOUT};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -126,9 +126,36 @@ impl GoPeer {
     ) -> BoxResult<GoRun> {
         let (topic, messages) =
             Self::job(name, topics, sizes).ok_or_else(|| format!("no Go counterpart of {name}"))?;
+        self.run_scenario(name, &target.brokers, topic, messages)
+    }
+
+    /// The sequential rate with the 1 ms handler (`consume_seq_1ms`), which
+    /// `consume_conc16_1ms` is compared with: the same topic and count as
+    /// our sequential run.
+    pub(crate) fn run_sequential_1ms(
+        &self,
+        target: &Target,
+        topics: &Topics,
+        sizes: &Sizes,
+    ) -> BoxResult<GoRun> {
+        self.run_scenario(
+            "consume_seq_1ms",
+            &target.brokers,
+            &topics.keyed,
+            sizes.sequential_slow,
+        )
+    }
+
+    fn run_scenario(
+        &self,
+        name: &str,
+        brokers: &str,
+        topic: &str,
+        messages: u64,
+    ) -> BoxResult<GoRun> {
         let child = Command::new(&self.bin)
             .arg("-brokers")
-            .arg(&target.brokers)
+            .arg(brokers)
             .arg("-topic")
             .arg(topic)
             .arg("-scenario")
@@ -178,6 +205,78 @@ impl GoRun {
             go: self.go_version.clone(),
         }
     }
+}
+
+/// One comparison's runs, for [`against_go`].
+pub(crate) struct GoSide<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) target: &'a Target,
+    /// Our median and runs.
+    pub(crate) ours: f64,
+    pub(crate) ours_runs: &'a [f64],
+    /// Our process's CPU seconds around each of our runs.
+    pub(crate) ours_cpu: &'a [f64],
+    /// `consume_conc16_1ms`: our sequential rate with the same handler.
+    pub(crate) ours_sequential: Option<f64>,
+    pub(crate) go_runs: Vec<GoRun>,
+    /// `consume_conc16_1ms`: Go's `consume_seq_1ms` runs.
+    pub(crate) go_sequential_runs: Vec<GoRun>,
+}
+
+/// Ours against Go xkafka in one comparison, if Go ran.
+pub(crate) fn against_go(side: GoSide<'_>) -> Option<PeerComparison> {
+    if side.go_runs.is_empty() {
+        return None;
+    }
+    let rates = |runs: &[GoRun]| runs.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>();
+    let go = median(&rates(&side.go_runs));
+    let go_sequential =
+        (!side.go_sequential_runs.is_empty()).then(|| median(&rates(&side.go_sequential_runs)));
+    let ratio_per_sequential = match (side.ours_sequential, go_sequential) {
+        (Some(os), Some(gs)) => Some((side.ours / os) / (go / gs)),
+        _ => None,
+    };
+    let note = match (side.ours_sequential, go_sequential, ratio_per_sequential) {
+        (Some(os), Some(gs), Some(r)) => format!(
+            "ours Order::PerKey, Go any order; sequential with the same 1 ms handler: \
+             ours {os:.0}, go {gs:.0} msg/s; 16-way over sequential: ours {:.1}x, go {:.1}x \
+             (ratio of those {r:.3})",
+            side.ours / os,
+            go / gs
+        ),
+        _ => String::new(),
+    };
+    Some(PeerComparison {
+        name: format!("{}_vs_go", side.name),
+        peer: "go-xkafka".into(),
+        unit: "msg/s".into(),
+        ours: side.ours,
+        go,
+        ratio: side.ours / go,
+        ours_runs: side.ours_runs.to_vec(),
+        go_runs: rates(&side.go_runs),
+        // The mock cluster runs in our process: its CPU would count as ours.
+        ours_cpu_secs: side.target.mock().is_none().then(|| median(side.ours_cpu)),
+        go_cpu_secs: median(
+            &side
+                .go_runs
+                .iter()
+                .map(|r| r.cpu_user_secs + r.cpu_sys_secs)
+                .collect::<Vec<_>>(),
+        ),
+        go_cpu_window_secs: median(
+            &side
+                .go_runs
+                .iter()
+                .map(|r| r.cpu_window_secs)
+                .collect::<Vec<_>>(),
+        ),
+        ours_sequential_1ms: side.ours_sequential,
+        go_sequential_1ms: go_sequential,
+        ratio_per_sequential,
+        note,
+        go_details: side.go_runs,
+    })
 }
 
 /// User + system CPU seconds of this process so far, from /proc/self/stat

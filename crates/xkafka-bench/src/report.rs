@@ -200,6 +200,12 @@ pub(crate) struct PeerComparison {
     /// median.
     pub(crate) go_cpu_window_secs: f64,
     pub(crate) go_details: Vec<crate::peers::GoRun>,
+    /// `consume_conc16_1ms` only: each side's sequential rate with the same
+    /// 1 ms handler (medians), as a 1 ms sleep lasts longer in tokio than in
+    /// Go; `ratio_per_sequential` = (ours/ours_seq) / (go/go_seq).
+    pub(crate) ours_sequential_1ms: Option<f64>,
+    pub(crate) go_sequential_1ms: Option<f64>,
+    pub(crate) ratio_per_sequential: Option<f64>,
     pub(crate) note: String,
 }
 
