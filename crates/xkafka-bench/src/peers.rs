@@ -70,6 +70,9 @@ impl GoPeer {
         eprintln!("building the Go xkafka peer (go build) …");
         let built = Command::new("go")
             .arg("build")
+            // No VCS stamp: the work tree may be another user's or have no
+            // .git (a copy); the binary is rebuilt every run anyway.
+            .arg("-buildvcs=false")
             .arg("-o")
             .arg(&bin)
             .arg(".")

@@ -411,7 +411,7 @@ fn ratios_svg(results: &Results) -> String {
                 .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
         }))
         .collect();
-    let (w, row_h, left) = (720.0, 22.0, 230.0);
+    let (w, row_h, left) = (740.0, 22.0, 255.0);
     let h = 40.0 + row_h * rows.len() as f64 + 30.0;
     let max = rows
         .iter()
