@@ -95,8 +95,10 @@ pub(crate) fn owned_message(
     let mut builder = Message::builder(topic)
         .partition(msg.partition())
         .offset(msg.offset())
-        .group(group.clone())
-        .headers(headers(msg));
+        .group(group.clone());
+    if !surely_headerless(msg) {
+        builder = builder.headers(headers(msg));
+    }
     if let Some(key) = msg.key() {
         builder = builder.key(Bytes::copy_from_slice(key));
     }
@@ -107,6 +109,121 @@ pub(crate) fn owned_message(
         builder = builder.timestamp(ts);
     }
     builder.build()
+}
+
+/// librdkafka's `rd_kafka_msg_t` (rdkafka_msg.h) up to the unparsed headers
+/// of a fetched record, as in the librdkafka versions [`LAYOUT_VERSIONS`]
+/// names (checked: 2.12.1, the one rdkafka-sys 4.10 builds). Only read by
+/// [`surely_headerless`], which cross-checks what it reads.
+#[repr(C)]
+struct RdKafkaMsg {
+    rkmessage: rdkafka::bindings::rd_kafka_message_t,
+    link: [*mut std::ffi::c_void; 2],
+    flags: std::ffi::c_int,
+    tstype: std::ffi::c_int,
+    timestamp: i64,
+    headers: *mut std::ffi::c_void,
+    status: std::ffi::c_int,
+    broker_id: i32,
+    u: RdKafkaMsgUnion,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RdKafkaMsgProducer {
+    ts_timeout: i64,
+    ts_enq: i64,
+    ts_backoff: i64,
+    msgid: u64,
+    last_msgid: u64,
+    retries: std::ffi::c_int,
+    errstr: *const std::ffi::c_char,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RdKafkaMsgConsumer {
+    /// `rd_kafkap_bytes_t binhdrs`: the record's headers as on the wire,
+    /// their count (a varint) first.
+    binhdrs_len: i32,
+    binhdrs_data: *const u8,
+    binhdrs_inline: [u8; 1],
+    leader_epoch: i32,
+}
+
+#[repr(C)]
+union RdKafkaMsgUnion {
+    producer: RdKafkaMsgProducer,
+    consumer: RdKafkaMsgConsumer,
+}
+
+/// librdkafka versions (`rd_kafka_version() >> 16`: major, minor) whose
+/// `rd_kafka_msg_t` is [`RdKafkaMsg`].
+const LAYOUT_VERSIONS: &[u32] = &[0x020c];
+
+/// Whether the linked librdkafka is one of [`LAYOUT_VERSIONS`] (asked once).
+#[allow(unsafe_code)]
+fn layout_known() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: AtomicU8 = AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            // SAFETY: a plain query without arguments.
+            let version = unsafe { rdkafka::bindings::rd_kafka_version() } as u32;
+            let known = LAYOUT_VERSIONS.contains(&(version >> 16));
+            KNOWN.store(if known { 1 } else { 2 }, Ordering::Relaxed);
+            known
+        }
+    }
+}
+
+/// Whether the fetched record certainly has no headers, found without
+/// `rd_kafka_message_headers`: that call parses the headers on every
+/// message, and even for none (a v2 record always carries their count)
+/// allocates and frees a parse buffer, about a tenth of the poll thread's
+/// time for small records. `false` means "maybe": the caller then asks
+/// librdkafka.
+///
+/// It reads the unparsed headers librdkafka keeps in the record
+/// (`rkm_u.consumer.binhdrs`), only for a librdkafka whose layout is known,
+/// and only believes them when they are where a v2 record puts them:
+/// right after the value, inside the fetched buffer. Then their first byte
+/// is the header count, and `0` means none.
+#[allow(unsafe_code)]
+fn surely_headerless(msg: &BorrowedMessage<'_>) -> bool {
+    if !layout_known() {
+        return false;
+    }
+    let ptr = msg.ptr();
+    // SAFETY: `msg` is live; for a fetched record (the only kind `poll`
+    // hands out as a message) `ptr` is the first field of an
+    // `rd_kafka_msg_t` embedded in its `rd_kafka_op_t`, whose layout in
+    // this librdkafka version is `RdKafkaMsg`: the reads are in bounds and
+    // of initialised fields.
+    let (payload, len, parsed, hdr_len, hdr_data) = unsafe {
+        let rkm = ptr.cast::<RdKafkaMsg>();
+        let consumer = std::ptr::addr_of!((*rkm).u.consumer);
+        (
+            (*ptr).payload.cast::<u8>().cast_const(),
+            (*ptr).len,
+            std::ptr::addr_of!((*rkm).headers).read(),
+            std::ptr::addr_of!((*consumer).binhdrs_len).read(),
+            std::ptr::addr_of!((*consumer).binhdrs_data).read(),
+        )
+    };
+    // Headers already parsed (or set by an interceptor): librdkafka's.
+    if !parsed.is_null()
+        || payload.is_null()
+        || hdr_len < 1
+        || hdr_data != payload.wrapping_add(len)
+    {
+        return false;
+    }
+    // SAFETY: `hdr_data` is librdkafka's pointer to the record's `hdr_len`
+    // (>= 1) header bytes, inside the fetch buffer the message keeps alive.
+    unsafe { *hdr_data == 0 }
 }
 
 /// Reads the headers through librdkafka's C API: rdkafka's own accessor
@@ -209,6 +326,85 @@ pub(crate) fn member_id<C: rdkafka::consumer::ConsumerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut past librdkafka's header parse fires for records
+    /// without headers, and gives what the parse gives for every record,
+    /// compressed or not.
+    #[test]
+    fn headers_are_read_the_same_with_and_without_the_shortcut() {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+        use rdkafka::ClientConfig;
+        use std::time::{Duration, Instant};
+
+        let cluster = crate::mock::EmbeddedCluster::start(1).unwrap();
+        for codec in ["none", "lz4"] {
+            let topic = format!("headers-{codec}");
+            cluster.create_topic(&topic, 1).unwrap();
+            let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+                ClientConfig::new()
+                    .set("bootstrap.servers", cluster.bootstrap_servers())
+                    .set("compression.type", codec)
+                    .create()
+                    .unwrap();
+            let with = || {
+                OwnedHeaders::new()
+                    .insert(RdHeader {
+                        key: "a",
+                        value: Some("1"),
+                    })
+                    .insert(RdHeader::<&str> {
+                        key: "n",
+                        value: None,
+                    })
+            };
+            let records: Vec<BaseRecord<'_, str, str>> = vec![
+                BaseRecord::to(&topic).key("k").payload("plain"),
+                BaseRecord::to(&topic).key("k").payload("h").headers(with()),
+                BaseRecord::to(&topic).key("k").headers(with()),
+                BaseRecord::to(&topic).key("k"),
+                BaseRecord::to(&topic).payload(""),
+                BaseRecord::to(&topic).payload("").headers(with()),
+            ];
+            let sent = records.len();
+            for record in records {
+                producer.send(record).map_err(|(e, _)| e).unwrap();
+            }
+            producer.flush(Duration::from_secs(10)).unwrap();
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", cluster.bootstrap_servers())
+                .set("group.id", format!("headers-{codec}"))
+                .set("auto.offset.reset", "earliest")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[&topic]).unwrap();
+            let group: Arc<str> = "g".into();
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while seen.len() < sent && Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                    let shortcut = surely_headerless(&m);
+                    let owned = owned_message(&m, topic.as_str().into(), &group);
+                    let parsed = headers(&m);
+                    assert_eq!(owned.headers(), &parsed, "{codec} @{}", m.offset());
+                    seen.push((shortcut, parsed.len()));
+                }
+            }
+            assert_eq!(
+                seen,
+                vec![
+                    (true, 0),
+                    (false, 2),
+                    (false, 2),
+                    (false, 0),
+                    // An empty value may come without a pointer: asked.
+                    (false, 0),
+                    (false, 2)
+                ],
+                "{codec}"
+            );
+        }
+    }
 
     #[test]
     fn names_nobody_holds_are_pruned() {
