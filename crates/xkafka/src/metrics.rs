@@ -535,6 +535,51 @@ mod tests {
         assert_eq!(value(&text, &line("fail")), Some(1.0), "{text}");
     }
 
+    #[tokio::test]
+    async fn retry_tier_moves_are_counted_per_tier_in_both_forms() {
+        let recorder = crate::testing::RecordingProducer::new().unwrap();
+        let tiers = crate::retry_topics::RetryTopics::new(recorder.producer(), "t")
+            .tiers([std::time::Duration::from_millis(10); 2]);
+        let metrics = Metrics::new();
+        // Streaming: a message fails on the main topic, then in tier 1.
+        let failing = |_m: Message| async { Err::<Ack, BoxError>("down".into()) };
+        let svc = metrics
+            .layer()
+            .layer(tiers.layer().layer(failing.into_service()));
+        let main = Message::builder("t")
+            .partition(0)
+            .offset(1)
+            .key("k")
+            .build();
+        assert_eq!(svc.clone().oneshot(main).await.unwrap(), Ack::Skip);
+        let copy = recorder.published_to("t.retry.1").pop().expect("moved");
+        assert_eq!(svc.oneshot(copy).await.unwrap(), Ack::Skip);
+        // Batch: two of three fail on the main topic.
+        let handler = |b: Batch| async move {
+            b.fail(0, "down");
+            b.fail(2, "down");
+            Ok::<(), BoxError>(())
+        };
+        let svc = metrics
+            .layer()
+            .layer(tiers.layer().layer(BatchHandler::into_service(handler)));
+        let batch = Batch::new(
+            (0..3)
+                .map(|o| Message::builder("t").partition(0).offset(o).build())
+                .collect(),
+        );
+        svc.oneshot(batch).await.unwrap();
+        let text = metrics.render();
+        let moves = |topic: &str, tier: u32| {
+            value(
+                &text,
+                &format!("xkafka_retry_tier_moves_total{{reason=\"failed\",tier=\"{tier}\",topic=\"{topic}\"}}"),
+            )
+        };
+        assert_eq!(moves("t", 1), Some(3.0), "{text}");
+        assert_eq!(moves("t.retry.1", 2), Some(1.0), "{text}");
+    }
+
     #[test]
     fn a_forgotten_partition_leaves_no_series() {
         let metrics = Metrics::new();
