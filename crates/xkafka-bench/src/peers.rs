@@ -259,7 +259,9 @@ pub(crate) fn against_go(side: GoSide<'_>) -> Option<PeerComparison> {
         ours_runs: side.ours_runs.to_vec(),
         go_runs: rates(&side.go_runs),
         // The mock cluster runs in our process: its CPU would count as ours.
-        ours_cpu_secs: side.target.mock().is_none().then(|| median(side.ours_cpu)),
+        // Whole clock ticks (10 ms), without the float noise of the sums.
+        ours_cpu_secs: (side.target.mock().is_none())
+            .then(|| (median(side.ours_cpu) * 100.0).round() / 100.0),
         go_cpu_secs: median(
             &side
                 .go_runs
