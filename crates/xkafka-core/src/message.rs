@@ -103,6 +103,35 @@ impl Message {
         }
     }
 
+    /// A message as a consumer fetched it, made in one step: the consumer's
+    /// hot path, where each builder step would copy the whole message.
+    /// Not for applications: use [`Message::builder`].
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn fetched(
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        key: Option<Bytes>,
+        value: Option<Bytes>,
+        headers: Headers,
+        timestamp: Option<Timestamp>,
+        group: Arc<str>,
+    ) -> Message {
+        Message {
+            topic,
+            partition: Some(partition),
+            offset: Some(offset),
+            key,
+            value,
+            headers,
+            timestamp,
+            group: Some(group),
+            extensions: Extensions::new(),
+        }
+    }
+
     /// The topic.
     #[inline]
     pub fn topic(&self) -> &str {

@@ -69,18 +69,40 @@ pub(crate) const LOCAL_NAMES: usize = 32;
 
 /// The entry of `names` (a small local cache) equal to `name`; when there is
 /// none, the one `make` returns, kept for next time.
+#[cfg(test)]
 pub(crate) fn intern(
     names: &mut Vec<Arc<str>>,
     name: &str,
     make: impl FnOnce(&str) -> Arc<str>,
 ) -> Arc<str> {
-    if let Some(found) = names.iter().find(|n| &***n == name) {
-        return found.clone();
+    match held(names, name.as_bytes()) {
+        Some(found) => found,
+        None => keep(names, make(name)),
     }
+}
+
+/// [`intern`] for a name given as bytes (compared before any UTF-8 check):
+/// `None` when it is not UTF-8.
+pub(crate) fn intern_bytes(
+    names: &mut Vec<Arc<str>>,
+    name: &[u8],
+    make: impl FnOnce(&str) -> Arc<str>,
+) -> Option<Arc<str>> {
+    if let Some(found) = held(names, name) {
+        return Some(found);
+    }
+    let name = std::str::from_utf8(name).ok()?;
+    Some(keep(names, make(name)))
+}
+
+fn held(names: &[Arc<str>], name: &[u8]) -> Option<Arc<str>> {
+    names.iter().find(|n| n.as_bytes() == name).cloned()
+}
+
+fn keep(names: &mut Vec<Arc<str>>, made: Arc<str>) -> Arc<str> {
     if names.len() >= LOCAL_NAMES {
         names.clear();
     }
-    let made = make(name);
     names.push(made.clone());
     made
 }
@@ -92,23 +114,34 @@ pub(crate) fn owned_message(
     topic: Arc<str>,
     group: &Arc<str>,
 ) -> Message {
-    let mut builder = Message::builder(topic)
-        .partition(msg.partition())
-        .offset(msg.offset())
-        .group(group.clone());
-    if !surely_headerless(msg) {
-        builder = builder.headers(headers(msg));
+    let headers = if surely_headerless(msg) {
+        Headers::new()
+    } else {
+        headers(msg)
+    };
+    // Built in one step: each builder call would copy the whole message.
+    Message::fetched(
+        topic,
+        msg.partition(),
+        msg.offset(),
+        msg.key().map(Bytes::copy_from_slice),
+        msg.payload().map(Bytes::copy_from_slice),
+        headers,
+        timestamp(msg.timestamp()),
+        group.clone(),
+    )
+}
+
+/// The topic name of a fetched record as bytes, without rdkafka's UTF-8
+/// check (the poll loop compares it with the names it holds first).
+#[allow(unsafe_code)]
+pub(crate) fn topic_bytes<'a>(msg: &'a BorrowedMessage<'_>) -> &'a [u8] {
+    // SAFETY: `msg` is live, so is its topic handle; librdkafka returns the
+    // handle's NUL-terminated name, which lives as long as the handle.
+    unsafe {
+        let rkt = (*msg.ptr()).rkt;
+        CStr::from_ptr(rdkafka::bindings::rd_kafka_topic_name(rkt)).to_bytes()
     }
-    if let Some(key) = msg.key() {
-        builder = builder.key(Bytes::copy_from_slice(key));
-    }
-    if let Some(value) = msg.payload() {
-        builder = builder.value(Bytes::copy_from_slice(value));
-    }
-    if let Some(ts) = timestamp(msg.timestamp()) {
-        builder = builder.timestamp(ts);
-    }
-    builder.build()
 }
 
 /// librdkafka's `rd_kafka_msg_t` (rdkafka_msg.h) up to the unparsed headers

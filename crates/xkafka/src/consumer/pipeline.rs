@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::commit::{commit_sync, store_batch};
-use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled, Work};
+use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled};
 use super::offsets::TopicPartition;
 use super::shared::Shared;
 use super::status::{Ages, PartitionStatus, PauseReason, Published};
@@ -68,8 +68,11 @@ pub(crate) struct Pipeline {
     commit_mode: CommitMode,
     next_epoch: u64,
     unsettled: usize,
-    /// Completions of messages handled inline, not settled yet.
+    /// Completions of batches handled inline, not settled yet.
     finished_inline: Vec<Completion>,
+    /// What messages handled inline settled since the last `settle`: their
+    /// trackers moved already, the rest (counts, stores) waits for it.
+    pending: Settlement,
     /// [`CommitMode::Transactional`]: the open transaction.
     txn: Option<Transaction>,
     /// Partitions read again from an earlier offset (a transaction aborted)
@@ -118,6 +121,7 @@ impl Pipeline {
             next_epoch: 0,
             unsettled: 0,
             finished_inline: Vec::new(),
+            pending: Settlement::default(),
             txn: None,
             rewound: Vec::new(),
             ending: None,
@@ -320,6 +324,12 @@ impl Pipeline {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Runs `f` (dispatching and settling a poll round) inside the
+    /// handlers' runtime, entered once for the whole round.
+    pub(crate) fn in_runtime<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        Dispatcher::entered(self, |p| &mut p.dispatcher, f)
+    }
+
     /// Hands a fetched message to its lane; pauses its partition (or all of
     /// them) when the buffers are full.
     pub(crate) fn dispatch<C: ConsumerContext>(
@@ -332,7 +342,18 @@ impl Pipeline {
             return;
         };
         let tp = TopicPartition::new(message.topic_arc().clone(), partition);
-        let Some(state) = self.partitions.get(&tp) else {
+        if self.not_before.is_some() {
+            let Some(state) = self.partitions.get(&tp) else {
+                return;
+            };
+            if state.delayed.is_some() {
+                return;
+            }
+            if self.hold_back(consumer, shared, &tp, &message, offset) {
+                return;
+            }
+        }
+        let Some(state) = self.partitions.get_mut(&tp) else {
             // Fetched before a revocation: the partition's new owner reads it.
             return;
         };
@@ -340,12 +361,6 @@ impl Pipeline {
             // Fetched after a message held back: fetched again after it.
             return;
         }
-        if self.not_before.is_some() && self.hold_back(consumer, shared, &tp, &message, offset) {
-            return;
-        }
-        let Some(state) = self.partitions.get_mut(&tp) else {
-            return;
-        };
         state.tracker.dispatched(offset);
         self.unsettled += 1;
         if let Some(txn) = &mut self.txn {
@@ -354,19 +369,26 @@ impl Pipeline {
         // Settled entries count too: behind one unfinished message they
         // pile up (`Order::PerKey`, `Unordered`) until it finishes.
         let full = state.tracker.tracked() >= self.limits.per_partition;
-        let work = Work {
-            message,
-            tp: tp.clone(),
-            offset,
-            gate: state.gate.clone(),
-            epoch: state.epoch,
-        };
         if full && !state.paused {
             state.paused = true;
             pause(consumer, shared, std::slice::from_ref(&tp));
         }
-        if let Some(done) = self.dispatcher.dispatch(work) {
-            self.finished_inline.push(done);
+        let epoch = state.epoch;
+        // Finished inline: settled right here, on the state at hand (no
+        // completion to look its partition up again in `settle`).
+        if let Some(settled) = self
+            .dispatcher
+            .dispatch(message, &tp, offset, &state.gate, epoch)
+        {
+            settle_one(
+                state,
+                &tp,
+                offset,
+                settled,
+                &mut self.unsettled,
+                &mut self.txn,
+                &mut self.pending,
+            );
         }
         if self.unsettled >= self.limits.total {
             let unpaused: Vec<TopicPartition> = self
@@ -402,7 +424,7 @@ impl Pipeline {
         self.dispatcher.flush(&mut self.finished_inline);
         // Drains settle without polling: that is progress too.
         shared.board.progress();
-        let mut settlement = Settlement::default();
+        let mut settlement = std::mem::take(&mut self.pending);
         for done in std::mem::take(&mut self.finished_inline) {
             self.apply(done, &mut settlement);
         }
@@ -546,38 +568,15 @@ impl Pipeline {
             // A late report for an assignment we no longer hold.
             return;
         };
-        let settle = match c.settled {
-            Settled::Done(Ack::Success) => {
-                settlement.succeeded += 1;
-                true
-            }
-            Settled::Done(Ack::Skip) => {
-                settlement.skipped += 1;
-                true
-            }
-            Settled::Failed(Decision::Continue) => {
-                settlement.failed += 1;
-                settlement.failed_skipped += 1;
-                true
-            }
-            // Held: the watermark stays at this offset for good.
-            Settled::Failed(Decision::Stop) => {
-                settlement.failed += 1;
-                if let Some(txn) = &mut self.txn {
-                    txn.poisoned = true;
-                }
-                false
-            }
-        };
-        if settle && state.tracker.settled(c.offset) {
-            self.unsettled -= 1;
-        }
-        // Completions come in runs of one partition; `==` on the `Arc`'d
-        // topic is a pointer comparison, the set's ordering is not.
-        if settlement.last_changed.as_ref() != Some(&c.tp) {
-            settlement.changed.insert(c.tp.clone());
-            settlement.last_changed = Some(c.tp);
-        }
+        settle_one(
+            state,
+            &c.tp,
+            c.offset,
+            c.settled,
+            &mut self.unsettled,
+            &mut self.txn,
+            settlement,
+        );
     }
 
     fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {
@@ -1035,6 +1034,52 @@ impl Pipeline {
             }
             self.dispatcher.close_partition(tp);
         }
+    }
+}
+
+/// Applies a finished message of the assignment `state` is: counts its
+/// outcome, settles its offset unless its failure holds it, notes the
+/// partition as changed.
+fn settle_one(
+    state: &mut PartitionState,
+    tp: &TopicPartition,
+    offset: i64,
+    settled: Settled,
+    unsettled: &mut usize,
+    txn: &mut Option<Transaction>,
+    settlement: &mut Settlement,
+) {
+    let settle = match settled {
+        Settled::Done(Ack::Success) => {
+            settlement.succeeded += 1;
+            true
+        }
+        Settled::Done(Ack::Skip) => {
+            settlement.skipped += 1;
+            true
+        }
+        Settled::Failed(Decision::Continue) => {
+            settlement.failed += 1;
+            settlement.failed_skipped += 1;
+            true
+        }
+        // Held: the watermark stays at this offset for good.
+        Settled::Failed(Decision::Stop) => {
+            settlement.failed += 1;
+            if let Some(txn) = txn {
+                txn.poisoned = true;
+            }
+            false
+        }
+    };
+    if settle && state.tracker.settled(offset) {
+        *unsettled -= 1;
+    }
+    // Completions come in runs of one partition; `==` on the `Arc`'d topic
+    // is a pointer comparison, the set's ordering is not.
+    if settlement.last_changed.as_ref() != Some(tp) {
+        settlement.changed.insert(tp.clone());
+        settlement.last_changed = Some(tp.clone());
     }
 }
 

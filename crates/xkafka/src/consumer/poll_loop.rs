@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
 
 use super::commit::commit_sync;
 use super::context::XConsumerContext;
@@ -154,7 +153,7 @@ impl PollLoop {
                         break;
                     }
                     Some(Ok(m)) => {
-                        let topic = intern(&mut topic_names, &self.shared, m.topic());
+                        let topic = intern_fetched(&mut topic_names, &self.shared, &m);
                         messages.push(owned_message(&m, topic, &self.shared.group));
                     }
                 }
@@ -166,12 +165,15 @@ impl PollLoop {
             };
             if pipeline.is_transactional() {
                 self.dispatch_transactional(pipeline, &mut messages, &mut rewinds);
+                pipeline.settle(&self.consumer, &self.shared);
             } else {
-                for message in messages.drain(..) {
-                    pipeline.dispatch(&self.consumer, &self.shared, message);
-                }
+                pipeline.in_runtime(|pipeline| {
+                    for message in messages.drain(..) {
+                        pipeline.dispatch(&self.consumer, &self.shared, message);
+                    }
+                    pipeline.settle(&self.consumer, &self.shared);
+                });
             }
-            pipeline.settle(&self.consumer, &self.shared);
             if published_at.elapsed() >= super::status::PUBLISH_EVERY {
                 published_at = Instant::now();
                 pipeline.publish_status(&self.consumer, &self.shared, &mut ages);
@@ -471,8 +473,22 @@ fn handler_grace(shutdown_timeout: Duration) -> Duration {
 }
 
 /// The shared name of `topic`, from a lock-free local cache.
+#[cfg(test)]
 fn intern(names: &mut Vec<Arc<str>>, shared: &Shared, topic: &str) -> Arc<str> {
     crate::convert::intern(names, topic, |t| shared.topic(t))
+}
+
+/// The shared name of a fetched record's topic, from a lock-free local
+/// cache, compared as bytes (Kafka's topic names are ASCII; another would
+/// be decoded lossily).
+fn intern_fetched(
+    names: &mut Vec<Arc<str>>,
+    shared: &Shared,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Arc<str> {
+    let name = crate::convert::topic_bytes(m);
+    crate::convert::intern_bytes(names, name, |t| shared.topic(t))
+        .unwrap_or_else(|| shared.topic(&String::from_utf8_lossy(name)))
 }
 
 #[cfg(test)]

@@ -5,55 +5,49 @@
 use super::*;
 
 impl Dispatcher {
-    pub(super) fn run_inline(&mut self, work: Work) -> Inline {
+    pub(super) fn run_inline(
+        &mut self,
+        message: Message,
+        tp: &TopicPartition,
+        offset: i64,
+        gate: &Arc<Gate>,
+        epoch: u64,
+    ) -> Inline {
         let Some(service) = self.inline.as_mut() else {
-            return Inline::Declined(work);
+            return Inline::Declined(message);
         };
         let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
-            return Inline::Declined(work);
+            return Inline::Declined(message);
         };
         let panicked = match ready_now(service) {
             Readiness::Ready => None,
-            Readiness::NotReady => return Inline::Declined(work),
+            Readiness::NotReady => return Inline::Declined(message),
             Readiness::Panicked(panic) => Some(panic),
         };
-        let Work {
-            message,
-            tp,
-            offset,
-            gate,
-            epoch,
-        } = work;
         if self.context.stopping() || !gate.enter() {
             return Inline::Done(None);
         }
         let first = match panicked {
             Some(panic) => FirstPoll::Ready(Err(panic)),
-            None => call_inline(&self.runtime, service, message),
+            None => call_inline((!self.entered).then_some(&self.runtime), service, message),
         };
         let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 return Inline::Pending(Resume {
                     future,
-                    tp,
+                    tp: tp.clone(),
                     offset,
                     epoch,
-                    gate,
+                    gate: gate.clone(),
                     _permit: permit,
                 });
             }
         };
-        let settled = settle_outcome(&self.context, &tp, offset, outcome);
+        let settled = settle_outcome(&self.context, tp, offset, outcome);
         gate.leave();
         drop(permit);
-        Inline::Done(Some(Completion {
-            tp,
-            epoch,
-            offset,
-            settled,
-            committed: None,
-        }))
+        Inline::Done(Some(settled))
     }
 
     pub(super) fn run_batch_inline(&mut self, mut works: Vec<Work>) -> InlineBatch {
@@ -80,7 +74,11 @@ impl Dispatcher {
         let (batch, origins) = batch_of(works);
         let first = match panicked {
             Some(panic) => FirstPoll::Ready(Err(panic)),
-            None => call_inline(&self.runtime, service, batch.clone()),
+            None => call_inline(
+                (!self.entered).then_some(&self.runtime),
+                service,
+                batch.clone(),
+            ),
         };
         let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
@@ -113,11 +111,11 @@ pub(super) enum InlineBatch {
 
 pub(super) enum Inline {
     /// Finished (or dropped: revoked / stopping).
-    Done(Option<Completion>),
+    Done(Option<Settled>),
     /// Waiting: continues in the lane.
     Pending(Resume),
     /// Not run inline (no permit, service not ready): goes to the lane.
-    Declined(Work),
+    Declined(Message),
 }
 
 /// What calling a handler on the poll thread gave.
@@ -150,14 +148,16 @@ pub(super) fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) 
 }
 
 /// Calls `service` and polls the call once, right here on the poll thread.
+/// `runtime`: the runtime to enter for the call, `None` when the poll
+/// thread is in it already ([`Dispatcher::entered`]).
 pub(super) fn call_inline<Req>(
-    runtime: &tokio::runtime::Handle,
+    runtime: Option<&tokio::runtime::Handle>,
     service: &mut BoxCloneService<Req, Ack, BoxError>,
     request: Req,
 ) -> FirstPoll {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     // Handlers may use timers or spawn tasks: give them the runtime.
-    let _runtime = runtime.enter();
+    let _runtime = runtime.map(tokio::runtime::Handle::enter);
     let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut future = service.call(request);
         match future.as_mut().poll(&mut cx) {

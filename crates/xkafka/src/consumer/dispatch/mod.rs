@@ -245,6 +245,9 @@ pub(crate) struct Dispatcher {
     filling: FxHashMap<LaneKey, Filling>,
     /// Batches complete since the last flush, in completion order.
     ready: Vec<(LaneKey, Vec<Work>)>,
+    /// The poll thread is in the handlers' runtime already (see
+    /// [`Dispatcher::entered`]): inline calls need not enter it each.
+    entered: bool,
 }
 
 impl Dispatcher {
@@ -276,8 +279,29 @@ impl Dispatcher {
             inline_batch: None,
             filling: FxHashMap::default(),
             ready: Vec::new(),
+            entered: false,
         }
         .with_inline()
+    }
+
+    /// Runs `f` inside the handlers' runtime, entered once for all the
+    /// inline calls `f` makes rather than once per call (a thread-local
+    /// swap each time, a visible share of the poll thread's time).
+    pub(crate) fn entered<T, R>(
+        owner: &mut T,
+        this: impl Fn(&mut T) -> &mut Self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> R {
+        let dispatcher = this(owner);
+        if dispatcher.entered {
+            return f(owner);
+        }
+        let runtime = dispatcher.runtime.clone();
+        let _runtime = runtime.enter();
+        dispatcher.entered = true;
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *owner)));
+        this(owner).entered = false;
+        done.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     fn with_inline(mut self) -> Self {
@@ -295,18 +319,22 @@ impl Dispatcher {
         self
     }
 
-    fn lane_key(&mut self, work: &Work) -> LaneKey {
+    fn lane_key(&mut self, message: &Message, tp: &TopicPartition) -> LaneKey {
+        self.lane_key_of(message.key(), tp)
+    }
+
+    fn lane_key_of(&mut self, key: Option<&bytes::Bytes>, tp: &TopicPartition) -> LaneKey {
         match self.order {
-            Order::PerPartition => LaneKey::Partition(work.tp.clone()),
-            Order::PerKey => match work.message.key() {
+            Order::PerPartition => LaneKey::Partition(tp.clone()),
+            Order::PerKey => match key {
                 // Same key, same slot: key order holds; N slots per partition
                 // are enough to keep N handlers busy.
                 Some(key) => {
                     let mut h = DefaultHasher::new();
                     key.hash(&mut h);
-                    LaneKey::Slot(work.tp.clone(), h.finish() % self.concurrency as u64)
+                    LaneKey::Slot(tp.clone(), h.finish() % self.concurrency as u64)
                 }
-                None => LaneKey::Keyless(work.tp.clone()),
+                None => LaneKey::Keyless(tp.clone()),
             },
             Order::Unordered => {
                 self.next_global = (self.next_global + 1) % self.concurrency as u64;
@@ -319,33 +347,63 @@ impl Dispatcher {
     /// permit is free — runs it right here on the poll thread: a handler
     /// that finishes without waiting (the common, fast case) then costs no
     /// task switch at all. One that waits continues in its lane, ahead of
-    /// anything queued after it. Returns the completion when it finished
-    /// inline.
-    pub(crate) fn dispatch(&mut self, work: Work) -> Option<Completion> {
-        let key = self.lane_key(&work);
+    /// anything queued after it. Returns how it ended when it finished
+    /// inline (of the assignment `gate` and `epoch` are).
+    ///
+    /// The fast path moves the message once and clones nothing: the
+    /// partition, gate and lane key are only copied for what goes to a lane.
+    pub(crate) fn dispatch(
+        &mut self,
+        message: Message,
+        tp: &TopicPartition,
+        offset: i64,
+        gate: &Arc<Gate>,
+        epoch: u64,
+    ) -> Option<Settled> {
+        let work = |message| Work {
+            message,
+            tp: tp.clone(),
+            offset,
+            gate: gate.clone(),
+            epoch,
+        };
         if let Runner::Batch { size, window, .. } = self.runner {
+            let work = work(message);
+            let key = self.lane_key(&work.message, &work.tp);
             self.fill(key, work, size.max(1), window);
             return None;
         }
-        let idle = || {
-            self.lanes
-                .get(&key)
-                .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0)
-        };
-        // Batch runners have no inline path: no need to look the lane up.
-        let work = if self.inline.is_some() && idle() {
-            match self.run_inline(work) {
-                Inline::Done(completion) => return completion,
-                Inline::Pending(resume) => {
-                    self.send(key, LaneItem::Resume(resume));
-                    return None;
+        // Without any lane yet (every message so far finished inline) no
+        // key is needed to know the message's lane is idle — except by key,
+        // where a handler that waits takes the message (and its key) along.
+        let mut key = None;
+        let message = if self.inline.is_some() {
+            if self.order == Order::PerKey || !self.lanes.is_empty() {
+                key = Some(self.lane_key(&message, tp));
+            }
+            let idle = key.as_ref().is_none_or(|key| {
+                self.lanes
+                    .get(key)
+                    .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0)
+            });
+            if idle {
+                match self.run_inline(message, tp, offset, gate, epoch) {
+                    Inline::Done(settled) => return settled,
+                    Inline::Pending(resume) => {
+                        let key = key.unwrap_or_else(|| self.lane_key_of(None, tp));
+                        self.send(key, LaneItem::Resume(resume));
+                        return None;
+                    }
+                    Inline::Declined(message) => message,
                 }
-                Inline::Declined(work) => work,
+            } else {
+                message
             }
         } else {
-            work
+            message
         };
-        self.send(key, LaneItem::Work(work));
+        let key = key.unwrap_or_else(|| self.lane_key(&message, tp));
+        self.send(key, LaneItem::Work(work(message)));
         None
     }
 
@@ -471,6 +529,10 @@ mod tests {
         }
     }
 
+    fn lk(d: &mut Dispatcher, w: &Work) -> LaneKey {
+        d.lane_key(&w.message, &w.tp)
+    }
+
     fn dispatcher(
         order: Order,
         concurrency: usize,
@@ -504,27 +566,27 @@ mod tests {
         let other = TopicPartition::new("t", 1);
 
         let mut d = dispatcher(Order::PerPartition, 4, &runtime);
-        assert!(d.lane_key(&work(&tp, Some("a"), 0)) == d.lane_key(&work(&tp, Some("b"), 1)));
-        assert!(d.lane_key(&work(&tp, None, 0)) != d.lane_key(&work(&other, None, 1)));
+        assert!(lk(&mut d, &work(&tp, Some("a"), 0)) == lk(&mut d, &work(&tp, Some("b"), 1)));
+        assert!(lk(&mut d, &work(&tp, None, 0)) != lk(&mut d, &work(&other, None, 1)));
 
         let mut d = dispatcher(Order::PerKey, 4, &runtime);
         let same = (
-            d.lane_key(&work(&tp, Some("a"), 0)),
-            d.lane_key(&work(&tp, Some("a"), 9)),
+            lk(&mut d, &work(&tp, Some("a"), 0)),
+            lk(&mut d, &work(&tp, Some("a"), 9)),
         );
         assert!(same.0 == same.1, "one key, one lane");
         assert!(
-            d.lane_key(&work(&tp, Some("a"), 0)) != d.lane_key(&work(&other, Some("a"), 0)),
+            lk(&mut d, &work(&tp, Some("a"), 0)) != lk(&mut d, &work(&other, Some("a"), 0)),
             "per partition"
         );
-        let keyless = d.lane_key(&work(&tp, None, 0));
+        let keyless = lk(&mut d, &work(&tp, None, 0));
         assert!(
             matches!(keyless, LaneKey::Keyless(_)),
             "keyless ones keep their own order"
         );
         let slots: std::collections::HashSet<u64> = (0..200)
             .map(
-                |i| match d.lane_key(&work(&tp, Some(&format!("k{i}")), i)) {
+                |i| match lk(&mut d, &work(&tp, Some(&format!("k{i}")), i)) {
                     LaneKey::Slot(_, slot) => slot,
                     _ => unreachable!(),
                 },
@@ -534,7 +596,7 @@ mod tests {
 
         let mut d = dispatcher(Order::Unordered, 3, &runtime);
         let lanes: std::collections::HashSet<u64> = (0..6)
-            .map(|i| match d.lane_key(&work(&tp, Some("same"), i)) {
+            .map(|i| match lk(&mut d, &work(&tp, Some("same"), i)) {
                 LaneKey::Global(n) => n,
                 _ => unreachable!(),
             })
