@@ -254,7 +254,19 @@ impl Message {
     /// Moves the message out, leaving an empty one (no topic, no payload) in
     /// its place; used by the `Message` extractor.
     pub fn take(&mut self) -> Message {
-        let empty = Message::builder(empty_topic()).build();
+        // Made in place, not through the builder: every handler taking a
+        // `Message` goes through here.
+        let empty = Message {
+            topic: empty_topic(),
+            partition: None,
+            offset: None,
+            key: None,
+            value: None,
+            headers: Headers::new(),
+            timestamp: None,
+            group: None,
+            extensions: Extensions::new(),
+        };
         std::mem::replace(self, empty)
     }
 

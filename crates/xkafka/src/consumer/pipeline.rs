@@ -425,18 +425,15 @@ impl Pipeline {
         // Drains settle without polling: that is progress too.
         shared.board.progress();
         let mut settlement = std::mem::take(&mut self.pending);
-        for done in std::mem::take(&mut self.finished_inline) {
-            self.apply(done, &mut settlement);
-        }
+        // Kept (with its capacity) for the next round's batches.
+        let mut done = std::mem::take(&mut self.finished_inline);
+        self.apply_all(done.drain(..), &mut settlement);
+        self.finished_inline = done;
         let mut next = first;
         while let Some(report) = next.take().or_else(|| self.completions.try_recv().ok()) {
             match report {
-                Report::Completed(c) => self.apply(c, &mut settlement),
-                Report::Batch(batch) => {
-                    for c in batch {
-                        self.apply(c, &mut settlement);
-                    }
-                }
+                Report::Completed(c) => self.apply_all(std::iter::once(c), &mut settlement),
+                Report::Batch(batch) => self.apply_all(batch.into_iter(), &mut settlement),
                 Report::Claim(claim) => settlement.claims.push(claim),
             }
         }
@@ -556,27 +553,52 @@ impl Pipeline {
         }
     }
 
-    fn apply(&mut self, c: Completion, settlement: &mut Settlement) {
-        if let Some(ack) = c.committed {
-            settlement.acks.push(ack);
+    /// Applies completions. They come in runs of one partition (a batch, a
+    /// lane's round): each run's partition is looked up once.
+    fn apply_all(
+        &mut self,
+        completions: impl Iterator<Item = Completion>,
+        settlement: &mut Settlement,
+    ) {
+        let mut completions = completions.peekable();
+        while let Some(c) = completions.next() {
+            if let Some(ack) = c.committed {
+                settlement.acks.push(ack);
+            }
+            // `None`: a late report for an assignment we no longer hold
+            // (its lane still gets its acknowledgement).
+            let mut state = self
+                .partitions
+                .get_mut(&c.tp)
+                .filter(|s| s.epoch == c.epoch);
+            if let Some(state) = state.as_deref_mut() {
+                settle_one(
+                    state,
+                    &c.tp,
+                    c.offset,
+                    c.settled,
+                    &mut self.unsettled,
+                    &mut self.txn,
+                    settlement,
+                );
+            }
+            while let Some(next) = completions.next_if(|n| n.epoch == c.epoch && n.tp == c.tp) {
+                if let Some(ack) = next.committed {
+                    settlement.acks.push(ack);
+                }
+                if let Some(state) = state.as_deref_mut() {
+                    settle_one(
+                        state,
+                        &next.tp,
+                        next.offset,
+                        next.settled,
+                        &mut self.unsettled,
+                        &mut self.txn,
+                        settlement,
+                    );
+                }
+            }
         }
-        let Some(state) = self
-            .partitions
-            .get_mut(&c.tp)
-            .filter(|s| s.epoch == c.epoch)
-        else {
-            // A late report for an assignment we no longer hold.
-            return;
-        };
-        settle_one(
-            state,
-            &c.tp,
-            c.offset,
-            c.settled,
-            &mut self.unsettled,
-            &mut self.txn,
-            settlement,
-        );
     }
 
     fn resume_drained<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, shared: &Shared) {

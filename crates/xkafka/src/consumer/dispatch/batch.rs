@@ -5,15 +5,24 @@ use super::*;
 
 impl Dispatcher {
     /// Adds a message to its lane's batch; a full batch is ready.
-    pub(super) fn fill(&mut self, key: LaneKey, work: Work, size: usize, window: Duration) {
+    /// The work is made (`work(message)`) right into the batch: a `Work`
+    /// made first would be copied in whole.
+    pub(super) fn fill(
+        &mut self,
+        key: LaneKey,
+        work: impl FnOnce(Message) -> Work,
+        message: Message,
+        size: usize,
+        window: Duration,
+    ) {
         let full = match self.filling.get_mut(&key) {
             Some(filling) => {
-                filling.works.push(work);
+                filling.works.push(work(message));
                 filling.works.len() >= size
             }
             None => {
                 let mut works = Vec::with_capacity(size.min(1024));
-                works.push(work);
+                works.push(work(message));
                 let deadline = Instant::now() + window;
                 self.filling
                     .insert(key.clone(), Filling { works, deadline });

@@ -368,9 +368,8 @@ impl Dispatcher {
             epoch,
         };
         if let Runner::Batch { size, window, .. } = self.runner {
-            let work = work(message);
-            let key = self.lane_key(&work.message, &work.tp);
-            self.fill(key, work, size.max(1), window);
+            let key = self.lane_key(&message, tp);
+            self.fill(key, work, message, size.max(1), window);
             return None;
         }
         // Without any lane yet (every message so far finished inline) no
