@@ -15,6 +15,7 @@ mod eos;
 mod ours;
 mod peers;
 mod report;
+mod sweep;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,7 +46,9 @@ struct Args {
     /// Rounds per comparison (each round runs ours and the baseline).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Only the comparisons whose name contains one of these.
+    /// Only the comparisons whose name contains one of these. `sweep` (how
+    /// cost grows with partitions, message size and concurrency, beside the
+    /// raw loop and Go xkafka; real brokers only) runs only when named.
     #[arg(long)]
     only: Vec<String>,
     /// Run only one side of each comparison (`ours` or `baseline`), e.g. to
@@ -93,6 +96,9 @@ pub(crate) struct Sizes {
     pub(crate) latency_secs: u64,
     /// Input messages of the consume-transform-produce runs.
     pub(crate) eos: u64,
+    /// Messages of each point of the partition sweep (`--only sweep`; a
+    /// multiple of 96 partitions × 1,000).
+    pub(crate) sweep: u64,
 }
 
 impl Sizes {
@@ -111,6 +117,7 @@ impl Sizes {
                 latency_rate: 1_000,
                 latency_secs: 3,
                 eos: 120_000,
+                sweep: 192_000,
             }
         } else {
             Sizes {
@@ -124,6 +131,7 @@ impl Sizes {
                 latency_rate: 1_000,
                 latency_secs: 10,
                 eos: 300_000,
+                sweep: 960_000,
             }
         };
         Sizes {
@@ -194,13 +202,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let wanted =
         |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    // The sweep adds minutes: only when asked for by name.
+    let sweep = args.only.iter().any(|o| o == "sweep");
 
     let mut results = Results::new(&sizes, args.quick);
     // Go xkafka beside us, built once, where a wanted comparison has a Go
     // counterpart (both sides only: it is a third side).
     let go = (!args.no_go
         && args.side == Side::Both
-        && PLAN.iter().any(|n| wanted(n) && peers::GoPeer::covers(n)))
+        && (sweep || PLAN.iter().any(|n| wanted(n) && peers::GoPeer::covers(n))))
     .then(|| peers::GoPeer::build(&args.out))
     .flatten();
     for target in &targets {
@@ -216,7 +226,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // transaction coordinator is a simulation, and the runs would add
         // a minute to quick mode.
         let eos = target.mock().is_none().then_some(&eos_plan);
-        let plan = plan(&sizes, &wanted, eos);
+        let mut plan = plan(&sizes, &wanted, eos);
+        // On real brokers only: the mock cluster keeps about 5 MB per
+        // partition (the 1-partition and 16 KiB topics would lose records)
+        // and runs in our process (its CPU would count as ours).
+        if sweep && target.mock().is_none() {
+            plan.push(Step::Sweep);
+        }
         let bar = ProgressBar::new(plan.len() as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix:>6} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
@@ -234,9 +250,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     target,
                     &topics,
                     &sizes,
-                    args.side,
-                    go.as_ref(),
+                    Who {
+                        side: args.side,
+                        go: go.as_ref(),
+                    },
                     &mut results,
+                    &bar,
                 )
                 .await;
             if let Err(err) = &outcome {
@@ -276,6 +295,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 enum Step {
     Compare(&'static str),
     Scaling,
+    /// How cost grows (see `sweep`).
+    Sweep,
     /// Consume-transform-produce, exactly-once and at-least-once.
     Eos(eos::Plan),
 }
@@ -285,6 +306,7 @@ impl Step {
         match self {
             Step::Compare(name) => (*name).to_owned(),
             Step::Scaling => "concurrency scaling".into(),
+            Step::Sweep => "sweep".into(),
             Step::Eos(_) => "consume-transform-produce".into(),
         }
     }
@@ -294,10 +316,11 @@ impl Step {
         target: &Target,
         topics: &report::Topics,
         sizes: &Sizes,
-        side: Side,
-        go: Option<&peers::GoPeer>,
+        who: Who<'_>,
         results: &mut Results,
+        bar: &ProgressBar,
     ) -> Result<(), Box<dyn std::error::Error>> {
+        let Who { side, go } = who;
         match self {
             Step::Compare(name) => {
                 let (comparison, against_go) =
@@ -339,6 +362,13 @@ impl Step {
                 }
                 results.scaling.insert(target.name.to_owned(), points);
             }
+            Step::Sweep => {
+                let figures = sweep::run(target, sizes, side, go, bar).await?;
+                if figures.go_peer.is_some() {
+                    results.go_peer = figures.go_peer.clone();
+                }
+                results.sweep.insert(target.name.to_owned(), figures);
+            }
             Step::Eos(eos_plan) => {
                 let (comparisons, figures) = eos::run(target, sizes, side, eos_plan).await?;
                 for comparison in comparisons {
@@ -350,6 +380,13 @@ impl Step {
         }
         Ok(())
     }
+}
+
+/// Who runs: the side(s) of `--side`, and Go xkafka when built.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    side: Side,
+    go: Option<&'a peers::GoPeer>,
 }
 
 /// The comparisons, in order.

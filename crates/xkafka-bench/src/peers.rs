@@ -129,7 +129,7 @@ impl GoPeer {
     ) -> BoxResult<GoRun> {
         let (topic, messages) =
             Self::job(name, topics, sizes).ok_or_else(|| format!("no Go counterpart of {name}"))?;
-        self.run_scenario(name, &target.brokers, topic, messages)
+        self.run_scenario(name, &target.brokers, topic, messages, &[])
     }
 
     /// The sequential rate with the 1 ms handler (`consume_seq_1ms`), which
@@ -146,15 +146,19 @@ impl GoPeer {
             &target.brokers,
             &topics.keyed,
             sizes.sequential_slow,
+            &[],
         )
     }
 
-    fn run_scenario(
+    /// One run of the program's scenario `name` (see its `-scenario`), with
+    /// `extra` flags (e.g. `["-concurrency", "4"]`).
+    pub(crate) fn run_scenario(
         &self,
         name: &str,
         brokers: &str,
         topic: &str,
         messages: u64,
+        extra: &[&str],
     ) -> BoxResult<GoRun> {
         let child = Command::new(&self.bin)
             .arg("-brokers")
@@ -167,6 +171,7 @@ impl GoPeer {
             .arg(messages.to_string())
             .arg("-group")
             .arg(crate::unique("go-xkafka"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

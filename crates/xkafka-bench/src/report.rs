@@ -57,6 +57,8 @@ pub(crate) enum Spread {
     Even,
     /// By key (1,000 keys): the per-key concurrency runs need real keys.
     ByKey,
+    /// Round robin over this many partitions (the sweep's topics).
+    EvenOver(i32),
 }
 
 /// Publishes `messages` values of `size` bytes to `topic` (keys `key-0` to
@@ -78,8 +80,13 @@ pub(crate) fn fill(
         let mut record = BaseRecord::<String, Vec<u8>>::to(topic)
             .key(&key)
             .payload(&value);
-        if let Spread::Even = spread {
-            record = record.partition((i % PARTITIONS as u64) as i32);
+        let round_robin = match spread {
+            Spread::Even => Some(PARTITIONS),
+            Spread::EvenOver(partitions) => Some(partitions),
+            Spread::ByKey => None,
+        };
+        if let Some(partitions) = round_robin {
+            record = record.partition((i % partitions as u64) as i32);
         }
         loop {
             match producer.send(record) {
@@ -223,6 +230,8 @@ pub(crate) struct Results {
     pub(crate) eos: BTreeMap<String, BTreeMap<String, crate::eos::Figures>>,
     /// How the consume-transform-produce runs were set up, when they ran.
     pub(crate) eos_plan: Option<crate::eos::Plan>,
+    /// How cost grows, per broker (`--only sweep`; see `sweep`).
+    pub(crate) sweep: BTreeMap<String, crate::sweep::Figures>,
     /// Ours against Go xkafka, per broker (see `peers`).
     pub(crate) peers: BTreeMap<String, Vec<PeerComparison>>,
     /// The Go peer's versions, once it ran; `None` if it was skipped.
@@ -241,6 +250,7 @@ impl Results {
             scaling: BTreeMap::new(),
             eos: BTreeMap::new(),
             eos_plan: None,
+            sweep: BTreeMap::new(),
             peers: BTreeMap::new(),
             go_peer: None,
             elapsed_secs: 0.0,
@@ -259,10 +269,12 @@ impl Results {
         for (broker, description) in &self.brokers {
             println!("{broker}: {description}");
         }
-        println!(
-            "\n{:<20} {:>7} {:>16} {:>16} {:>7}  note",
-            "comparison", "broker", "ours", "baseline", "ratio"
-        );
+        if !self.comparisons.is_empty() {
+            println!(
+                "\n{:<20} {:>7} {:>16} {:>16} {:>7}  note",
+                "comparison", "broker", "ours", "baseline", "ratio"
+            );
+        }
         for (broker, comparisons) in &self.comparisons {
             for c in comparisons {
                 println!(
@@ -298,6 +310,9 @@ impl Results {
                     f.consumed, f.committed, f.tail_ms
                 );
             }
+        }
+        for (broker, figures) in &self.sweep {
+            print_sweep(broker, figures);
         }
         if !self.peers.is_empty() {
             if let Some(v) = &self.go_peer {
@@ -392,7 +407,340 @@ pub(crate) fn charts(results: &Results, dir: &Path) -> std::io::Result<()> {
     if !results.eos.is_empty() {
         std::fs::write(dir.join("eos.svg"), eos_svg(results))?;
     }
+    // The sweep's charts, from the primary broker's sweep.
+    let sweep = results
+        .sweep
+        .get("kafka")
+        .or_else(|| results.sweep.values().next());
+    if let Some(sweep) = sweep {
+        for (file, svg) in sweep_svgs(sweep) {
+            std::fs::write(dir.join(file), svg)?;
+        }
+    }
     Ok(())
+}
+
+/// The sides of the sweep, in order, with their colours.
+const SWEEP_SIDES: [(&str, &str, &str); 3] = [
+    ("ours", "xkafka (ours)", "#3b7dd8"),
+    ("raw", "raw rdkafka loop", "#8a8a8a"),
+    ("go", "Go xkafka", "#d8843b"),
+];
+
+fn print_sweep(broker: &str, f: &crate::sweep::Figures) {
+    let cell = |p: &crate::sweep::Point, who: &str| -> String {
+        p.sides.get(who).map_or("-".into(), |s| {
+            let cpu = s
+                .cpu_per_million_secs
+                .map_or(String::new(), |c| format!(" ({c:.2} s/M)"));
+            let rel = s.over_n1.map_or(String::new(), |r| format!(" x{r:.1}"));
+            format!("{:.0}{rel}{cpu}", s.msgs_per_sec)
+        })
+    };
+    println!(
+        "\nsweep ({broker}, {} rounds, {:.0} s; msg/s medians, CPU s per million messages):",
+        f.rounds, f.secs
+    );
+    for (title, points) in [
+        ("partitions", &f.partitions),
+        ("value size", &f.sizes),
+        ("concurrency, 1 ms handler", &f.concurrency),
+        ("publish_async", &f.publish_async),
+    ] {
+        println!("  {title}:");
+        for p in points {
+            println!(
+                "    {:<14} {:>8} msgs  ours {:<26} raw {:<26} go {}",
+                p.x,
+                p.messages,
+                cell(p, "ours"),
+                cell(p, "raw"),
+                cell(p, "go")
+            );
+        }
+    }
+}
+
+/// `(file, svg)` for the sweep: throughput against partitions, value size
+/// and concurrency (one line per side), and CPU per million messages.
+fn sweep_svgs(f: &crate::sweep::Figures) -> Vec<(&'static str, String)> {
+    let series = |points: &[crate::sweep::Point], value: &dyn Fn(&crate::sweep::Figure) -> f64| {
+        SWEEP_SIDES
+            .iter()
+            .filter(|(key, _, _)| points.iter().any(|p| p.sides.contains_key(*key)))
+            .map(|(key, label, color)| {
+                let values = points
+                    .iter()
+                    .map(|p| p.sides.get(*key).map_or(f64::NAN, value))
+                    .collect();
+                (label.to_string(), *color, false, values)
+            })
+            .collect::<Vec<_>>()
+    };
+    let xs =
+        |points: &[crate::sweep::Point]| points.iter().map(|p| p.x.clone()).collect::<Vec<_>>();
+    let rate = |s: &crate::sweep::Figure| s.msgs_per_sec;
+    let mut out = Vec::new();
+    let mut one = |file, title: String, points: &[crate::sweep::Point], log: bool| {
+        let svg = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="640" height="340" font-family="sans-serif" font-size="12">{}</svg>"#,
+            line_panel(
+                &title,
+                "msg/s",
+                &xs(points),
+                &series(points, &rate),
+                log,
+                640.0,
+                340.0
+            )
+        );
+        out.push((file, svg));
+    };
+    one(
+        "sweep_partitions.svg",
+        format!(
+            "Streaming consumer vs partitions, {} × 100 B, no-op handler (msg/s)",
+            f.partitions.first().map_or(0, |p| p.messages)
+        ),
+        &f.partitions,
+        false,
+    );
+    one(
+        "sweep_size.svg",
+        "Streaming consumer vs value size, 6 partitions, no-op handler (msg/s)".into(),
+        &f.sizes,
+        true,
+    );
+    // Concurrency: msg/s (log scale) and each side over its own N = 1.
+    let mut relative = series(&f.concurrency, &|s| s.over_n1.unwrap_or(f64::NAN));
+    relative.push((
+        "ideal (N ×)".into(),
+        "#444444",
+        true,
+        f.concurrency.iter().map(|p| p.concurrency as f64).collect(),
+    ));
+    let svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="1000" height="340" font-family="sans-serif" font-size="12">{}<g transform="translate(500,0)">{}</g></svg>"#,
+        line_panel(
+            "1 ms handler vs concurrency N (msg/s)",
+            "msg/s",
+            &xs(&f.concurrency),
+            &series(&f.concurrency, &rate),
+            true,
+            500.0,
+            340.0
+        ),
+        line_panel(
+            "the same over each side's own N=1 rate",
+            "× N=1",
+            &xs(&f.concurrency),
+            &relative,
+            false,
+            500.0,
+            340.0
+        )
+    );
+    out.push(("sweep_concurrency.svg", svg));
+    out.push(("sweep_cpu.svg", sweep_cpu_svg(f)));
+    out
+}
+
+/// A line chart in a `w` × `h` box: categorical x labels, one line per
+/// series `(label, colour, dashed, values)`; y from 0 (or log scale).
+fn line_panel(
+    title: &str,
+    unit: &str,
+    xs: &[String],
+    series: &[(String, &str, bool, Vec<f64>)],
+    log: bool,
+    w: f64,
+    h: f64,
+) -> String {
+    let (left, right, top, bottom) = (70.0, 20.0, 40.0, 70.0);
+    let values = series
+        .iter()
+        .flat_map(|s| s.3.iter().copied())
+        .filter(|v| v.is_finite() && *v > 0.0);
+    let max = values.clone().fold(1.0f64, f64::max);
+    let min = values.fold(max, f64::min);
+    // Log scale: whole decades around the values; linear: 0 to max + 10 %.
+    let (lo, hi) = if log {
+        (
+            10f64.powf(min.log10().floor()),
+            10f64.powf(max.log10().ceil()),
+        )
+    } else {
+        (0.0, max * 1.1)
+    };
+    let ph = h - top - bottom;
+    let y_of = |v: f64| {
+        let t = if log {
+            (v.log10() - lo.log10()) / (hi.log10() - lo.log10())
+        } else {
+            (v - lo) / (hi - lo)
+        };
+        top + ph * (1.0 - t)
+    };
+    let step = (w - left - right) / xs.len().max(1) as f64;
+    let x_of = |i: usize| left + step * (i as f64 + 0.5);
+    let mut svg = format!(r#"<text x="10" y="20" font-size="14">{title}</text>"#);
+    // Grid: decades (log) or five steps (linear).
+    let ticks: Vec<f64> = if log {
+        let mut t = Vec::new();
+        let mut v = lo;
+        while v <= hi * 1.0001 {
+            t.push(v);
+            v *= 10.0;
+        }
+        t
+    } else {
+        (0..=5).map(|i| hi * i as f64 / 5.0).collect()
+    };
+    for t in ticks {
+        let y = y_of(t);
+        let label = if t >= 1e6 {
+            format!("{:.1}M", t / 1e6)
+        } else if t >= 1e3 {
+            format!("{:.0}k", t / 1e3)
+        } else {
+            format!("{t:.0}")
+        };
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10">{label}</text>"##,
+            w - right,
+            left - 4.0,
+            y + 3.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="10" y="{:.1}" font-size="10">{unit}</text>"#,
+        top - 6.0
+    );
+    for (i, x) in xs.iter().enumerate() {
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x}</text>"#,
+            x_of(i),
+            h - bottom + 18.0
+        );
+    }
+    for (si, (label, color, dashed, values)) in series.iter().enumerate() {
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite() && **v > 0.0)
+            .map(|(i, v)| format!("{:.1},{:.1}", x_of(i), y_of(*v)))
+            .collect();
+        let dash = if *dashed {
+            r#" stroke-dasharray="5 4""#
+        } else {
+            ""
+        };
+        let _ = write!(
+            svg,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+            points.join(" ")
+        );
+        for (i, v) in values.iter().enumerate() {
+            if !(v.is_finite() && *v > 0.0) || *dashed {
+                continue;
+            }
+            let text = if *v >= 1e3 {
+                format!("{:.0}k", v / 1e3)
+            } else if *v >= 10.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            };
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="10" fill="{color}">{text}</text>"#,
+                x_of(i),
+                y_of(*v),
+                x_of(i) + 5.0,
+                // Alternate above and below, so close lines stay readable.
+                y_of(*v) + if si % 2 == 0 { -5.0 } else { 13.0 }
+            );
+        }
+        // Legend, under the x labels.
+        let lx = 10.0 + (w - 20.0) / series.len().max(1) as f64 * si as f64;
+        let ly = h - 18.0;
+        let _ = write!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}" font-size="11">{label}</text>"#,
+            lx + 18.0,
+            lx + 22.0,
+            ly + 4.0
+        );
+    }
+    svg
+}
+
+/// CPU seconds (user + system) per million messages: the 6-partition
+/// 100-byte consume point and `publish_async`, one bar per side.
+fn sweep_cpu_svg(f: &crate::sweep::Figures) -> String {
+    let groups: Vec<(String, &crate::sweep::Point)> = f
+        .partitions
+        .iter()
+        .filter(|p| p.partitions == crate::report::PARTITIONS)
+        .map(|p| ("consume, 6 partitions, 100 B".to_owned(), p))
+        .chain(
+            f.publish_async
+                .iter()
+                .map(|p| ("publish_async, 100 B".to_owned(), p)),
+        )
+        .collect();
+    let (w, h, left, bottom) = (640.0, 320.0, 60.0, 60.0);
+    let max = groups
+        .iter()
+        .flat_map(|(_, p)| p.sides.values().filter_map(|s| s.cpu_per_million_secs))
+        .filter(|v| v.is_finite())
+        .fold(0.1f64, f64::max)
+        * 1.15;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12"><text x="10" y="20" font-size="14">CPU seconds (user + system) per million messages, lower is better</text><text x="10" y="36" font-size="11">whole client: start, join, run, close; Go: its process, start to exit</text>"#
+    );
+    let ph = h - bottom - 50.0;
+    let group_w = (w - left - 20.0) / groups.len().max(1) as f64;
+    for (gi, (label, p)) in groups.iter().enumerate() {
+        let gx = left + group_w * gi as f64;
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.0}" text-anchor="middle">{label}</text>"#,
+            gx + group_w / 2.0,
+            h - bottom + 18.0
+        );
+        let bw = (group_w - 40.0) / SWEEP_SIDES.len() as f64;
+        for (si, (key, _, color)) in SWEEP_SIDES.iter().enumerate() {
+            let Some(v) = p.sides.get(*key).and_then(|s| s.cpu_per_million_secs) else {
+                continue;
+            };
+            let bar_h = v / max * ph;
+            let x = gx + 20.0 + bw * si as f64;
+            let _ = write!(
+                svg,
+                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bar_h:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{v:.2}</text>"#,
+                h - bottom - bar_h,
+                bw - 6.0,
+                x + (bw - 6.0) / 2.0,
+                h - bottom - bar_h - 4.0
+            );
+        }
+    }
+    for (si, (_, label, color)) in SWEEP_SIDES.iter().enumerate() {
+        let lx = 10.0 + 200.0 * si as f64;
+        let _ = write!(
+            svg,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{color}"/><text x="{:.1}" y="{:.1}" font-size="11">{label}</text>"#,
+            h - 22.0,
+            lx + 16.0,
+            h - 12.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 fn ratios_svg(results: &Results) -> String {

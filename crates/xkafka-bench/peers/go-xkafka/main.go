@@ -10,6 +10,8 @@
 //	consume_seq         Consumer, no-op handler that acks Success
 //	consume_batch       BatchConsumer, batches of 1,000, 10 ms batch timeout
 //	consume_conc16_1ms  Consumer with Concurrency(16), handler sleeps 1 ms
+//	consume_conc_1ms    the same with Concurrency(-concurrency), for the
+//	                    bench's concurrency sweep (N = 4, 16, 64)
 //	consume_seq_1ms     Consumer, handler sleeps 1 ms (the sequential rate the
 //	                    16-way one is compared with: how long a 1 ms sleep
 //	                    lasts differs between Go and tokio)
@@ -159,13 +161,13 @@ func main() {
 	var o options
 	flag.StringVar(&o.brokers, "brokers", "127.0.0.1:9192", "bootstrap servers")
 	flag.StringVar(&o.topic, "topic", "", "topic to consume from or publish to")
-	flag.StringVar(&o.scenario, "scenario", "", "consume_seq | consume_batch | consume_conc16_1ms | consume_seq_1ms | publish_sync | publish_async")
+	flag.StringVar(&o.scenario, "scenario", "", "consume_seq | consume_batch | consume_conc16_1ms | consume_conc_1ms | consume_seq_1ms | publish_sync | publish_async")
 	flag.Int64Var(&o.messages, "messages", 0, "messages to consume or publish")
 	flag.StringVar(&o.group, "group", "", "consumer group id (default: a fresh one)")
 	flag.IntVar(&o.fetchWaitMs, "fetch-wait-ms", -1, "fetch.wait.max.ms (default: 10 for the 1 ms handlers, 500 otherwise, as the Rust side)")
 	flag.IntVar(&o.batchSize, "batch-size", 1000, "BatchSize of consume_batch")
 	flag.DurationVar(&o.batchTimeout, "batch-timeout", 10*time.Millisecond, "BatchTimeout of consume_batch")
-	flag.IntVar(&o.concurrency, "concurrency", 16, "Concurrency of consume_conc16_1ms")
+	flag.IntVar(&o.concurrency, "concurrency", 16, "Concurrency of consume_conc16_1ms and consume_conc_1ms")
 	flag.IntVar(&o.inFlight, "in-flight", 64, "goroutines of publish_sync")
 	flag.IntVar(&o.valueSize, "value-size", 100, "bytes per published value")
 	flag.Parse()
@@ -177,7 +179,8 @@ func main() {
 	}
 	if o.fetchWaitMs < 0 {
 		o.fetchWaitMs = 500
-		if o.scenario == "consume_conc16_1ms" || o.scenario == "consume_seq_1ms" {
+		switch o.scenario {
+		case "consume_conc16_1ms", "consume_conc_1ms", "consume_seq_1ms":
 			o.fetchWaitMs = 10
 		}
 	}
@@ -190,7 +193,7 @@ func main() {
 	switch o.scenario {
 	case "consume_seq":
 		secs, cpuWindow, err = consume(o, 1, 0)
-	case "consume_conc16_1ms":
+	case "consume_conc16_1ms", "consume_conc_1ms":
 		secs, cpuWindow, err = consume(o, o.concurrency, time.Millisecond)
 	case "consume_seq_1ms":
 		secs, cpuWindow, err = consume(o, 1, time.Millisecond)
