@@ -5,24 +5,22 @@ use super::*;
 
 impl Dispatcher {
     /// Adds a message to its lane's batch; a full batch is ready.
-    /// The work is made (`work(message)`) right into the batch: a `Work`
-    /// made first would be copied in whole.
     pub(super) fn fill(
         &mut self,
         key: LaneKey,
-        work: impl FnOnce(Message) -> Work,
         message: Message,
+        origin: Origin,
         size: usize,
         window: Duration,
     ) {
         let full = match self.filling.get_mut(&key) {
             Some(filling) => {
-                filling.works.push(work(message));
+                filling.works.push(message, origin);
                 filling.works.len() >= size
             }
             None => {
-                let mut works = Vec::with_capacity(size.min(1024));
-                works.push(work(message));
+                let mut works = Works::with_capacity(size.min(1024));
+                works.push(message, origin);
                 let deadline = Instant::now() + window;
                 self.filling
                     .insert(key.clone(), Filling { works, deadline });
@@ -36,12 +34,7 @@ impl Dispatcher {
         }
     }
 
-    pub(super) fn start_batch(
-        &mut self,
-        key: LaneKey,
-        works: Vec<Work>,
-        done: &mut Vec<Completion>,
-    ) {
+    pub(super) fn start_batch(&mut self, key: LaneKey, works: Works, done: &mut Vec<Completion>) {
         let idle = self
             .lanes
             .get(&key)
@@ -65,20 +58,58 @@ impl Dispatcher {
     }
 }
 
-/// The batch handed to the handler, and where each message came from.
-pub(super) fn batch_of(works: Vec<Work>) -> (Batch, Vec<Origin>) {
-    let mut messages = Vec::with_capacity(works.len());
-    let mut origins = Vec::with_capacity(works.len());
-    for work in works {
-        messages.push(work.message);
-        origins.push(Origin {
-            tp: work.tp,
-            offset: work.offset,
-            epoch: work.epoch,
-            gate: work.gate,
-        });
+/// The messages of a batch on their way to the handler, and where each
+/// came from (in step): kept apart from the start, so that the batch is
+/// made without moving each message again.
+#[derive(Default)]
+pub(super) struct Works {
+    messages: Vec<Message>,
+    origins: Vec<Origin>,
+}
+
+impl Works {
+    fn with_capacity(capacity: usize) -> Self {
+        Works {
+            messages: Vec::with_capacity(capacity),
+            origins: Vec::with_capacity(capacity),
+        }
     }
-    (Batch::new(messages), origins)
+
+    fn push(&mut self, message: Message, origin: Origin) {
+        self.messages.push(message);
+        self.origins.push(origin);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.origins.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.origins.is_empty()
+    }
+
+    /// Counts each message's handler in (see `Gate::enter`) and drops the
+    /// messages of closed gates.
+    pub(super) fn retain_entered(&mut self) {
+        let entered: Vec<bool> = self.origins.iter().map(|o| o.gate.enter()).collect();
+        if entered.iter().all(|e| *e) {
+            return;
+        }
+        let mut keep = entered.iter().copied();
+        self.messages.retain(|_| keep.next().unwrap_or(false));
+        let mut keep = entered.iter().copied();
+        self.origins.retain(|_| keep.next().unwrap_or(false));
+    }
+
+    /// Each message with where it came from.
+    fn into_pairs(self) -> impl Iterator<Item = (Message, Origin)> {
+        self.messages.into_iter().zip(self.origins)
+    }
+}
+
+/// The batch handed to the handler, and where each message came from.
+pub(super) fn batch_of(works: Works) -> (Batch, Vec<Origin>) {
+    (Batch::new(works.messages), works.origins)
 }
 
 /// Each message's outcome: the one the handler recorded for it, else the
@@ -125,7 +156,7 @@ pub(super) fn batch_completions(
 pub(super) async fn handle_batch(
     service: &mut BoxCloneService<Batch, Ack, BoxError>,
     cx: &LaneContext,
-    mut works: Vec<Work>,
+    mut works: Works,
 ) -> bool {
     let Ok(_permit) = cx.permits.acquire().await else {
         return false;
@@ -137,22 +168,22 @@ pub(super) async fn handle_batch(
     }
     // Count every message's handler in before anything runs (see
     // `Gate::enter`); those of closed gates are dropped here.
-    works.retain(|w| w.gate.enter());
+    works.retain_entered();
     if cx.commit_wait == CommitWait::Before {
-        let mut granted = Vec::with_capacity(works.len());
-        for work in works {
-            match claim(cx, &work.tp, work.epoch, work.offset).await {
+        let mut granted = Works::with_capacity(works.len());
+        for (message, origin) in works.into_pairs() {
+            match claim(cx, &origin.tp, origin.epoch, origin.offset).await {
                 None => return false,
-                Some(true) => granted.push(work),
+                Some(true) => granted.push(message, origin),
                 Some(false) => {
                     let sent = complete(
                         cx,
-                        work.tp,
-                        work.epoch,
-                        work.offset,
+                        origin.tp,
+                        origin.epoch,
+                        origin.offset,
                         Settled::Done(Ack::Skip),
                     );
-                    work.gate.leave();
+                    origin.gate.leave();
                     if sent.is_none() {
                         return false;
                     }

@@ -50,7 +50,7 @@ impl Dispatcher {
         Inline::Done(Some(settled))
     }
 
-    pub(super) fn run_batch_inline(&mut self, mut works: Vec<Work>) -> InlineBatch {
+    pub(super) fn run_batch_inline(&mut self, mut works: Works) -> InlineBatch {
         let Some(service) = self.inline_batch.as_mut() else {
             return InlineBatch::Declined(works);
         };
@@ -67,7 +67,7 @@ impl Dispatcher {
         if self.context.stopping() {
             return InlineBatch::Done(Vec::new());
         }
-        works.retain(|w| w.gate.enter());
+        works.retain_entered();
         if works.is_empty() {
             return InlineBatch::Done(Vec::new());
         }
@@ -106,7 +106,7 @@ pub(super) enum InlineBatch {
     Pending(BatchResume),
     /// Not run inline (lane busy, no permit, service not ready, commits
     /// to wait for): goes to the lane.
-    Declined(Vec<Work>),
+    Declined(Works),
 }
 
 pub(super) enum Inline {

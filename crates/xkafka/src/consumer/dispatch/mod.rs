@@ -166,7 +166,7 @@ enum LaneItem {
     /// at once: the lane completes it before anything else.
     Resume(Resume),
     /// A batch, complete (full, or its window expired) — batch lanes only.
-    Batch(Vec<Work>),
+    Batch(Works),
     /// A batch handler call started inline that did not finish at once.
     ResumeBatch(BatchResume),
 }
@@ -180,7 +180,7 @@ struct BatchResume {
 
 /// A batch being filled on the poll thread.
 struct Filling {
-    works: Vec<Work>,
+    works: Works,
     /// The window ends here: it started with the batch's first message.
     deadline: Instant,
 }
@@ -244,7 +244,7 @@ pub(crate) struct Dispatcher {
     /// Batches being filled, per lane.
     filling: FxHashMap<LaneKey, Filling>,
     /// Batches complete since the last flush, in completion order.
-    ready: Vec<(LaneKey, Vec<Work>)>,
+    ready: Vec<(LaneKey, Works)>,
     /// The poll thread is in the handlers' runtime already (see
     /// [`Dispatcher::entered`]): inline calls need not enter it each.
     entered: bool,
@@ -369,7 +369,13 @@ impl Dispatcher {
         };
         if let Runner::Batch { size, window, .. } = self.runner {
             let key = self.lane_key(&message, tp);
-            self.fill(key, work, message, size.max(1), window);
+            let origin = Origin {
+                tp: tp.clone(),
+                offset,
+                epoch,
+                gate: gate.clone(),
+            };
+            self.fill(key, message, origin, size.max(1), window);
             return None;
         }
         // Without any lane yet (every message so far finished inline) no
