@@ -72,6 +72,10 @@ struct Args {
     /// Where to write the JSON results and the SVG charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Measure nothing: draw the sweep's charts (`sweep_*.svg`, into
+    /// `--out`) again from this `results.json` of a `--only sweep` run.
+    #[arg(long)]
+    sweep_charts: Option<PathBuf>,
 }
 
 /// Which side(s) of a comparison run.
@@ -177,6 +181,9 @@ impl Target {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(json) = &args.sweep_charts {
+        return report::sweep_charts_from(json, &args.out);
+    }
     let sizes = Sizes::new(args.quick, args.rounds);
     let started = Instant::now();
     let mut targets = Vec::new();

@@ -44,7 +44,7 @@ pub(crate) struct GoRun {
 }
 
 /// The versions the peer reported, for the results.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct GoVersions {
     pub(crate) go_xkafka: String,
     pub(crate) confluent_kafka_go: String,

@@ -420,6 +420,27 @@ pub(crate) fn charts(results: &Results, dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Draws the sweep's charts into `dir` from a `results.json` (its Kafka
+/// sweep, or the first one).
+pub(crate) fn sweep_charts_from(json: &Path, dir: &Path) -> BoxResult<()> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        sweep: BTreeMap<String, crate::sweep::Figures>,
+    }
+    let saved: Saved = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    let sweep = saved
+        .sweep
+        .get("kafka")
+        .or_else(|| saved.sweep.values().next())
+        .ok_or_else(|| format!("{} holds no sweep", json.display()))?;
+    std::fs::create_dir_all(dir)?;
+    for (file, svg) in sweep_svgs(sweep) {
+        std::fs::write(dir.join(file), svg)?;
+        println!("{}", dir.join(file).display());
+    }
+    Ok(())
+}
+
 /// The sides of the sweep, in order, with their colours.
 const SWEEP_SIDES: [(&str, &str, &str); 3] = [
     ("ours", "xkafka (ours)", "#3b7dd8"),
@@ -647,8 +668,18 @@ fn line_panel(
             if !(v.is_finite() && *v > 0.0) || *dashed {
                 continue;
             }
-            let text = if *v >= 1e3 {
+            // Above the point when it is the highest (solid) one here,
+            // below otherwise, so close lines stay readable.
+            let highest = series
+                .iter()
+                .filter(|s| !s.2)
+                .filter_map(|s| s.3.get(i).copied())
+                .filter(|o| o.is_finite())
+                .all(|o| o <= *v);
+            let text = if *v >= 1e4 {
                 format!("{:.0}k", v / 1e3)
+            } else if *v >= 1e3 {
+                format!("{:.1}k", v / 1e3)
             } else if *v >= 10.0 {
                 format!("{v:.0}")
             } else {
@@ -660,8 +691,7 @@ fn line_panel(
                 x_of(i),
                 y_of(*v),
                 x_of(i) + 5.0,
-                // Alternate above and below, so close lines stay readable.
-                y_of(*v) + if si % 2 == 0 { -5.0 } else { 13.0 }
+                y_of(*v) + if highest { -5.0 } else { 13.0 }
             );
         }
         // Legend, under the x labels.

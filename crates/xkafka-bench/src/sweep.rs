@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::{self, median, Spread};
 use crate::{baseline, ours, peers, unique, Side, Sizes, Target};
@@ -44,7 +44,7 @@ pub(crate) const SIZES: [(usize, u64); 3] = [(100, 1), (1024, 2), (16 * 1024, 24
 pub(crate) const CONCURRENCY: [(usize, u64); 4] = [(1, 1), (4, 4), (16, 12), (64, 24)];
 
 /// One side's figures at one point.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Figure {
     /// Median msg/s.
     pub(crate) msgs_per_sec: f64,
@@ -59,7 +59,7 @@ pub(crate) struct Figure {
 }
 
 /// One point of a sweep.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Point {
     /// The label on the chart's x axis.
     pub(crate) x: String,
@@ -72,7 +72,7 @@ pub(crate) struct Point {
 }
 
 /// A broker's sweep.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Figures {
     pub(crate) rounds: usize,
     pub(crate) partitions: Vec<Point>,

@@ -34,6 +34,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -155,6 +156,8 @@ type options struct {
 	concurrency  int
 	inFlight     int
 	valueSize    int
+	// consumerConfig: extra librdkafka settings of the consumers (-consumer-config).
+	consumerConfig map[string]string
 }
 
 func main() {
@@ -170,6 +173,15 @@ func main() {
 	flag.IntVar(&o.concurrency, "concurrency", 16, "Concurrency of consume_conc16_1ms and consume_conc_1ms")
 	flag.IntVar(&o.inFlight, "in-flight", 64, "goroutines of publish_sync")
 	flag.IntVar(&o.valueSize, "value-size", 100, "bytes per published value")
+	o.consumerConfig = map[string]string{}
+	flag.Func("consumer-config", "key=value: an extra librdkafka setting of the consumers (repeatable), e.g. fetch.queue.backoff.ms=10", func(kv string) error {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("want key=value, got %q", kv)
+		}
+		o.consumerConfig[k] = v
+		return nil
+	})
 	flag.Parse()
 	if o.topic == "" || o.scenario == "" || o.messages <= 0 {
 		fail(errors.New("-topic, -scenario and -messages > 0 are required"))
@@ -249,13 +261,17 @@ func quiet(err error) error {
 }
 
 func consumerOptions(o options) []xkafka.ConsumerOption {
+	config := xkafka.ConfigMap{
+		"auto.offset.reset": "earliest",
+		"fetch.wait.max.ms": o.fetchWaitMs,
+	}
+	for k, v := range o.consumerConfig {
+		config[k] = v
+	}
 	return []xkafka.ConsumerOption{
 		xkafka.Brokers{o.brokers},
 		xkafka.Topics{o.topic},
-		xkafka.ConfigMap{
-			"auto.offset.reset": "earliest",
-			"fetch.wait.max.ms": o.fetchWaitMs,
-		},
+		config,
 		xkafka.ErrorHandler(quiet),
 		// The library's default is 10 s; the raw Rust loop polls for 100 ms.
 		// It matters only while nothing arrives (and lets the batch timer run).
