@@ -239,6 +239,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // and runs in our process (its CPU would count as ours).
         if sweep && target.mock().is_none() {
             plan.push(Step::Sweep);
+        } else if sweep {
+            eprintln!("sweep: real brokers only, not run on {}", target.name);
         }
         let bar = ProgressBar::new(plan.len() as u64);
         bar.set_style(

@@ -163,12 +163,17 @@ pub(crate) async fn run(
     }
     for (bytes, share) in SIZES {
         let messages = base / share;
-        let topic = if bytes == 100 {
-            // The 6-partition topic of the partition sweep.
-            match &planned[1].2 {
-                Job::Consume { topic } => topic.clone(),
-                _ => unreachable!("the partition sweep's second point consumes"),
-            }
+        // 100 B: the partition sweep's 6-partition topic.
+        let same = planned
+            .iter()
+            .find_map(|(_, point, job): &(_, Point, Job)| match job {
+                Job::Consume { topic } if point.partitions == report::PARTITIONS => {
+                    Some(topic.clone())
+                }
+                _ => None,
+            });
+        let topic = if let (100, Some(topic)) = (bytes, same) {
+            topic
         } else {
             let topic = unique(&format!("bench-sweep-{bytes}b"));
             report::create(target, &topic, report::PARTITIONS).await?;
