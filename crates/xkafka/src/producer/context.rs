@@ -78,6 +78,8 @@ pub(crate) struct XProducerContext {
     /// publishing thread and dropped on this one: its reference count
     /// bounced between the two cores for every message.
     pub(crate) topics: TopicNames,
+    /// The topic of the last `Async` report (see `topic_name`).
+    pub(crate) last_topic: Mutex<Option<Arc<str>>>,
 }
 
 impl ClientContext for XProducerContext {
@@ -117,7 +119,7 @@ impl ProducerContext for XProducerContext {
                 let message = match result {
                     Ok(msg) | Err((_, msg)) => msg,
                 };
-                self.topics.get(message.topic())
+                self.topic_name(crate::convert::topic_bytes(message))
             }
         };
         let report = match result {
@@ -134,12 +136,10 @@ impl ProducerContext for XProducerContext {
             }
             DeliveryTarget::Async { callback } => {
                 let callback = callback.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
-                let topic = match &report {
-                    Ok(delivery) => delivery.topic.clone(),
-                    Err((_, topic, _)) => topic.clone(),
-                };
+                // The topic is taken from the report only if a callback
+                // panics: no second reference count per message.
                 self.hooks
-                    .deliver(&topic, callback, report.map_err(delivery_error));
+                    .deliver_report(callback, report.map_err(delivery_error));
                 self.hooks.pending.done();
             }
         }
@@ -147,6 +147,23 @@ impl ProducerContext for XProducerContext {
 }
 
 impl XProducerContext {
+    /// The shared name of a reported message's topic. The last one is kept
+    /// apart and compared as bytes: most reports name the same topic as the
+    /// one before, and then neither a UTF-8 check nor the shared set's lock
+    /// and hash is needed. Only the delivery thread normally gets here; a
+    /// flushing thread that finds the last name busy asks the set.
+    fn topic_name(&self, name: &[u8]) -> Arc<str> {
+        let Ok(mut last) = self.last_topic.try_lock() else {
+            return self.topics.get(&String::from_utf8_lossy(name));
+        };
+        if let Some(topic) = last.as_ref().filter(|t| t.as_bytes() == name) {
+            return topic.clone();
+        }
+        let topic = self.topics.get(&String::from_utf8_lossy(name));
+        *last = Some(topic.clone());
+        topic
+    }
+
     fn count(&self, report: &Result<Delivery, (KafkaError, Arc<str>, i32)>) {
         use std::sync::atomic::Ordering;
         let stats = &self.hooks.stats;

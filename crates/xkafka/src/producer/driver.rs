@@ -129,12 +129,34 @@ impl Hooks {
         callback: Option<MessageCallback>,
         result: Result<Delivery, Error>,
     ) {
+        self.deliver_with(|_| Some(topic.clone()), callback, result);
+    }
+
+    /// [`deliver`](Self::deliver) for a librdkafka report, whose result
+    /// names the topic (read only when a callback panics).
+    pub(crate) fn deliver_report(
+        &self,
+        callback: Option<MessageCallback>,
+        result: Result<Delivery, Error>,
+    ) {
+        self.deliver_with(topic_of, callback, result);
+    }
+
+    fn deliver_with(
+        &self,
+        topic: impl Fn(&Result<Delivery, Error>) -> Option<Arc<str>>,
+        callback: Option<MessageCallback>,
+        result: Result<Delivery, Error>,
+    ) {
         if let Some(on_delivery) = &self.on_delivery {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| on_delivery(&result))) {
-                self.report(&panicked(ON_DELIVERY, topic, &*panic));
+                self.report(&panicked(ON_DELIVERY, topic(&result), &*panic));
             }
         }
         if let Some(callback) = callback {
+            // Taken before the callback consumes the result, only for a
+            // callback of its own (rare next to the producer-wide one).
+            let topic = topic(&result);
             // The callback (and what it captured) is dropped inside, so a
             // panicking destructor is caught as well.
             if let Err(panic) = catch_unwind(AssertUnwindSafe(move || callback(result))) {
@@ -148,11 +170,20 @@ const ON_DELIVERY: &str = "the on_delivery callback";
 const MESSAGE_CALLBACK: &str = "a publish_async_with callback";
 const MIDDLEWARE: &str = "a producer middleware";
 
-fn panicked(callback: &'static str, topic: &Arc<str>, panic: &(dyn Any + Send)) -> Error {
+fn panicked(callback: &'static str, topic: Option<Arc<str>>, panic: &(dyn Any + Send)) -> Error {
     Error::CallbackPanicked {
         callback,
-        topic: Some(topic.clone()),
+        topic,
         message: panic_message(panic),
+    }
+}
+
+/// The topic a delivery result names.
+fn topic_of(result: &Result<Delivery, Error>) -> Option<Arc<str>> {
+    match result {
+        Ok(delivery) => Some(delivery.topic.clone()),
+        Err(Error::Delivery { topic, .. } | Error::Undelivered { topic }) => Some(topic.clone()),
+        Err(_) => None,
     }
 }
 
@@ -199,8 +230,9 @@ impl Completion {
     /// The middleware panicked while completing the publish: the error
     /// handler hears of it, and the callbacks get the same error.
     fn panicked(mut self, panic: &(dyn Any + Send)) {
-        self.hooks.report(&panicked(MIDDLEWARE, &self.topic, panic));
-        let error = panicked(MIDDLEWARE, &self.topic, panic);
+        self.hooks
+            .report(&panicked(MIDDLEWARE, Some(self.topic.clone()), panic));
+        let error = panicked(MIDDLEWARE, Some(self.topic.clone()), panic);
         self.complete(Err(error));
     }
 
