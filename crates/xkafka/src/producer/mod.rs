@@ -28,7 +28,7 @@ use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
 use context::{DeliveryTarget, XProducerContext};
 use driver::{Completion, Hooks, InFlight, OnDeliveryFn, Pending};
-use publish::{EnqueueSignal, RawPublish, Refused};
+use publish::{EnqueueSignal, RawPublish, Refused, TopicHandles};
 
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -120,6 +120,9 @@ struct Inner {
     direct: bool,
     /// Built with a `transactional.id`.
     transactions: Option<transaction::Transactions>,
+    /// Topic handles for publishes without middleware; released in
+    /// `Drop for Inner`, before the client.
+    topics: TopicHandles,
 }
 
 impl Producer {
@@ -154,7 +157,7 @@ impl Producer {
             return Err(Error::ProducerClosed);
         }
         if self.inner.direct {
-            return publish::publish(&self.inner.client, message).await;
+            return publish::publish(&self.inner.client, Some(&self.inner.topics), message).await;
         }
         self.service()
             .oneshot(message)
@@ -263,7 +266,12 @@ impl Producer {
         let target = DeliveryTarget::Async {
             callback: callback.map(Mutex::new),
         };
-        let result = publish::try_enqueue(&self.inner.client, message, target.into_opaque());
+        let result = publish::try_enqueue(
+            &self.inner.client,
+            Some(&self.inner.topics),
+            message,
+            target.into_opaque(),
+        );
         if let Err(Refused::Failed(_)) = result {
             self.inner.hooks.pending.done();
         }
@@ -280,7 +288,13 @@ impl Producer {
         // Owed until librdkafka takes the message; refused or cancelled
         // (the caller dropped this future), nothing will be called for it.
         let owed = Owed(&self.inner.hooks.pending);
-        let result = publish::enqueue_when_room(&self.inner.client, message, opaque).await;
+        let result = publish::enqueue_when_room(
+            &self.inner.client,
+            Some(&self.inner.topics),
+            message,
+            opaque,
+        )
+        .await;
         if result.is_ok() {
             // Accepted: its delivery report settles the count.
             std::mem::forget(owed);
@@ -468,6 +482,8 @@ const POLLING_THREAD: &str = "producer polling thread";
 impl Drop for Inner {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
+        // librdkafka wants its topic handles back before its client goes.
+        self.topics.release();
         // SAFETY: taken here once, and `self` is never used again.
         let (service, client) = unsafe {
             (
@@ -709,6 +725,7 @@ impl ProducerBuilder {
                 config,
                 direct,
                 transactions,
+                topics: TopicHandles::default(),
             }),
         })
     }

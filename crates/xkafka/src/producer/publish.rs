@@ -2,7 +2,7 @@
 //! for the broker's acknowledgement.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,12 +52,13 @@ impl Service<Message> for RawPublish {
 
     fn call(&mut self, message: Message) -> Self::Future {
         let client = self.client.clone();
-        Box::pin(async move { publish(&client, message).await.map_err(Into::into) })
+        Box::pin(async move { publish(&client, None, message).await.map_err(Into::into) })
     }
 }
 
 pub(crate) async fn publish(
     client: &ThreadedProducer<XProducerContext>,
+    handles: Option<&TopicHandles>,
     message: Message,
 ) -> Result<Delivery, Error> {
     let topic = message.topic_arc().clone();
@@ -67,7 +68,7 @@ pub(crate) async fn publish(
         tx,
         topic: topic.clone(),
     };
-    enqueue(client, &message, target).await?;
+    enqueue(client, handles, &message, target).await?;
     if let Some(signal) = message.extensions().get::<EnqueueSignal>() {
         signal.set();
     }
@@ -87,12 +88,13 @@ pub(crate) async fn publish(
 /// waiting (not failing) while librdkafka's queue is full.
 pub(crate) async fn enqueue(
     client: &ThreadedProducer<XProducerContext>,
+    handles: Option<&TopicHandles>,
     message: &Message,
     target: DeliveryTarget,
 ) -> Result<(), Error> {
-    match try_enqueue(client, message, target.into_opaque()) {
+    match try_enqueue(client, handles, message, target.into_opaque()) {
         Ok(()) => Ok(()),
-        Err(Refused::Full(opaque)) => enqueue_when_room(client, message, opaque).await,
+        Err(Refused::Full(opaque)) => enqueue_when_room(client, handles, message, opaque).await,
         Err(Refused::Failed(err)) => Err(err),
     }
 }
@@ -109,11 +111,21 @@ pub(crate) enum Refused {
 /// One synchronous attempt to hand `message` to librdkafka. No future is
 /// involved: the publish paths that must keep up with librdkafka call this
 /// first and only build the waiting future when the queue is full.
+///
+/// With `handles` (the producer's, when it has no middleware), a message
+/// without headers goes to librdkafka by topic handle (see [`TopicHandles`]).
 pub(crate) fn try_enqueue(
     client: &ThreadedProducer<XProducerContext>,
+    handles: Option<&TopicHandles>,
     message: &Message,
     opaque: usize,
 ) -> Result<(), Refused> {
+    if let Some(rkt) = handles
+        .filter(|_| message.headers().is_empty())
+        .and_then(|handles| handles.get(client, message.topic_arc()))
+    {
+        return produce_to(client, rkt, message, opaque);
+    }
     let topic = message.topic();
     if let Err(err) = validate_topic(topic) {
         drop(DeliveryTarget::from_opaque(opaque));
@@ -160,6 +172,7 @@ pub(crate) fn try_enqueue(
 /// instead of failing, then hands the message over.
 pub(crate) async fn enqueue_when_room(
     client: &ThreadedProducer<XProducerContext>,
+    handles: Option<&TopicHandles>,
     message: &Message,
     opaque: usize,
 ) -> Result<(), Error> {
@@ -169,7 +182,7 @@ pub(crate) async fn enqueue_when_room(
     loop {
         tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
         // 0 left behind is the opaque that owns nothing.
-        match try_enqueue(client, message, std::mem::take(&mut unsent.0)) {
+        match try_enqueue(client, handles, message, std::mem::take(&mut unsent.0)) {
             Ok(()) => return Ok(()),
             Err(Refused::Full(back)) => unsent.0 = back,
             Err(Refused::Failed(err)) => return Err(err),
@@ -185,4 +198,176 @@ impl Drop for Unsent {
     fn drop(&mut self) {
         drop(DeliveryTarget::from_opaque(self.0));
     }
+}
+
+/// Most topics a producer keeps a handle for; messages to any other go by
+/// name.
+const TOPIC_HANDLES: usize = 16;
+
+/// librdkafka topic handles, kept for the producer's life (publishes
+/// without middleware only). A message sent by topic name, as rdkafka's
+/// `send` does, costs a fresh `CString` of the name and a lookup of the
+/// topic under librdkafka's client-wide *write* lock (`rd_kafka_topic_new0`),
+/// which its broker threads take for reading all the time. By handle
+/// (`RD_KAFKA_VTYPE_RKT`) librdkafka only counts a reference.
+///
+/// Filled once per topic, read without locking or reference counting
+/// (`OnceLock::get`), so concurrent publishers share them freely. Must be
+/// emptied ([`release`](Self::release)) before the client is destroyed.
+#[derive(Default)]
+pub(crate) struct TopicHandles {
+    slots: [OnceLock<TopicHandle>; TOPIC_HANDLES],
+}
+
+struct TopicHandle {
+    name: Arc<str>,
+    /// The `rd_kafka_topic_t *` librdkafka returned (its address; 0 if it
+    /// refused the name).
+    rkt: usize,
+}
+
+impl TopicHandles {
+    /// The handle of `topic`, made on first use; `None` when it cannot be
+    /// had (invalid name, every slot taken): the message then goes by name,
+    /// which reports any error.
+    fn get(&self, client: &ThreadedProducer<XProducerContext>, topic: &Arc<str>) -> Option<usize> {
+        for slot in &self.slots {
+            let handle = match slot.get() {
+                Some(handle) => handle,
+                None => {
+                    validate_topic(topic).ok()?;
+                    // Another publisher may fill this slot first, maybe with
+                    // another topic: then the search goes on.
+                    slot.get_or_init(|| TopicHandle::new(client, topic))
+                }
+            };
+            if Arc::ptr_eq(&handle.name, topic) || handle.name == *topic {
+                return (handle.rkt != 0).then_some(handle.rkt);
+            }
+        }
+        None
+    }
+
+    /// Gives every handle back to librdkafka. The producer calls it before
+    /// dropping its client; the handles are not used after.
+    pub(crate) fn release(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(handle) = slot.take() {
+                handle.destroy();
+            }
+        }
+    }
+}
+
+impl Drop for TopicHandles {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl TopicHandle {
+    #[allow(unsafe_code)]
+    fn new(client: &ThreadedProducer<XProducerContext>, topic: &Arc<str>) -> Self {
+        use rdkafka::producer::Producer as _;
+        // Validated (no NUL).
+        let rkt = match std::ffi::CString::new(topic.as_bytes()) {
+            // SAFETY: the client is live and the name NUL-terminated;
+            // librdkafka copies it. A null `conf` means the client's topic
+            // configuration, as for a message sent by name.
+            Ok(name) => unsafe {
+                rdkafka::bindings::rd_kafka_topic_new(
+                    client.client().native_ptr(),
+                    name.as_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+            .expose_provenance(),
+            Err(_) => 0,
+        };
+        TopicHandle {
+            name: topic.clone(),
+            rkt,
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn destroy(self) {
+        if self.rkt != 0 {
+            // SAFETY: a handle `rd_kafka_topic_new` returned, destroyed once
+            // (it left its slot), while the client is still live (see
+            // `TopicHandles::release`).
+            unsafe {
+                rdkafka::bindings::rd_kafka_topic_destroy(std::ptr::with_exposed_provenance_mut(
+                    self.rkt,
+                ))
+            }
+        }
+    }
+}
+
+/// Hands a message without headers to librdkafka by topic handle: what
+/// rdkafka's `send` does, without the name. Same outcomes as
+/// [`try_enqueue`] by name.
+#[allow(unsafe_code)]
+fn produce_to(
+    client: &ThreadedProducer<XProducerContext>,
+    rkt: usize,
+    message: &Message,
+    opaque: usize,
+) -> Result<(), Refused> {
+    use rdkafka::bindings as rd;
+    use rdkafka::bindings::rd_kafka_vtype_t::*;
+    use rdkafka::producer::Producer as _;
+    use std::ffi::c_void;
+
+    fn raw(bytes: Option<&bytes::Bytes>) -> (*mut c_void, usize) {
+        match bytes {
+            Some(b) => (b.as_ptr().cast_mut().cast(), b.len()),
+            None => (std::ptr::null_mut(), 0),
+        }
+    }
+    let (value, value_len) = raw(message.value());
+    let (key, key_len) = raw(message.key());
+    // SAFETY: the client and the topic handle are live (the handle until
+    // the producer releases it, after its last publish); key and value are
+    // copied by librdkafka (`RD_KAFKA_MSG_F_COPY`) before this returns. The
+    // opaque is the address `DeliveryTarget::into_opaque` exposed (or 0),
+    // read back by the delivery callback as rdkafka's `send` would hand it.
+    let err = unsafe {
+        rd::rd_kafka_producev(
+            client.client().native_ptr(),
+            RD_KAFKA_VTYPE_RKT,
+            std::ptr::with_exposed_provenance_mut::<rd::rd_kafka_topic_t>(rkt),
+            RD_KAFKA_VTYPE_PARTITION,
+            message.partition().unwrap_or(-1),
+            RD_KAFKA_VTYPE_MSGFLAGS,
+            rd::RD_KAFKA_MSG_F_COPY,
+            RD_KAFKA_VTYPE_VALUE,
+            value,
+            value_len,
+            RD_KAFKA_VTYPE_KEY,
+            key,
+            key_len,
+            RD_KAFKA_VTYPE_OPAQUE,
+            std::ptr::with_exposed_provenance_mut::<c_void>(opaque),
+            RD_KAFKA_VTYPE_TIMESTAMP,
+            message.timestamp().map_or(0, |ts| ts.millis()),
+            RD_KAFKA_VTYPE_END,
+        )
+    };
+    if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return Ok(());
+    }
+    let code = RDKafkaErrorCode::from(err);
+    if code == RDKafkaErrorCode::QueueFull {
+        return Err(Refused::Full(opaque));
+    }
+    // Not accepted: the caller reports it; the target is dropped without
+    // calling anything.
+    drop(DeliveryTarget::from_opaque(opaque));
+    Err(Refused::Failed(Error::Delivery {
+        topic: message.topic_arc().clone(),
+        partition: message.partition(),
+        source: KafkaError::MessageProduction(code),
+    }))
 }
