@@ -78,8 +78,6 @@ pub(crate) struct XProducerContext {
     /// publishing thread and dropped on this one: its reference count
     /// bounced between the two cores for every message.
     pub(crate) topics: TopicNames,
-    /// The topic of the last `Async` report (see `topic_name`).
-    pub(crate) last_topic: Mutex<Option<Arc<str>>>,
 }
 
 impl ClientContext for XProducerContext {
@@ -147,21 +145,29 @@ impl ProducerContext for XProducerContext {
 }
 
 impl XProducerContext {
-    /// The shared name of a reported message's topic. The last one is kept
-    /// apart and compared as bytes: most reports name the same topic as the
-    /// one before, and then neither a UTF-8 check nor the shared set's lock
-    /// and hash is needed. Only the delivery thread normally gets here; a
-    /// flushing thread that finds the last name busy asks the set.
+    /// The shared name of a reported message's topic. The last one each
+    /// thread named is kept apart (thread-local: no lock, no shared line)
+    /// and compared as bytes: most reports name the same topic as the one
+    /// before, and then neither a UTF-8 check nor the shared set's lock and
+    /// hash is needed. Any name with the same bytes will do, whichever
+    /// producer made it.
     fn topic_name(&self, name: &[u8]) -> Arc<str> {
-        let Ok(mut last) = self.last_topic.try_lock() else {
-            return self.topics.get(&String::from_utf8_lossy(name));
-        };
-        if let Some(topic) = last.as_ref().filter(|t| t.as_bytes() == name) {
-            return topic.clone();
+        let named = LAST_TOPIC.try_with(|last| {
+            // Not reentrant: nothing below calls back into a report.
+            let mut last = last.try_borrow_mut().ok()?;
+            if let Some(topic) = last.as_ref().filter(|t| t.as_bytes() == name) {
+                return Some(topic.clone());
+            }
+            let topic = self.topics.get(&String::from_utf8_lossy(name));
+            *last = Some(topic.clone());
+            Some(topic)
+        });
+        match named {
+            Ok(Some(topic)) => topic,
+            // The thread is exiting (a producer dropped by a thread-local's
+            // destructor reports its purged messages).
+            _ => self.topics.get(&String::from_utf8_lossy(name)),
         }
-        let topic = self.topics.get(&String::from_utf8_lossy(name));
-        *last = Some(topic.clone());
-        topic
     }
 
     fn count(&self, report: &Result<Delivery, (KafkaError, Arc<str>, i32)>) {
@@ -201,6 +207,9 @@ struct ErrorEvent {
 }
 
 thread_local! {
+    /// The topic of the last `Async` report this thread handled (see
+    /// `XProducerContext::topic_name`).
+    static LAST_TOPIC: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
     /// The error event this thread has just reported.
     static LAST_EVENT: RefCell<Option<ErrorEvent>> = const { RefCell::new(None) };
 }

@@ -700,7 +700,6 @@ impl ProducerBuilder {
         let context = XProducerContext {
             hooks: hooks.clone(),
             topics: Default::default(),
-            last_topic: Default::default(),
         };
         let client = ThreadedProducer::from_config_and_context(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
