@@ -7,7 +7,7 @@ mod publish;
 mod transaction;
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -176,21 +176,31 @@ impl Producer {
     /// An `Err` means the message was not accepted (closed producer, invalid
     /// topic, message too large, middleware refusal); callbacks are then not
     /// called.
-    pub async fn publish_async(&self, message: Message) -> Result<(), Error> {
-        if self.inner.direct {
-            // One synchronous attempt first; the waiting future is built
-            // (boxed) only when librdkafka's queue is full. Nested futures
-            // are copied whole each time one is moved into another, and
-            // that showed as the largest share of our cost per publish.
-            return match self.try_enqueue_direct(&message, None) {
-                Ok(()) => Ok(()),
-                Err(Refused::Full(opaque)) => {
-                    Box::pin(self.enqueue_direct_when_room(&message, opaque)).await
-                }
-                Err(Refused::Failed(err)) => Err(err),
-            };
+    // Not an `async fn`: its future would move `message` once more (from
+    // the argument's slot to the body's local) on its first poll; an
+    // `async move` block uses the captured message in place. It still does
+    // nothing before it is polled.
+    #[allow(clippy::manual_async_fn)]
+    pub fn publish_async(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        async move {
+            if self.inner.direct {
+                // One synchronous attempt first; the waiting future is built
+                // (boxed) only when librdkafka's queue is full. Nested futures
+                // are copied whole each time one is moved into another, and
+                // that showed as the largest share of our cost per publish.
+                return match self.try_enqueue_direct(&message, None) {
+                    Ok(()) => Ok(()),
+                    Err(Refused::Full(opaque)) => {
+                        Box::pin(self.enqueue_direct_when_room(&message, opaque)).await
+                    }
+                    Err(Refused::Failed(err)) => Err(err),
+                };
+            }
+            Box::pin(self.enqueue(message, None)).await
         }
-        Box::pin(self.enqueue(message, None)).await
     }
 
     /// [`publish_async`](Self::publish_async), plus a callback for this one
