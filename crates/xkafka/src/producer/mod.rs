@@ -276,16 +276,21 @@ impl Producer {
         let target = DeliveryTarget::Async {
             callback: callback.map(Mutex::new),
         };
-        let result = publish::try_enqueue(
+        // A match rather than returning the result held in a local: the
+        // common `Ok` then writes no copy of the (large) error variant.
+        match publish::try_enqueue(
             &self.inner.client,
             Some(&self.inner.topics),
             message,
             target.into_opaque(),
-        );
-        if let Err(Refused::Failed(_)) = result {
-            self.inner.hooks.pending.done();
+        ) {
+            Ok(()) => Ok(()),
+            Err(Refused::Failed(err)) => {
+                self.inner.hooks.pending.done();
+                Err(Refused::Failed(err))
+            }
+            Err(full) => Err(full),
         }
-        result
     }
 
     /// The rest of [`try_enqueue_direct`](Self::try_enqueue_direct) when
