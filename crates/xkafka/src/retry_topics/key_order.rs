@@ -151,6 +151,22 @@ pub(super) struct Slot {
     pub(super) chain: tokio::sync::Mutex<Option<Chain>>,
 }
 
+impl Slot {
+    /// Adds a copy of `key`'s message at `original_offset` (once built).
+    pub(super) async fn add(&self, key: &Bytes, original_offset: i64) {
+        if let Some(chain) = self.chain.lock().await.as_mut() {
+            chain.add(key, original_offset);
+        }
+    }
+
+    /// Takes a copy of `key`'s message at `original_offset` out (once built).
+    pub(super) async fn remove(&self, key: &Bytes, original_offset: i64) {
+        if let Some(chain) = self.chain.lock().await.as_mut() {
+            chain.remove(key, original_offset);
+        }
+    }
+}
+
 /// Why key order cannot be kept for a message: it goes to the error
 /// handler instead of being handled out of order.
 #[derive(Debug, thiserror::Error)]

@@ -554,16 +554,10 @@ impl RetryTopics {
         }
         let step = chain.as_ref().expect("just built").step(&place);
         let (key, offset) = (&place.key, place.original_offset);
-        // This copy leaves the chain once settled (success, moved on,
-        // dead-lettered, or handed to the error handler, which skips it or
-        // stops the consumer — a restart reads the tiers anew).
-        let settle = |chain: &mut Option<key_order::Chain>| {
-            if place.tier > 0 {
-                if let Some(c) = chain.as_mut() {
-                    c.remove(key, offset);
-                }
-            }
-        };
+        // A copy from a tier leaves the chain once settled (success, moved
+        // on, dead-lettered, or handed to the error handler, which skips it
+        // or stops the consumer — a restart reads the tiers anew).
+        let from_tier = place.tier > 0;
         match step {
             Step::AlreadyMoved => return Ok(Ack::Skip),
             Step::Follow => {
@@ -573,14 +567,12 @@ impl RetryTopics {
                 drop(chain);
                 let tier = place.tier.min(self.inner.delays.len().saturating_sub(1));
                 let head = Cause::Follows(offset);
-                let moved = self.move_to(&message, tier, head, &log).await;
-                let mut chain = slot.chain.lock().await;
-                if moved.is_err() {
-                    if let Some(c) = chain.as_mut() {
-                        c.remove(key, offset);
-                    }
+                let moved = self
+                    .move_registered(&slot, &place, &message, tier, head, &log)
+                    .await;
+                if from_tier {
+                    slot.remove(key, offset).await;
                 }
-                settle(&mut chain);
                 return moved.map(|()| Ack::Skip).map_err(|e| {
                     Box::new(e.with("it waits behind an earlier message of its key".into())) as _
                 });
@@ -593,27 +585,41 @@ impl RetryTopics {
             Ok(ack) => Ok(ack),
             Err(error) => match self.next_tier(&message, &error) {
                 Some(tier) => {
-                    if let Some(c) = slot.chain.lock().await.as_mut() {
-                        c.add(key, offset);
-                    }
+                    slot.add(key, offset).await;
                     let text = error.to_string();
-                    let moved = self
-                        .move_to(&message, tier, Cause::Failed(&text), &log)
-                        .await;
-                    if moved.is_err() {
-                        if let Some(c) = slot.chain.lock().await.as_mut() {
-                            c.remove(key, offset);
-                        }
-                    }
-                    moved
+                    let failed = Cause::Failed(&text);
+                    self.move_registered(&slot, &place, &message, tier, failed, &log)
+                        .await
                         .map(|()| Ack::Skip)
                         .map_err(|e| Box::new(e.with(error)) as _)
                 }
                 None => self.send_dead_letter(&message, error, &log).await,
             },
         };
-        settle(&mut *slot.chain.lock().await);
+        if from_tier {
+            slot.remove(key, offset).await;
+        }
         outcome
+    }
+
+    /// Moves `message`, whose copy is already in its key's chain (added
+    /// before the publish, so that nothing of its key can overtake it while
+    /// the copy is in flight), to tier `tier`; takes the copy out again if
+    /// the publish fails.
+    async fn move_registered(
+        &self,
+        slot: &key_order::Slot,
+        place: &Place,
+        message: &Message,
+        tier: usize,
+        cause: Cause<'_>,
+        log: &AttemptLog,
+    ) -> Result<(), PublishFailed> {
+        let moved = self.move_to(message, tier, cause, log).await;
+        if moved.is_err() {
+            slot.remove(&place.key, place.original_offset).await;
+        }
+        moved
     }
 }
 
