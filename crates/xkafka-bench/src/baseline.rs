@@ -40,7 +40,12 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.offset.store", "false");
+        .set("enable.auto.offset.store", "false")
+        // xkafka's consumer default (librdkafka's is 1000): the same
+        // settings on both sides. With librdkafka's, a raw run past
+        // `queued.min.messages` stalls for up to a second (BENCHMARKS.md,
+        // "The fetch queue backoff") and the ratio would measure that.
+        .set("fetch.queue.backoff.ms", "10");
     config
 }
 
@@ -48,7 +53,7 @@ fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 pub(crate) fn consume(brokers: &str, topic: &str, messages: u64, work: Work) -> BoxResult<f64> {
     let consumer: BaseConsumer = consumer_config(brokers, &unique("raw")).create()?;
     consumer.subscribe(&[topic])?;
-    let clock = Clock::new(messages);
+    let clock = Clock::steady(messages);
     let deadline = Instant::now() + RUN_TIMEOUT;
     while !clock.done() && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(100)) {

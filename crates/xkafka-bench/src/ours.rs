@@ -45,7 +45,7 @@ pub(crate) async fn consume(
     concurrency: usize,
     order: Order,
 ) -> BoxResult<f64> {
-    let clock = Arc::new(Clock::new(messages));
+    let clock = Arc::new(Clock::steady(messages));
     let ticks = clock.clone();
     // Handler-bound runs (their rate is compared with N × the sequential
     // rate, both measured here): a broker that answers a fetch for one
@@ -86,7 +86,7 @@ pub(crate) async fn consume(
 
 /// Batch consumer throughput, batches of 1,000.
 pub(crate) async fn consume_batch(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
-    let clock = Arc::new(Clock::new(messages));
+    let clock = Arc::new(Clock::steady(messages));
     let ticks = clock.clone();
     let consumer = BatchConsumer::builder(unique("ours-batch"))
         .brokers([brokers])

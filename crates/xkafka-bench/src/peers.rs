@@ -171,6 +171,11 @@ impl GoPeer {
             .arg(messages.to_string())
             .arg("-group")
             .arg(crate::unique("go-xkafka"))
+            // xkafka's consumer default, given to the raw loop too: the same
+            // settings on every side (librdkafka's 1000 ms stalls a fast
+            // consumer for up to a second; BENCHMARKS.md, "The fetch queue
+            // backoff"). Producers ignore it.
+            .args(["-consumer-config", "fetch.queue.backoff.ms=10"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

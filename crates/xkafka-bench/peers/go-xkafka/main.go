@@ -18,11 +18,13 @@
 //	publish_sync        Producer.Publish from 64 goroutines, N messages in all
 //	publish_async       Producer.AsyncPublish + DeliveryCallback
 //
-// Consumers are timed from the first message handled to the N-th; publish_async
+// Consumers are timed from message N/10 (the first tenth is a warm-up:
+// librdkafka's start-up fetches) to the N-th; publish_async
 // from the first send (after one acknowledged warm-up message) to the N-th
 // delivery report; publish_sync from the start of the 64 goroutines to the end
-// of the last Publish. The rate is (N-1)/time for the first three and N/time
-// for publish_sync, as on the Rust side.
+// of the last Publish. The rate is the timed messages over the time: N - N/10
+// for consumers, N-1 for publish_async, N for publish_sync, as on the Rust
+// side.
 package main
 
 import (
@@ -57,6 +59,9 @@ type result struct {
 	Scenario   string  `json:"scenario"`
 	Messages   int64   `json:"messages"`
 	MsgsPerSec float64 `json:"msgs_per_sec"`
+	// TimedMessages: the messages the timed span covers (consumers leave
+	// the first tenth out, see newSteadyClock).
+	TimedMessages int64 `json:"timed_messages"`
 	// ElapsedSecs is the timed span (see the package comment).
 	ElapsedSecs float64 `json:"elapsed_secs"`
 	// CPU of the whole process (getrusage RUSAGE_SELF), start-up included.
@@ -83,19 +88,36 @@ func cpuSecs() (user, sys float64) {
 // clock counts messages and remembers when the first and the target-th were
 // counted, and the process CPU at both points.
 type clock struct {
-	target   int64
-	count    atomic.Int64
-	mu       sync.Mutex
-	first    time.Time
-	last     time.Time
-	cpuFirst float64
-	cpuLast  float64
-	done     chan struct{}
+	target int64
+	// from: the count whose tick starts the clock (1: the first message);
+	// countedAtStart: the count then (a batch may cross from).
+	from           int64
+	countedAtStart int64
+	count          atomic.Int64
+	mu             sync.Mutex
+	first          time.Time
+	last           time.Time
+	cpuFirst       float64
+	cpuLast        float64
+	done           chan struct{}
 }
 
 func newClock(target int64) *clock {
-	return &clock{target: target, done: make(chan struct{})}
+	return &clock{target: target, from: 1, done: make(chan struct{})}
 }
+
+// newSteadyClock: a consumer's clock, started at message target/10 so that
+// librdkafka's start-up fetches are not timed (as the Rust side's
+// Clock::steady).
+func newSteadyClock(target int64) *clock {
+	c := newClock(target)
+	c.from = max(target/warmUpShare, 1)
+	return c
+}
+
+// warmUpShare: consumers leave the first 1/warmUpShare of the messages out
+// of the timed span.
+const warmUpShare = 10
 
 func (c *clock) start() {
 	c.mu.Lock()
@@ -110,7 +132,12 @@ func (c *clock) start() {
 func (c *clock) tick(n int64) {
 	now := c.count.Add(n)
 	before := now - n
-	if before == 0 {
+	if before < c.from && now >= c.from {
+		c.mu.Lock()
+		if c.first.IsZero() {
+			c.countedAtStart = now
+		}
+		c.mu.Unlock()
 		c.start()
 	}
 	if now >= c.target && before < c.target {
@@ -133,15 +160,24 @@ func (c *clock) wait() error {
 	}
 }
 
-// span returns the timed seconds and the CPU seconds spent within them.
-func (c *clock) span() (secs, cpu float64) {
+// timing: the timed seconds, the CPU seconds spent within them, and the
+// messages they cover.
+type timing struct {
+	secs, cpu float64
+	messages  int64
+}
+
+// span returns the timing of the run: the messages after the one that
+// started the clock (a publisher's explicit start times all but the first,
+// as the Rust side).
+func (c *clock) span() timing {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	secs = c.last.Sub(c.first).Seconds()
+	secs := c.last.Sub(c.first).Seconds()
 	if secs < 1e-9 {
 		secs = 1e-9
 	}
-	return secs, c.cpuLast - c.cpuFirst
+	return timing{secs: secs, cpu: c.cpuLast - c.cpuFirst, messages: c.target - max(c.countedAtStart, 1)}
 }
 
 type options struct {
@@ -199,42 +235,40 @@ func main() {
 
 	started := time.Now()
 	var (
-		secs, cpuWindow float64
-		err             error
+		t   timing
+		err error
 	)
 	switch o.scenario {
 	case "consume_seq":
-		secs, cpuWindow, err = consume(o, 1, 0)
+		t, err = consume(o, 1, 0)
 	case "consume_conc16_1ms", "consume_conc_1ms":
-		secs, cpuWindow, err = consume(o, o.concurrency, time.Millisecond)
+		t, err = consume(o, o.concurrency, time.Millisecond)
 	case "consume_seq_1ms":
-		secs, cpuWindow, err = consume(o, 1, time.Millisecond)
+		t, err = consume(o, 1, time.Millisecond)
 	case "consume_batch":
-		secs, cpuWindow, err = consumeBatch(o)
+		t, err = consumeBatch(o)
 	case "publish_async":
-		secs, cpuWindow, err = publishAsync(o)
+		t, err = publishAsync(o)
 	case "publish_sync":
-		secs, cpuWindow, err = publishSync(o)
+		t, err = publishSync(o)
 	default:
 		err = fmt.Errorf("unknown scenario %q", o.scenario)
 	}
 	if err != nil {
 		fail(err)
 	}
-	rate := float64(o.messages-1) / secs
-	if o.scenario == "publish_sync" {
-		rate = float64(o.messages) / secs
-	}
+	rate := float64(t.messages) / t.secs
 	user, sys := cpuSecs()
 	_, librdkafka := kafka.LibraryVersion()
 	out, _ := json.Marshal(result{
 		Scenario:         o.scenario,
 		Messages:         o.messages,
 		MsgsPerSec:       rate,
-		ElapsedSecs:      secs,
+		TimedMessages:    t.messages,
+		ElapsedSecs:      t.secs,
 		CPUUserSecs:      user,
 		CPUSysSecs:       sys,
-		CPUWindowSecs:    cpuWindow,
+		CPUWindowSecs:    t.cpu,
 		WallSecs:         time.Since(started).Seconds(),
 		GoXkafka:         goXkafkaVersion,
 		ConfluentKafkaGo: confluentKafkaGoVersion,
@@ -283,8 +317,8 @@ func consumerOptions(o options) []xkafka.ConsumerOption {
 }
 
 // consume runs a Consumer until it handled o.messages messages.
-func consume(o options, concurrency int, sleep time.Duration) (float64, float64, error) {
-	c := newClock(o.messages)
+func consume(o options, concurrency int, sleep time.Duration) (timing, error) {
+	c := newSteadyClock(o.messages)
 	handler := xkafka.HandlerFunc(func(ctx context.Context, m *xkafka.Message) error {
 		c.tick(1)
 		if sleep > 0 {
@@ -299,14 +333,14 @@ func consume(o options, concurrency int, sleep time.Duration) (float64, float64,
 	}
 	consumer, err := xkafka.NewConsumer(o.group, handler, opts...)
 	if err != nil {
-		return 0, 0, err
+		return timing{}, err
 	}
 	return runUntil(c, consumer.Run)
 }
 
 // consumeBatch runs a BatchConsumer until its batches held o.messages messages.
-func consumeBatch(o options) (float64, float64, error) {
-	c := newClock(o.messages)
+func consumeBatch(o options) (timing, error) {
+	c := newSteadyClock(o.messages)
 	handler := xkafka.BatchHandlerFunc(func(ctx context.Context, b *xkafka.Batch) error {
 		c.tick(int64(len(b.Messages)))
 		b.AckSuccess()
@@ -317,13 +351,13 @@ func consumeBatch(o options) (float64, float64, error) {
 		xkafka.BatchTimeout(o.batchTimeout))
 	consumer, err := xkafka.NewBatchConsumer(o.group, handler, opts...)
 	if err != nil {
-		return 0, 0, err
+		return timing{}, err
 	}
 	return runUntil(c, consumer.Run)
 }
 
 // runUntil runs a consumer until the clock's target is reached, then stops it.
-func runUntil(c *clock, run func(context.Context) error) (float64, float64, error) {
+func runUntil(c *clock, run func(context.Context) error) (timing, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan error, 1)
 	go func() { stopped <- run(ctx) }()
@@ -331,13 +365,12 @@ func runUntil(c *clock, run func(context.Context) error) (float64, float64, erro
 	cancel()
 	runErr := <-stopped
 	if waited != nil {
-		return 0, 0, waited
+		return timing{}, waited
 	}
 	if runErr != nil && !errors.Is(runErr, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "go-xkafka: consumer stopped with:", runErr)
 	}
-	secs, cpu := c.span()
-	return secs, cpu, nil
+	return c.span(), nil
 }
 
 // producerOptions: linger.ms=5, acks=all, enable.idempotence=true, as both
@@ -384,7 +417,7 @@ func keys() [][]byte {
 
 // publishAsync: AsyncPublish with a DeliveryCallback, timed from the first
 // send to the N-th delivery report.
-func publishAsync(o options) (float64, float64, error) {
+func publishAsync(o options) (timing, error) {
 	c := newClock(o.messages)
 	var counting atomic.Bool
 	var failed atomic.Int64
@@ -398,7 +431,7 @@ func publishAsync(o options) (float64, float64, error) {
 			}
 		}))...)
 	if err != nil {
-		return 0, 0, err
+		return timing{}, err
 	}
 	// Delivery reports of AsyncPublish arrive on the events channel, which
 	// Start drains (and calls the callback).
@@ -409,7 +442,7 @@ func publishAsync(o options) (float64, float64, error) {
 	// Warm up as the Rust sides do: connected, producer id, metadata.
 	if err := producer.Publish(ctx, &xkafka.Message{Topic: o.topic, Value: value}); err != nil {
 		cancel()
-		return 0, 0, fmt.Errorf("warm-up: %w", err)
+		return timing{}, fmt.Errorf("warm-up: %w", err)
 	}
 	counting.Store(true)
 	k := keys()
@@ -418,7 +451,7 @@ func publishAsync(o options) (float64, float64, error) {
 		msg := &xkafka.Message{Topic: o.topic, Key: k[i%1000], Value: value}
 		if err := producer.AsyncPublish(ctx, msg); err != nil {
 			cancel()
-			return 0, 0, err
+			return timing{}, err
 		}
 	}
 	waited := c.wait()
@@ -426,21 +459,20 @@ func publishAsync(o options) (float64, float64, error) {
 	<-events
 	producer.Close()
 	if waited != nil {
-		return 0, 0, waited
+		return timing{}, waited
 	}
 	if n := failed.Load(); n > 0 {
-		return 0, 0, fmt.Errorf("%d deliveries failed", n)
+		return timing{}, fmt.Errorf("%d deliveries failed", n)
 	}
-	secs, cpu := c.span()
-	return secs, cpu, nil
+	return c.span(), nil
 }
 
 // publishSync: Publish (which waits for the delivery report) from 64
 // goroutines sharing N messages.
-func publishSync(o options) (float64, float64, error) {
+func publishSync(o options) (timing, error) {
 	producer, err := xkafka.NewProducer("bench-go-sync", producerOptions(o)...)
 	if err != nil {
-		return 0, 0, err
+		return timing{}, err
 	}
 	value := payload(o.valueSize)
 	k := keys()
@@ -471,7 +503,7 @@ func publishSync(o options) (float64, float64, error) {
 	u1, s1 := cpuSecs()
 	producer.Close()
 	if e := firstErr.Load(); e != nil {
-		return 0, 0, fmt.Errorf("publish failed: %w", *e)
+		return timing{}, fmt.Errorf("publish failed: %w", *e)
 	}
-	return secs, (u1 + s1) - (u0 + s0), nil
+	return timing{secs: secs, cpu: (u1 + s1) - (u0 + s0), messages: o.messages}, nil
 }
