@@ -106,8 +106,10 @@ pub struct Headers {
 
 impl Headers {
     /// No headers.
-    pub fn new() -> Self {
-        Headers::default()
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
     }
 
     /// No headers, with room for `capacity` of them.
