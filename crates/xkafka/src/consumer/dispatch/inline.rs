@@ -16,7 +16,9 @@ impl Dispatcher {
         let Some(service) = self.inline.as_mut() else {
             return Inline::Declined(message);
         };
-        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+        // Borrowed: an owned permit costs an `Arc` clone and drop per
+        // message, and most handlers finish here.
+        let Ok(permit) = self.context.permits.try_acquire() else {
             return Inline::Declined(message);
         };
         let panicked = match ready_now(service) {
@@ -34,13 +36,15 @@ impl Dispatcher {
         let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
+                // The lane carries the permit on and gives it back.
+                permit.forget();
                 return Inline::Pending(Resume {
                     future,
                     tp: tp.clone(),
                     offset,
                     epoch,
                     gate: gate.clone(),
-                    _permit: permit,
+                    _permit: CarriedPermit(self.context.permits.clone()),
                 });
             }
         };

@@ -191,7 +191,18 @@ struct Resume {
     offset: i64,
     epoch: u64,
     gate: Arc<Gate>,
-    _permit: OwnedSemaphorePermit,
+    _permit: CarriedPermit,
+}
+
+/// A permit the poll thread took (borrowed, see `run_inline`) for a handler
+/// that did not finish at once, carried into its lane: given back to the
+/// semaphore when the lane drops it, as an `OwnedSemaphorePermit` would be.
+struct CarriedPermit(Arc<Semaphore>);
+
+impl Drop for CarriedPermit {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
 }
 
 /// What a lane does with its messages.
@@ -607,5 +618,87 @@ mod tests {
             })
             .collect();
         assert_eq!(lanes.len(), 3, "round robin over the lanes");
+    }
+
+    #[test]
+    fn a_handler_that_waits_carries_its_permit_into_the_lane_and_gives_it_back() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Offset 0 waits for `release`; every call is recorded.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = started.clone();
+        let service = tower::service_fn(move |m: Message| {
+            record.lock().unwrap().push(m.offset().unwrap());
+            let mut released = released.clone();
+            async move {
+                if m.offset() == Some(0) {
+                    let _ = released.wait_for(|r| *r).await;
+                }
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        });
+        let (tx, rx) = std_mpsc::channel();
+        let shared = Arc::new(Shared::new(
+            "dispatch-tests".into(),
+            Arc::new(|_: &Error| Decision::Stop),
+            crate::ShutdownHandle::new(),
+            Duration::from_secs(1),
+        ));
+        let mut d = Dispatcher::new(
+            Order::PerPartition,
+            1,
+            runtime.handle().clone(),
+            Runner::Single(BoxCloneService::new(service)),
+            tx,
+            shared,
+            CommitWait::None,
+        );
+        let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
+        let (gate_a, gate_b) = (Gate::new(), Gate::new());
+        let msg = |tp: &TopicPartition, offset| {
+            Message::builder(tp.topic.clone())
+                .partition(tp.partition)
+                .offset(offset)
+                .build()
+        };
+        let mut done = Vec::new();
+        assert!(d.dispatch(msg(&a, 0), &a, 0, &gate_a, 1).is_none(), "waits");
+        assert_eq!(d.context.permits.available_permits(), 0, "carried");
+        // Another partition's lane is idle, but Concurrency(1) is taken: it
+        // must wait in its lane, not run on the poll thread.
+        assert!(d.dispatch(msg(&b, 1), &b, 1, &gate_b, 1).is_none());
+        d.flush(&mut done);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(*started.lock().unwrap(), vec![0], "within the concurrency");
+        release.send(true).unwrap();
+        let mut finished = Vec::new();
+        while finished.len() < 2 {
+            match rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("both finish")
+            {
+                Report::Completed(c) => finished.push(c.offset),
+                _ => {}
+            }
+        }
+        finished.sort_unstable();
+        assert_eq!(finished, vec![0, 1]);
+        assert_eq!(*started.lock().unwrap(), vec![0, 1]);
+        // Given back once each: exactly the one permit again (a lane drops
+        // its own after reporting, so wait for that).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.context.permits.available_permits() != 1 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(d.context.permits.available_permits(), 1);
+        // The poll thread runs the next one itself again.
+        assert!(matches!(
+            d.dispatch(msg(&a, 2), &a, 2, &gate_a, 1),
+            Some(Settled::Done(Ack::Success))
+        ));
     }
 }
