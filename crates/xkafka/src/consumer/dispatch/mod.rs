@@ -677,12 +677,11 @@ mod tests {
         release.send(true).unwrap();
         let mut finished = Vec::new();
         while finished.len() < 2 {
-            match rx
+            if let Report::Completed(c) = rx
                 .recv_timeout(Duration::from_secs(5))
                 .expect("both finish")
             {
-                Report::Completed(c) => finished.push(c.offset),
-                _ => {}
+                finished.push(c.offset);
             }
         }
         finished.sort_unstable();
