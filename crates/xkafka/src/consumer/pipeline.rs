@@ -85,6 +85,9 @@ pub(crate) struct Pipeline {
     not_before: Option<NotBeforeFn>,
     /// Partitions paused until their next message is due.
     delayed: usize,
+    /// The last dispatched message's partition, reused while messages come
+    /// in runs of one partition: spares an `Arc` clone and drop per message.
+    last_tp: Option<TopicPartition>,
 }
 
 /// When a message may be handled at the earliest; `None`: now.
@@ -127,6 +130,7 @@ impl Pipeline {
             ending: None,
             not_before: None,
             delayed: 0,
+            last_tp: None,
         }
     }
 
@@ -341,19 +345,39 @@ impl Pipeline {
         let (Some(partition), Some(offset)) = (message.partition(), message.offset()) else {
             return;
         };
-        let tp = TopicPartition::new(message.topic_arc().clone(), partition);
+        let tp = match self.last_tp.take() {
+            // The poll loop interns topic names: the pointer decides.
+            Some(tp)
+                if tp.partition == partition && Arc::ptr_eq(&tp.topic, message.topic_arc()) =>
+            {
+                tp
+            }
+            _ => TopicPartition::new(message.topic_arc().clone(), partition),
+        };
+        self.dispatch_at(consumer, shared, message, &tp, offset);
+        self.last_tp = Some(tp);
+    }
+
+    fn dispatch_at<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        message: Message,
+        tp: &TopicPartition,
+        offset: i64,
+    ) {
         if self.not_before.is_some() {
-            let Some(state) = self.partitions.get(&tp) else {
+            let Some(state) = self.partitions.get(tp) else {
                 return;
             };
             if state.delayed.is_some() {
                 return;
             }
-            if self.hold_back(consumer, shared, &tp, &message, offset) {
+            if self.hold_back(consumer, shared, tp, &message, offset) {
                 return;
             }
         }
-        let Some(state) = self.partitions.get_mut(&tp) else {
+        let Some(state) = self.partitions.get_mut(tp) else {
             // Fetched before a revocation: the partition's new owner reads it.
             return;
         };
@@ -364,25 +388,25 @@ impl Pipeline {
         state.tracker.dispatched(offset);
         self.unsettled += 1;
         if let Some(txn) = &mut self.txn {
-            txn.dispatched(&tp, offset);
+            txn.dispatched(tp, offset);
         }
         // Settled entries count too: behind one unfinished message they
         // pile up (`Order::PerKey`, `Unordered`) until it finishes.
         let full = state.tracker.tracked() >= self.limits.per_partition;
         if full && !state.paused {
             state.paused = true;
-            pause(consumer, shared, std::slice::from_ref(&tp));
+            pause(consumer, shared, std::slice::from_ref(tp));
         }
         let epoch = state.epoch;
         // Finished inline: settled right here, on the state at hand (no
         // completion to look its partition up again in `settle`).
         if let Some(settled) = self
             .dispatcher
-            .dispatch(message, &tp, offset, &state.gate, epoch)
+            .dispatch(message, tp, offset, &state.gate, epoch)
         {
             settle_one(
                 state,
-                &tp,
+                tp,
                 offset,
                 settled,
                 &mut self.unsettled,
