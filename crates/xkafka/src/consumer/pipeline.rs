@@ -1203,18 +1203,30 @@ mod tests {
         }
     }
 
-    fn harness(script: &Script) -> Harness {
+    /// A runtime for the handlers and a client that reaches no broker (its
+    /// offset stores fail, which the pipeline reports and goes on).
+    fn runtime_and_consumer(
+        group: &str,
+    ) -> (
+        tokio::runtime::Runtime,
+        BaseConsumer<DefaultConsumerContext>,
+    ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
+        let consumer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
-            .set("group.id", "pipeline-tests")
+            .set("group.id", group)
             .set("enable.auto.offset.store", "false")
             .create()
             .unwrap();
+        (runtime, consumer)
+    }
+
+    fn harness(script: &Script) -> Harness {
+        let (runtime, consumer) = runtime_and_consumer("pipeline-tests");
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         let shared = Arc::new(Shared::new(
@@ -1488,17 +1500,7 @@ mod tests {
         // Whole rounds.
         const N: usize = 2_344 * ROUND;
         const PARTITIONS: i32 = 6;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let consumer: BaseConsumer<DefaultConsumerContext> = ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:1")
-            .set("group.id", "dispatch-cost")
-            .set("enable.auto.offset.store", "false")
-            .create()
-            .unwrap();
+        let (runtime, consumer) = runtime_and_consumer("dispatch-cost");
         let topic: Arc<str> = "cost".into();
         let group: Arc<str> = "dispatch-cost".into();
         let value = vec![b'a'; 100];

@@ -555,22 +555,34 @@ mod tests {
         runtime: &tokio::runtime::Runtime,
     ) -> Dispatcher {
         let service = tower::service_fn(|_m: Message| async { Ok::<_, BoxError>(Ack::Success) });
-        let (tx, _rx) = std_mpsc::channel();
+        dispatcher_with(order, concurrency, runtime, BoxCloneService::new(service)).0
+    }
+
+    /// A dispatcher calling `service`, and the poll thread's end of its
+    /// completions.
+    fn dispatcher_with(
+        order: Order,
+        concurrency: usize,
+        runtime: &tokio::runtime::Runtime,
+        service: BoxCloneService<Message, Ack, BoxError>,
+    ) -> (Dispatcher, std_mpsc::Receiver<Report>) {
+        let (tx, rx) = std_mpsc::channel();
         let shared = Arc::new(Shared::new(
             "dispatch-tests".into(),
             Arc::new(|_: &Error| Decision::Stop),
             crate::ShutdownHandle::new(),
             Duration::from_secs(1),
         ));
-        Dispatcher::new(
+        let dispatcher = Dispatcher::new(
             order,
             concurrency,
             runtime.handle().clone(),
-            Runner::Single(BoxCloneService::new(service)),
+            Runner::Single(service),
             tx,
             shared,
             CommitWait::None,
-        )
+        );
+        (dispatcher, rx)
     }
 
     #[test]
@@ -641,21 +653,11 @@ mod tests {
                 Ok::<_, BoxError>(Ack::Success)
             }
         });
-        let (tx, rx) = std_mpsc::channel();
-        let shared = Arc::new(Shared::new(
-            "dispatch-tests".into(),
-            Arc::new(|_: &Error| Decision::Stop),
-            crate::ShutdownHandle::new(),
-            Duration::from_secs(1),
-        ));
-        let mut d = Dispatcher::new(
+        let (mut d, rx) = dispatcher_with(
             Order::PerPartition,
             1,
-            runtime.handle().clone(),
-            Runner::Single(BoxCloneService::new(service)),
-            tx,
-            shared,
-            CommitWait::None,
+            &runtime,
+            BoxCloneService::new(service),
         );
         let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         let (gate_a, gate_b) = (Gate::new(), Gate::new());
