@@ -1050,3 +1050,244 @@ async fn stopping_under_load_commits_what_was_dispatched_quickly() {
     assert_eq!(records.len() as u64, summary.succeeded);
     assert_eq!(counts(&records).values().max(), Some(&1));
 }
+
+/// A one-partition input of 100 messages whose group committed offset 50,
+/// and a member that then sent offset 60 into a transaction and died
+/// before it ended: the commit stays pending (the offsets unstable) until
+/// the returned producer aborts it, or the broker after its timeout.
+struct PendingCommit {
+    input: String,
+    output: String,
+    group: String,
+    zombie: xkafka::rdkafka::producer::BaseProducer,
+}
+
+fn raw_member(group: &str) -> ClientConfig {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .clone()
+}
+
+async fn pending_commit(prefix: &str) -> PendingCommit {
+    use xkafka::rdkafka::producer::{BaseProducer, Producer as _};
+    use xkafka::rdkafka::util::Timeout;
+
+    let input = topic(&format!("{prefix}-in"), 1).await;
+    let output = topic(&format!("{prefix}-out"), 1).await;
+    let p = producer();
+    fill(&p, &input, 0, 100).await;
+    p.close().await;
+    let group = unique(prefix);
+
+    let committer: BaseConsumer = raw_member(&group).create().unwrap();
+    let mut half = TopicPartitionList::new();
+    half.add_partition_offset(&input, 0, Offset::Offset(50))
+        .unwrap();
+    committer
+        .commit(&half, xkafka::rdkafka::consumer::CommitMode::Sync)
+        .expect("commit 50");
+    drop(committer);
+
+    let member: BaseConsumer = raw_member(&group).create().unwrap();
+    member.subscribe(&[&input]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while member.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the zombie joined the group");
+        let _ = member.poll(Duration::from_millis(100));
+    }
+    let zombie: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", unique(&format!("{prefix}-zombie")))
+        .create()
+        .unwrap();
+    let t = Timeout::After(Duration::from_secs(30));
+    zombie.init_transactions(t).unwrap();
+    zombie.begin_transaction().unwrap();
+    let mut sixty = TopicPartitionList::new();
+    sixty
+        .add_partition_offset(&input, 0, Offset::Offset(60))
+        .unwrap();
+    zombie
+        .send_offsets_to_transaction(&sixty, &member.group_metadata().unwrap(), t)
+        .expect("the zombie's offsets joined its transaction");
+    drop(member);
+    PendingCommit {
+        input,
+        output,
+        group,
+        zombie,
+    }
+}
+
+/// A transactional consumer of the pending commit's input that records the
+/// offsets it handles.
+fn offset_recorder(
+    pending: &PendingCommit,
+    seen: &Arc<std::sync::Mutex<Vec<i64>>>,
+) -> (xkafka::Consumer, Producer) {
+    let record = seen.clone();
+    let producer = txn_producer(&unique("txn-unstable-c"));
+    let publish = producer.clone();
+    let out: Arc<str> = pending.output.as_str().into();
+    let c = consumer(&pending.group, &pending.input)
+        .transactional(producer.clone())
+        .error_handler(|err| {
+            eprintln!("C: {err}");
+            Decision::Stop
+        })
+        .handler(move |m: Message| {
+            let (record, publish, out) = (record.clone(), publish.clone(), out.clone());
+            async move {
+                record.lock().unwrap().push(m.offset().unwrap());
+                publish
+                    .publish(Message::builder(out).value("out").build())
+                    .await?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    (c, producer)
+}
+
+/// Until the group is stable with `members` members (their assignment
+/// handed out).
+async fn until_stable(group: &str, members: usize) {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let groups = probe
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .unwrap();
+        if groups
+            .groups()
+            .iter()
+            .any(|g| g.state() == "Stable" && g.members().len() == members)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{group}: {members} member(s)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// librdkafka (2.12) puts a partition whose committed offset a pending
+/// transaction holds (`UNSTABLE_OFFSET_COMMIT`) back on its pending list
+/// with the *invalid* offset when a rebalance lands while its offset query
+/// is in flight, and then starts it from `auto.offset.reset`: everything
+/// since the beginning is handled again. A member killed inside its
+/// transaction's commit leaves exactly such a pending commit, until the
+/// broker aborts it after `transaction.timeout.ms`. The consumer must wait
+/// for the committed offset instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebalance_while_a_pending_transaction_holds_the_offsets_does_not_reset_them() {
+    use xkafka::rdkafka::producer::Producer as _;
+
+    let pending = pending_commit("txn-unstable").await;
+    let elsewhere = topic("txn-unstable-other", 1).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let (c, producer_c) = offset_recorder(&pending, &seen);
+    let stop_c = c.shutdown_handle();
+    let c = tokio::spawn(c.run(std::future::pending()));
+    until_stable(&pending.group, 1).await;
+    // The experiment's window: C's query of the unstable offset is retried
+    // every 100 ms or more from now on (librdkafka's own query would be).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A member joins (subscribed elsewhere, so the input stays C's): a
+    // rebalance while C's query is in flight.
+    let stop_d = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = {
+        let (stop, config) = (stop_d.clone(), raw_member(&pending.group));
+        std::thread::spawn(move || {
+            let d: BaseConsumer = config.create().unwrap();
+            d.subscribe(&[&elsewhere]).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                let _ = d.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    // Whatever C handles while the zombie's commit is pending was read from
+    // an offset that is not the group's (a negative is observed over time).
+    let probe_seen = seen.clone();
+    until(
+        || !probe_seen.lock().unwrap().is_empty(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let before_abort = seen.lock().unwrap().clone();
+    pending
+        .zombie
+        .abort_transaction(Duration::from_secs(30))
+        .unwrap();
+
+    let probe_seen = seen.clone();
+    until(
+        || probe_seen.lock().unwrap().contains(&99),
+        Duration::from_secs(30),
+    )
+    .await;
+    stop_c.shutdown();
+    c.await.unwrap().expect("C");
+    stop_d.store(true, Ordering::SeqCst);
+    d.join().unwrap();
+    producer_c.close().await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        before_abort.is_empty(),
+        "C handled offsets {:?}.. while the group's offset was unknown (pending)",
+        before_abort.first()
+    );
+    assert_eq!(
+        seen,
+        (50..100).collect::<Vec<i64>>(),
+        "C started at the group's committed offset, 50"
+    );
+}
+
+/// Waiting for unstable offsets happens on the poll thread, inside the
+/// rebalance callback: a shutdown requested meanwhile must still end the
+/// consumer within its bound (the wait would otherwise last until the
+/// zombie's transaction times out, or most of `max.poll.interval.ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_waiting_for_unstable_offsets_still_stops_within_its_bound() {
+    use xkafka::rdkafka::producer::Producer as _;
+
+    let pending = pending_commit("txn-unstable-stop").await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let (c, producer_c) = offset_recorder(&pending, &seen);
+    let stop_c = c.shutdown_handle();
+    let c = tokio::spawn(c.run(std::future::pending()));
+    until_stable(&pending.group, 1).await;
+    // Inside the wait by now (its first slice is 500 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = Instant::now();
+    stop_c.shutdown();
+    // The consumer's shutdown timeout is 5 s (`common::consumer`); past it
+    // `run` returns anyway, abandoning a poll thread that still waits.
+    let summary = tokio::time::timeout(Duration::from_secs(8), c)
+        .await
+        .expect("stopped within its bound")
+        .unwrap()
+        .expect("C");
+    let took = asked.elapsed();
+    assert!(
+        summary.closed_cleanly && took < Duration::from_secs(5),
+        "the poll thread left its wait and closed the consumer ({took:?}): {summary:?}"
+    );
+    pending
+        .zombie
+        .abort_transaction(Duration::from_secs(30))
+        .unwrap();
+    producer_c.close().await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing handled from an offset that is not the group's"
+    );
+}

@@ -145,6 +145,9 @@ impl XConsumerContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
+                if let Some(start) = &self.shared.start_offsets {
+                    start.resolve(consumer, &self.shared, tpl);
+                }
                 if let Some(pipeline) = self.pipeline().as_mut() {
                     pipeline.assign(&self.shared, partitions.iter().cloned());
                 }

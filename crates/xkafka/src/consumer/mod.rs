@@ -11,6 +11,7 @@ mod pipeline;
 mod poll_loop;
 mod rebalance;
 mod shared;
+mod start_offsets;
 mod status;
 mod tracker;
 mod transaction;
@@ -813,6 +814,9 @@ impl<K: Kind> ConsumerBuilder<K> {
             listener.bind(&config)?;
         }
         shared.listeners = self.listeners;
+        if transaction.is_some() {
+            shared.start_offsets = Some(start_offsets::StartOffsets::from_config(&config));
+        }
         let protocol = match config.get("group.protocol") {
             Some(p) if p.eq_ignore_ascii_case("consumer") => "consumer",
             _ => "classic",

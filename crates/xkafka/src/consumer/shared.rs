@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     pub(crate) board: Arc<Board>,
     /// `on_rebalance` listeners, called on the poll thread.
     pub(crate) listeners: super::rebalance::Listeners,
+    /// Transactional: new partitions start at the group's committed
+    /// offsets, resolved by the consumer itself (see `start_offsets.rs`).
+    pub(crate) start_offsets: Option<super::start_offsets::StartOffsets>,
     #[cfg(feature = "metrics")]
     pub(crate) metrics: Option<crate::metrics::Metrics>,
 }
@@ -72,6 +75,7 @@ impl Shared {
             rewinds: std::sync::atomic::AtomicU64::new(0),
             board,
             listeners: Vec::new(),
+            start_offsets: None,
             #[cfg(feature = "metrics")]
             metrics: None,
         }
