@@ -1495,149 +1495,152 @@ mod tests {
     #[test]
     #[ignore]
     fn dispatch_cost() {
+        use super::super::poll_loop::{DISPATCH_EVERY, POLL_BATCH as ROUND};
         use crate::{Batch, Consumer};
-        const ROUND: usize = 512;
         // Whole rounds.
         const N: usize = 2_344 * ROUND;
         const PARTITIONS: i32 = 6;
         let (runtime, consumer) = runtime_and_consumer("dispatch-cost");
         let topic: Arc<str> = "cost".into();
         let group: Arc<str> = "dispatch-cost".into();
-        let value = vec![b'a'; 100];
-        // What the raw loop does with a record: copy key and value to owned
-        // bytes. As fetched: runs of 1,000 per partition.
-        let fetched = |i: usize| {
-            Message::fetched(
-                topic.clone(),
-                (i / 1_000) as i32 % PARTITIONS,
-                i as i64,
-                Some(bytes::Bytes::copy_from_slice(b"key-42")),
-                Some(bytes::Bytes::copy_from_slice(&value)),
-                crate::Headers::new(),
-                None,
-                group.clone(),
-            )
-        };
-        let handled = Arc::new(AtomicUsize::new(0));
-        let calls = handled.clone();
-        let (_, mut service, _) = Consumer::builder("dispatch-cost")
-            .error_handler(|_: &Error| Decision::Stop)
-            .handler(move |m: Message| {
-                calls.fetch_add(1, Ordering::Relaxed);
-                std::hint::black_box(&m);
-                async { Ack::Success }
-            })
-            .into_test_parts()
-            .unwrap();
-        // The best of three: the machine's noise only ever adds.
-        let best = |f: &mut dyn FnMut()| {
-            (0..3)
-                .map(|_| {
-                    let started = Instant::now();
-                    f();
-                    started.elapsed().as_nanos() as f64 / N as f64
+        for size in [100, 1024] {
+            let value = vec![b'a'; size];
+            // What the raw loop does with a record: copy key and value to owned
+            // bytes. As fetched: runs of 1,000 per partition.
+            let fetched = |i: usize| {
+                Message::fetched(
+                    topic.clone(),
+                    (i / 1_000) as i32 % PARTITIONS,
+                    i as i64,
+                    Some(bytes::Bytes::copy_from_slice(b"key-42")),
+                    Some(bytes::Bytes::copy_from_slice(&value)),
+                    crate::Headers::new(),
+                    None,
+                    group.clone(),
+                )
+            };
+            let handled = Arc::new(AtomicUsize::new(0));
+            let calls = handled.clone();
+            let (_, mut service, _) = Consumer::builder("dispatch-cost")
+                .error_handler(|_: &Error| Decision::Stop)
+                .handler(move |m: Message| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    std::hint::black_box(&m);
+                    async { Ack::Success }
                 })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let mut round = Vec::with_capacity(ROUND);
-        let copy = best(&mut || {
-            for start in (0..N).step_by(ROUND) {
-                round.extend((start..start + ROUND).map(fetched));
-                for m in round.drain(..) {
-                    std::hint::black_box(m);
+                .into_test_parts()
+                .unwrap();
+            // The best of three: the machine's noise only ever adds.
+            let best = |f: &mut dyn FnMut()| {
+                (0..3)
+                    .map(|_| {
+                        let started = Instant::now();
+                        f();
+                        started.elapsed().as_nanos() as f64 / N as f64
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let mut round = Vec::with_capacity(ROUND);
+            // As the raw loop does: each record copied and dropped in turn.
+            let copy = best(&mut || {
+                for i in 0..N {
+                    std::hint::black_box(fetched(i));
                 }
-            }
-        });
-        let waker = std::task::Waker::noop();
-        let call = best(&mut || {
-            let _entered = runtime.enter();
-            for start in (0..N).step_by(ROUND) {
-                round.extend((start..start + ROUND).map(fetched));
-                for m in round.drain(..) {
-                    let mut cx = std::task::Context::from_waker(waker);
-                    assert!(tower::Service::poll_ready(&mut service, &mut cx).is_ready());
-                    let mut future = tower::Service::call(&mut service, m);
-                    assert!(future.as_mut().poll(&mut cx).is_ready());
-                }
-            }
-        });
-        let streaming = Runner::Single(service);
-        let batch = Runner::Batch {
-            service: BoxCloneService::new(tower::service_fn(|b: Batch| async move {
-                std::hint::black_box(b.len());
-                Ok::<_, BoxError>(Ack::Success)
-            })),
-            size: 1_000,
-            window: Duration::from_millis(10),
-        };
-        let mut through_pipeline = |runner: Runner| {
-            let shared = Arc::new(Shared::new(
-                "dispatch-cost".into(),
-                Arc::new(|_: &Error| Decision::Continue),
-                ShutdownHandle::new(),
-                Duration::from_secs(1),
-            ));
-            let (tx, rx) = std_mpsc::channel();
-            let dispatcher = Dispatcher::new(
-                super::super::Order::PerPartition,
-                1,
-                runtime.handle().clone(),
-                runner,
-                tx,
-                shared.clone(),
-                CommitWait::None,
-            );
-            let mut pipeline = Pipeline::new(
-                dispatcher,
-                rx,
-                Limits {
-                    per_partition: usize::MAX,
-                    total: usize::MAX,
-                },
-                CommitMode::Auto,
-            );
-            let tps: Vec<TopicPartition> = (0..PARTITIONS)
-                .map(|p| TopicPartition::new(topic.clone(), p))
-                .collect();
-            let ns = best(&mut || {
-                pipeline.assign(&shared, tps.clone());
-                for start in (0..N).step_by(ROUND) {
-                    round.extend((start..start + ROUND).map(fetched));
-                    pipeline.in_runtime(|p| {
-                        for m in round.drain(..) {
-                            p.dispatch(&consumer, &shared, m);
-                        }
-                        p.settle(&consumer, &shared);
-                    });
-                }
-                // The last batches wait out their window.
-                pipeline.dispatcher.close_batches();
-                pipeline.in_runtime(|p| p.settle(&consumer, &shared));
-                assert_eq!(pipeline.unsettled(), 0, "every message settled");
-                let last = tps
-                    .iter()
-                    .map(|tp| pipeline.partitions[tp].tracker.watermark().unwrap());
-                assert_eq!(last.max(), Some(N as i64), "watermarks at the end");
-                pipeline.partitions.clear();
             });
-            let succeeded = shared.ledger().succeeded;
-            assert_eq!(succeeded, 3 * N as u64, "three passes, each message once");
-            ns
-        };
-        let dispatched = through_pipeline(streaming);
-        assert_eq!(
-            handled.load(Ordering::Relaxed),
-            6 * N,
-            "call + pipeline passes"
-        );
-        let batched = through_pipeline(batch);
-        eprintln!(
-            "dispatch_cost (ns per message, best of 3 × {N}): copy {copy:.0} · \
+            let waker = std::task::Waker::noop();
+            let call = best(&mut || {
+                let _entered = runtime.enter();
+                for m in (0..N).map(fetched) {
+                    {
+                        let mut cx = std::task::Context::from_waker(waker);
+                        assert!(tower::Service::poll_ready(&mut service, &mut cx).is_ready());
+                        let mut future = tower::Service::call(&mut service, m);
+                        assert!(future.as_mut().poll(&mut cx).is_ready());
+                    }
+                }
+            });
+            let streaming = Runner::Single(service);
+            let batch = Runner::Batch {
+                service: BoxCloneService::new(tower::service_fn(|b: Batch| async move {
+                    std::hint::black_box(b.len());
+                    Ok::<_, BoxError>(Ack::Success)
+                })),
+                size: 1_000,
+                window: Duration::from_millis(10),
+            };
+            let mut through_pipeline = |runner: Runner| {
+                let shared = Arc::new(Shared::new(
+                    "dispatch-cost".into(),
+                    Arc::new(|_: &Error| Decision::Continue),
+                    ShutdownHandle::new(),
+                    Duration::from_secs(1),
+                ));
+                let (tx, rx) = std_mpsc::channel();
+                let dispatcher = Dispatcher::new(
+                    super::super::Order::PerPartition,
+                    1,
+                    runtime.handle().clone(),
+                    runner,
+                    tx,
+                    shared.clone(),
+                    CommitWait::None,
+                );
+                let mut pipeline = Pipeline::new(
+                    dispatcher,
+                    rx,
+                    Limits {
+                        per_partition: usize::MAX,
+                        total: usize::MAX,
+                    },
+                    CommitMode::Auto,
+                );
+                let tps: Vec<TopicPartition> = (0..PARTITIONS)
+                    .map(|p| TopicPartition::new(topic.clone(), p))
+                    .collect();
+                let ns = best(&mut || {
+                    pipeline.assign(&shared, tps.clone());
+                    // As the poll loop does: a few messages copied, then
+                    // dispatched; one settlement per round.
+                    for start in (0..N).step_by(ROUND) {
+                        for sub in (start..start + ROUND).step_by(DISPATCH_EVERY) {
+                            round.extend((sub..sub + DISPATCH_EVERY).map(fetched));
+                            pipeline.in_runtime(|p| {
+                                for m in round.drain(..) {
+                                    p.dispatch(&consumer, &shared, m);
+                                }
+                            });
+                        }
+                        pipeline.in_runtime(|p| p.settle(&consumer, &shared));
+                    }
+                    // The last batches wait out their window.
+                    pipeline.dispatcher.close_batches();
+                    pipeline.in_runtime(|p| p.settle(&consumer, &shared));
+                    assert_eq!(pipeline.unsettled(), 0, "every message settled");
+                    let last = tps
+                        .iter()
+                        .map(|tp| pipeline.partitions[tp].tracker.watermark().unwrap());
+                    assert_eq!(last.max(), Some(N as i64), "watermarks at the end");
+                    pipeline.partitions.clear();
+                });
+                let succeeded = shared.ledger().succeeded;
+                assert_eq!(succeeded, 3 * N as u64, "three passes, each message once");
+                ns
+            };
+            let dispatched = through_pipeline(streaming);
+            assert_eq!(
+                handled.load(Ordering::Relaxed),
+                6 * N,
+                "call + pipeline passes"
+            );
+            let batched = through_pipeline(batch);
+            eprintln!(
+            "dispatch_cost (ns per message, best of 3 × {N}, {size} B values): copy {copy:.0} · \
              + handler stack {call:.0} (+{:.0}) · streaming pipeline {dispatched:.0} (+{:.0}) · \
              batch pipeline {batched:.0} (+{:.0})",
             call - copy,
             dispatched - copy,
             batched - copy
         );
+        }
     }
 }

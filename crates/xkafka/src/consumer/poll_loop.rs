@@ -32,7 +32,14 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// manual mode, how long a lane waits for its commit).
 const BUSY_POLL: Duration = Duration::from_millis(1);
 /// Most messages taken from librdkafka between two settlements.
-const POLL_BATCH: usize = 512;
+pub(super) const POLL_BATCH: usize = 512;
+/// Messages copied from librdkafka before they are dispatched: a few, so
+/// that a message handled at once frees its buffers before many more are
+/// allocated. The allocator's per-thread cache then hands the same few
+/// buffers round (as in a raw loop that copies and drops each record); a
+/// whole round of 1 KiB payloads copied first overflowed it and cost
+/// ~80 ns more per message (BENCHMARKS.md, "What was found and fixed").
+pub(super) const DISPATCH_EVERY: usize = 4;
 /// How often committed offsets and lag go to the metrics.
 #[cfg(feature = "metrics")]
 const POSITIONS_EVERY: Duration = Duration::from_secs(1);
@@ -97,7 +104,7 @@ impl PollLoop {
         let mut topic_names: Vec<Arc<str>> = Vec::new();
         // Reused: growing a fresh vector of ~200-byte messages every round
         // showed up in the poll thread's profile.
-        let mut messages = Vec::with_capacity(POLL_BATCH);
+        let mut messages = Vec::with_capacity(DISPATCH_EVERY);
         let mut busy = false;
         let mut rewinds = self.shared.rewinds.load(Ordering::Acquire);
         let mut ages = super::status::Ages::default();
@@ -131,48 +138,69 @@ impl PollLoop {
                     timeout = timeout.min(next);
                 }
             }
-            while messages.len() < POLL_BATCH {
-                let polled = self.consumer.poll(timeout);
-                // A rebalance callback inside that poll may have assigned
-                // partitions or rewound them: what was fetched for them
-                // before is stale (librdkafka drops its own copies).
-                let now = self.shared.rewinds.load(Ordering::Acquire);
-                if now != rewinds {
-                    rewinds = now;
-                    self.drop_stale(&mut messages);
-                }
-                match polled {
-                    None => break,
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    // rdkafka (0.39) makes every poll error out of an error
-                    // event that it has first handed to
-                    // `ClientContext::error`, which kept it (with
-                    // librdkafka's reason) for here: reported once, located.
-                    Some(Err(e)) => {
-                        self.report_poll_error(e);
-                        break;
+            // Up to a round of messages, dispatched a few at a time; then
+            // one settlement for the round.
+            let mut taken = 0;
+            let mut drained = false;
+            while !drained && taken < POLL_BATCH {
+                while messages.len() < DISPATCH_EVERY {
+                    let polled = self.consumer.poll(timeout);
+                    // A rebalance callback inside that poll may have assigned
+                    // partitions or rewound them: what was fetched for them
+                    // before is stale (librdkafka drops its own copies).
+                    let now = self.shared.rewinds.load(Ordering::Acquire);
+                    if now != rewinds {
+                        rewinds = now;
+                        self.drop_stale(&mut messages);
                     }
-                    Some(Ok(m)) => {
-                        let topic = intern_fetched(&mut topic_names, &self.shared, &m);
-                        messages.push(owned_message(&m, topic, &self.shared.group));
+                    timeout = Duration::ZERO;
+                    match polled {
+                        None => {
+                            drained = true;
+                            break;
+                        }
+                        Some(Err(KafkaError::PartitionEOF(_))) => {}
+                        // rdkafka (0.39) makes every poll error out of an error
+                        // event that it has first handed to
+                        // `ClientContext::error`, which kept it (with
+                        // librdkafka's reason) for here: reported once, located.
+                        Some(Err(e)) => {
+                            self.report_poll_error(e);
+                            drained = true;
+                            break;
+                        }
+                        Some(Ok(m)) => {
+                            let topic = intern_fetched(&mut topic_names, &self.shared, &m);
+                            messages.push(owned_message(&m, topic, &self.shared.group));
+                        }
                     }
                 }
-                timeout = Duration::ZERO;
+                if messages.is_empty() {
+                    continue;
+                }
+                taken += messages.len();
+                let mut guard = self.consumer.context().pipeline();
+                let Some(pipeline) = guard.as_mut() else {
+                    return;
+                };
+                if pipeline.is_transactional() {
+                    self.dispatch_transactional(pipeline, &mut messages, &mut rewinds);
+                } else {
+                    pipeline.in_runtime(|pipeline| {
+                        for message in messages.drain(..) {
+                            pipeline.dispatch(&self.consumer, &self.shared, message);
+                        }
+                    });
+                }
             }
             let mut guard = self.consumer.context().pipeline();
             let Some(pipeline) = guard.as_mut() else {
                 break;
             };
             if pipeline.is_transactional() {
-                self.dispatch_transactional(pipeline, &mut messages, &mut rewinds);
                 pipeline.settle(&self.consumer, &self.shared);
             } else {
-                pipeline.in_runtime(|pipeline| {
-                    for message in messages.drain(..) {
-                        pipeline.dispatch(&self.consumer, &self.shared, message);
-                    }
-                    pipeline.settle(&self.consumer, &self.shared);
-                });
+                pipeline.in_runtime(|pipeline| pipeline.settle(&self.consumer, &self.shared));
             }
             if published_at.elapsed() >= super::status::PUBLISH_EVERY {
                 published_at = Instant::now();
