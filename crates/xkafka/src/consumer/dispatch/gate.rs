@@ -35,16 +35,25 @@ impl Gate {
     /// Counts a handler in; `false` (and counted out again) when the gate
     /// is closed.
     pub(super) fn enter(&self) -> bool {
-        self.running.fetch_add(1, Atomic::SeqCst);
+        self.enter_many(1)
+    }
+
+    pub(super) fn leave(&self) {
+        self.leave_many(1);
+    }
+
+    /// [`enter`](Self::enter) for `n` handlers at once (a batch's run).
+    pub(super) fn enter_many(&self, n: usize) -> bool {
+        self.running.fetch_add(n, Atomic::SeqCst);
         if self.open.load(Atomic::SeqCst) {
             true
         } else {
-            self.leave();
+            self.leave_many(n);
             false
         }
     }
 
-    pub(super) fn leave(&self) {
-        self.running.fetch_sub(1, Atomic::SeqCst);
+    pub(super) fn leave_many(&self, n: usize) {
+        self.running.fetch_sub(n, Atomic::SeqCst);
     }
 }

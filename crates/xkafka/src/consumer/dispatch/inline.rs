@@ -96,9 +96,7 @@ impl Dispatcher {
             }
         };
         let completions = batch_completions(&self.context, &batch, &origins, outcome);
-        for origin in &origins {
-            origin.gate.leave();
-        }
+        origins.leave_all();
         InlineBatch::Done(completions)
     }
 }

@@ -33,9 +33,7 @@ pub(super) async fn run_lane(
                     let completions =
                         batch_completions(&cx, &resume.batch, &resume.origins, outcome);
                     let sent = cx.completions.send(Report::Batch(completions)).is_ok();
-                    for origin in &resume.origins {
-                        origin.gate.leave();
-                    }
+                    resume.origins.leave_all();
                     sent
                 }
                 // A lane receives only what its runner's dispatch makes.

@@ -174,7 +174,7 @@ enum LaneItem {
 struct BatchResume {
     future: BoxFuture<'static, Result<Ack, BoxError>>,
     batch: Batch,
-    origins: Vec<Origin>,
+    origins: Origins,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -380,13 +380,7 @@ impl Dispatcher {
         };
         if let Runner::Batch { size, window, .. } = self.runner {
             let key = self.lane_key(&message, tp);
-            let origin = Origin {
-                tp: tp.clone(),
-                offset,
-                epoch,
-                gate: gate.clone(),
-            };
-            self.fill(key, message, origin, size.max(1), window);
+            self.fill(key, message, tp, offset, epoch, gate, size.max(1), window);
             return None;
         }
         // Without any lane yet (every message so far finished inline) no
@@ -501,14 +495,6 @@ impl Dispatcher {
             lane.task.abort();
         }
     }
-}
-
-/// Where a message of a batch came from.
-struct Origin {
-    tp: TopicPartition,
-    offset: i64,
-    epoch: u64,
-    gate: Arc<Gate>,
 }
 
 #[cfg(test)]
