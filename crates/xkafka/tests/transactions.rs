@@ -1123,11 +1123,16 @@ async fn pending_commit(prefix: &str) -> PendingCommit {
 }
 
 /// A transactional consumer of the pending commit's input that records the
-/// offsets it handles.
-fn offset_recorder(
-    pending: &PendingCommit,
-    seen: &Arc<std::sync::Mutex<Vec<i64>>>,
-) -> (xkafka::Consumer, Producer) {
+/// offsets it handles, running, and in the group (its assignment handed out).
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Vec<i64>>>,
+    stop: xkafka::ShutdownHandle,
+    run: tokio::task::JoinHandle<Result<xkafka::Summary, Error>>,
+    producer: Producer,
+}
+
+async fn offset_recorder(pending: &PendingCommit) -> Recorder {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
     let record = seen.clone();
     let producer = txn_producer(&unique("txn-unstable-c"));
     let publish = producer.clone();
@@ -1150,7 +1155,15 @@ fn offset_recorder(
         })
         .build()
         .unwrap();
-    (c, producer)
+    let stop = c.shutdown_handle();
+    let run = tokio::spawn(c.run(std::future::pending()));
+    until_stable(&pending.group, 1).await;
+    Recorder {
+        seen,
+        stop,
+        run,
+        producer,
+    }
 }
 
 /// Until the group is stable with `members` members (their assignment
@@ -1191,11 +1204,12 @@ async fn a_rebalance_while_a_pending_transaction_holds_the_offsets_does_not_rese
 
     let pending = pending_commit("txn-unstable").await;
     let elsewhere = topic("txn-unstable-other", 1).await;
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-    let (c, producer_c) = offset_recorder(&pending, &seen);
-    let stop_c = c.shutdown_handle();
-    let c = tokio::spawn(c.run(std::future::pending()));
-    until_stable(&pending.group, 1).await;
+    let Recorder {
+        seen,
+        stop: stop_c,
+        run: c,
+        producer: producer_c,
+    } = offset_recorder(&pending).await;
     // The experiment's window: C's query of the unstable offset is retried
     // every 100 ms or more from now on (librdkafka's own query would be).
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1260,11 +1274,12 @@ async fn a_consumer_waiting_for_unstable_offsets_still_stops_within_its_bound() 
     use xkafka::rdkafka::producer::Producer as _;
 
     let pending = pending_commit("txn-unstable-stop").await;
-    let seen = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
-    let (c, producer_c) = offset_recorder(&pending, &seen);
-    let stop_c = c.shutdown_handle();
-    let c = tokio::spawn(c.run(std::future::pending()));
-    until_stable(&pending.group, 1).await;
+    let Recorder {
+        seen,
+        stop: stop_c,
+        run: c,
+        producer: producer_c,
+    } = offset_recorder(&pending).await;
     // Inside the wait by now (its first slice is 500 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let asked = Instant::now();
