@@ -277,6 +277,7 @@ async fn killing_the_group_coordinator_never_moves_a_committed_offset_back() {
     let resumed = consuming.first(|h| h.id >= published_at_kill).unwrap().at - killed_at;
     tokio::time::sleep(Duration::from_secs(4)).await;
     let new_coordinator = control::coordinator(&brokers, &group).await.unwrap();
+    let restoring_at = Instant::now();
     let restored = downed.restore().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     feeder.stop().await.unwrap();
@@ -296,7 +297,20 @@ async fn killing_the_group_coordinator_never_moves_a_committed_offset_back() {
     for pair in samples.windows(2) {
         for p in 0..PARTITIONS as usize {
             if pair[1].1[p] < pair[0].1[p] {
-                backwards.push((p, pair[0].1[p], pair[1].1[p]));
+                // When, for the diagnosis: after the kill, and after the
+                // killed broker began to come back (negative: before).
+                let after_kill = pair[1].0.saturating_duration_since(killed_at);
+                let after_restore = pair[1].0.checked_duration_since(restoring_at).map_or(
+                    -(restoring_at.duration_since(pair[1].0).as_millis() as i64),
+                    |d| d.as_millis() as i64,
+                );
+                backwards.push((
+                    p,
+                    pair[0].1[p],
+                    pair[1].1[p],
+                    after_kill.as_millis(),
+                    after_restore,
+                ));
             }
         }
     }
@@ -330,7 +344,7 @@ async fn killing_the_group_coordinator_never_moves_a_committed_offset_back() {
     assert_nothing_lost("coordinator", &v);
     assert!(
         backwards.is_empty(),
-        "committed offsets moved backwards (partition, before, after): {backwards:?}"
+        "committed offsets moved backwards (partition, before, after, ms after the kill, ms after the restore began): {backwards:?}"
     );
     assert_ne!(new_coordinator, victim, "the group moved to another broker");
     assert!(

@@ -4,7 +4,7 @@ use std::ffi::CStr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rdkafka::message::{BorrowedMessage, Header as RdHeader, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header as RdHeader, OwnedHeaders};
 
 use crate::{Header, Headers, Message, Timestamp};
 
@@ -107,13 +107,109 @@ fn keep(names: &mut Vec<Arc<str>>, made: Arc<str>) -> Arc<str> {
     made
 }
 
+/// A record librdkafka handed over, by its C message: what `poll` returns
+/// (rdkafka's [`BorrowedMessage`]) and what the poll loop takes in batches
+/// from its fetch queue (`consumer/fetch_queue.rs`) read the same way.
+#[derive(Clone, Copy)]
+pub(crate) struct Fetched<'a> {
+    rkmessage: &'a rdkafka::bindings::rd_kafka_message_t,
+}
+
+impl<'a> Fetched<'a> {
+    /// The record behind `msg`.
+    #[allow(unsafe_code)]
+    pub(crate) fn of(msg: &'a BorrowedMessage<'_>) -> Self {
+        // SAFETY: `msg` keeps its C message alive for `'a`.
+        Fetched {
+            rkmessage: unsafe { &*msg.ptr() },
+        }
+    }
+
+    /// # Safety
+    /// `ptr` is a live message of librdkafka's that nobody destroys for `'a`.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn from_ptr(ptr: *const rdkafka::bindings::rd_kafka_message_t) -> Self {
+        Fetched {
+            // SAFETY: the caller's promise.
+            rkmessage: unsafe { &*ptr },
+        }
+    }
+
+    fn ptr(self) -> *mut rdkafka::bindings::rd_kafka_message_t {
+        std::ptr::from_ref(self.rkmessage).cast_mut()
+    }
+
+    pub(crate) fn partition(self) -> i32 {
+        self.rkmessage.partition
+    }
+
+    pub(crate) fn offset(self) -> i64 {
+        self.rkmessage.offset
+    }
+
+    /// librdkafka's error for this record, if it is one (`err` set: an
+    /// error librdkafka hands over in place of a record).
+    pub(crate) fn error(self) -> Option<rdkafka::error::RDKafkaErrorCode> {
+        let err = self.rkmessage.err;
+        (err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .then(|| err.into())
+    }
+
+    #[allow(unsafe_code)]
+    fn bytes(ptr: *const std::ffi::c_void, len: usize) -> Option<&'a [u8]> {
+        // SAFETY: librdkafka's pointer and length of a key, value or error
+        // text of a message that lives for `'a`.
+        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
+    }
+
+    pub(crate) fn key(self) -> Option<&'a [u8]> {
+        Self::bytes(self.rkmessage.key, self.rkmessage.key_len)
+    }
+
+    pub(crate) fn payload(self) -> Option<&'a [u8]> {
+        Self::bytes(self.rkmessage.payload, self.rkmessage.len)
+    }
+
+    /// librdkafka's explanation of an error record (its payload), lossy.
+    pub(crate) fn error_text(self) -> String {
+        self.payload()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+
+    #[allow(unsafe_code)]
+    fn timestamp(self) -> Option<Timestamp> {
+        use rdkafka::bindings::rd_kafka_timestamp_type_t as Type;
+        let mut kind = Type::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
+        // SAFETY: a live message; `kind` is a local.
+        let ms = unsafe { rdkafka::bindings::rd_kafka_message_timestamp(self.ptr(), &mut kind) };
+        match kind {
+            // As rdkafka reads it: -1 is none, whatever the type.
+            _ if ms == -1 => None,
+            Type::RD_KAFKA_TIMESTAMP_CREATE_TIME => Some(Timestamp::CreateTime(ms)),
+            Type::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => Some(Timestamp::LogAppendTime(ms)),
+            _ => None,
+        }
+    }
+
+    /// The topic name as bytes, without rdkafka's UTF-8 check (the poll
+    /// loop compares it with the names it holds first); `None` for an
+    /// error without a topic.
+    #[allow(unsafe_code)]
+    pub(crate) fn topic_bytes(self) -> Option<&'a [u8]> {
+        let rkt = self.rkmessage.rkt;
+        if rkt.is_null() {
+            return None;
+        }
+        // SAFETY: the message holds its topic handle, whose NUL-terminated
+        // name lives as long as the handle.
+        Some(unsafe { CStr::from_ptr(rdkafka::bindings::rd_kafka_topic_name(rkt)) }.to_bytes())
+    }
+}
+
 /// Copies a fetched record into an owned [`Message`], so that nothing pins
 /// librdkafka's fetch buffers while a handler runs.
-pub(crate) fn owned_message(
-    msg: &BorrowedMessage<'_>,
-    topic: Arc<str>,
-    group: &Arc<str>,
-) -> Message {
+pub(crate) fn owned_message(msg: Fetched<'_>, topic: Arc<str>, group: &Arc<str>) -> Message {
     let headers = if surely_headerless(msg) {
         Headers::new()
     } else {
@@ -127,21 +223,14 @@ pub(crate) fn owned_message(
         msg.key().map(Bytes::copy_from_slice),
         msg.payload().map(Bytes::copy_from_slice),
         headers,
-        timestamp(msg.timestamp()),
+        msg.timestamp(),
         group.clone(),
     )
 }
 
-/// The topic name of a fetched record as bytes, without rdkafka's UTF-8
-/// check (the poll loop compares it with the names it holds first).
-#[allow(unsafe_code)]
+/// The topic name of a record rdkafka handed over, as bytes.
 pub(crate) fn topic_bytes<'a>(msg: &'a BorrowedMessage<'_>) -> &'a [u8] {
-    // SAFETY: `msg` is live, so is its topic handle; librdkafka returns the
-    // handle's NUL-terminated name, which lives as long as the handle.
-    unsafe {
-        let rkt = (*msg.ptr()).rkt;
-        CStr::from_ptr(rdkafka::bindings::rd_kafka_topic_name(rkt)).to_bytes()
-    }
+    Fetched::of(msg).topic_bytes().unwrap_or_default()
 }
 
 /// librdkafka's `rd_kafka_msg_t` (rdkafka_msg.h) up to the unparsed headers
@@ -225,13 +314,13 @@ fn layout_known() -> bool {
 /// right after the value, inside the fetched buffer. Then their first byte
 /// is the header count, and `0` means none.
 #[allow(unsafe_code)]
-fn surely_headerless(msg: &BorrowedMessage<'_>) -> bool {
+fn surely_headerless(msg: Fetched<'_>) -> bool {
     if !layout_known() {
         return false;
     }
     let ptr = msg.ptr();
     // SAFETY: `msg` is live; for a fetched record (the only kind `poll`
-    // hands out as a message) `ptr` is the first field of an
+    // or a batch from the fetch queue hands out as a message) `ptr` is the first field of an
     // `rd_kafka_msg_t` embedded in its `rd_kafka_op_t`, whose layout in
     // this librdkafka version is `RdKafkaMsg`: the reads are in bounds and
     // of initialised fields.
@@ -263,7 +352,7 @@ fn surely_headerless(msg: &BorrowedMessage<'_>) -> bool {
 /// panics on a header name that is not UTF-8, which a hostile or buggy
 /// producer could send; we decode names lossily instead.
 #[allow(unsafe_code)]
-fn headers(msg: &BorrowedMessage<'_>) -> Headers {
+fn headers(msg: Fetched<'_>) -> Headers {
     use rdkafka::bindings as rd;
     let mut hdrs = std::ptr::null_mut();
     // SAFETY: `msg.ptr()` is a live message for the lifetime of `msg`; the
@@ -359,6 +448,7 @@ pub(crate) fn member_id<C: rdkafka::consumer::ConsumerContext>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Message as _;
 
     /// The shortcut past librdkafka's header parse fires for records
     /// without headers, and gives what the parse gives for every record,
@@ -416,9 +506,9 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(20);
             while seen.len() < sent && Instant::now() < deadline {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    let shortcut = surely_headerless(&m);
-                    let owned = owned_message(&m, topic.as_str().into(), &group);
-                    let parsed = headers(&m);
+                    let shortcut = surely_headerless(Fetched::of(&m));
+                    let owned = owned_message(Fetched::of(&m), topic.as_str().into(), &group);
+                    let parsed = headers(Fetched::of(&m));
                     assert_eq!(owned.headers(), &parsed, "{codec} @{}", m.offset());
                     seen.push((shortcut, parsed.len()));
                 }

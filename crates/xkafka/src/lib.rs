@@ -322,7 +322,11 @@ pub use xkafka_core::{
 /// read topics with rdkafka directly (the `xkafka` command line).
 pub fn message_from_rdkafka(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
     use rdkafka::message::Message as _;
-    let mut message = convert::owned_message(record, record.topic().into(), &"".into());
+    let mut message = convert::owned_message(
+        convert::Fetched::of(record),
+        record.topic().into(),
+        &"".into(),
+    );
     message.set_group(None);
     message
 }

@@ -606,7 +606,11 @@ fn read_topic(
             });
         }
         if let Some(Ok(m)) = client.poll(Duration::from_millis(50)) {
-            messages.push(crate::convert::owned_message(&m, name.clone(), &group));
+            messages.push(crate::convert::owned_message(
+                crate::convert::Fetched::of(&m),
+                name.clone(),
+                &group,
+            ));
         }
     }
     Ok(messages)

@@ -14,6 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{commit_sync, is_nothing_to_commit};
+use super::fetch_queue::FetchQueue;
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 use super::rebalance::Rebalance;
@@ -30,6 +31,10 @@ pub(crate) struct XConsumerContext {
     pub(crate) shared: Arc<Shared>,
     /// Set while `run` runs; rebalance callbacks drain through it.
     pipeline: Mutex<Option<Pipeline>>,
+    /// Where assigned partitions' records go, while the poll loop takes
+    /// them from there (`fetch_queue.rs`); rebalance callbacks route new
+    /// partitions to it.
+    fetch: Mutex<Option<Arc<FetchQueue>>>,
 }
 
 impl XConsumerContext {
@@ -37,7 +42,19 @@ impl XConsumerContext {
         XConsumerContext {
             shared,
             pipeline: Mutex::new(None),
+            fetch: Mutex::new(None),
         }
+    }
+
+    /// Partitions assigned from now on send their records to `queue`;
+    /// `None`: to the consumer queue again (records already routed to an
+    /// old queue are dropped with it).
+    pub(crate) fn set_fetch_queue(&self, queue: Option<Arc<FetchQueue>>) {
+        *self.fetch.lock().unwrap_or_else(|p| p.into_inner()) = queue;
+    }
+
+    fn fetch_queue(&self) -> Option<Arc<FetchQueue>> {
+        self.fetch.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The pipeline, while the consumer runs. Only the poll thread locks it
@@ -156,6 +173,9 @@ impl XConsumerContext {
                 ledger.assigned.extend(partitions.iter().cloned());
                 drop(ledger);
                 self.shared.set_state(super::status::GroupState::Stable);
+                if let Some(queue) = self.fetch_queue() {
+                    queue.route(consumer, tpl);
+                }
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

@@ -6,6 +6,7 @@
 mod commit;
 mod context;
 mod dispatch;
+mod fetch_queue;
 mod offsets;
 mod pipeline;
 mod poll_loop;

@@ -3,6 +3,10 @@
 //! (`dispatch.rs`), settles their completions into stored and committed
 //! offsets (`pipeline.rs`), and shuts down within its deadline.
 //!
+//! Each round serves the consumer queue's events with `poll`, then takes
+//! the records from the fetch queue (`fetch_queue.rs`) a batch at a time;
+//! a transactional consumer takes its records through `poll` as well.
+//!
 //! librdkafka's callbacks (rebalance, commit results) run on the thread that
 //! polls, so they can wait for in-flight work and commit synchronously
 //! without blocking an async runtime's worker.
@@ -12,16 +16,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::commit::commit_sync;
 use super::context::XConsumerContext;
+use super::fetch_queue::{FetchQueue, Taken};
 use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 use super::shared::Shared;
 #[cfg(feature = "metrics")]
 use crate::convert::cached_high_watermark;
-use crate::convert::owned_message;
+use crate::convert::{owned_message, Fetched};
 use crate::error::{Error, Operation};
 
 /// How long one poll waits when nothing is in flight: bounds how late a
@@ -93,6 +98,15 @@ impl PollLoop {
     }
 
     fn poll_messages(&self) {
+        // Set before anything is assigned. Records taken a batch at a time (`fetch_queue.rs`). Not in
+        // transactional mode: its aborts rewind partitions in the middle of
+        // a round, and a batch already taken would have to be sifted.
+        let fetch = if self.transactional {
+            None
+        } else {
+            FetchQueue::new(&self.consumer).map(Arc::new)
+        };
+        self.consumer.context().set_fetch_queue(fetch.clone());
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         if let Err(e) = self.consumer.subscribe(&topics) {
             // Without a subscription there is nothing to run: stop whatever
@@ -100,6 +114,7 @@ impl PollLoop {
             self.shared.report(Error::kafka(Operation::Subscribe, e));
             self.shared.shutdown.shutdown();
         }
+        let mut batch = Taken::with_capacity(POLL_BATCH);
         // Interned topic names: one `Arc<str>` per topic, not per message.
         let mut topic_names: Vec<Arc<str>> = Vec::new();
         // Reused: growing a fresh vector of ~200-byte messages every round
@@ -139,12 +154,20 @@ impl PollLoop {
                 }
             }
             // Up to a round of messages, dispatched a few at a time; then
-            // one settlement for the round.
+            // one settlement for the round. With a fetch queue, `poll` only
+            // serves the consumer queue's events (and the records of a
+            // partition not routed): the wait is on the fetch queue, which
+            // an event interrupts.
             let mut taken = 0;
             let mut drained = false;
+            let mut poll_wait = if fetch.is_some() {
+                Duration::ZERO
+            } else {
+                timeout
+            };
             while !drained && taken < POLL_BATCH {
                 while messages.len() < DISPATCH_EVERY {
-                    let polled = self.consumer.poll(timeout);
+                    let polled = self.consumer.poll(poll_wait);
                     // A rebalance callback inside that poll may have assigned
                     // partitions or rewound them: what was fetched for them
                     // before is stale (librdkafka drops its own copies).
@@ -153,7 +176,7 @@ impl PollLoop {
                         rewinds = now;
                         self.drop_stale(&mut messages);
                     }
-                    timeout = Duration::ZERO;
+                    poll_wait = Duration::ZERO;
                     match polled {
                         None => {
                             drained = true;
@@ -171,7 +194,11 @@ impl PollLoop {
                         }
                         Some(Ok(m)) => {
                             let topic = intern_fetched(&mut topic_names, &self.shared, &m);
-                            messages.push(owned_message(&m, topic, &self.shared.group));
+                            messages.push(owned_message(
+                                Fetched::of(&m),
+                                topic,
+                                &self.shared.group,
+                            ));
                         }
                     }
                 }
@@ -179,18 +206,32 @@ impl PollLoop {
                     continue;
                 }
                 taken += messages.len();
-                let mut guard = self.consumer.context().pipeline();
-                let Some(pipeline) = guard.as_mut() else {
+                if !self.dispatch_round(&mut messages, &mut rewinds) {
                     return;
-                };
-                if pipeline.is_transactional() {
-                    self.dispatch_transactional(pipeline, &mut messages, &mut rewinds);
+                }
+            }
+            if let Some(fetch) = &fetch {
+                let wait = if taken == 0 && !fetch.events_waiting() {
+                    timeout
                 } else {
-                    pipeline.in_runtime(|pipeline| {
-                        for message in messages.drain(..) {
-                            pipeline.dispatch(&self.consumer, &self.shared, message);
-                        }
-                    });
+                    Duration::ZERO
+                };
+                fetch.take(wait, &mut batch);
+                while !batch.is_empty() {
+                    while messages.len() < DISPATCH_EVERY {
+                        let Some(read) =
+                            batch.next_with(|record| self.record_of(record, &mut topic_names))
+                        else {
+                            break;
+                        };
+                        messages.extend(read);
+                    }
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    if !self.dispatch_round(&mut messages, &mut rewinds) {
+                        return;
+                    }
                 }
             }
             let mut guard = self.consumer.context().pipeline();
@@ -213,6 +254,59 @@ impl PollLoop {
                 pipeline.take_rewound();
             }
             busy = pipeline.unsettled() > 0;
+        }
+    }
+
+    /// Dispatches the messages at hand; `false` when the pipeline is gone.
+    fn dispatch_round(&self, messages: &mut Vec<crate::Message>, rewinds: &mut u64) -> bool {
+        let mut guard = self.consumer.context().pipeline();
+        let Some(pipeline) = guard.as_mut() else {
+            return false;
+        };
+        if pipeline.is_transactional() {
+            self.dispatch_transactional(pipeline, messages, rewinds);
+        } else {
+            pipeline.in_runtime(|pipeline| {
+                for message in messages.drain(..) {
+                    pipeline.dispatch(&self.consumer, &self.shared, message);
+                }
+            });
+        }
+        true
+    }
+
+    /// A record from the fetch queue as a message; an error librdkafka
+    /// handed over in its place is reported (the end of a partition is not
+    /// an error).
+    fn record_of(
+        &self,
+        record: Fetched<'_>,
+        topic_names: &mut Vec<Arc<str>>,
+    ) -> Option<crate::Message> {
+        let name = record.topic_bytes();
+        let topic = name.map(|name| {
+            crate::convert::intern_bytes(topic_names, name, |t| self.shared.topic(t))
+                .unwrap_or_else(|| self.shared.topic(&String::from_utf8_lossy(name)))
+        });
+        match record.error() {
+            None => Some(owned_message(record, topic?, &self.shared.group)),
+            Some(RDKafkaErrorCode::PartitionEOF) => None,
+            Some(code) => {
+                let reason = crate::log::scrub(&record.error_text()).into_owned();
+                let error = match topic {
+                    Some(topic) if is_undeliverable(code) && record.offset() >= 0 => {
+                        Error::Consume {
+                            partition: Some(TopicPartition::new(topic, record.partition())),
+                            offset: record.offset(),
+                            reason: reason.into(),
+                            code,
+                        }
+                    }
+                    _ => Error::client(KafkaError::MessageConsumption(code), &reason),
+                };
+                self.shared.report(error);
+                None
+            }
         }
     }
 
@@ -347,6 +441,10 @@ impl PollLoop {
     /// and closes, within the shutdown deadline.
     fn finish(self) -> LoopEnd {
         self.shared.set_state(super::status::GroupState::Stopping);
+        // Before the client closes (librdkafka wants the application's
+        // queues gone first): records still on the fetch queue were never
+        // handled, so none of their offsets is stored; they are dropped.
+        self.consumer.context().set_fetch_queue(None);
         let since = self.shared.shutdown.since().unwrap_or_else(Instant::now);
         let deadline = since + self.shutdown_timeout;
         let pipeline = self.consumer.context().pipeline().take();
