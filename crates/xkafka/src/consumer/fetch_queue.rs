@@ -199,11 +199,6 @@ pub(crate) struct Taken {
     next: usize,
 }
 
-// SAFETY: the records are librdkafka messages owned by this value alone;
-// destroying one on another thread is allowed.
-#[allow(unsafe_code)]
-unsafe impl Send for Taken {}
-
 impl Taken {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Taken {
