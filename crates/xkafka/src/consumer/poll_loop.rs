@@ -98,9 +98,10 @@ impl PollLoop {
     }
 
     fn poll_messages(&self) {
-        // Set before anything is assigned. Records taken a batch at a time (`fetch_queue.rs`). Not in
-        // transactional mode: its aborts rewind partitions in the middle of
-        // a round, and a batch already taken would have to be sifted.
+        // Records are taken a batch at a time (`fetch_queue.rs`); the queue
+        // is set before anything is assigned. Not in transactional mode: its
+        // aborts rewind partitions in the middle of a round, and a batch
+        // already taken would have to be sifted.
         let fetch = if self.transactional {
             None
         } else {
@@ -193,12 +194,10 @@ impl PollLoop {
                             break;
                         }
                         Some(Ok(m)) => {
-                            let topic = intern_fetched(&mut topic_names, &self.shared, &m);
-                            messages.push(owned_message(
-                                Fetched::of(&m),
-                                topic,
-                                &self.shared.group,
-                            ));
+                            let record = Fetched::of(&m);
+                            let name = record.topic_bytes().unwrap_or_default();
+                            let topic = intern_topic(&mut topic_names, &self.shared, name);
+                            messages.push(owned_message(record, topic, &self.shared.group));
                         }
                     }
                 }
@@ -283,11 +282,9 @@ impl PollLoop {
         record: Fetched<'_>,
         topic_names: &mut Vec<Arc<str>>,
     ) -> Option<crate::Message> {
-        let name = record.topic_bytes();
-        let topic = name.map(|name| {
-            crate::convert::intern_bytes(topic_names, name, |t| self.shared.topic(t))
-                .unwrap_or_else(|| self.shared.topic(&String::from_utf8_lossy(name)))
-        });
+        let topic = record
+            .topic_bytes()
+            .map(|name| intern_topic(topic_names, &self.shared, name));
         match record.error() {
             None => Some(owned_message(record, topic?, &self.shared.group)),
             Some(RDKafkaErrorCode::PartitionEOF) => None,
@@ -607,12 +604,7 @@ fn intern(names: &mut Vec<Arc<str>>, shared: &Shared, topic: &str) -> Arc<str> {
 /// The shared name of a fetched record's topic, from a lock-free local
 /// cache, compared as bytes (Kafka's topic names are ASCII; another would
 /// be decoded lossily).
-fn intern_fetched(
-    names: &mut Vec<Arc<str>>,
-    shared: &Shared,
-    m: &rdkafka::message::BorrowedMessage<'_>,
-) -> Arc<str> {
-    let name = crate::convert::topic_bytes(m);
+fn intern_topic(names: &mut Vec<Arc<str>>, shared: &Shared, name: &[u8]) -> Arc<str> {
     crate::convert::intern_bytes(names, name, |t| shared.topic(t))
         .unwrap_or_else(|| shared.topic(&String::from_utf8_lossy(name)))
 }
