@@ -620,6 +620,12 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// a call may start on the poll thread (when its lane is idle) but
     /// continues on a tokio task at its first wait. Blocking calls belong in
     /// `tokio::task::spawn_blocking`.
+    ///
+    /// When more lanes (partitions, or key slots with [`Order::PerKey`])
+    /// have work than `n` handlers may run, the next free slot goes to the
+    /// lane with the most queued messages, so a backlog drains with `n`
+    /// handlers busy to its end; a lane passed over 4 × `n` times is served
+    /// next whatever its backlog.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self

@@ -241,8 +241,9 @@ pub(super) async fn handle_batch(
     service: &mut BoxCloneService<Batch, Ack, BoxError>,
     cx: &LaneContext,
     mut works: Works,
+    backlog: &Arc<AtomicUsize>,
 ) -> bool {
-    let Ok(_permit) = cx.permits.acquire().await else {
+    let Some(_permit) = cx.permits.acquire(backlog).await else {
         return false;
     };
     // Messages of revoked partitions are dropped; when stopping, the batch

@@ -18,7 +18,7 @@ impl Dispatcher {
         };
         // Borrowed: an owned permit costs an `Arc` clone and drop per
         // message, and most handlers finish here.
-        let Ok(permit) = self.context.permits.try_acquire() else {
+        let Some(permit) = self.context.permits.try_acquire() else {
             return Inline::Declined(message);
         };
         let panicked = match ready_now(service) {
@@ -37,14 +37,13 @@ impl Dispatcher {
             FirstPoll::Ready(outcome) => outcome,
             FirstPoll::Pending(future) => {
                 // The lane carries the permit on and gives it back.
-                permit.forget();
                 return Inline::Pending(Resume {
                     future,
                     tp: tp.clone(),
                     offset,
                     epoch,
                     gate: gate.clone(),
-                    _permit: CarriedPermit(self.context.permits.clone()),
+                    _permit: permit.carry(),
                 });
             }
         };
@@ -58,7 +57,7 @@ impl Dispatcher {
         let Some(service) = self.inline_batch.as_mut() else {
             return InlineBatch::Declined(works);
         };
-        let Ok(permit) = self.context.permits.clone().try_acquire_owned() else {
+        let Some(permit) = self.context.permits.try_acquire_owned() else {
             return InlineBatch::Declined(works);
         };
         let panicked = match ready_now(service) {

@@ -15,10 +15,10 @@ pub(super) async fn run_lane(
         for item in items {
             let keep_going = match (item, &mut runner) {
                 (LaneItem::Work(work), Runner::Single(service)) => {
-                    handle_work(service, &cx, work).await
+                    handle_work(service, &cx, work, &busy).await
                 }
                 (LaneItem::Batch(works), Runner::Batch { service, .. }) => {
-                    handle_batch(service, &cx, works).await
+                    handle_batch(service, &cx, works, &busy).await
                 }
                 (LaneItem::Resume(resume), _) => {
                     let outcome = finish_caught(resume.future).await;
@@ -53,6 +53,7 @@ pub(super) async fn handle_work(
     service: &mut BoxCloneService<Message, Ack, BoxError>,
     cx: &LaneContext,
     work: Work,
+    backlog: &Arc<AtomicUsize>,
 ) -> bool {
     let Work {
         message,
@@ -61,7 +62,7 @@ pub(super) async fn handle_work(
         gate,
         epoch,
     } = work;
-    let Ok(_permit) = cx.permits.acquire().await else {
+    let Some(_permit) = cx.permits.acquire(backlog).await else {
         return false;
     };
     // Revoked or stopping: the message stays unread (the partition's next

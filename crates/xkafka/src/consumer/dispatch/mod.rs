@@ -5,7 +5,7 @@
 //! lane a message goes to decides the ordering: one lane per partition keeps
 //! partition order; one lane per (partition, key slot) keeps key order while
 //! the keys of one partition run in parallel; unordered lanes take any
-//! message. A semaphore of N permits bounds how many handlers run at once.
+//! message. N permits bound how many handlers run at once.
 //!
 //! Two fast paths keep the common case on the poll thread: a message (or a
 //! batch, assembled here per lane) whose lane is idle runs right away, and
@@ -17,7 +17,8 @@
 //! - `gate.rs`: one assignment of one partition, entered by its handlers;
 //! - `inline.rs`: the fast path on the poll thread;
 //! - `batch.rs`: batch assembly and batches in their lanes;
-//! - `lane.rs`: a lane's task, and how an outcome is settled and reported.
+//! - `lane.rs`: a lane's task, and how an outcome is settled and reported;
+//! - `permits.rs`: the N permits, granted to the busiest waiting lane.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::panic::AssertUnwindSafe;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
@@ -46,11 +47,13 @@ mod batch;
 mod gate;
 mod inline;
 mod lane;
+mod permits;
 
 use batch::*;
 pub(crate) use gate::Gate;
 use inline::*;
 use lane::*;
+use permits::{OwnedPermit, Permits};
 
 /// Which messages may be handled in parallel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -175,7 +178,7 @@ struct BatchResume {
     future: BoxFuture<'static, Result<Ack, BoxError>>,
     batch: Batch,
     origins: Origins,
-    _permit: OwnedSemaphorePermit,
+    _permit: OwnedPermit,
 }
 
 /// A batch being filled on the poll thread.
@@ -191,18 +194,7 @@ struct Resume {
     offset: i64,
     epoch: u64,
     gate: Arc<Gate>,
-    _permit: CarriedPermit,
-}
-
-/// A permit the poll thread took (borrowed, see `run_inline`) for a handler
-/// that did not finish at once, carried into its lane: given back to the
-/// semaphore when the lane drops it, as an `OwnedSemaphorePermit` would be.
-struct CarriedPermit(Arc<Semaphore>);
-
-impl Drop for CarriedPermit {
-    fn drop(&mut self) {
-        self.0.add_permits(1);
-    }
+    _permit: OwnedPermit,
 }
 
 /// What a lane does with its messages.
@@ -224,7 +216,7 @@ pub enum Runner {
 /// What every lane shares.
 #[derive(Clone)]
 struct LaneContext {
-    permits: Arc<Semaphore>,
+    permits: Arc<Permits>,
     completions: std_mpsc::Sender<Report>,
     shared: Arc<Shared>,
     commit_wait: CommitWait,
@@ -280,7 +272,7 @@ impl Dispatcher {
             runner,
             lanes: FxHashMap::default(),
             context: LaneContext {
-                permits: Arc::new(Semaphore::new(concurrency)),
+                permits: Arc::new(Permits::new(concurrency)),
                 completions,
                 shared,
                 commit_wait,
@@ -655,7 +647,7 @@ mod tests {
         };
         let mut done = Vec::new();
         assert!(d.dispatch(msg(&a, 0), &a, 0, &gate_a, 1).is_none(), "waits");
-        assert_eq!(d.context.permits.available_permits(), 0, "carried");
+        assert_eq!(d.context.permits.available(), 0, "carried");
         // Another partition's lane is idle, but Concurrency(1) is taken: it
         // must wait in its lane, not run on the poll thread.
         assert!(d.dispatch(msg(&b, 1), &b, 1, &gate_b, 1).is_none());
@@ -678,10 +670,10 @@ mod tests {
         // Given back once each: exactly the one permit again (a lane drops
         // its own after reporting, so wait for that).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while d.context.permits.available_permits() != 1 && Instant::now() < deadline {
+        while d.context.permits.available() != 1 && Instant::now() < deadline {
             std::thread::yield_now();
         }
-        assert_eq!(d.context.permits.available_permits(), 1);
+        assert_eq!(d.context.permits.available(), 1);
         // The poll thread runs the next one itself again.
         assert!(matches!(
             d.dispatch(msg(&a, 2), &a, 2, &gate_a, 1),
