@@ -463,13 +463,18 @@ async fn compare(
     } else {
         sizes.rounds
     };
-    for round in 0..rounds {
+    for round in 0..WARM_UP_ROUNDS + rounds {
+        // Run, not kept: the first runs of a comparison met a broker (and
+        // a process) not yet warm — the JVM compiling, the topic's first
+        // writes — and the side that went first in round 0 paid for it.
+        let warm_up = round < WARM_UP_ROUNDS;
+        let measured = round.saturating_sub(WARM_UP_ROUNDS);
         // Alternate who goes first, too (with Go: O B G, B G O, G O B, …).
         let mut turns = vec![Turn::Ours, Turn::Baseline];
         if go.is_some() {
             turns.push(Turn::Go);
         }
-        let first = round % turns.len();
+        let first = measured % turns.len();
         turns.rotate_left(first);
         for turn in turns {
             if turn == Turn::Ours && side == Side::Baseline
@@ -480,21 +485,28 @@ async fn compare(
             match (turn, go) {
                 (Turn::Ours, _) => {
                     let cpu = peers::process_cpu_secs();
-                    ours_runs.push(run_ours(name, target, topics, sizes).await?);
-                    ours_cpu.push(peers::process_cpu_secs() - cpu);
+                    let run = run_ours(name, target, topics, sizes).await?;
+                    if !warm_up {
+                        ours_runs.push(run);
+                        ours_cpu.push(peers::process_cpu_secs() - cpu);
+                    }
                 }
                 (Turn::Baseline, _) => {
-                    base_runs.push(run_baseline(name, target, topics, sizes).await?)
+                    let run = run_baseline(name, target, topics, sizes).await?;
+                    if !warm_up {
+                        base_runs.push(run);
+                    }
                 }
                 (Turn::Go, Some(peer)) => {
                     let run = peer.run(name, target, topics, sizes).and_then(|run| {
-                        if name == "consume_conc16_1ms" {
+                        if name == "consume_conc16_1ms" && !warm_up {
                             go_sequential_runs
                                 .push(peer.run_sequential_1ms(target, topics, sizes)?);
                         }
                         Ok(run)
                     });
                     match run {
+                        Ok(_) if warm_up => {}
                         Ok(run) => go_runs.push(run),
                         // A failing peer costs its own line only, not ours.
                         Err(e) => {
@@ -509,7 +521,8 @@ async fn compare(
                 (Turn::Go, None) => {}
             }
         }
-        if side == Side::Both && (name == "consume_seq" || name == "consume_conc16_1ms") {
+        if !warm_up && side == Side::Both && (name == "consume_seq" || name == "consume_conc16_1ms")
+        {
             // The bare loop (poll + count), for information / the ideal's cap.
             extra_runs.push(baseline::consume(
                 b,
@@ -668,6 +681,9 @@ pub(crate) fn unique(prefix: &str) -> String {
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Rounds run before the measured ones and not kept (see `compare`).
+const WARM_UP_ROUNDS: usize = 1;
 
 /// Least rounds for `publish_async` (see `compare`).
 const PUBLISH_ASYNC_ROUNDS: usize = 11;
