@@ -68,7 +68,8 @@ pub enum Order {
     /// their partition's order among themselves.
     PerKey,
     /// Any message may run in parallel with any other (Go xkafka's
-    /// behaviour), for handlers that do not care about order.
+    /// behaviour), for handlers that do not care about order. A message
+    /// goes to an idle lane when there is one, never behind a slow one.
     Unordered,
 }
 
@@ -339,11 +340,38 @@ impl Dispatcher {
                 }
                 None => LaneKey::Keyless(tp.clone()),
             },
-            Order::Unordered => {
-                self.next_global = (self.next_global + 1) % self.concurrency as u64;
-                LaneKey::Global(self.next_global)
+            Order::Unordered => LaneKey::Global(self.least_busy_global()),
+        }
+    }
+
+    /// The unordered lane for the next message: the first idle one from
+    /// where the last search stopped (round robin while all are idle), else
+    /// the least busy. Taken in turns whatever their load, a message could
+    /// wait behind a slow one while another lane sat idle. Batches keep
+    /// plain turns: a lane's batch is only counted busy once sent, so every
+    /// message of a round would fill the same one.
+    fn least_busy_global(&mut self) -> u64 {
+        let n = self.concurrency as u64;
+        let start = self.next_global;
+        let mut chosen = start % n;
+        if matches!(self.runner, Runner::Single(_)) {
+            let mut least = usize::MAX;
+            for step in 0..n {
+                let lane = (start + step) % n;
+                let busy = self
+                    .lanes
+                    .get(&LaneKey::Global(lane))
+                    .map_or(0, |l| l.busy.load(Atomic::Acquire));
+                if busy < least {
+                    (chosen, least) = (lane, busy);
+                    if busy == 0 {
+                        break;
+                    }
+                }
             }
         }
+        self.next_global = (chosen + 1) % n;
+        chosen
     }
 
     /// Hands a message to its lane, or — when its lane is idle and a
@@ -608,6 +636,49 @@ mod tests {
             })
             .collect();
         assert_eq!(lanes.len(), 3, "round robin over the lanes");
+    }
+
+    #[test]
+    fn unordered_messages_go_to_an_idle_lane_not_behind_a_slow_one() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Offset 0 waits for `release`; the others finish at once.
+        let (release, released) = tokio::sync::watch::channel(false);
+        let service = tower::service_fn(move |m: Message| {
+            let mut released = released.clone();
+            async move {
+                if m.offset() == Some(0) {
+                    let _ = released.wait_for(|r| *r).await;
+                }
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        });
+        let (mut d, _rx) =
+            dispatcher_with(Order::Unordered, 2, &runtime, BoxCloneService::new(service));
+        let tp = TopicPartition::new("t", 0);
+        let gate = Gate::new();
+        let msg = |offset| {
+            Message::builder(tp.topic.clone())
+                .partition(0)
+                .offset(offset)
+                .build()
+        };
+        assert!(d.dispatch(msg(0), &tp, 0, &gate, 1).is_none(), "waits");
+        // One lane is held by offset 0; the other is idle each time, so
+        // every later message runs at once on the poll thread.
+        for offset in 1..6 {
+            assert!(
+                matches!(
+                    d.dispatch(msg(offset), &tp, offset, &gate, 1),
+                    Some(Settled::Done(Ack::Success))
+                ),
+                "offset {offset} queued behind the slow one"
+            );
+        }
+        release.send(true).unwrap();
     }
 
     #[test]
