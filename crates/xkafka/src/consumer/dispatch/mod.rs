@@ -638,16 +638,26 @@ mod tests {
         assert_eq!(lanes.len(), 3, "round robin over the lanes");
     }
 
-    #[test]
-    fn unordered_messages_go_to_an_idle_lane_not_behind_a_slow_one() {
+    /// A runtime for lanes, and a handler whose call for offset 0 waits
+    /// until `true` is sent (the others finish at once); every call's
+    /// offset is recorded in `started`.
+    #[allow(clippy::type_complexity)]
+    fn held_at_offset_0() -> (
+        tokio::runtime::Runtime,
+        tokio::sync::watch::Sender<bool>,
+        Arc<std::sync::Mutex<Vec<i64>>>,
+        BoxCloneService<Message, Ack, BoxError>,
+    ) {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        // Offset 0 waits for `release`; the others finish at once.
         let (release, released) = tokio::sync::watch::channel(false);
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = started.clone();
         let service = tower::service_fn(move |m: Message| {
+            record.lock().unwrap().push(m.offset().unwrap());
             let mut released = released.clone();
             async move {
                 if m.offset() == Some(0) {
@@ -656,8 +666,13 @@ mod tests {
                 Ok::<_, BoxError>(Ack::Success)
             }
         });
-        let (mut d, _rx) =
-            dispatcher_with(Order::Unordered, 2, &runtime, BoxCloneService::new(service));
+        (runtime, release, started, BoxCloneService::new(service))
+    }
+
+    #[test]
+    fn unordered_messages_go_to_an_idle_lane_not_behind_a_slow_one() {
+        let (runtime, release, _, service) = held_at_offset_0();
+        let (mut d, _rx) = dispatcher_with(Order::Unordered, 2, &runtime, service);
         let tp = TopicPartition::new("t", 0);
         let gate = Gate::new();
         let msg = |offset| {
@@ -683,31 +698,8 @@ mod tests {
 
     #[test]
     fn a_handler_that_waits_carries_its_permit_into_the_lane_and_gives_it_back() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        // Offset 0 waits for `release`; every call is recorded.
-        let (release, released) = tokio::sync::watch::channel(false);
-        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = started.clone();
-        let service = tower::service_fn(move |m: Message| {
-            record.lock().unwrap().push(m.offset().unwrap());
-            let mut released = released.clone();
-            async move {
-                if m.offset() == Some(0) {
-                    let _ = released.wait_for(|r| *r).await;
-                }
-                Ok::<_, BoxError>(Ack::Success)
-            }
-        });
-        let (mut d, rx) = dispatcher_with(
-            Order::PerPartition,
-            1,
-            &runtime,
-            BoxCloneService::new(service),
-        );
+        let (runtime, release, started, service) = held_at_offset_0();
+        let (mut d, rx) = dispatcher_with(Order::PerPartition, 1, &runtime, service);
         let (a, b) = (TopicPartition::new("t", 0), TopicPartition::new("t", 1));
         let (gate_a, gate_b) = (Gate::new(), Gate::new());
         let msg = |tp: &TopicPartition, offset| {
