@@ -146,14 +146,15 @@ impl Permits {
 
     /// Grants free permits to waiters, busiest (or overdue) first.
     fn hand_out(self: &Arc<Self>, waiters: &mut Waiters) {
+        // Waiters whose acquire was dropped (an aborted lane) get none; one
+        // dropped from here on is caught by its failed send below.
+        let before = waiters.queue.len();
+        waiters.queue.retain(|w| !w.tx.is_closed());
+        let dropped = before - waiters.queue.len();
+        if dropped > 0 {
+            self.waiting.fetch_sub(dropped, Ordering::SeqCst);
+        }
         loop {
-            // Waiters whose acquire was dropped (an aborted lane) get none.
-            let before = waiters.queue.len();
-            waiters.queue.retain(|w| !w.tx.is_closed());
-            let dropped = before - waiters.queue.len();
-            if dropped > 0 {
-                self.waiting.fetch_sub(dropped, Ordering::SeqCst);
-            }
             let Some(next) = self.next_waiter(waiters) else {
                 return;
             };
