@@ -387,6 +387,9 @@ fn comparisons(figures: &BTreeMap<String, Figures>, plan: &Plan) -> Vec<Comparis
             ratio: x.committed / y.committed,
             ours_runs: x.committed_runs.clone(),
             baseline_runs: y.committed_runs.clone(),
+            ours_cpu_secs: Vec::new(),
+            baseline_cpu_secs: Vec::new(),
+            cpu_ratio: None,
             note: format!(
                 "{what}; consumed {:.0} / {:.0} msg/s, tail {:.0} / {:.0} ms",
                 x.consumed, y.consumed, x.tail_ms, y.tail_ms

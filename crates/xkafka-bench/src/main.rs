@@ -456,14 +456,20 @@ async fn compare(
     let mut base_runs = Vec::new();
     let mut extra_runs = Vec::new();
     let mut ours_cpu = Vec::new();
+    let mut base_cpu = Vec::new();
     let mut go_runs = Vec::new();
     let mut go_sequential_runs = Vec::new();
     // A publish_async run lasts a fraction of a second and, on 2 cores shared
     // with the broker, varies by ±30 % from run to run: it gets more rounds.
-    let rounds = if name == "publish_async" {
-        sizes.rounds.max(PUBLISH_ASYNC_ROUNDS)
-    } else {
-        sizes.rounds
+    let rounds = match name {
+        "publish_async" => sizes.rounds.max(PUBLISH_ASYNC_ROUNDS),
+        // The mock cluster holds little (see MOCK_CONSUME_MAX): a round
+        // there times 16 to 120 ms and spreads by ±30 %, for a few seconds
+        // of the whole run.
+        "consume_seq" | "consume_seq_1k" | "consume_batch" if target.mock().is_some() => {
+            sizes.rounds.max(MOCK_CONSUME_ROUNDS)
+        }
+        _ => sizes.rounds,
     };
     for round in 0..WARM_UP_ROUNDS + rounds {
         // Run, not kept: the first runs of a comparison met a broker (and
@@ -515,9 +521,11 @@ async fn compare(
                     }
                 }
                 (Turn::Baseline, _) => {
+                    let cpu = peers::process_cpu_secs();
                     let run = run_baseline(name, target, topics, sizes).await?;
                     if !warm_up {
                         base_runs.push(run);
+                        base_cpu.push(peers::process_cpu_secs() - cpu);
                     }
                 }
                 (Turn::Go, Some(peer)) => {
@@ -585,26 +593,43 @@ async fn compare(
         go_runs,
         go_sequential_runs,
     });
-    let ratio = if latency && side == Side::Both {
-        // The two sides ran at the same time (see the loop): each round is
-        // a pair that met the same broker, so the ratio is taken within
-        // each round, then the median of those. A ratio of the two medians
-        // would set one round's p99 against another's.
-        let paired: Vec<f64> = base_runs
-            .iter()
-            .zip(&ours_runs)
-            .map(|(b, o)| b / o)
-            .collect();
-        note = format!(
-            "both at once; median of the rounds' ratios (ratio of the medians: {:.3})",
-            baseline / ours
-        );
-        report::median(&paired)
-    } else if latency {
+    // Each round runs both sides back to back (at once for latency), so
+    // each round is a pair that met the same machine and broker: the ratio
+    // is taken within each round, then the median of those. On 2 shared
+    // cores the machine drifts between a fast and a slow state (the CPU
+    // time of the same run doubles, for both sides); a ratio of the two
+    // medians could set a fast round of one side against a slow one of the
+    // other. It is printed beside. The concurrency comparison's baseline is
+    // an ideal made of medians, not a round of its own: ratio of medians.
+    let of_medians = if latency {
         baseline / ours
     } else {
         ours / baseline
     };
+    let paired = side == Side::Both
+        && name != "consume_conc16_1ms"
+        && ours_runs.len() == base_runs.len()
+        && !ours_runs.is_empty();
+    let ratio = if paired {
+        let ratios: Vec<f64> = ours_runs
+            .iter()
+            .zip(&base_runs)
+            .map(|(o, b)| if latency { b / o } else { o / b })
+            .collect();
+        let both = if latency { "both at once; " } else { "" };
+        let sep = if note.is_empty() { "" } else { "; " };
+        note = format!(
+            "{both}median of the rounds' ratios (of the medians: {of_medians:.3}){sep}{note}"
+        );
+        report::median(&ratios)
+    } else {
+        of_medians
+    };
+    // CPU time per message, raw over ours (higher is better for ours), over
+    // all rounds: a 10 ms tick is a few per cent of one round.
+    let cpu_ratio = (ours_cpu.len() == base_cpu.len() && !ours_cpu.is_empty())
+        .then(|| base_cpu.iter().sum::<f64>() / ours_cpu.iter().sum::<f64>())
+        .filter(|r| r.is_finite() && name != "consume_conc16_1ms" && !latency);
     let comparison = Comparison {
         name: name.to_owned(),
         unit: if latency { "ms".into() } else { "msg/s".into() },
@@ -613,6 +638,9 @@ async fn compare(
         ratio,
         ours_runs,
         baseline_runs: base_runs,
+        ours_cpu_secs: ours_cpu,
+        baseline_cpu_secs: base_cpu,
+        cpu_ratio,
         note,
     };
     Ok((comparison, against_go))
@@ -726,6 +754,10 @@ const WARM_UP_ROUNDS: usize = 1;
 
 /// Least rounds for `publish_async` (see `compare`).
 const PUBLISH_ASYNC_ROUNDS: usize = 11;
+
+/// Least rounds for the consuming comparisons on the mock cluster (see
+/// `compare`).
+const MOCK_CONSUME_ROUNDS: usize = 15;
 
 /// Bounded wait used while a run is in progress.
 pub(crate) const RUN_TIMEOUT: Duration = Duration::from_secs(120);

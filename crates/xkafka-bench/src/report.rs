@@ -181,6 +181,14 @@ pub(crate) struct Comparison {
     pub(crate) ratio: f64,
     pub(crate) ours_runs: Vec<f64>,
     pub(crate) baseline_runs: Vec<f64>,
+    /// CPU seconds (user + system) of the whole process during each round
+    /// of each side, in 10 ms ticks: with the mock cluster in process, the
+    /// broker's share is in both. Empty where not measured.
+    pub(crate) ours_cpu_secs: Vec<f64>,
+    pub(crate) baseline_cpu_secs: Vec<f64>,
+    /// The baseline's CPU time over ours, summed over the rounds (higher
+    /// is better for ours); for the throughput comparisons.
+    pub(crate) cpu_ratio: Option<f64>,
     pub(crate) note: String,
 }
 
@@ -271,15 +279,18 @@ impl Results {
         }
         if !self.comparisons.is_empty() {
             println!(
-                "\n{:<20} {:>7} {:>16} {:>16} {:>7}  note",
-                "comparison", "broker", "ours", "baseline", "ratio"
+                "\n{:<20} {:>7} {:>16} {:>16} {:>7} {:>6}  note",
+                "comparison", "broker", "ours", "baseline", "ratio", "cpu"
             );
         }
         for (broker, comparisons) in &self.comparisons {
             for c in comparisons {
+                let cpu = c
+                    .cpu_ratio
+                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}"));
                 println!(
-                    "{:<20} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3}  {}",
-                    c.name, broker, c.ours, c.unit, c.baseline, c.unit, c.ratio, c.note
+                    "{:<20} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3} {:>6}  {}",
+                    c.name, broker, c.ours, c.unit, c.baseline, c.unit, c.ratio, cpu, c.note
                 );
             }
         }

@@ -119,6 +119,72 @@ async fn publish_async_calls_back_exactly_once_even_when_closed_at_once() {
     assert_eq!(producer.close().await, report, "closing twice is harmless");
 }
 
+/// Every report names its own message's topic while publishes alternate
+/// between topics, with and without a callback of their own: the delivery
+/// thread keeps the last topic it reported and hands it from one report to
+/// the next rather than looking it up, so a wrong reuse would name the
+/// wrong topic here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_report_names_its_own_topic_when_topics_alternate() {
+    const N: usize = 400;
+    let topics = [topic("alt-a", 2).await, topic("alt-b", 2).await];
+    // Reported topics; for the own callbacks, with the topic sent to.
+    let producer_wide: Arc<Mutex<Vec<String>>> = Arc::default();
+    let own: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let producer = Producer::builder("xkafka-tests-alternate")
+        .brokers([brokers()])
+        .config("linger.ms", "5")
+        .error_handler(|err| eprintln!("producer error: {err}"))
+        .on_delivery({
+            let seen = producer_wide.clone();
+            move |report: &Result<Delivery, Error>| {
+                let delivery = report.as_ref().expect("delivered");
+                seen.lock().unwrap().push(delivery.topic.to_string());
+            }
+        })
+        .build()
+        .unwrap();
+    let mut sent = Vec::new();
+    for i in 0..N {
+        // Runs of one to three messages per topic.
+        let topic = &topics[(i / (1 + i % 3)) % 2];
+        sent.push((topic.clone(), i.to_string()));
+        let msg = Message::builder(topic.as_str())
+            .key(i.to_string())
+            .value("x")
+            .build();
+        if i % 2 == 0 {
+            let seen = own.clone();
+            let topic = topic.clone();
+            producer
+                .publish_async_with(msg, move |report| {
+                    let delivery = report.expect("delivered");
+                    seen.lock()
+                        .unwrap()
+                        .push((delivery.topic.to_string(), topic.clone()));
+                })
+                .await
+                .unwrap();
+        } else {
+            producer.publish_async(msg).await.unwrap();
+        }
+    }
+    assert_eq!(producer.close().await.undelivered, 0);
+    let own = own.lock().unwrap();
+    assert_eq!(own.len(), N / 2, "one own callback per even message");
+    for (reported, expected) in own.iter() {
+        assert_eq!(reported, expected, "an own callback named the wrong topic");
+    }
+    // The producer-wide callback: per topic, as many reports as sends.
+    let reported = producer_wide.lock().unwrap();
+    assert_eq!(reported.len(), N);
+    for topic in &topics {
+        let want = sent.iter().filter(|(t, _)| t == topic).count();
+        let got = reported.iter().filter(|t| *t == topic).count();
+        assert_eq!(got, want, "reports naming {topic}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_middleware_first_added_is_outermost() {
     let topic = topic("prod-order", 1).await;

@@ -110,64 +110,94 @@ impl ProducerContext for XProducerContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let target = DeliveryTarget::from_opaque(opaque);
-        let topic = match &target {
-            DeliveryTarget::Waiter { topic, .. } => topic.clone(),
-            DeliveryTarget::Async { .. } => {
-                let message = match result {
-                    Ok(msg) | Err((_, msg)) => msg,
-                };
-                self.topic_name(crate::convert::topic_bytes(message))
-            }
-        };
-        let report = match result {
-            Ok(msg) => Ok(Delivery::new(topic, msg.partition(), msg.offset())
-                .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
-            Err((err, msg)) => Err((err.clone(), topic, msg.partition())),
-        };
-        self.count(&report);
-        match target {
-            // The receiver is gone when the caller stopped waiting (cancelled
-            // `publish`); the report is then of no use to anyone.
-            DeliveryTarget::Waiter { tx, .. } => {
+        match DeliveryTarget::from_opaque(opaque) {
+            DeliveryTarget::Waiter { tx, topic } => {
+                let report = report_of(result, topic);
+                self.count(&report);
+                // The receiver is gone when the caller stopped waiting
+                // (cancelled `publish`); the report is then of no use to
+                // anyone.
                 let _ = tx.send(report.map_err(|(err, _, _)| err));
             }
             DeliveryTarget::Async { callback } => {
+                let message = match result {
+                    Ok(msg) | Err((_, msg)) => msg,
+                };
+                let topic = self.take_topic(crate::convert::topic_bytes(message));
                 let callback = callback.map(|c| c.into_inner().unwrap_or_else(|p| p.into_inner()));
-                // The topic is taken from the report only if a callback
-                // panics: no second reference count per message.
-                self.hooks
+                if callback.is_some() {
+                    // The message's own callback keeps the report (and its
+                    // topic): the thread keeps a copy.
+                    self.keep_topic(topic.clone());
+                }
+                let report = report_of(result, topic);
+                self.count(&report);
+                let kept = self
+                    .hooks
                     .deliver_report(callback, report.map_err(delivery_error));
+                if let Some(topic) = kept.and_then(topic_of) {
+                    self.keep_topic(topic);
+                }
                 self.hooks.pending.done();
             }
         }
     }
 }
 
+/// What a librdkafka report says, with the message's topic.
+fn report_of(
+    result: &DeliveryResult<'_>,
+    topic: Arc<str>,
+) -> Result<Delivery, (KafkaError, Arc<str>, i32)> {
+    match result {
+        Ok(msg) => Ok(Delivery::new(topic, msg.partition(), msg.offset())
+            .with_timestamp(crate::convert::timestamp(msg.timestamp()))),
+        Err((err, msg)) => Err((err.clone(), topic, msg.partition())),
+    }
+}
+
+/// The topic a delivery result carries, taken back.
+fn topic_of(result: Result<Delivery, Error>) -> Option<Arc<str>> {
+    match result {
+        Ok(delivery) => Some(delivery.topic),
+        Err(Error::Delivery { topic, .. }) => Some(topic),
+        Err(_) => None,
+    }
+}
+
 impl XProducerContext {
-    /// The shared name of a reported message's topic. The last one each
-    /// thread named is kept apart (thread-local: no lock, no shared line)
-    /// and compared as bytes: most reports name the same topic as the one
-    /// before, and then neither a UTF-8 check nor the shared set's lock and
-    /// hash is needed. Any name with the same bytes will do, whichever
-    /// producer made it.
-    fn topic_name(&self, name: &[u8]) -> Arc<str> {
-        let named = LAST_TOPIC.try_with(|last| {
-            // Not reentrant: nothing below calls back into a report.
-            let mut last = last.try_borrow_mut().ok()?;
-            if let Some(topic) = last.as_ref().filter(|t| t.as_bytes() == name) {
-                return Some(topic.clone());
-            }
-            let topic = self.topics.get(&String::from_utf8_lossy(name));
-            *last = Some(topic.clone());
-            Some(topic)
+    /// The shared name of a reported message's topic, moved out of this
+    /// thread's cache of the last one (thread-local: no lock, no shared
+    /// line) when it has the same bytes; else looked up in the shared set.
+    /// Moved rather than cloned, and put back with
+    /// [`keep_topic`](Self::keep_topic) once the report is done with: a
+    /// clone and its drop were two atomic operations per report, a tenth
+    /// of the delivery thread's own time in `publish_async`. Any name with
+    /// the same bytes will do, whichever producer made it.
+    fn take_topic(&self, name: &[u8]) -> Arc<str> {
+        let cached = LAST_TOPIC.try_with(|last| {
+            // Not reentrant: nothing below calls back into a report. (A
+            // callback flushing the producer could: its reports look the
+            // name up.)
+            last.try_borrow_mut()
+                .ok()?
+                .take_if(|topic| topic.as_bytes() == name)
         });
-        match named {
+        match cached {
             Ok(Some(topic)) => topic,
-            // The thread is exiting (a producer dropped by a thread-local's
-            // destructor reports its purged messages).
+            // Another topic, or the thread is exiting (a producer dropped
+            // by a thread-local's destructor reports its purged messages).
             _ => self.topics.get(&String::from_utf8_lossy(name)),
         }
+    }
+
+    /// Keeps `topic` as this thread's last reported one.
+    fn keep_topic(&self, topic: Arc<str>) {
+        let _ = LAST_TOPIC.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some(topic);
+            }
+        });
     }
 
     fn count(&self, report: &Result<Delivery, (KafkaError, Arc<str>, i32)>) {

@@ -133,13 +133,14 @@ impl Hooks {
     }
 
     /// [`deliver`](Self::deliver) for a librdkafka report, whose result
-    /// names the topic (read only when a callback panics).
+    /// names the topic (read only when a callback panics). The result comes
+    /// back when no callback of the message's own took it.
     pub(crate) fn deliver_report(
         &self,
         callback: Option<MessageCallback>,
         result: Result<Delivery, Error>,
-    ) {
-        self.deliver_with(topic_of, callback, result);
+    ) -> Option<Result<Delivery, Error>> {
+        self.deliver_with(topic_of, callback, result)
     }
 
     fn deliver_with(
@@ -147,22 +148,24 @@ impl Hooks {
         topic: impl Fn(&Result<Delivery, Error>) -> Option<Arc<str>>,
         callback: Option<MessageCallback>,
         result: Result<Delivery, Error>,
-    ) {
+    ) -> Option<Result<Delivery, Error>> {
         if let Some(on_delivery) = &self.on_delivery {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| on_delivery(&result))) {
                 self.report(&panicked(ON_DELIVERY, topic(&result), &*panic));
             }
         }
-        if let Some(callback) = callback {
-            // Taken before the callback consumes the result, only for a
-            // callback of its own (rare next to the producer-wide one).
-            let topic = topic(&result);
-            // The callback (and what it captured) is dropped inside, so a
-            // panicking destructor is caught as well.
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(move || callback(result))) {
-                self.report(&panicked(MESSAGE_CALLBACK, topic, &*panic));
-            }
+        let Some(callback) = callback else {
+            return Some(result);
+        };
+        // Taken before the callback consumes the result, only for a
+        // callback of its own (rare next to the producer-wide one).
+        let topic = topic(&result);
+        // The callback (and what it captured) is dropped inside, so a
+        // panicking destructor is caught as well.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || callback(result))) {
+            self.report(&panicked(MESSAGE_CALLBACK, topic, &*panic));
         }
+        None
     }
 }
 
