@@ -371,3 +371,117 @@ fn produce_to(
         source: KafkaError::MessageProduction(code),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+
+    use crate::{Message, Producer};
+
+    /// Messages per measurement: librdkafka keeps them all queued (no
+    /// broker), so its queue is sized for them.
+    const N: usize = 200_000;
+
+    fn unreachable_config() -> [(&'static str, String); 3] {
+        [
+            // Nothing listens there: every message stays queued.
+            ("bootstrap.servers", "127.0.0.1:1".to_owned()),
+            ("queue.buffering.max.messages", (2 * N).to_string()),
+            ("message.timeout.ms", "300000".to_owned()),
+        ]
+    }
+
+    /// The publishing thread's cost per message, without a broker: what
+    /// `publish_async` and the bench's owned message add to the raw
+    /// producer's `send` (librdkafka's enqueue is in both). Not a test: an
+    /// ignored measurement, printed, best of three.
+    ///
+    /// `cargo test --release -p xkafka --lib publish_cost -- --ignored --nocapture`
+    /// (BENCHMARKS.md, "Our own cost per message").
+    #[test]
+    #[ignore]
+    fn publish_cost() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let topic: Arc<str> = "cost".into();
+        let value = bytes::Bytes::from(vec![b'a'; 100]);
+        let raw_value = vec![b'a'; 100];
+        // The bench's message (crates/xkafka-bench, `publish_async`).
+        let message = |i: usize| {
+            Message::builder(topic.clone())
+                .key(format!("k{}", i % 1000))
+                .value(value.clone())
+                .build()
+        };
+        let best = |f: &mut dyn FnMut() -> Duration| {
+            (0..3)
+                .map(|_| f().as_nanos() as f64 / N as f64)
+                .fold(f64::INFINITY, f64::min)
+        };
+        let key = best(&mut || {
+            let started = Instant::now();
+            for i in 0..N {
+                std::hint::black_box(format!("k{}", i % 1000));
+            }
+            started.elapsed()
+        });
+        let build = best(&mut || {
+            let started = Instant::now();
+            for i in 0..N {
+                std::hint::black_box(message(i));
+            }
+            started.elapsed()
+        });
+        let raw = best(&mut || {
+            let mut config = ClientConfig::new();
+            for (k, v) in unreachable_config() {
+                config.set(k, v);
+            }
+            let producer: ThreadedProducer<DefaultProducerContext> = config.create().unwrap();
+            let started = Instant::now();
+            for i in 0..N {
+                let key = format!("k{}", i % 1000);
+                let record = BaseRecord::<_, _>::to(&topic).key(&key).payload(&raw_value);
+                producer.send(record).map_err(|(e, _)| e).unwrap();
+            }
+            let took = started.elapsed();
+            rdkafka::producer::Producer::purge(
+                &producer,
+                rdkafka::producer::PurgeConfig::default().queue(),
+            );
+            took
+        });
+        let ours = best(&mut || {
+            runtime.block_on(async {
+                let producer = Producer::builder("publish-cost")
+                    .configs(unreachable_config())
+                    .error_handler(|_| {})
+                    .on_delivery(|_| {})
+                    .build()
+                    .unwrap();
+                let started = Instant::now();
+                for i in 0..N {
+                    producer.publish_async(message(i)).await.unwrap();
+                }
+                let took = started.elapsed();
+                producer.close_within(Duration::ZERO).await;
+                took
+            })
+        });
+        println!(
+            "ns per message, best of 3: key format! {key:.0}; owned message (build + drop) \
+             {build:.0}; raw send {raw:.0}; ours publish_async with the owned message {ours:.0} \
+             (ours - raw {:.0}; of which the message, beyond format!, {:.0})",
+            ours - raw,
+            build - key
+        );
+        assert!(ours.is_finite() && raw.is_finite());
+    }
+}
