@@ -171,14 +171,14 @@ impl XProducerContext {
     /// line) when it has the same bytes; else looked up in the shared set.
     /// Moved rather than cloned, and put back with
     /// [`keep_topic`](Self::keep_topic) once the report is done with: a
-    /// clone and its drop were two atomic operations per report, a tenth
-    /// of the delivery thread's own time in `publish_async`. Any name with
-    /// the same bytes will do, whichever producer made it.
+    /// clone and its drop were two atomic operations per report, about a
+    /// quarter of this callback's own time in `publish_async`. Any name
+    /// with the same bytes will do, whichever producer made it.
     fn take_topic(&self, name: &[u8]) -> Arc<str> {
         let cached = LAST_TOPIC.try_with(|last| {
-            // Not reentrant: nothing below calls back into a report. (A
-            // callback flushing the producer could: its reports look the
-            // name up.)
+            // While a report's callbacks run the cache is empty: a callback
+            // that flushes the producer (and so serves reports inside this
+            // one) looks their names up in the shared set.
             last.try_borrow_mut()
                 .ok()?
                 .take_if(|topic| topic.as_bytes() == name)
