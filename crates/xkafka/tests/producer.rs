@@ -293,6 +293,51 @@ async fn publish_to_an_invalid_topic_is_a_clear_error() {
     producer.close().await;
 }
 
+/// A partition the topic does not have is refused at once, once the
+/// producer knows the topic: with and without a timestamp of the message's
+/// own (librdkafka takes the two by different calls, which report their
+/// errors differently).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_async_to_a_missing_partition_is_refused_with_the_reason() {
+    let topic = topic("producer-no-partition", 1).await;
+    let producer = producer();
+    // Acknowledged: the producer now knows the topic has one partition.
+    producer
+        .publish(Message::builder(topic.as_str()).value("first").build())
+        .await
+        .unwrap();
+    for timestamp in [None, Some(1_700_000_000_000)] {
+        let mut message = Message::builder(topic.as_str()).partition(7).value("x");
+        if let Some(millis) = timestamp {
+            message = message.timestamp_millis(millis);
+        }
+        let err = producer
+            .publish_async(message.build())
+            .await
+            .expect_err("partition 7 of a one-partition topic");
+        match &err {
+            Error::Delivery {
+                partition, source, ..
+            } => {
+                assert_eq!(*partition, Some(7), "{err:?}");
+                assert_eq!(
+                    source.rdkafka_error_code(),
+                    Some(xkafka::rdkafka::error::RDKafkaErrorCode::UnknownPartition),
+                    "timestamp {timestamp:?}: {err:?}"
+                );
+            }
+            other => panic!("timestamp {timestamp:?}: {other:?}"),
+        }
+    }
+    let status = producer.status();
+    assert_eq!(
+        (status.delivered, status.callbacks_pending),
+        (1, 0),
+        "{status:?}"
+    );
+    producer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     let topic = topic("producer-status", 1).await;
@@ -336,7 +381,7 @@ async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     until(
         || {
             let s = probe.status();
-            !s.brokers_reachable && s.failed == 1
+            !s.brokers_reachable && s.failed == 1 && s.callbacks_pending == 0
         },
         Duration::from_secs(10),
     )
@@ -344,6 +389,10 @@ async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     let status = nowhere.status();
     assert!(!status.brokers_reachable, "{status:?}");
     assert_eq!(status.failed, 1, "the message timed out: {status:?}");
+    assert_eq!(
+        status.delivered, 0,
+        "a failed report is no delivery: {status:?}"
+    );
     assert!(
         status
             .last_error

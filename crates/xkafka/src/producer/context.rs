@@ -131,14 +131,24 @@ impl ProducerContext for XProducerContext {
                     self.keep_topic(topic.clone());
                 }
                 let report = report_of(result, topic);
-                self.count(&report);
+                match &report {
+                    // Counted by `pending.reported` below.
+                    Ok(_) => self.reachable(),
+                    Err(_) => {
+                        self.count(&report);
+                        let stats = &self.hooks.stats;
+                        stats
+                            .failed_reports
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
                 let kept = self
                     .hooks
                     .deliver_report(callback, report.map_err(delivery_error));
                 if let Some(topic) = kept.and_then(topic_of) {
                     self.keep_topic(topic);
                 }
-                self.hooks.pending.done();
+                self.hooks.pending.reported();
             }
         }
     }
@@ -200,15 +210,22 @@ impl XProducerContext {
         });
     }
 
+    /// An acknowledged message: the brokers are reachable again.
+    fn reachable(&self) {
+        use std::sync::atomic::Ordering;
+        let down = &self.hooks.stats.brokers_down;
+        if down.load(Ordering::Relaxed) {
+            down.store(false, Ordering::Release);
+        }
+    }
+
     fn count(&self, report: &Result<Delivery, (KafkaError, Arc<str>, i32)>) {
         use std::sync::atomic::Ordering;
         let stats = &self.hooks.stats;
         match report {
             Ok(_) => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
-                if stats.brokers_down.load(Ordering::Relaxed) {
-                    stats.brokers_down.store(false, Ordering::Release);
-                }
+                self.reachable();
             }
             Err((err, topic, _)) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);

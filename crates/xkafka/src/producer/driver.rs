@@ -20,14 +20,21 @@ pub(crate) type MessageCallback = Box<dyn FnOnce(Result<Delivery, Error>) + Send
 
 /// Counts publishes whose callbacks have not run yet, so `close` can wait.
 ///
-/// Two counters rather than one: publishing threads only add to `started`
-/// and librdkafka's delivery thread only adds to `finished`, each on a cache
-/// line of its own, so that a publish does not bounce a shared line between
-/// the two cores (a measurable share of `publish_async`'s cost).
+/// Several counters rather than one: publishing threads only add to
+/// `started` and librdkafka's delivery thread only adds to `reported`, each
+/// on a cache line of its own, so that a publish does not bounce a shared
+/// line between the two cores (a measurable share of `publish_async`'s
+/// cost).
 #[derive(Default)]
 pub(crate) struct Pending {
     started: Padded,
+    /// Publishes completed anywhere but in a direct report: middleware
+    /// completions, refusals.
     finished: Padded,
+    /// Direct asynchronous publishes whose report has been handled. Also
+    /// the count of their deliveries, less `Stats::failed_reports`: one
+    /// atomic operation per report rather than two.
+    reported: Padded,
     /// Set once someone waits in `drained`: only then do finishing
     /// callbacks pay for a notification.
     watched: AtomicBool,
@@ -40,12 +47,17 @@ struct Padded(AtomicUsize);
 
 impl Pending {
     pub(crate) fn count(&self) -> usize {
-        // `finished` first: it never runs ahead of `started`.
-        let finished = self.finished.0.load(Ordering::SeqCst);
+        // The finished first: they never run ahead of `started`.
+        let finished = self.finished.0.load(Ordering::SeqCst) + self.reports();
         self.started
             .0
             .load(Ordering::SeqCst)
             .saturating_sub(finished)
+    }
+
+    /// Direct asynchronous publishes whose report has been handled.
+    pub(crate) fn reports(&self) -> usize {
+        self.reported.0.load(Ordering::SeqCst)
     }
 
     /// A publish whose callbacks are owed.
@@ -56,6 +68,17 @@ impl Pending {
     /// Its callbacks ran (or it was never accepted).
     pub(crate) fn done(&self) {
         self.finished.0.fetch_add(1, Ordering::SeqCst);
+        self.notify_if_drained();
+    }
+
+    /// A direct asynchronous publish's report was handled, its callbacks
+    /// ran (a failed one counted in `Stats::failed_reports` first).
+    pub(crate) fn reported(&self) {
+        self.reported.0.fetch_add(1, Ordering::SeqCst);
+        self.notify_if_drained();
+    }
+
+    fn notify_if_drained(&self) {
         if self.watched.load(Ordering::SeqCst) && self.count() == 0 {
             self.drained.notify_waiters();
         }
@@ -92,8 +115,12 @@ pub(crate) struct Hooks {
 /// thread (one uncontended atomic per report).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
+    /// Acknowledged messages, but for those of direct asynchronous
+    /// publishes: [`Pending::reports`] less `failed_reports` counts them.
     pub(crate) delivered: std::sync::atomic::AtomicU64,
     pub(crate) failed: std::sync::atomic::AtomicU64,
+    /// Of `failed`, the direct asynchronous publishes.
+    pub(crate) failed_reports: std::sync::atomic::AtomicU64,
     pub(crate) last_error: std::sync::Mutex<Option<String>>,
     /// Set by librdkafka's "all brokers down", cleared by the next
     /// acknowledged message.

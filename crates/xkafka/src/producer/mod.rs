@@ -359,7 +359,7 @@ impl Producer {
             transactional: self.is_transactional(),
             queued: self.in_flight(),
             callbacks_pending: self.inner.hooks.pending.count(),
-            delivered: stats.delivered.load(Acquire),
+            delivered: self.delivered(),
             failed: stats.failed.load(Acquire),
             last_error: stats
                 .last_error
@@ -369,6 +369,18 @@ impl Producer {
             brokers_reachable: !stats.brokers_down.load(Acquire),
             closed: self.inner.closed.load(Acquire),
         }
+    }
+
+    /// Messages the broker acknowledged. The direct asynchronous
+    /// publishes' are their reports less their failures, the failures read
+    /// second: a report counted in between is missed for now, never a
+    /// failure counted as a delivery.
+    fn delivered(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stats = &self.inner.hooks.stats;
+        let reports = self.inner.hooks.pending.reports() as u64;
+        let failed = stats.failed_reports.load(SeqCst);
+        stats.delivered.load(SeqCst) + reports.saturating_sub(failed)
     }
 
     /// Messages librdkafka holds that the broker has not acknowledged yet.

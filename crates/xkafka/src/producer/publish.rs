@@ -328,32 +328,67 @@ fn produce_to(
     }
     let (value, value_len) = raw(message.value());
     let (key, key_len) = raw(message.key());
-    // SAFETY: the client and the topic handle are live (the handle until
-    // the producer releases it, after its last publish); key and value are
-    // copied by librdkafka (`RD_KAFKA_MSG_F_COPY`) before this returns. The
-    // opaque is the address `DeliveryTarget::into_opaque` exposed (or 0),
-    // read back by the delivery callback as rdkafka's `send` would hand it.
-    let err = unsafe {
-        rd::rd_kafka_producev(
-            client.client().native_ptr(),
-            RD_KAFKA_VTYPE_RKT,
-            std::ptr::with_exposed_provenance_mut::<rd::rd_kafka_topic_t>(rkt),
-            RD_KAFKA_VTYPE_PARTITION,
-            message.partition().unwrap_or(-1),
-            RD_KAFKA_VTYPE_MSGFLAGS,
-            rd::RD_KAFKA_MSG_F_COPY,
-            RD_KAFKA_VTYPE_VALUE,
-            value,
-            value_len,
-            RD_KAFKA_VTYPE_KEY,
-            key,
-            key_len,
-            RD_KAFKA_VTYPE_OPAQUE,
-            std::ptr::with_exposed_provenance_mut::<c_void>(opaque),
-            RD_KAFKA_VTYPE_TIMESTAMP,
-            message.timestamp().map_or(0, |ts| ts.millis()),
-            RD_KAFKA_VTYPE_END,
-        )
+    let opaque_ptr = std::ptr::with_exposed_provenance_mut::<c_void>(opaque);
+    let rkt = std::ptr::with_exposed_provenance_mut::<rd::rd_kafka_topic_t>(rkt);
+    let partition = message.partition().unwrap_or(-1);
+    // SAFETY (both calls): the client and the topic handle are live (the
+    // handle until the producer releases it, after its last publish); key
+    // and value are copied by librdkafka (`RD_KAFKA_MSG_F_COPY`) before
+    // this returns. The opaque is the address `DeliveryTarget::into_opaque`
+    // exposed (or 0), read back by the delivery callback as rdkafka's
+    // `send` would hand it.
+    let err = match message.timestamp() {
+        // `rd_kafka_produce` rather than `rd_kafka_producev`: the latter
+        // takes and drops a reference to the topic handle around every
+        // message, two atomic operations on a counter the delivery thread
+        // also updates (each report drops its message's reference), so the
+        // line bounced between the cores twice per message. It has no
+        // timestamp argument (librdkafka stamps the message with the time
+        // now, as `producev` does for 0), so a message with a timestamp of
+        // its own still goes through `producev`.
+        None => {
+            if unsafe {
+                rd::rd_kafka_produce(
+                    rkt,
+                    partition,
+                    rd::RD_KAFKA_MSG_F_COPY,
+                    value,
+                    value_len,
+                    key,
+                    key_len,
+                    opaque_ptr,
+                )
+            } == 0
+            {
+                rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            } else {
+                // librdkafka keeps the reason in a thread-local, set by
+                // the failed call on this thread.
+                unsafe { rd::rd_kafka_last_error() }
+            }
+        }
+        Some(ts) => unsafe {
+            rd::rd_kafka_producev(
+                client.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                rkt,
+                RD_KAFKA_VTYPE_PARTITION,
+                partition,
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                rd::RD_KAFKA_MSG_F_COPY,
+                RD_KAFKA_VTYPE_VALUE,
+                value,
+                value_len,
+                RD_KAFKA_VTYPE_KEY,
+                key,
+                key_len,
+                RD_KAFKA_VTYPE_OPAQUE,
+                opaque_ptr,
+                RD_KAFKA_VTYPE_TIMESTAMP,
+                ts.millis(),
+                RD_KAFKA_VTYPE_END,
+            )
+        },
     };
     if err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
         return Ok(());
