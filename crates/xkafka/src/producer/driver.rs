@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
@@ -17,6 +17,10 @@ use crate::{BoxError, Delivery};
 pub(crate) type OnDeliveryFn = Arc<dyn Fn(&Result<Delivery, Error>) + Send + Sync>;
 /// A one-message delivery callback.
 pub(crate) type MessageCallback = Box<dyn FnOnce(Result<Delivery, Error>) + Send>;
+
+/// How often [`Pending::drained`] reads the count again without being
+/// notified.
+const DRAINED_RECHECK: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counts publishes whose callbacks have not run yet, so `close` can wait.
 ///
@@ -32,9 +36,8 @@ pub(crate) struct Pending {
     /// completions, refusals.
     finished: Padded,
     /// Direct asynchronous publishes whose report has been handled. Also
-    /// the count of their deliveries, less `Stats::failed_reports`: one
-    /// atomic operation per report rather than two.
-    reported: Padded,
+    /// the count of their deliveries, less `Stats::failed_reports`.
+    reported: ReportCount,
     /// Set once someone waits in `drained`: only then do finishing
     /// callbacks pay for a notification.
     watched: AtomicBool,
@@ -44,6 +47,65 @@ pub(crate) struct Pending {
 #[derive(Default)]
 #[repr(align(128))]
 struct Padded(AtomicUsize);
+
+/// Handled reports, counted without an atomic addition by the thread that
+/// handles nearly all of them.
+///
+/// librdkafka's polling thread serves every report but those a `flush` or a
+/// purge on another thread happens to serve. The first thread to count a
+/// report owns `owned` and adds to it with a plain load and store (only it
+/// ever writes there); any other thread adds to `shared` atomically. An
+/// atomic addition was the costliest instruction of a report: it waits for
+/// every earlier load and store of the thread to complete.
+#[derive(Default)]
+struct ReportCount {
+    /// The owning thread's [`thread_key`]; 0 until a first report.
+    owner: AtomicU64,
+    owned: Padded,
+    shared: Padded,
+}
+
+impl ReportCount {
+    fn add(&self) {
+        let me = thread_key();
+        let owner = self.owner.load(Ordering::Relaxed);
+        let owns = owner == me
+            || (owner == 0
+                && self
+                    .owner
+                    .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok());
+        if owns {
+            let n = self.owned.0.load(Ordering::Relaxed);
+            // Release: whoever reads the new count also sees what the
+            // report did before (its callbacks, a failure counted).
+            self.owned.0.store(n + 1, Ordering::Release);
+        } else {
+            self.shared.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.owned.0.load(Ordering::Acquire) + self.shared.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A key of the calling thread, unique over the life of the process
+/// (never 0).
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    KEY.try_with(|key| {
+        if key.get() == 0 {
+            key.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        key.get()
+    })
+    // A thread whose locals are gone: a key no thread owns.
+    .unwrap_or(u64::MAX)
+}
 
 impl Pending {
     pub(crate) fn count(&self) -> usize {
@@ -57,7 +119,7 @@ impl Pending {
 
     /// Direct asynchronous publishes whose report has been handled.
     pub(crate) fn reports(&self) -> usize {
-        self.reported.0.load(Ordering::SeqCst)
+        self.reported.get()
     }
 
     /// A publish whose callbacks are owed.
@@ -74,7 +136,9 @@ impl Pending {
     /// A direct asynchronous publish's report was handled, its callbacks
     /// ran (a failed one counted in `Stats::failed_reports` first).
     pub(crate) fn reported(&self) {
-        self.reported.0.fetch_add(1, Ordering::SeqCst);
+        self.reported.add();
+        // Without a full fence, this may miss a waiter that has just
+        // started watching: `drained` looks again every millisecond.
         self.notify_if_drained();
     }
 
@@ -92,7 +156,9 @@ impl Pending {
             if self.count() == 0 {
                 return;
             }
-            notified.await;
+            // The notification may be missed (see `reported`): the count is
+            // read again after a millisecond at the latest.
+            let _ = tokio::time::timeout(DRAINED_RECHECK, notified).await;
         }
     }
 }
@@ -168,6 +234,15 @@ impl Hooks {
         result: Result<Delivery, Error>,
     ) -> Option<Result<Delivery, Error>> {
         self.deliver_with(topic_of, callback, result)
+    }
+
+    /// Calls the producer-wide callback alone, if any.
+    pub(crate) fn on_delivery(&self, result: &Result<Delivery, Error>) {
+        if let Some(on_delivery) = &self.on_delivery {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| on_delivery(result))) {
+                self.report(&panicked(ON_DELIVERY, topic_of(result), &*panic));
+            }
+        }
     }
 
     fn deliver_with(
@@ -327,5 +402,60 @@ pub(crate) async fn drive(
     incoming.close();
     while let Ok(InFlight { completion, .. }) = incoming.try_recv() {
         drop(completion);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Barrier};
+
+    use super::{Pending, ReportCount};
+
+    /// The owning thread counts with plain stores; others, at the same
+    /// time, atomically: none of the counts is lost.
+    #[test]
+    fn reports_counted_by_several_threads_at_once_are_all_counted() {
+        const N: usize = 200_000;
+        let count = Arc::new(ReportCount::default());
+        count.add(); // this thread owns the count now
+        let start = Arc::new(Barrier::new(3));
+        let others: Vec<_> = (0..2)
+            .map(|_| {
+                let (count, start) = (count.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for _ in 0..N {
+                        count.add();
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        for _ in 1..N {
+            count.add();
+        }
+        for other in others {
+            other.join().unwrap();
+        }
+        assert_eq!(count.get(), 3 * N);
+        assert_eq!(count.owned.0.load(Ordering::Relaxed), N, "the owner's own");
+    }
+
+    /// A waiter in `drained` sees the last report even from another
+    /// thread, whatever the order of its look and the report.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drained_resolves_after_the_last_report() {
+        for _ in 0..200 {
+            let pending = Arc::new(Pending::default());
+            pending.add();
+            let reporter = pending.clone();
+            let report = std::thread::spawn(move || reporter.reported());
+            tokio::time::timeout(std::time::Duration::from_secs(5), pending.drained())
+                .await
+                .expect("drained after the report");
+            report.join().unwrap();
+            assert_eq!(pending.count(), 0);
+        }
     }
 }
