@@ -31,13 +31,13 @@ const DRAINED_RECHECK: std::time::Duration = std::time::Duration::from_millis(1)
 /// cost).
 #[derive(Default)]
 pub(crate) struct Pending {
-    started: Padded,
+    started: Tally,
     /// Publishes completed anywhere but in a direct report: middleware
     /// completions, refusals.
     finished: Padded,
     /// Direct asynchronous publishes whose report has been handled. Also
     /// the count of their deliveries, less `Stats::failed_reports`.
-    reported: ReportCount,
+    reported: Tally,
     /// Set once someone waits in `drained`: only then do finishing
     /// callbacks pay for a notification.
     watched: AtomicBool,
@@ -48,24 +48,26 @@ pub(crate) struct Pending {
 #[repr(align(128))]
 struct Padded(AtomicUsize);
 
-/// Handled reports, counted without an atomic addition by the thread that
-/// handles nearly all of them.
+/// A count one thread adds to without an atomic addition.
 ///
-/// librdkafka's polling thread serves every report but those a `flush` or a
-/// purge on another thread happens to serve. The first thread to count a
-/// report owns `owned` and adds to it with a plain load and store (only it
-/// ever writes there); any other thread adds to `shared` atomically. An
-/// atomic addition was the costliest instruction of a report: it waits for
-/// every earlier load and store of the thread to complete.
+/// The first thread to add owns `owned` and adds to it with a plain load
+/// and store (only it ever writes there); any other thread adds to `shared`
+/// atomically. For reports, that owner is librdkafka's polling thread,
+/// which serves every report but those a `flush` or a purge on another
+/// thread happens to serve; for publishes, the first publishing thread (a
+/// publishing task that moves between tokio's workers adds atomically from
+/// the others). An atomic addition was the costliest instruction of a
+/// report: it waits for every earlier load and store of the thread to
+/// complete.
 #[derive(Default)]
-struct ReportCount {
+struct Tally {
     /// The owning thread's [`thread_key`]; 0 until a first report.
     owner: AtomicU64,
     owned: Padded,
     shared: Padded,
 }
 
-impl ReportCount {
+impl Tally {
     fn add(&self) {
         let me = thread_key();
         let owner = self.owner.load(Ordering::Relaxed);
@@ -78,7 +80,7 @@ impl ReportCount {
         if owns {
             let n = self.owned.0.load(Ordering::Relaxed);
             // Release: whoever reads the new count also sees what the
-            // report did before (its callbacks, a failure counted).
+            // thread did before (a report's callbacks, a failure counted).
             self.owned.0.store(n + 1, Ordering::Release);
         } else {
             self.shared.0.fetch_add(1, Ordering::SeqCst);
@@ -111,10 +113,7 @@ impl Pending {
     pub(crate) fn count(&self) -> usize {
         // The finished first: they never run ahead of `started`.
         let finished = self.finished.0.load(Ordering::SeqCst) + self.reports();
-        self.started
-            .0
-            .load(Ordering::SeqCst)
-            .saturating_sub(finished)
+        self.started.get().saturating_sub(finished)
     }
 
     /// Direct asynchronous publishes whose report has been handled.
@@ -124,7 +123,7 @@ impl Pending {
 
     /// A publish whose callbacks are owed.
     pub(crate) fn add(&self) {
-        self.started.0.fetch_add(1, Ordering::SeqCst);
+        self.started.add();
     }
 
     /// Its callbacks ran (or it was never accepted).
@@ -410,14 +409,14 @@ mod tests {
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Barrier};
 
-    use super::{Pending, ReportCount};
+    use super::{Pending, Tally};
 
     /// The owning thread counts with plain stores; others, at the same
     /// time, atomically: none of the counts is lost.
     #[test]
     fn reports_counted_by_several_threads_at_once_are_all_counted() {
         const N: usize = 200_000;
-        let count = Arc::new(ReportCount::default());
+        let count = Arc::new(Tally::default());
         count.add(); // this thread owns the count now
         let start = Arc::new(Barrier::new(3));
         let others: Vec<_> = (0..2)
