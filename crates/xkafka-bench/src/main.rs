@@ -69,6 +69,11 @@ struct Args {
     /// the same rounds, where it has a counterpart).
     #[arg(long)]
     no_go: bool,
+    /// Skip the pure-Rust confluent-kafka peer (otherwise built with
+    /// `cargo build --release` into target/peers/confluent-rust and run in
+    /// the same rounds, where it has a counterpart).
+    #[arg(long)]
+    no_rust_peer: bool,
     /// Where to write the JSON results and the SVG charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -228,6 +233,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         && (sweep || PLAN.iter().any(|n| wanted(n) && peers::GoPeer::covers(n))))
     .then(|| peers::GoPeer::build(&args.out))
     .flatten();
+    // The same for the pure-Rust confluent-kafka client.
+    let rust = (!args.no_rust_peer
+        && args.side == Side::Both
+        && PLAN.iter().any(|n| wanted(n) && peers::RustPeer::covers(n)))
+    .then(peers::RustPeer::build)
+    .flatten();
     for target in &targets {
         results
             .brokers
@@ -270,6 +281,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Who {
                         side: args.side,
                         go: go.as_ref(),
+                        rust: rust.as_ref(),
                     },
                     &mut results,
                     &bar,
@@ -337,14 +349,21 @@ impl Step {
         results: &mut Results,
         bar: &ProgressBar,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let Who { side, go } = who;
+        let Who { side, go, rust } = who;
         match self {
             Step::Compare(name) => {
-                let (comparison, against_go) =
-                    compare(name, target, topics, sizes, side, go).await?;
+                let (comparison, against_peers) =
+                    compare(name, target, topics, sizes, side, go, rust).await?;
                 results.add(target.name, comparison);
-                if let Some(c) = against_go {
-                    results.go_peer = c.go_details.first().map(peers::GoRun::versions);
+                for c in against_peers {
+                    match &c.details {
+                        peers::PeerDetails::Go(runs) => {
+                            results.go_peer = runs.first().map(peers::GoRun::versions);
+                        }
+                        peers::PeerDetails::Rust(runs) => {
+                            results.rust_peer = runs.first().map(peers::RustRun::versions);
+                        }
+                    }
                     results
                         .peers
                         .entry(target.name.to_owned())
@@ -399,11 +418,12 @@ impl Step {
     }
 }
 
-/// Who runs: the side(s) of `--side`, and Go xkafka when built.
+/// Who runs: the side(s) of `--side`, and the peers when built.
 #[derive(Clone, Copy)]
 struct Who<'a> {
     side: Side,
     go: Option<&'a peers::GoPeer>,
+    rust: Option<&'a peers::RustPeer>,
 }
 
 /// The comparisons, in order.
@@ -438,10 +458,11 @@ enum Turn {
     Ours,
     Baseline,
     Go,
+    Rust,
 }
 
-/// Runs ours and the baseline (and Go xkafka, where it has a counterpart)
-/// alternately and keeps the medians.
+/// Runs ours and the baseline (and the peers, where they have a
+/// counterpart) alternately and keeps the medians.
 async fn compare(
     name: &'static str,
     target: &Target,
@@ -449,9 +470,13 @@ async fn compare(
     sizes: &Sizes,
     side: Side,
     go: Option<&peers::GoPeer>,
-) -> Result<(Comparison, Option<report::PeerComparison>), Box<dyn std::error::Error>> {
+    rust: Option<&peers::RustPeer>,
+) -> Result<(Comparison, Vec<report::PeerComparison>), Box<dyn std::error::Error>> {
     let b = &target.brokers;
     let mut go = go.filter(|_| side == Side::Both && peers::GoPeer::covers(name));
+    let mut rust =
+        rust.filter(|p| side == Side::Both && peers::RustPeer::covers(name) && p.runs_on(target));
+    let mut rust_runs = Vec::new();
     let mut ours_runs = Vec::new();
     let mut base_runs = Vec::new();
     let mut extra_runs = Vec::new();
@@ -500,10 +525,14 @@ async fn compare(
             }
             continue;
         }
-        // Alternate who goes first, too (with Go: O B G, B G O, G O B, …).
+        // Alternate who goes first, too (with Go: O B G, B G O, G O B, …;
+        // with both peers: O B G R, B G R O, …).
         let mut turns = vec![Turn::Ours, Turn::Baseline];
         if go.is_some() {
             turns.push(Turn::Go);
+        }
+        if rust.is_some() {
+            turns.push(Turn::Rust);
         }
         let first = measured % turns.len();
         turns.rotate_left(first);
@@ -552,6 +581,32 @@ async fn compare(
                     }
                 }
                 (Turn::Go, None) => {}
+                (Turn::Rust, _) => {
+                    let Some(peer) = rust else { continue };
+                    match peer.run(name, target, topics, sizes) {
+                        Ok(_) if warm_up => {}
+                        Ok(run) => rust_runs.push(run),
+                        // The pure-Rust client does not get through to
+                        // librdkafka's mock cluster (see `RustPeer::run`):
+                        // there it is not tried again.
+                        Err(e) if target.mock().is_some() => {
+                            eprintln!(
+                                "note: confluent-kafka Rust peer left out on {} from {name} on: {e}",
+                                target.name
+                            );
+                            peer.leave_out(target);
+                            (rust, rust_runs) = (None, Vec::new());
+                        }
+                        // A failing peer costs its own line only, not ours.
+                        Err(e) => {
+                            eprintln!(
+                                "warning: confluent-kafka Rust peer {name} on {}: {e}; left out",
+                                target.name
+                            );
+                            (rust, rust_runs) = (None, Vec::new());
+                        }
+                    }
+                }
             }
         }
         if !warm_up && side == Side::Both && (name == "consume_seq" || name == "consume_conc16_1ms")
@@ -585,16 +640,33 @@ async fn compare(
         );
     }
     let latency = name == "e2e_latency_p99";
-    let against_go = peers::against_go(peers::GoSide {
-        name,
-        target,
-        ours,
-        ours_runs: &ours_runs,
-        ours_cpu: &ours_cpu,
-        ours_sequential,
-        go_runs,
-        go_sequential_runs,
-    });
+    let against_peers: Vec<report::PeerComparison> = [
+        peers::against(peers::PeerSide {
+            kind: peers::PeerKind::Go,
+            name,
+            target,
+            ours,
+            ours_runs: &ours_runs,
+            ours_cpu: &ours_cpu,
+            ours_sequential,
+            runs: go_runs,
+            sequential_runs: go_sequential_runs,
+        }),
+        peers::against(peers::PeerSide {
+            kind: peers::PeerKind::Rust,
+            name,
+            target,
+            ours,
+            ours_runs: &ours_runs,
+            ours_cpu: &ours_cpu,
+            ours_sequential: None,
+            runs: rust_runs,
+            sequential_runs: Vec::new(),
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // Each round runs both sides back to back (at once for latency), so
     // each round is a pair that met the same machine and broker: the ratio
     // is taken within each round, then the median of those. On 2 shared
@@ -650,7 +722,7 @@ async fn compare(
         cpu_ratio,
         note,
     };
-    Ok((comparison, against_go))
+    Ok((comparison, against_peers))
 }
 
 async fn run_ours(

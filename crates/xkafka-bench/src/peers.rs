@@ -1,17 +1,41 @@
-//! Peers: other Kafka frameworks measured beside ours in the same rounds, on
-//! the same broker, topics and settings. Now one: Go xkafka
-//! (`github.com/gojekfarm/xtools/xkafka`), a separate program under
-//! `crates/xkafka-bench/peers/go-xkafka`, built once per run with `go build`
-//! and run once per round; it prints one JSON line per run.
+//! Peers: other Kafka clients measured beside ours in the same rounds, on
+//! the same broker, topics and settings. Each is a separate program, built
+//! once per run and run once per round; it prints one JSON line per run
+//! (rate, timed span, CPU, versions) and exits non-zero on a failure or a
+//! shortfall. Two:
 //!
-//! Without `go`, or if the build fails, a one-line warning is printed and the
-//! peer is skipped: the rest of the bench runs as before.
+//! - Go xkafka (`github.com/gojekfarm/xtools/xkafka`), a framework on
+//!   confluent-kafka-go and librdkafka: `crates/xkafka-bench/peers/go-xkafka`,
+//!   built with `go build` into `--out`. Its comparisons are named
+//!   `<comparison>_vs_go`.
+//! - The pure-Rust `confluent-kafka` client (no librdkafka; a translation of
+//!   the Java client, async on tokio): `crates/xkafka-bench/peers/confluent-rust`,
+//!   a Cargo program outside the workspace (so the library and CI never
+//!   compile it), built with `cargo build --release --locked` into
+//!   `target/peers/confluent-rust`. Raw client loops, no framework, each
+//!   mirroring the raw rdkafka baseline's loop: `consume_seq` (also on the
+//!   1 KiB topic, for `consume_seq_1k`), `consume_batch` (each poll's records
+//!   counted at once), `publish_async` (a callback per send) and
+//!   `publish_sync` (64 sends awaited at once). Not `consume_conc16_1ms`: a
+//!   raw client has no concurrent handler to compare. Its consumers join with
+//!   KIP-848 (`group.protocol=consumer`), the only group protocol it has, so
+//!   it needs Kafka 4.0 or newer. On librdkafka's mock cluster it is tried
+//!   (with a 20 s bound) and, failing there, left out of the rest of the
+//!   mock column with a one-line note: version 1.0.0 reads the mock's first
+//!   answer as a 20-minute throttle and never gets further.
+//!   Comparisons `<comparison>_vs_rust`.
+//!
+//! Without the toolchain, or if a build fails, a one-line warning is printed
+//! and that peer is skipped: the rest of the bench runs as before
+//! (`--no-go`, `--no-rust-peer` skip them on purpose).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{median, PeerComparison, Topics};
@@ -19,14 +43,117 @@ use crate::{Sizes, Target, RUN_TIMEOUT};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Which peer a comparison is against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PeerKind {
+    Go,
+    Rust,
+}
+
+impl PeerKind {
+    /// Every peer, in the order of the report.
+    pub(crate) const ALL: [PeerKind; 2] = [PeerKind::Go, PeerKind::Rust];
+
+    /// The program's name (`peer` in the results).
+    pub(crate) fn id(self) -> &'static str {
+        match self {
+            PeerKind::Go => "go-xkafka",
+            PeerKind::Rust => "confluent-kafka-rust",
+        }
+    }
+
+    /// The short name: the comparisons' `_vs_<key>` suffix, the results'
+    /// field names (`<key>_runs`, …) and the `RATIO` lines' `<key>=`.
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            PeerKind::Go => "go",
+            PeerKind::Rust => "rust",
+        }
+    }
+}
+
+/// What every peer's run reports.
+pub(crate) trait PeerRun: Sized {
+    fn msgs_per_sec(&self) -> f64;
+    /// User + system CPU of the whole process, start to exit.
+    fn cpu_secs(&self) -> f64;
+    /// CPU within the timed span.
+    fn cpu_window_secs(&self) -> f64;
+    /// The runs as kept in the results.
+    fn details(runs: Vec<Self>) -> PeerDetails;
+}
+
+/// Each run of a peer, as the program printed it (its known fields).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum PeerDetails {
+    Go(Vec<GoRun>),
+    Rust(Vec<RustRun>),
+}
+
+/// A built peer program.
+struct Program {
+    kind: PeerKind,
+    bin: PathBuf,
+}
+
+impl Program {
+    /// Runs the program with `args` and returns its JSON line, parsed.
+    fn run<R: DeserializeOwned>(&self, name: &str, args: &[String]) -> BoxResult<R> {
+        let id = self.kind.id();
+        let child = Command::new(&self.bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        // The program bounds its own wait by the same timeout; this is for a
+        // run stuck elsewhere (a group join that never ends).
+        let output = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
+            Ok(output) => output?,
+            Err(_) => {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                return Err(format!("{id} {name} did not finish; killed pid {pid}").into());
+            }
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            let why = line
+                .or_else(|| stderr.lines().last())
+                .unwrap_or("no output");
+            return Err(format!("{id} {name} failed ({}): {why}", output.status).into());
+        }
+        let line = line.ok_or_else(|| format!("{id} {name} printed no result"))?;
+        Ok(serde_json::from_str(line)?)
+    }
+}
+
+/// The last line of a failed build's output, for its one-line warning.
+fn last_line(output: &[u8]) -> String {
+    String::from_utf8_lossy(output)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_owned()
+}
+
 /// Where the Go program's source is.
-fn source_dir() -> PathBuf {
+fn go_source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/go-xkafka")
 }
 
 /// The built Go xkafka program.
 pub(crate) struct GoPeer {
-    bin: PathBuf,
+    program: Program,
 }
 
 /// What one run of the Go program printed.
@@ -76,22 +203,22 @@ impl GoPeer {
             .arg("-o")
             .arg(&bin)
             .arg(".")
-            .current_dir(source_dir())
+            .current_dir(go_source_dir())
             .stdin(Stdio::null())
             .output();
         match built {
             Err(e) => warn(format!("cannot run `go` ({e}); install Go to measure it")),
-            Ok(o) if !o.status.success() => {
-                let stderr = String::from_utf8_lossy(&o.stderr);
-                let last = stderr
-                    .lines()
-                    .last()
-                    .unwrap_or("no output")
-                    .trim()
-                    .to_owned();
-                warn(format!("`go build` failed ({}): {last}", o.status))
-            }
-            Ok(_) => Some(GoPeer { bin }),
+            Ok(o) if !o.status.success() => warn(format!(
+                "`go build` failed ({}): {}",
+                o.status,
+                last_line(&o.stderr)
+            )),
+            Ok(_) => Some(GoPeer {
+                program: Program {
+                    kind: PeerKind::Go,
+                    bin,
+                },
+            }),
         }
     }
 
@@ -160,52 +287,28 @@ impl GoPeer {
         messages: u64,
         extra: &[&str],
     ) -> BoxResult<GoRun> {
-        let child = Command::new(&self.bin)
-            .arg("-brokers")
-            .arg(brokers)
-            .arg("-topic")
-            .arg(topic)
-            .arg("-scenario")
-            .arg(name)
-            .arg("-messages")
-            .arg(messages.to_string())
-            .arg("-group")
-            .arg(crate::unique("go-xkafka"))
+        let mut args: Vec<String> = [
+            "-brokers",
+            brokers,
+            "-topic",
+            topic,
+            "-scenario",
+            name,
+            "-messages",
+            &messages.to_string(),
+            "-group",
+            &crate::unique("go-xkafka"),
             // xkafka's consumer default, given to the raw loop too: the same
             // settings on every side (librdkafka's 1000 ms stalls a fast
             // consumer for up to a second; BENCHMARKS.md, "The fetch queue
             // backoff"). Producers ignore it.
-            .args(["-consumer-config", "fetch.queue.backoff.ms=10"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        // The program bounds its own wait by the same timeout; this is for a
-        // run stuck elsewhere (a group join that never ends).
-        let output = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
-            Ok(output) => output?,
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                return Err(format!("go-xkafka {name} did not finish; killed pid {pid}").into());
-            }
-        };
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
-            let why = line
-                .or_else(|| stderr.lines().last())
-                .unwrap_or("no output");
-            return Err(format!("go-xkafka {name} failed ({}): {why}", output.status).into());
-        }
-        let line = line.ok_or_else(|| format!("go-xkafka {name} printed no result"))?;
-        Ok(serde_json::from_str(line)?)
+            "-consumer-config",
+            "fetch.queue.backoff.ms=10",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        self.program.run(name, &args)
     }
 }
 
@@ -220,8 +323,210 @@ impl GoRun {
     }
 }
 
-/// One comparison's runs, for [`against_go`].
-pub(crate) struct GoSide<'a> {
+impl PeerRun for GoRun {
+    fn msgs_per_sec(&self) -> f64 {
+        self.msgs_per_sec
+    }
+    fn cpu_secs(&self) -> f64 {
+        self.cpu_user_secs + self.cpu_sys_secs
+    }
+    fn cpu_window_secs(&self) -> f64 {
+        self.cpu_window_secs
+    }
+    fn details(runs: Vec<Self>) -> PeerDetails {
+        PeerDetails::Go(runs)
+    }
+}
+
+/// Where the Rust peer's Cargo program is.
+fn rust_source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/confluent-rust")
+}
+
+/// Where it is built: under the repository's (ignored) `target/`, kept from
+/// run to run so that only the first build compiles the client.
+fn rust_target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/peers/confluent-rust")
+}
+
+/// The Rust peer's own bound of a run on the mock cluster (see
+/// [`RustPeer::run`]).
+const MOCK_RUN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The built pure-Rust confluent-kafka program.
+pub(crate) struct RustPeer {
+    program: Program,
+    /// Targets it failed on where it is not expected to work (the mock
+    /// cluster): not tried again there.
+    left_out: Mutex<BTreeSet<&'static str>>,
+}
+
+/// What one run of the Rust peer printed.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct RustRun {
+    pub(crate) msgs_per_sec: f64,
+    pub(crate) elapsed_secs: f64,
+    pub(crate) cpu_user_secs: f64,
+    pub(crate) cpu_sys_secs: f64,
+    pub(crate) cpu_window_secs: f64,
+    /// The crate's version.
+    pub(crate) confluent_kafka: String,
+    /// `rustc --version` of its build.
+    pub(crate) rustc: String,
+}
+
+/// The Rust peer's versions, for the results.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct RustVersions {
+    pub(crate) confluent_kafka: String,
+    pub(crate) rustc: String,
+}
+
+impl RustPeer {
+    /// Builds the program (release) into `target/peers/confluent-rust`;
+    /// `None` (after a one-line warning) if `cargo` is missing or the build
+    /// fails.
+    pub(crate) fn build() -> Option<RustPeer> {
+        let warn = |why: String| {
+            eprintln!("warning: confluent-kafka Rust peer skipped: {why}");
+            None
+        };
+        let target_dir = match std::path::absolute(rust_target_dir()) {
+            Ok(dir) => dir,
+            Err(e) => return warn(format!("no absolute path for its target dir: {e}")),
+        };
+        let manifest = rust_source_dir().join("Cargo.toml");
+        // Under `cargo run` the same cargo; otherwise the one on PATH.
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!(
+            "building the confluent-kafka Rust peer (cargo build --release; minutes the first time) …"
+        );
+        let built = Command::new(cargo)
+            .args(["build", "--release", "--locked", "--quiet"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .stdin(Stdio::null())
+            .output();
+        match built {
+            Err(e) => warn(format!("cannot run `cargo` ({e})")),
+            Ok(o) if !o.status.success() => warn(format!(
+                "`cargo build` failed ({}): {}",
+                o.status,
+                last_line(&o.stderr)
+            )),
+            Ok(_) => Some(RustPeer {
+                program: Program {
+                    kind: PeerKind::Rust,
+                    bin: target_dir.join("release/confluent-rust-peer"),
+                },
+                left_out: Mutex::new(BTreeSet::new()),
+            }),
+        }
+    }
+
+    /// The program's scenario, topic and message count of a comparison, if
+    /// it has a counterpart.
+    fn job<'a>(
+        name: &str,
+        topics: &'a Topics,
+        sizes: &Sizes,
+    ) -> Option<(&'static str, &'a str, u64)> {
+        Some(match name {
+            "consume_seq" => ("consume_seq", topics.small.as_str(), sizes.consume),
+            // The same loop on the 1 KiB topic.
+            "consume_seq_1k" => ("consume_seq", topics.large.as_str(), sizes.consume_1k),
+            "consume_batch" => ("consume_batch", topics.small.as_str(), sizes.consume),
+            "publish_async" => ("publish_async", topics.sink.as_str(), sizes.publish),
+            "publish_sync" => ("publish_sync", topics.sink.as_str(), sizes.publish_sync),
+            _ => return None,
+        })
+    }
+
+    /// Whether comparison `name` has a counterpart here.
+    pub(crate) fn covers(name: &str) -> bool {
+        matches!(
+            name,
+            "consume_seq" | "consume_seq_1k" | "consume_batch" | "publish_async" | "publish_sync"
+        )
+    }
+
+    /// Whether it is still tried on `target` (see [`leave_out`](Self::leave_out)).
+    pub(crate) fn runs_on(&self, target: &Target) -> bool {
+        !self.left_out.lock().unwrap().contains(target.name)
+    }
+
+    /// Not tried on `target` any more.
+    pub(crate) fn leave_out(&self, target: &Target) {
+        self.left_out.lock().unwrap().insert(target.name);
+    }
+
+    /// One run of comparison `name` (which must be [`covered`](Self::covers)).
+    pub(crate) fn run(
+        &self,
+        name: &str,
+        target: &Target,
+        topics: &Topics,
+        sizes: &Sizes,
+    ) -> BoxResult<RustRun> {
+        let (scenario, topic, messages) = Self::job(name, topics, sizes)
+            .ok_or_else(|| format!("no confluent-kafka Rust counterpart of {name}"))?;
+        // On the mock cluster a run lasts about a second, and confluent-kafka
+        // 1.0.0 gets nowhere with it: it reads the mock's first answer as a
+        // throttle of 1,179,648 ms on the bootstrap connection, so its
+        // consumer is never assigned and its producer never finds the
+        // topic. Fail fast there.
+        let timeout = match target.mock() {
+            Some(_) => MOCK_RUN_TIMEOUT,
+            None => RUN_TIMEOUT,
+        };
+        let args = [
+            "--brokers",
+            &target.brokers,
+            "--topic",
+            topic,
+            "--scenario",
+            scenario,
+            "--messages",
+            &messages.to_string(),
+            "--group",
+            &crate::unique("confluent-rust"),
+            "--timeout-secs",
+            &timeout.as_secs().to_string(),
+        ]
+        .map(str::to_owned);
+        self.program.run(name, &args)
+    }
+}
+
+impl RustRun {
+    pub(crate) fn versions(&self) -> RustVersions {
+        RustVersions {
+            confluent_kafka: self.confluent_kafka.clone(),
+            rustc: self.rustc.clone(),
+        }
+    }
+}
+
+impl PeerRun for RustRun {
+    fn msgs_per_sec(&self) -> f64 {
+        self.msgs_per_sec
+    }
+    fn cpu_secs(&self) -> f64 {
+        self.cpu_user_secs + self.cpu_sys_secs
+    }
+    fn cpu_window_secs(&self) -> f64 {
+        self.cpu_window_secs
+    }
+    fn details(runs: Vec<Self>) -> PeerDetails {
+        PeerDetails::Rust(runs)
+    }
+}
+
+/// One comparison's runs, for [`against`].
+pub(crate) struct PeerSide<'a, R> {
+    pub(crate) kind: PeerKind,
     pub(crate) name: &'a str,
     pub(crate) target: &'a Target,
     /// Our median and runs.
@@ -231,66 +536,62 @@ pub(crate) struct GoSide<'a> {
     pub(crate) ours_cpu: &'a [f64],
     /// `consume_conc16_1ms`: our sequential rate with the same handler.
     pub(crate) ours_sequential: Option<f64>,
-    pub(crate) go_runs: Vec<GoRun>,
-    /// `consume_conc16_1ms`: Go's `consume_seq_1ms` runs.
-    pub(crate) go_sequential_runs: Vec<GoRun>,
+    pub(crate) runs: Vec<R>,
+    /// `consume_conc16_1ms` (Go only): the peer's `consume_seq_1ms` runs.
+    pub(crate) sequential_runs: Vec<R>,
 }
 
-/// Ours against Go xkafka in one comparison, if Go ran.
-pub(crate) fn against_go(side: GoSide<'_>) -> Option<PeerComparison> {
-    if side.go_runs.is_empty() {
+/// Ours against a peer in one comparison, if the peer ran.
+pub(crate) fn against<R: PeerRun>(side: PeerSide<'_, R>) -> Option<PeerComparison> {
+    if side.runs.is_empty() {
         return None;
     }
-    let rates = |runs: &[GoRun]| runs.iter().map(|r| r.msgs_per_sec).collect::<Vec<_>>();
-    let go = median(&rates(&side.go_runs));
-    let go_sequential =
-        (!side.go_sequential_runs.is_empty()).then(|| median(&rates(&side.go_sequential_runs)));
-    let ratio_per_sequential = match (side.ours_sequential, go_sequential) {
-        (Some(os), Some(gs)) => Some((side.ours / os) / (go / gs)),
+    let rates = |runs: &[R]| runs.iter().map(R::msgs_per_sec).collect::<Vec<_>>();
+    let theirs = median(&rates(&side.runs));
+    let theirs_sequential =
+        (!side.sequential_runs.is_empty()).then(|| median(&rates(&side.sequential_runs)));
+    let ratio_per_sequential = match (side.ours_sequential, theirs_sequential) {
+        (Some(os), Some(ts)) => Some((side.ours / os) / (theirs / ts)),
         _ => None,
     };
-    let note = match (side.ours_sequential, go_sequential, ratio_per_sequential) {
+    // Only Go covers consume_conc16_1ms, the one comparison with sequential
+    // runs.
+    let note = match (
+        side.ours_sequential,
+        theirs_sequential,
+        ratio_per_sequential,
+    ) {
         (Some(os), Some(gs), Some(r)) => format!(
             "ours Order::PerKey, Go any order; sequential with the same 1 ms handler: \
              ours {os:.0}, go {gs:.0} msg/s; 16-way over sequential: ours {:.1}x, go {:.1}x \
              (ratio of those {r:.3})",
             side.ours / os,
-            go / gs
+            theirs / gs
         ),
         _ => String::new(),
     };
     Some(PeerComparison {
-        name: format!("{}_vs_go", side.name),
-        peer: "go-xkafka".into(),
+        name: format!("{}_vs_{}", side.name, side.kind.key()),
+        peer: side.kind,
         unit: "msg/s".into(),
         ours: side.ours,
-        go,
-        ratio: side.ours / go,
+        theirs,
+        ratio: side.ours / theirs,
         ours_runs: side.ours_runs.to_vec(),
-        go_runs: rates(&side.go_runs),
+        theirs_runs: rates(&side.runs),
         // The mock cluster runs in our process: its CPU would count as ours.
         // Whole clock ticks (10 ms), without the float noise of the sums.
         ours_cpu_secs: (side.target.mock().is_none())
             .then(|| (median(side.ours_cpu) * 100.0).round() / 100.0),
-        go_cpu_secs: median(
-            &side
-                .go_runs
-                .iter()
-                .map(|r| r.cpu_user_secs + r.cpu_sys_secs)
-                .collect::<Vec<_>>(),
-        ),
-        go_cpu_window_secs: median(
-            &side
-                .go_runs
-                .iter()
-                .map(|r| r.cpu_window_secs)
-                .collect::<Vec<_>>(),
+        theirs_cpu_secs: median(&side.runs.iter().map(R::cpu_secs).collect::<Vec<_>>()),
+        theirs_cpu_window_secs: median(
+            &side.runs.iter().map(R::cpu_window_secs).collect::<Vec<_>>(),
         ),
         ours_sequential_1ms: side.ours_sequential,
-        go_sequential_1ms: go_sequential,
+        theirs_sequential_1ms: theirs_sequential,
         ratio_per_sequential,
         note,
-        go_details: side.go_runs,
+        details: R::details(side.runs),
     })
 }
 

@@ -13,6 +13,7 @@ use xkafka::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use xkafka::rdkafka::ClientConfig;
 
 use crate::ours::payload;
+use crate::peers::{PeerDetails, PeerKind};
 use crate::{unique, Sizes, Target};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -192,36 +193,77 @@ pub(crate) struct Comparison {
     pub(crate) note: String,
 }
 
-/// Ours against a peer framework (Go xkafka) in one comparison's rounds.
-#[derive(Clone, Debug, Serialize)]
+/// Ours against a peer (Go xkafka, the pure-Rust confluent-kafka client) in
+/// one comparison's rounds. Serialized with the peer's key in the field
+/// names (`go`, `go_runs`, … for Go xkafka; `rust`, `rust_runs`, … for the
+/// Rust client): see [`PeerComparison::serialize`].
+#[derive(Clone, Debug)]
 pub(crate) struct PeerComparison {
-    /// `<comparison>_vs_go`.
+    /// `<comparison>_vs_<key>` (`_vs_go`, `_vs_rust`).
     pub(crate) name: String,
-    pub(crate) peer: String,
+    /// Serialized as the program's name (`go-xkafka`, `confluent-kafka-rust`).
+    pub(crate) peer: PeerKind,
     pub(crate) unit: String,
     pub(crate) ours: f64,
-    pub(crate) go: f64,
-    /// ours/go (higher is better for ours).
+    /// The peer's median (`<key>`).
+    pub(crate) theirs: f64,
+    /// ours/peer (higher is better for ours).
     pub(crate) ratio: f64,
     pub(crate) ours_runs: Vec<f64>,
-    pub(crate) go_runs: Vec<f64>,
+    pub(crate) theirs_runs: Vec<f64>,
     /// CPU seconds (user + system) per run, medians: our whole process
     /// around each of our runs (client start to close; on the Kafka target
-    /// only, as the mock cluster runs in our process) and the Go process,
-    /// start to exit.
+    /// only, as the mock cluster runs in our process) and the peer's
+    /// process, start to exit.
     pub(crate) ours_cpu_secs: Option<f64>,
-    pub(crate) go_cpu_secs: f64,
-    /// The Go process's CPU within its timed span (first to last message),
-    /// median.
-    pub(crate) go_cpu_window_secs: f64,
-    pub(crate) go_details: Vec<crate::peers::GoRun>,
-    /// `consume_conc16_1ms` only: each side's sequential rate with the same
-    /// 1 ms handler (medians), as a 1 ms sleep lasts longer in tokio than in
-    /// Go; `ratio_per_sequential` = (ours/ours_seq) / (go/go_seq).
+    pub(crate) theirs_cpu_secs: f64,
+    /// The peer process's CPU within its timed span (first to last
+    /// message), median.
+    pub(crate) theirs_cpu_window_secs: f64,
+    /// Each run as the program printed it (`<key>_details`).
+    pub(crate) details: PeerDetails,
+    /// `consume_conc16_1ms` only (Go): each side's sequential rate with the
+    /// same 1 ms handler (medians), as a 1 ms sleep lasts longer in tokio
+    /// than in Go; `ratio_per_sequential` = (ours/ours_seq) / (go/go_seq).
     pub(crate) ours_sequential_1ms: Option<f64>,
-    pub(crate) go_sequential_1ms: Option<f64>,
+    pub(crate) theirs_sequential_1ms: Option<f64>,
     pub(crate) ratio_per_sequential: Option<f64>,
     pub(crate) note: String,
+}
+
+impl Serialize for PeerComparison {
+    /// The fields in their order, the peer's under its key: for Go xkafka
+    /// exactly the names the results always had (`go`, `go_runs`,
+    /// `go_cpu_secs`, `go_cpu_window_secs`, `go_details`,
+    /// `go_sequential_1ms`).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let key = self.peer.key();
+        let mut map = serializer.serialize_map(Some(16))?;
+        map.serialize_entry("name", &self.name)?;
+        map.serialize_entry("peer", self.peer.id())?;
+        map.serialize_entry("unit", &self.unit)?;
+        map.serialize_entry("ours", &self.ours)?;
+        map.serialize_entry(key, &self.theirs)?;
+        map.serialize_entry("ratio", &self.ratio)?;
+        map.serialize_entry("ours_runs", &self.ours_runs)?;
+        map.serialize_entry(&format!("{key}_runs"), &self.theirs_runs)?;
+        map.serialize_entry("ours_cpu_secs", &self.ours_cpu_secs)?;
+        map.serialize_entry(&format!("{key}_cpu_secs"), &self.theirs_cpu_secs)?;
+        map.serialize_entry(
+            &format!("{key}_cpu_window_secs"),
+            &self.theirs_cpu_window_secs,
+        )?;
+        map.serialize_entry(&format!("{key}_details"), &self.details)?;
+        map.serialize_entry("ours_sequential_1ms", &self.ours_sequential_1ms)?;
+        map.serialize_entry(
+            &format!("{key}_sequential_1ms"),
+            &self.theirs_sequential_1ms,
+        )?;
+        map.serialize_entry("ratio_per_sequential", &self.ratio_per_sequential)?;
+        map.serialize_entry("note", &self.note)?;
+        map.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -240,10 +282,14 @@ pub(crate) struct Results {
     pub(crate) eos_plan: Option<crate::eos::Plan>,
     /// How cost grows, per broker (`--only sweep`; see `sweep`).
     pub(crate) sweep: BTreeMap<String, crate::sweep::Figures>,
-    /// Ours against Go xkafka, per broker (see `peers`).
+    /// Ours against the peers (Go xkafka, the pure-Rust confluent-kafka
+    /// client), per broker (see `peers`).
     pub(crate) peers: BTreeMap<String, Vec<PeerComparison>>,
     /// The Go peer's versions, once it ran; `None` if it was skipped.
     pub(crate) go_peer: Option<crate::peers::GoVersions>,
+    /// The Rust peer's versions, once it ran; left out if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rust_peer: Option<crate::peers::RustVersions>,
     pub(crate) elapsed_secs: f64,
 }
 
@@ -261,6 +307,7 @@ impl Results {
             sweep: BTreeMap::new(),
             peers: BTreeMap::new(),
             go_peer: None,
+            rust_peer: None,
             elapsed_secs: 0.0,
         }
     }
@@ -325,19 +372,41 @@ impl Results {
         for (broker, figures) in &self.sweep {
             print_sweep(broker, figures);
         }
-        if !self.peers.is_empty() {
-            if let Some(v) = &self.go_peer {
-                println!(
-                    "\nGo xkafka {} (confluent-kafka-go {}, librdkafka {}, {}); CPU s per run, medians:",
-                    v.go_xkafka, v.confluent_kafka_go, v.librdkafka, v.go
-                );
+        for kind in PeerKind::ALL {
+            if !self.peers.values().flatten().any(|c| c.peer == kind) {
+                continue;
             }
+            match kind {
+                PeerKind::Go => {
+                    if let Some(v) = &self.go_peer {
+                        println!(
+                            "\nGo xkafka {} (confluent-kafka-go {}, librdkafka {}, {}); CPU s per run, medians:",
+                            v.go_xkafka, v.confluent_kafka_go, v.librdkafka, v.go
+                        );
+                    }
+                }
+                PeerKind::Rust => {
+                    if let Some(v) = &self.rust_peer {
+                        println!(
+                            "\nconfluent-kafka {} (pure Rust, raw client loops; {}); CPU s per run, medians:",
+                            v.confluent_kafka, v.rustc
+                        );
+                    }
+                }
+            }
+            let cpu_theirs = format!("cpu {}", kind.key());
             println!(
                 "{:<26} {:>7} {:>16} {:>16} {:>7} {:>8} {:>8}  note",
-                "comparison", "broker", "ours", "go", "ratio", "cpu ours", "cpu go"
+                "comparison",
+                "broker",
+                "ours",
+                kind.key(),
+                "ratio",
+                "cpu ours",
+                cpu_theirs
             );
             for (broker, comparisons) in &self.peers {
-                for c in comparisons {
+                for c in comparisons.iter().filter(|c| c.peer == kind) {
                     let ours_cpu = c.ours_cpu_secs.map_or("-".into(), |v| format!("{v:.2}"));
                     println!(
                         "{:<26} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3} {:>8} {:>8.2}  {}",
@@ -345,11 +414,11 @@ impl Results {
                         broker,
                         c.ours,
                         c.unit,
-                        c.go,
+                        c.theirs,
                         c.unit,
                         c.ratio,
                         ours_cpu,
-                        c.go_cpu_secs,
+                        c.theirs_cpu_secs,
                         c.note
                     );
                 }
@@ -383,8 +452,13 @@ impl Results {
                     format!("{}.{broker}", c.name)
                 };
                 println!(
-                    "RATIO {name} {:.3} ours={:.1}{} go={:.1}{}",
-                    c.ratio, c.ours, c.unit, c.go, c.unit
+                    "RATIO {name} {:.3} ours={:.1}{} {}={:.1}{}",
+                    c.ratio,
+                    c.ours,
+                    c.unit,
+                    c.peer.key(),
+                    c.theirs,
+                    c.unit
                 );
             }
         }
@@ -785,21 +859,26 @@ fn sweep_cpu_svg(f: &crate::sweep::Figures) -> String {
 }
 
 fn ratios_svg(results: &Results) -> String {
-    let rows: Vec<(String, &str, f64)> = results
+    let rows: Vec<(String, &str, f64, Option<PeerKind>)> = results
         .comparisons
         .iter()
         .flat_map(|(b, cs)| {
             cs.iter()
                 // ours/ours (exactly-once against at-least-once): in eos.svg.
                 .filter(|c| !c.name.starts_with("eos_vs_alo"))
-                .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
+                .map(move |c| (c.name.clone(), b.as_str(), c.ratio, None))
         })
-        // Ours against Go xkafka (`<name>_vs_go`), after them.
-        .chain(results.peers.iter().flat_map(|(b, cs)| {
-            cs.iter()
-                .map(move |c| (c.name.clone(), b.as_str(), c.ratio))
+        // Ours against the peers (`<name>_vs_go`, then `<name>_vs_rust`),
+        // after them.
+        .chain(PeerKind::ALL.into_iter().flat_map(|kind| {
+            results.peers.iter().flat_map(move |(b, cs)| {
+                cs.iter()
+                    .filter(move |c| c.peer == kind)
+                    .map(move |c| (c.name.clone(), b.as_str(), c.ratio, Some(kind)))
+            })
         }))
         .collect();
+    let with_rust = rows.iter().any(|r| r.3 == Some(PeerKind::Rust));
     let (w, row_h, left) = (740.0, 22.0, 255.0);
     let h = 40.0 + row_h * rows.len() as f64 + 30.0;
     let max = rows
@@ -811,17 +890,21 @@ fn ratios_svg(results: &Results) -> String {
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = write!(
-        svg,
-        r#"<text x="10" y="20" font-size="14">xkafka / raw rdkafka, and xkafka / Go xkafka (orange, _vs_go); higher is better</text>"#
-    );
-    for (i, (name, broker, ratio)) in rows.iter().enumerate() {
+    let title = if with_rust {
+        "xkafka / raw rdkafka, / Go xkafka (orange, _vs_go), / confluent-kafka Rust (green, _vs_rust); higher is better"
+    } else {
+        "xkafka / raw rdkafka, and xkafka / Go xkafka (orange, _vs_go); higher is better"
+    };
+    let _ = write!(svg, r#"<text x="10" y="20" font-size="14">{title}</text>"#);
+    for (i, (name, broker, ratio, kind)) in rows.iter().enumerate() {
         let y = 40.0 + row_h * i as f64;
-        let color = match (*broker == "kafka", name.ends_with("_vs_go")) {
-            (true, false) => "#3b7dd8",
-            (false, false) => "#9bb8e0",
-            (true, true) => "#d8843b",
-            (false, true) => "#ecbd92",
+        let color = match (*broker == "kafka", kind) {
+            (true, None) => "#3b7dd8",
+            (false, None) => "#9bb8e0",
+            (true, Some(PeerKind::Go)) => "#d8843b",
+            (false, Some(PeerKind::Go)) => "#ecbd92",
+            (true, Some(PeerKind::Rust)) => "#4a9a5b",
+            (false, Some(PeerKind::Rust)) => "#a9d4b2",
         };
         let width = if ratio.is_finite() {
             ratio * scale
@@ -949,4 +1032,101 @@ fn eos_svg(results: &Results) -> String {
     }
     svg.push_str("</svg>");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::{GoRun, RustRun};
+
+    fn comparison(peer: PeerKind, details: PeerDetails) -> PeerComparison {
+        PeerComparison {
+            name: format!("publish_async_vs_{}", peer.key()),
+            peer,
+            unit: "msg/s".into(),
+            ours: 2.0,
+            theirs: 1.0,
+            ratio: 2.0,
+            ours_runs: vec![2.0],
+            theirs_runs: vec![1.0],
+            ours_cpu_secs: Some(0.5),
+            theirs_cpu_secs: 0.7,
+            theirs_cpu_window_secs: 0.3,
+            details,
+            ours_sequential_1ms: None,
+            theirs_sequential_1ms: None,
+            ratio_per_sequential: None,
+            note: String::new(),
+        }
+    }
+
+    fn keys(value: &serde_json::Value) -> Vec<&str> {
+        value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn a_go_comparison_keeps_its_field_names() {
+        let run = GoRun {
+            msgs_per_sec: 1.0,
+            elapsed_secs: 1.0,
+            cpu_user_secs: 0.5,
+            cpu_sys_secs: 0.2,
+            cpu_window_secs: 0.3,
+            go_xkafka: "v0.11.1".into(),
+            confluent_kafka_go: "v2.12.0".into(),
+            librdkafka: "2.12.0".into(),
+            go_version: "go1.26".into(),
+        };
+        let json =
+            serde_json::to_value(comparison(PeerKind::Go, PeerDetails::Go(vec![run]))).unwrap();
+        let mut names = keys(&json);
+        names.sort_unstable();
+        let mut expected = vec![
+            "name",
+            "peer",
+            "unit",
+            "ours",
+            "go",
+            "ratio",
+            "ours_runs",
+            "go_runs",
+            "ours_cpu_secs",
+            "go_cpu_secs",
+            "go_cpu_window_secs",
+            "go_details",
+            "ours_sequential_1ms",
+            "go_sequential_1ms",
+            "ratio_per_sequential",
+            "note",
+        ];
+        expected.sort_unstable();
+        assert_eq!(names, expected);
+        assert_eq!(json["peer"], "go-xkafka");
+        assert_eq!(json["go_details"][0]["go_xkafka"], "v0.11.1");
+    }
+
+    #[test]
+    fn a_rust_comparison_names_its_fields_rust() {
+        let run = RustRun {
+            msgs_per_sec: 1.0,
+            elapsed_secs: 1.0,
+            cpu_user_secs: 0.5,
+            cpu_sys_secs: 0.2,
+            cpu_window_secs: 0.3,
+            confluent_kafka: "1.0.0".into(),
+            rustc: "rustc 1.95.0".into(),
+        };
+        let json =
+            serde_json::to_value(comparison(PeerKind::Rust, PeerDetails::Rust(vec![run]))).unwrap();
+        assert_eq!(json["peer"], "confluent-kafka-rust");
+        assert_eq!(json["rust"], 1.0);
+        assert_eq!(json["rust_runs"][0], 1.0);
+        assert_eq!(json["rust_details"][0]["confluent_kafka"], "1.0.0");
+        assert!(keys(&json).iter().all(|k| !k.starts_with("go")));
+    }
 }
