@@ -72,15 +72,33 @@ impl PeerKind {
     }
 }
 
+/// The figures every peer's run prints (its JSON line's first fields).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub(crate) struct RunFigures {
+    pub(crate) msgs_per_sec: f64,
+    pub(crate) elapsed_secs: f64,
+    pub(crate) cpu_user_secs: f64,
+    pub(crate) cpu_sys_secs: f64,
+    pub(crate) cpu_window_secs: f64,
+}
+
 /// What every peer's run reports.
 pub(crate) trait PeerRun: Sized {
-    fn msgs_per_sec(&self) -> f64;
-    /// User + system CPU of the whole process, start to exit.
-    fn cpu_secs(&self) -> f64;
-    /// CPU within the timed span.
-    fn cpu_window_secs(&self) -> f64;
+    fn figures(&self) -> &RunFigures;
     /// The runs as kept in the results.
     fn details(runs: Vec<Self>) -> PeerDetails;
+
+    fn msgs_per_sec(&self) -> f64 {
+        self.figures().msgs_per_sec
+    }
+    /// User + system CPU of the whole process, start to exit.
+    fn cpu_secs(&self) -> f64 {
+        self.figures().cpu_user_secs + self.figures().cpu_sys_secs
+    }
+    /// CPU within the timed span.
+    fn cpu_window_secs(&self) -> f64 {
+        self.figures().cpu_window_secs
+    }
 }
 
 /// Each run of a peer, as the program printed it (its known fields).
@@ -159,11 +177,8 @@ pub(crate) struct GoPeer {
 /// What one run of the Go program printed.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct GoRun {
-    pub(crate) msgs_per_sec: f64,
-    pub(crate) elapsed_secs: f64,
-    pub(crate) cpu_user_secs: f64,
-    pub(crate) cpu_sys_secs: f64,
-    pub(crate) cpu_window_secs: f64,
+    #[serde(flatten)]
+    pub(crate) figures: RunFigures,
     pub(crate) go_xkafka: String,
     pub(crate) confluent_kafka_go: String,
     pub(crate) librdkafka: String,
@@ -324,14 +339,8 @@ impl GoRun {
 }
 
 impl PeerRun for GoRun {
-    fn msgs_per_sec(&self) -> f64 {
-        self.msgs_per_sec
-    }
-    fn cpu_secs(&self) -> f64 {
-        self.cpu_user_secs + self.cpu_sys_secs
-    }
-    fn cpu_window_secs(&self) -> f64 {
-        self.cpu_window_secs
+    fn figures(&self) -> &RunFigures {
+        &self.figures
     }
     fn details(runs: Vec<Self>) -> PeerDetails {
         PeerDetails::Go(runs)
@@ -364,11 +373,8 @@ pub(crate) struct RustPeer {
 /// What one run of the Rust peer printed.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub(crate) struct RustRun {
-    pub(crate) msgs_per_sec: f64,
-    pub(crate) elapsed_secs: f64,
-    pub(crate) cpu_user_secs: f64,
-    pub(crate) cpu_sys_secs: f64,
-    pub(crate) cpu_window_secs: f64,
+    #[serde(flatten)]
+    pub(crate) figures: RunFigures,
     /// The crate's version.
     pub(crate) confluent_kafka: String,
     /// `rustc --version` of its build.
@@ -510,14 +516,8 @@ impl RustRun {
 }
 
 impl PeerRun for RustRun {
-    fn msgs_per_sec(&self) -> f64 {
-        self.msgs_per_sec
-    }
-    fn cpu_secs(&self) -> f64 {
-        self.cpu_user_secs + self.cpu_sys_secs
-    }
-    fn cpu_window_secs(&self) -> f64 {
-        self.cpu_window_secs
+    fn figures(&self) -> &RunFigures {
+        &self.figures
     }
     fn details(runs: Vec<Self>) -> PeerDetails {
         PeerDetails::Rust(runs)
@@ -617,3 +617,31 @@ pub(crate) fn process_cpu_secs() -> f64 {
 
 /// USER_HZ, 100 on every Linux architecture this runs on.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
+#[cfg(test)]
+mod tests {
+    use super::{GoRun, PeerRun, RustRun};
+
+    /// Each program's JSON line, extra fields and all, reads into its run
+    /// type, the shared figures included.
+    #[test]
+    fn the_programs_lines_read_with_their_figures() {
+        let go: GoRun = serde_json::from_str(
+            r#"{"scenario":"consume_seq","messages":600000,"msgs_per_sec":5.0e5,
+            "elapsed_secs":1.1,"cpu_user_secs":1.0,"cpu_sys_secs":0.25,"cpu_window_secs":1.2,
+            "go_xkafka":"v0.11.1","confluent_kafka_go":"v2.12.0","librdkafka":"2.12.0",
+            "go_version":"go1.26.8"}"#,
+        )
+        .unwrap();
+        assert_eq!((go.msgs_per_sec(), go.cpu_secs()), (5.0e5, 1.25));
+        assert_eq!(go.librdkafka, "2.12.0");
+        let rust: RustRun = serde_json::from_str(
+            r#"{"msgs_per_sec":2.0e6,"timed_messages":540000,"elapsed_secs":0.27,
+            "cpu_user_secs":0.2,"cpu_sys_secs":0.05,"cpu_window_secs":0.22,"wall_secs":2.0,
+            "confluent_kafka":"1.0.0","rustc":"rustc 1.95.0"}"#,
+        )
+        .unwrap();
+        assert_eq!((rust.msgs_per_sec(), rust.cpu_window_secs()), (2.0e6, 0.22));
+        assert_eq!(rust.confluent_kafka, "1.0.0");
+    }
+}

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::{self, median, Spread};
 use crate::{baseline, ours, peers, unique, Side, Sizes, Target};
+use peers::PeerRun as _;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -264,7 +265,7 @@ pub(crate) async fn run(
                         match run_go(peer, brokers, &p.job, p.point.messages) {
                             Ok(run) => {
                                 go_peer.get_or_insert_with(|| run.versions());
-                                (run.msgs_per_sec, run.cpu_user_secs + run.cpu_sys_secs)
+                                (run.msgs_per_sec(), run.cpu_secs())
                             }
                             Err(e) => {
                                 // A failing peer costs its own figures only.
