@@ -69,14 +69,15 @@ struct Tally {
 
 impl Tally {
     fn add(&self) {
-        let me = thread_key();
         let owner = self.owner.load(Ordering::Relaxed);
-        let owns = owner == me
-            || (owner == 0
-                && self
-                    .owner
-                    .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok());
+        let owns = thread_key().is_some_and(|me| {
+            owner == me
+                || (owner == 0
+                    && self
+                        .owner
+                        .compare_exchange(0, me, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok())
+        });
         if owns {
             let n = self.owned.0.load(Ordering::Relaxed);
             // Release: whoever reads the new count also sees what the
@@ -93,8 +94,9 @@ impl Tally {
 }
 
 /// A key of the calling thread, unique over the life of the process
-/// (never 0).
-fn thread_key() -> u64 {
+/// (never 0); `None` on a thread whose locals are gone (it is exiting),
+/// which then never owns a [`Tally`]: two such threads would share a key.
+fn thread_key() -> Option<u64> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static KEY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -105,8 +107,7 @@ fn thread_key() -> u64 {
         }
         key.get()
     })
-    // A thread whose locals are gone: a key no thread owns.
-    .unwrap_or(u64::MAX)
+    .ok()
 }
 
 impl Pending {
