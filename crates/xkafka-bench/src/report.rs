@@ -1069,16 +1069,21 @@ mod tests {
             .collect()
     }
 
+    /// One run's figures, as any peer prints them.
+    fn figures() -> crate::peers::RunFigures {
+        crate::peers::RunFigures {
+            msgs_per_sec: 1.0,
+            elapsed_secs: 1.0,
+            cpu_user_secs: 0.5,
+            cpu_sys_secs: 0.2,
+            cpu_window_secs: 0.3,
+        }
+    }
+
     #[test]
     fn a_go_comparison_keeps_its_field_names() {
         let run = GoRun {
-            figures: crate::peers::RunFigures {
-                msgs_per_sec: 1.0,
-                elapsed_secs: 1.0,
-                cpu_user_secs: 0.5,
-                cpu_sys_secs: 0.2,
-                cpu_window_secs: 0.3,
-            },
+            figures: figures(),
             go_xkafka: "v0.11.1".into(),
             confluent_kafka_go: "v2.12.0".into(),
             librdkafka: "2.12.0".into(),
@@ -1115,13 +1120,7 @@ mod tests {
     #[test]
     fn a_rust_comparison_names_its_fields_rust() {
         let run = RustRun {
-            figures: crate::peers::RunFigures {
-                msgs_per_sec: 1.0,
-                elapsed_secs: 1.0,
-                cpu_user_secs: 0.5,
-                cpu_sys_secs: 0.2,
-                cpu_window_secs: 0.3,
-            },
+            figures: figures(),
             confluent_kafka: "1.0.0".into(),
             rustc: "rustc 1.95.0".into(),
         };
