@@ -8,14 +8,6 @@ use rdkafka::message::{BorrowedMessage, Header as RdHeader, OwnedHeaders};
 
 use crate::{Header, Headers, Message, Timestamp};
 
-pub(crate) fn timestamp(ts: rdkafka::Timestamp) -> Option<Timestamp> {
-    match ts {
-        rdkafka::Timestamp::NotAvailable => None,
-        rdkafka::Timestamp::CreateTime(ms) => Some(Timestamp::CreateTime(ms)),
-        rdkafka::Timestamp::LogAppendTime(ms) => Some(Timestamp::LogAppendTime(ms)),
-    }
-}
-
 /// One shared `Arc<str>` per topic name, so that names handed out to
 /// messages, assignments and delivery reports are clones (compared by
 /// pointer, never allocated again) rather than fresh copies.
@@ -147,6 +139,11 @@ impl<'a> Fetched<'a> {
         self.rkmessage.offset
     }
 
+    /// The opaque a produced message carries (its delivery target).
+    pub(crate) fn opaque(self) -> usize {
+        self.rkmessage._private.expose_provenance()
+    }
+
     /// librdkafka's error for this record, if it is one (`err` set: an
     /// error librdkafka hands over in place of a record).
     pub(crate) fn error(self) -> Option<rdkafka::error::RDKafkaErrorCode> {
@@ -178,7 +175,7 @@ impl<'a> Fetched<'a> {
     }
 
     #[allow(unsafe_code)]
-    fn timestamp(self) -> Option<Timestamp> {
+    pub(crate) fn timestamp(self) -> Option<Timestamp> {
         use rdkafka::bindings::rd_kafka_timestamp_type_t as Type;
         let mut kind = Type::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: a live message; `kind` is a local.
@@ -226,11 +223,6 @@ pub(crate) fn owned_message(msg: Fetched<'_>, topic: Arc<str>, group: &Arc<str>)
         msg.timestamp(),
         group.clone(),
     )
-}
-
-/// The topic name of a record rdkafka handed over, as bytes.
-pub(crate) fn topic_bytes<'a>(msg: &'a BorrowedMessage<'_>) -> &'a [u8] {
-    Fetched::of(msg).topic_bytes().unwrap_or_default()
 }
 
 /// librdkafka's `rd_kafka_msg_t` (rdkafka_msg.h) up to the unparsed headers

@@ -3,6 +3,7 @@
 
 mod context;
 mod driver;
+mod poller;
 mod publish;
 mod transaction;
 
@@ -14,9 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer as _, PurgeConfig, ThreadedProducer};
+use rdkafka::producer::{Producer as _, PurgeConfig};
 use tokio::sync::{mpsc, watch, OnceCell};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -28,6 +28,7 @@ use crate::middleware::Stack;
 use crate::{BoxError, Delivery, Message};
 use context::{DeliveryTarget, XProducerContext};
 use driver::{Completion, Hooks, InFlight, OnDeliveryFn, Pending};
+use poller::PolledProducer;
 use publish::{EnqueueSignal, RawPublish, Refused, TopicHandles};
 
 const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,7 +105,7 @@ struct Inner {
     name: Arc<str>,
     // Both hold the client; dropped by `Drop for Inner`, which must choose
     // the thread (see there).
-    client: ManuallyDrop<ThreadedProducer<XProducerContext>>,
+    client: ManuallyDrop<PolledProducer>,
     // A Mutex because tower services are Send but not Sync; it is only held
     // to clone the service, never across a publish.
     service: ManuallyDrop<Mutex<BoxCloneService<Message, Delivery, BoxError>>>,
@@ -435,7 +436,7 @@ impl Inner {
         let reserve = (timeout / 5).min(Duration::from_millis(500));
         let flush_for = timeout.saturating_sub(reserve);
         // Not `self.client.clone()`: that would clone the `ManuallyDrop`.
-        let client = ThreadedProducer::clone(&self.client);
+        let client = PolledProducer::clone(&self.client);
         let flush = tokio::task::spawn_blocking(move || client.flush(flush_for));
         // The flush ends by itself after `flush_for`; the deadline only
         // guards against a blocking pool too busy to start it.
@@ -501,38 +502,18 @@ impl Inner {
     }
 }
 
-/// The name rdkafka gives the thread that polls a `ThreadedProducer` (and
-/// runs our delivery callbacks). The test `a_producer_dropped_by_its_own_callback`
-/// fails if an rdkafka upgrade renames it.
-const POLLING_THREAD: &str = "producer polling thread";
-
 impl Drop for Inner {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
         // librdkafka wants its topic handles back before its client goes.
         self.topics.release();
-        // SAFETY: taken here once, and `self` is never used again.
-        let (service, client) = unsafe {
-            (
-                ManuallyDrop::take(&mut self.service),
-                ManuallyDrop::take(&mut self.client),
-            )
-        };
-        // The last client dropped joins librdkafka's polling thread. When a
-        // callback running on that thread drops the last `Producer`, the
-        // thread would join itself (a panic, and a client left half-closed):
-        // another thread does the drop, which waits for this callback to
-        // return (and librdkafka to report what is left, within 500 ms).
-        if std::thread::current().name() == Some(POLLING_THREAD) {
-            let dropping = move || drop((service, client));
-            let spawned = std::thread::Builder::new()
-                .name("xkafka producer drop".into())
-                .spawn(dropping);
-            if let Err(err) = spawned {
-                tracing::error!(producer = %self.name, %err, "cannot start a thread to drop the producer");
-            }
-        } else {
-            drop((service, client));
+        // SAFETY: taken here once, and `self` is never used again. The
+        // service holds a client too; the last one dropped stops the
+        // delivery thread (without joining it when a callback running on
+        // that thread drops the last `Producer`: see `poller`).
+        unsafe {
+            drop(ManuallyDrop::take(&mut self.service));
+            drop(ManuallyDrop::take(&mut self.client));
         }
     }
 }
@@ -728,7 +709,7 @@ impl ProducerBuilder {
             hooks: hooks.clone(),
             topics: Default::default(),
         };
-        let client = ThreadedProducer::from_config_and_context(&client_config, context)
+        let client = PolledProducer::new(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;
         let direct = self.stack.is_empty();
         let service = self.stack.apply(RawPublish {

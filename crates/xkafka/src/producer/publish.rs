@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use tokio::sync::oneshot;
 use tower::Service;
 
-use super::context::{DeliveryTarget, XProducerContext};
+use super::context::DeliveryTarget;
+use super::poller::PolledProducer;
 use crate::config::validate_topic;
 use crate::convert::owned_headers;
 use crate::error::{Error, Operation};
@@ -38,7 +39,7 @@ impl EnqueueSignal {
 
 #[derive(Clone)]
 pub(crate) struct RawPublish {
-    pub(crate) client: ThreadedProducer<XProducerContext>,
+    pub(crate) client: PolledProducer,
 }
 
 impl Service<Message> for RawPublish {
@@ -57,7 +58,7 @@ impl Service<Message> for RawPublish {
 }
 
 pub(crate) async fn publish(
-    client: &ThreadedProducer<XProducerContext>,
+    client: &PolledProducer,
     handles: Option<&TopicHandles>,
     message: Message,
 ) -> Result<Delivery, Error> {
@@ -87,7 +88,7 @@ pub(crate) async fn publish(
 /// Hands `message` to librdkafka with `target` as its delivery opaque,
 /// waiting (not failing) while librdkafka's queue is full.
 pub(crate) async fn enqueue(
-    client: &ThreadedProducer<XProducerContext>,
+    client: &PolledProducer,
     handles: Option<&TopicHandles>,
     message: &Message,
     target: DeliveryTarget,
@@ -115,7 +116,7 @@ pub(crate) enum Refused {
 /// With `handles` (the producer's, when it has no middleware), a message
 /// without headers goes to librdkafka by topic handle (see [`TopicHandles`]).
 pub(crate) fn try_enqueue(
-    client: &ThreadedProducer<XProducerContext>,
+    client: &PolledProducer,
     handles: Option<&TopicHandles>,
     message: &Message,
     opaque: usize,
@@ -171,7 +172,7 @@ pub(crate) fn try_enqueue(
 /// Backpressure: waits for deliveries to make room in librdkafka's queue
 /// instead of failing, then hands the message over.
 pub(crate) async fn enqueue_when_room(
-    client: &ThreadedProducer<XProducerContext>,
+    client: &PolledProducer,
     handles: Option<&TopicHandles>,
     message: &Message,
     opaque: usize,
@@ -230,7 +231,7 @@ impl TopicHandles {
     /// The handle of `topic`, made on first use; `None` when it cannot be
     /// had (invalid name, every slot taken): the message then goes by name,
     /// which reports any error.
-    fn get(&self, client: &ThreadedProducer<XProducerContext>, topic: &Arc<str>) -> Option<usize> {
+    fn get(&self, client: &PolledProducer, topic: &Arc<str>) -> Option<usize> {
         for slot in &self.slots {
             let handle = match slot.get() {
                 Some(handle) => handle,
@@ -267,7 +268,7 @@ impl Drop for TopicHandles {
 
 impl TopicHandle {
     #[allow(unsafe_code)]
-    fn new(client: &ThreadedProducer<XProducerContext>, topic: &Arc<str>) -> Self {
+    fn new(client: &PolledProducer, topic: &Arc<str>) -> Self {
         use rdkafka::producer::Producer as _;
         // Validated (no NUL).
         let rkt = match std::ffi::CString::new(topic.as_bytes()) {
@@ -310,7 +311,7 @@ impl TopicHandle {
 /// [`try_enqueue`] by name.
 #[allow(unsafe_code)]
 fn produce_to(
-    client: &ThreadedProducer<XProducerContext>,
+    client: &PolledProducer,
     rkt: usize,
     message: &Message,
     opaque: usize,

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{Producer as _, ThreadedProducer};
+use rdkafka::producer::Producer as _;
 use rdkafka::TopicPartitionList;
 
-use super::context::XProducerContext;
+use super::poller::PolledProducer;
 use super::Producer;
 use crate::error::{Error, Operation};
 
@@ -91,7 +91,7 @@ impl Transactions {
     }
 
     /// Initialises (once) and begins a transaction. Blocking.
-    pub(crate) fn begin(&self, client: &ThreadedProducer<XProducerContext>) -> Result<(), Error> {
+    pub(crate) fn begin(&self, client: &PolledProducer) -> Result<(), Error> {
         let mut phase = self.phase();
         match *phase {
             Phase::Open => {
@@ -122,7 +122,7 @@ impl Transactions {
     /// abortable error the transaction stays open and must be aborted.
     pub(crate) fn commit_with_offsets(
         &self,
-        client: &ThreadedProducer<XProducerContext>,
+        client: &PolledProducer,
         offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>,
         timeout: Duration,
     ) -> Result<(), Error> {
@@ -151,11 +151,7 @@ impl Transactions {
     }
 
     /// Commits the open transaction (the plain API). Blocking.
-    pub(crate) fn commit(
-        &self,
-        client: &ThreadedProducer<XProducerContext>,
-        timeout: Duration,
-    ) -> Result<(), Error> {
+    pub(crate) fn commit(&self, client: &PolledProducer, timeout: Duration) -> Result<(), Error> {
         self.commit_with_offsets(client, None, timeout)
     }
 
@@ -166,11 +162,7 @@ impl Transactions {
 
     /// Aborts the open transaction: what it published is never visible to
     /// `read_committed` readers. Blocking. Nothing open: nothing to do.
-    pub(crate) fn abort(
-        &self,
-        client: &ThreadedProducer<XProducerContext>,
-        timeout: Duration,
-    ) -> Result<(), Error> {
+    pub(crate) fn abort(&self, client: &PolledProducer, timeout: Duration) -> Result<(), Error> {
         let mut phase = self.phase();
         match *phase {
             Phase::Open => {}
@@ -298,9 +290,7 @@ impl Producer {
 
     async fn transaction_step<F>(&self, step: F) -> Result<(), Error>
     where
-        F: FnOnce(&Transactions, &ThreadedProducer<XProducerContext>) -> Result<(), Error>
-            + Send
-            + 'static,
+        F: FnOnce(&Transactions, &PolledProducer) -> Result<(), Error> + Send + 'static,
     {
         let txn = self.transactions()?;
         if let Some(group) = txn.owned_by() {
@@ -350,7 +340,7 @@ impl Producer {
     }
 
     /// The librdkafka client, for a transactional consumer's poll thread.
-    pub(crate) fn client(&self) -> &ThreadedProducer<XProducerContext> {
+    pub(crate) fn client(&self) -> &PolledProducer {
         &self.inner.client
     }
 }
