@@ -417,7 +417,7 @@ fn this_thread() -> std::path::PathBuf {
 }
 
 /// Dropping a producer without closing it: every callback still runs
-/// exactly once, and librdkafka's polling thread ends with the drop.
+/// exactly once, and the producer's delivery thread ends with the drop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_producer_calls_back_and_leaves_no_thread() {
     let cluster = cluster_with("orders");
@@ -471,7 +471,7 @@ async fn a_dropped_producer_calls_back_and_leaves_no_thread() {
 }
 
 /// The last clone of a producer dropped by one of its own callbacks, on
-/// librdkafka's polling thread (which cannot join itself).
+/// the producer's delivery thread (which cannot join itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_dropped_by_its_own_callback() {
     let cluster = cluster_with("orders");

@@ -52,7 +52,7 @@ struct Padded(AtomicUsize);
 ///
 /// The first thread to add owns `owned` and adds to it with a plain load
 /// and store (only it ever writes there); any other thread adds to `shared`
-/// atomically. For reports, that owner is librdkafka's polling thread,
+/// atomically. For reports, that owner is the producer's delivery thread,
 /// which serves every report but those a `flush` or a purge on another
 /// thread happens to serve; for publishes, the first publishing thread (a
 /// publishing task that moves between tokio's workers adds atomically from

@@ -56,7 +56,7 @@ pub struct CloseReport {
 /// configuration says otherwise.
 ///
 /// Close it with [`close`](Self::close). Dropping the last clone instead
-/// blocks the dropping thread briefly (rdkafka joins its polling thread and
+/// blocks the dropping thread briefly (it joins the producer's delivery thread and
 /// gives librdkafka 500 ms to report purged messages): without middleware,
 /// messages still in flight are purged and their callbacks get an error
 /// before the drop returns; with middleware, asynchronous publishes in
@@ -463,7 +463,7 @@ impl Inner {
         };
         if undelivered > 0 {
             // Their reports (with a purge error) reach the callbacks from
-            // librdkafka's polling thread.
+            // the delivery thread.
             self.client
                 .purge(PurgeConfig::default().queue().inflight().non_blocking());
         }

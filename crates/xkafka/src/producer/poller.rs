@@ -270,3 +270,101 @@ fn prefetch_timestamp(message: *const rdsys::rd_kafka_message_t) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = message;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rdkafka::producer::BaseRecord;
+
+    use super::*;
+    use crate::producer::driver::{Hooks, Pending, Stats};
+    use crate::{Delivery, Error};
+
+    /// One report as the producer-wide callback saw it: the thread it ran
+    /// on, and where the message landed.
+    type Seen = (Option<String>, Result<(i32, i64), String>);
+
+    /// Every report is served, in order, on the delivery thread; a clone
+    /// dropped leaves the thread serving; the last handle dropped stops it
+    /// and waits for it, releasing the client (and so the context).
+    #[test]
+    fn the_delivery_thread_serves_every_report_and_ends_with_the_last_handle() {
+        const N: usize = 3_000;
+        let cluster = crate::mock::EmbeddedCluster::start(1).unwrap();
+        cluster.create_topic("poller", 3).unwrap();
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "5");
+        let (tx, seen) = mpsc::channel::<Seen>();
+        let tx = std::sync::Mutex::new(tx);
+        let hooks = Arc::new(Hooks {
+            name: "poller-test".into(),
+            error_handler: Arc::new(|_| {}),
+            on_delivery: Some(Arc::new(move |report: &Result<Delivery, Error>| {
+                let thread = std::thread::current().name().map(str::to_owned);
+                let landed = match report {
+                    Ok(d) => Ok((d.partition, d.offset)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.lock().unwrap().send((thread, landed));
+            })),
+            pending: Pending::default(),
+            stats: Stats::default(),
+        });
+        let context = XProducerContext {
+            hooks: hooks.clone(),
+            topics: Default::default(),
+        };
+        let producer = PolledProducer::new(&config, context).unwrap();
+        let send = |i: usize| {
+            hooks.pending.add();
+            let key = format!("k{i}");
+            producer
+                .send(
+                    BaseRecord::with_opaque_to("poller", 0usize)
+                        .key(&key)
+                        .payload("v"),
+                )
+                .unwrap();
+        };
+        let next = || {
+            seen.recv_timeout(Duration::from_secs(30))
+                .expect("a report")
+        };
+
+        for i in 0..N {
+            send(i);
+        }
+        let mut last: HashMap<i32, i64> = HashMap::new();
+        for _ in 0..N {
+            let (thread, landed) = next();
+            assert_eq!(thread.as_deref(), Some(THREAD_NAME));
+            let (partition, offset) = landed.expect("delivered");
+            if let Some(previous) = last.insert(partition, offset) {
+                assert!(
+                    offset > previous,
+                    "partition {partition}: offset {offset} reported after {previous}"
+                );
+            }
+        }
+        assert_eq!(last.len(), 3, "keys spread over the three partitions");
+        assert_eq!(hooks.pending.count(), 0, "every report settled its count");
+
+        drop(producer.clone());
+        send(N);
+        let (thread, landed) = next();
+        assert_eq!(thread.as_deref(), Some(THREAD_NAME));
+        assert!(landed.is_ok(), "{landed:?}");
+
+        drop(producer);
+        assert_eq!(
+            Arc::strong_count(&hooks),
+            1,
+            "the client (holding the context) outlived its last handle"
+        );
+    }
+}
