@@ -103,8 +103,8 @@ pub struct Producer {
 
 struct Inner {
     name: Arc<str>,
-    // Both hold the client; dropped by `Drop for Inner`, which must choose
-    // the thread (see there).
+    // Both hold the client; dropped by `Drop for Inner`, after the topic
+    // handles (see there).
     client: ManuallyDrop<PolledProducer>,
     // A Mutex because tower services are Send but not Sync; it is only held
     // to clone the service, never across a publish.
