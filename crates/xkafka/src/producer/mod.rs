@@ -55,6 +55,17 @@ pub struct CloseReport {
 /// Durable by default: `acks=all` and `enable.idempotence=true` unless the
 /// configuration says otherwise.
 ///
+/// With idempotence, librdkafka (2.12) lets a partition have at most 5
+/// *messages* in flight, not 5 requests; while it waits for the broker's
+/// answer, messages queued longer than `linger.ms` make its broker thread
+/// poll without a timeout: a busy loop, one core, for as long as the broker
+/// takes to answer. A slow broker (a garbage collection, a disk stall) thus
+/// makes every idempotent producer spin. On a machine shared with the broker
+/// (tests, a laptop) the spinning producers can take its CPU and prolong the
+/// stall: in our 2-core benchmark, two producers publishing 1,000 messages a
+/// second with `linger.ms=0` turned broker pauses of tens of milliseconds
+/// into stalls of up to 1.5 s (BENCHMARKS.md, "What was found and fixed").
+///
 /// Close it with [`close`](Self::close). Dropping the last clone instead
 /// blocks the dropping thread briefly (it joins the producer's delivery thread and
 /// gives librdkafka 500 ms to report purged messages): without middleware,
