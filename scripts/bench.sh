@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench.sh - xkafka against the raw rdkafka client, on the same brokers, in one run.
 #
-#   scripts/bench.sh --quick     # about 8 minutes on 2 cores (the eos step: about 1), 5 rounds after a warm-up round
+#   scripts/bench.sh --quick     # about 14 minutes on 2 cores (the eos step: about 1), 5 rounds after a warm-up round (more for the noisiest comparisons)
 #   scripts/bench.sh             # the full mode: bigger runs, 9 rounds
 #
 # Starts an Apache Kafka node of its own (scripts/broker.sh with port 9192 and data under

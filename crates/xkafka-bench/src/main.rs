@@ -30,7 +30,7 @@ use report::{Comparison, Results};
 #[derive(Parser, Debug)]
 #[command(about = "xkafka vs raw rdkafka, same broker, same run")]
 struct Args {
-    /// Quick mode: smaller runs, 5 rounds after a warm-up round (about 8 minutes on 2 cores).
+    /// Quick mode: smaller runs, 5 rounds after a warm-up round (about 14 minutes on 2 cores; the noisiest comparisons run more rounds).
     #[arg(long)]
     quick: bool,
     /// A real broker (the Apache Kafka node started by scripts/bench.sh);
