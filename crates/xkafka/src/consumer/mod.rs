@@ -245,6 +245,11 @@ impl Consumer {
                 CommitMode::Manual => CommitWait::After,
                 CommitMode::AtMostOnce => CommitWait::Before,
             },
+        )
+        .with_fence(
+            self.transaction
+                .as_ref()
+                .and_then(|(producer, _)| producer.transactions().ok().map(|t| t.fence.clone())),
         );
         let mut pipeline = Pipeline::new(dispatcher, completions_rx, self.limits, self.commit_mode);
         let transactional = self.transaction.is_some();

@@ -77,6 +77,9 @@ pub(crate) struct XProducerContext {
     /// publishing thread and dropped on this one: its reference count
     /// bounced between the two cores for every message.
     pub(crate) topics: TopicNames,
+    /// Transactional producers: which handlers may publish into the open
+    /// transaction (see `fence.rs`).
+    pub(crate) fence: Option<Arc<super::fence::Fence>>,
 }
 
 impl ClientContext for XProducerContext {
@@ -569,6 +572,7 @@ mod tests {
             let producer: BaseProducer<XProducerContext> = BaseProducer::from_config_and_context(
                 &config,
                 XProducerContext {
+                    fence: None,
                     hooks: hooks.clone(),
                     topics: Default::default(),
                 },

@@ -3,6 +3,7 @@
 
 mod context;
 mod driver;
+pub(crate) mod fence;
 mod poller;
 mod publish;
 mod transaction;
@@ -719,6 +720,7 @@ impl ProducerBuilder {
         let context = XProducerContext {
             hooks: hooks.clone(),
             topics: Default::default(),
+            fence: transactions.as_ref().map(|t| t.fence.clone()),
         };
         let client = PolledProducer::new(&client_config, context)
             .map_err(|e| Error::kafka(Operation::Create, e))?;

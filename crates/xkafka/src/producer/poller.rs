@@ -316,6 +316,7 @@ mod tests {
             stats: Stats::default(),
         });
         let context = XProducerContext {
+            fence: None,
             hooks: hooks.clone(),
             topics: Default::default(),
         };

@@ -121,6 +121,20 @@ pub(crate) fn try_enqueue(
     message: &Message,
     opaque: usize,
 ) -> Result<(), Refused> {
+    // Transactional: admitted (and held until enqueued) only when the
+    // handler publishing, if any, belongs to the open transaction.
+    let _admitted = match rdkafka::producer::Producer::context(&**client)
+        .fence
+        .as_deref()
+        .map(super::fence::Fence::admit)
+    {
+        None => None,
+        Some(Ok(admitted)) => Some(admitted),
+        Some(Err(err)) => {
+            drop(DeliveryTarget::from_opaque(opaque));
+            return Err(Refused::Failed(err));
+        }
+    };
     if let Some(rkt) = handles
         .filter(|_| message.headers().is_empty())
         .and_then(|handles| handles.get(client, message.topic_arc()))

@@ -18,6 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer as _;
 use rdkafka::TopicPartitionList;
 
+use super::fence::Fence;
 use super::poller::PolledProducer;
 use super::Producer;
 use crate::error::{Error, Operation};
@@ -47,6 +48,9 @@ pub(crate) struct Transactions {
     owner: Mutex<Option<Arc<str>>>,
     busy: AtomicBool,
     pub(crate) timeout: Duration,
+    /// Which handlers may still publish into the open transaction; also
+    /// tells which transactions aborted (see `fence.rs`).
+    pub(crate) fence: Arc<Fence>,
 }
 
 impl Transactions {
@@ -57,6 +61,7 @@ impl Transactions {
             owner: Mutex::new(None),
             busy: AtomicBool::new(false),
             timeout,
+            fence: Arc::default(),
         }
     }
 
@@ -146,6 +151,7 @@ impl Transactions {
         }
         retrying(&self.id, left, |t| client.commit_transaction(t))
             .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
+        self.fence.advance(false);
         *phase = Phase::Ready;
         Ok(())
     }
@@ -169,6 +175,9 @@ impl Transactions {
             Phase::Failed => return Err(self.failed()),
             Phase::Uninit | Phase::Ready => return Ok(()),
         }
+        // First: a handler of this transaction still running is refused
+        // from now on, and one enqueueing now is aborted with it.
+        self.fence.advance(true);
         client
             .abort_transaction(timeout)
             .map_err(|e| self.fail_if_fatal(&mut phase, Operation::AbortTransaction, e))?;

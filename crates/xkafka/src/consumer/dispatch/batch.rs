@@ -24,6 +24,7 @@ impl Dispatcher {
             }
             None => {
                 let mut works = Works::with_capacity(size.min(1024));
+                works.txn = self.context.generation();
                 works.push(message, tp, offset, epoch, gate);
                 let deadline = Instant::now() + window;
                 self.filling
@@ -69,6 +70,9 @@ impl Dispatcher {
 pub(super) struct Works {
     messages: Vec<Message>,
     origins: Origins,
+    /// Transactional: the transaction the batch was filled in (a barrier
+    /// hands every batch over before a transaction ends).
+    pub(super) txn: Option<u64>,
 }
 
 impl Works {
@@ -79,6 +83,7 @@ impl Works {
                 runs: Vec::new(),
                 offsets: Vec::with_capacity(capacity),
             },
+            txn: None,
         }
     }
 
@@ -206,9 +211,23 @@ pub(super) fn batch_completions(
     cx: &LaneContext,
     batch: &Batch,
     origins: &Origins,
+    txn: Option<u64>,
     outcome: Result<Ack, BoxError>,
 ) -> Vec<Completion> {
     let recorded = batch.take_outcomes();
+    if cx.aborted(txn) {
+        // As in `settle_outcome`: read and handled again, nothing to report.
+        return origins
+            .iter()
+            .map(|(run, offset)| Completion {
+                tp: run.tp.clone(),
+                epoch: run.epoch,
+                offset,
+                settled: Settled::Done(Ack::Skip),
+                committed: None,
+            })
+            .collect();
+    }
     let overall = outcome.map_err(|source| {
         let (first, offset) = origins.iter().next().expect("a batch is never empty");
         cx.shared.report(handler_error(&first.tp, offset, source))
@@ -256,6 +275,7 @@ pub(super) async fn handle_batch(
     works.retain_entered();
     if cx.commit_wait == CommitWait::Before {
         let mut granted = Works::with_capacity(works.len());
+        granted.txn = works.txn;
         for (message, (tp, epoch, gate), offset) in works.into_pairs() {
             match claim(cx, &tp, epoch, offset).await {
                 None => return false,
@@ -274,9 +294,10 @@ pub(super) async fn handle_batch(
     if works.is_empty() {
         return true;
     }
+    let txn = works.txn;
     let (batch, origins) = batch_of(works);
-    let outcome = call_caught(service, batch.clone()).await;
-    let mut completions = batch_completions(cx, &batch, &origins, outcome);
+    let outcome = call_caught(service, batch.clone(), txn).await;
+    let mut completions = batch_completions(cx, &batch, &origins, txn, outcome);
     // Manual commit: the poll thread settles a report as a whole before
     // it commits, so one acknowledgement covers the batch.
     let wait = if cx.commit_wait == CommitWait::After {

@@ -12,6 +12,7 @@ impl Dispatcher {
         offset: i64,
         gate: &Arc<Gate>,
         epoch: u64,
+        txn: Option<u64>,
     ) -> Inline {
         let Some(service) = self.inline.as_mut() else {
             return Inline::Declined(message);
@@ -31,7 +32,12 @@ impl Dispatcher {
         }
         let first = match panicked {
             Some(panic) => FirstPoll::Ready(Err(panic)),
-            None => call_inline((!self.entered).then_some(&self.runtime), service, message),
+            None => call_inline(
+                (!self.entered).then_some(&self.runtime),
+                service,
+                message,
+                txn,
+            ),
         };
         let outcome = match first {
             FirstPoll::Ready(outcome) => outcome,
@@ -42,12 +48,13 @@ impl Dispatcher {
                     tp: tp.clone(),
                     offset,
                     epoch,
+                    txn,
                     gate: gate.clone(),
                     _permit: permit.carry(),
                 });
             }
         };
-        let settled = settle_outcome(&self.context, tp, offset, outcome);
+        let settled = settle_outcome(&self.context, tp, offset, txn, outcome);
         gate.leave();
         drop(permit);
         Inline::Done(Some(settled))
@@ -74,6 +81,7 @@ impl Dispatcher {
         if works.is_empty() {
             return InlineBatch::Done(Vec::new());
         }
+        let works_txn = works.txn;
         let (batch, origins) = batch_of(works);
         let first = match panicked {
             Some(panic) => FirstPoll::Ready(Err(panic)),
@@ -81,6 +89,7 @@ impl Dispatcher {
                 (!self.entered).then_some(&self.runtime),
                 service,
                 batch.clone(),
+                works_txn,
             ),
         };
         let outcome = match first {
@@ -90,11 +99,12 @@ impl Dispatcher {
                     future,
                     batch,
                     origins,
+                    txn: works_txn,
                     _permit: permit,
                 });
             }
         };
-        let completions = batch_completions(&self.context, &batch, &origins, outcome);
+        let completions = batch_completions(&self.context, &batch, &origins, works_txn, outcome);
         origins.leave_all();
         InlineBatch::Done(completions)
     }
@@ -150,17 +160,22 @@ pub(super) fn ready_now<Req>(service: &mut BoxCloneService<Req, Ack, BoxError>) 
 
 /// Calls `service` and polls the call once, right here on the poll thread.
 /// `runtime`: the runtime to enter for the call, `None` when the poll
-/// thread is in it already ([`Dispatcher::entered`]).
+/// thread is in it already ([`Dispatcher::entered`]); `txn`: the
+/// transaction the call belongs to (transactional consumers).
 pub(super) fn call_inline<Req>(
     runtime: Option<&tokio::runtime::Handle>,
     service: &mut BoxCloneService<Req, Ack, BoxError>,
     request: Req,
+    txn: Option<u64>,
 ) -> FirstPoll {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     // Handlers may use timers or spawn tasks: give them the runtime.
     let _runtime = runtime.map(tokio::runtime::Handle::enter);
     let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut future = service.call(request);
+        let mut future = fence::sync_scoped(txn, || service.call(request));
+        if let Some(generation) = txn {
+            future = Box::pin(fence::scoped(generation, future));
+        }
         match future.as_mut().poll(&mut cx) {
             // Dropped in here: the handler's future may panic in its drop.
             Poll::Ready(outcome) => FirstPoll::Ready(outcome),

@@ -22,7 +22,8 @@ pub(super) async fn run_lane(
                 }
                 (LaneItem::Resume(resume), _) => {
                     let outcome = finish_caught(resume.future).await;
-                    let settled = settle_outcome(&cx, &resume.tp, resume.offset, outcome);
+                    let settled =
+                        settle_outcome(&cx, &resume.tp, resume.offset, resume.txn, outcome);
                     let sent =
                         complete(&cx, resume.tp, resume.epoch, resume.offset, settled).is_some();
                     resume.gate.leave();
@@ -31,7 +32,7 @@ pub(super) async fn run_lane(
                 (LaneItem::ResumeBatch(resume), _) => {
                     let outcome = finish_caught(resume.future).await;
                     let completions =
-                        batch_completions(&cx, &resume.batch, &resume.origins, outcome);
+                        batch_completions(&cx, &resume.batch, &resume.origins, resume.txn, outcome);
                     let sent = cx.completions.send(Report::Batch(completions)).is_ok();
                     resume.origins.leave_all();
                     sent
@@ -61,6 +62,7 @@ pub(super) async fn handle_work(
         offset,
         gate,
         epoch,
+        txn,
     } = work;
     let Some(_permit) = cx.permits.acquire(backlog).await else {
         return false;
@@ -86,8 +88,8 @@ pub(super) async fn handle_work(
             }
         }
     }
-    let outcome = call_caught(service, message).await;
-    let settled = settle_outcome(cx, &tp, offset, outcome);
+    let outcome = call_caught(service, message, txn).await;
+    let settled = settle_outcome(cx, &tp, offset, txn, outcome);
     // Report before lowering `running`, so that a drain that sees zero
     // running handlers also sees every completion.
     let wait = complete(cx, tp, epoch, offset, settled);
@@ -155,16 +157,29 @@ pub(super) fn settle_outcome(
     cx: &LaneContext,
     tp: &TopicPartition,
     offset: i64,
+    txn: Option<u64>,
     outcome: Result<Ack, BoxError>,
 ) -> Settled {
     match outcome {
         Ok(ack) => Settled::Done(ack),
+        // Its transaction aborted: the message is handled again, and this
+        // failure (a publish the fence refused, as often as not) must not
+        // reach an error handler that could stop on it.
+        Err(source) if cx.aborted(txn) => {
+            tracing::debug!(partition = %tp, offset, %source, "a handler of an aborted transaction failed; its message is read again");
+            Settled::Done(Ack::Skip)
+        }
         Err(source) => Settled::Failed(cx.shared.report(handler_error(tp, offset, source))),
     }
 }
 
-/// Runs a service call, turning a panic into a failure.
-pub(super) async fn call_caught<Req, S>(service: &mut S, request: Req) -> Result<Ack, BoxError>
+/// Runs a service call (as part of transaction `txn`, if any), turning a
+/// panic into a failure.
+pub(super) async fn call_caught<Req, S>(
+    service: &mut S,
+    request: Req,
+    txn: Option<u64>,
+) -> Result<Ack, BoxError>
 where
     S: Service<Req, Response = Ack, Error = BoxError>,
 {
@@ -175,7 +190,17 @@ where
         }
         Err(panic) => return Err(Box::new(Panicked::from_payload(panic))),
     }
-    AssertUnwindSafe(service.call(request))
+    let call = fence::sync_scoped(txn, || service.call(request));
+    match txn {
+        Some(generation) => caught(fence::scoped(generation, call)).await,
+        None => caught(call).await,
+    }
+}
+
+async fn caught(
+    call: impl std::future::Future<Output = Result<Ack, BoxError>>,
+) -> Result<Ack, BoxError> {
+    AssertUnwindSafe(call)
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(Box::new(Panicked::from_payload(panic)) as BoxError))

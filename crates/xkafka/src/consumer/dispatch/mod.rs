@@ -39,6 +39,7 @@ use tower::{Service, ServiceExt};
 use super::offsets::TopicPartition;
 use super::shared::Shared;
 use crate::error::{Decision, Error};
+use crate::producer::fence::{self, Fence};
 use crate::{Ack, BoxError, Message};
 use xkafka_core::middleware::recover::Panicked;
 use xkafka_core::Batch;
@@ -80,6 +81,9 @@ pub(crate) struct Work {
     pub(crate) offset: i64,
     pub(crate) gate: Arc<Gate>,
     pub(crate) epoch: u64,
+    /// Transactional: the generation of the transaction it was dispatched
+    /// in (see `producer/fence.rs`).
+    pub(crate) txn: Option<u64>,
 }
 
 /// How a message ended.
@@ -179,6 +183,7 @@ struct BatchResume {
     future: BoxFuture<'static, Result<Ack, BoxError>>,
     batch: Batch,
     origins: Origins,
+    txn: Option<u64>,
     _permit: OwnedPermit,
 }
 
@@ -194,6 +199,7 @@ struct Resume {
     tp: TopicPartition,
     offset: i64,
     epoch: u64,
+    txn: Option<u64>,
     gate: Arc<Gate>,
     _permit: OwnedPermit,
 }
@@ -221,9 +227,25 @@ struct LaneContext {
     completions: std_mpsc::Sender<Report>,
     shared: Arc<Shared>,
     commit_wait: CommitWait,
+    /// Transactional: the producer's fence between transactions.
+    fence: Option<Arc<Fence>>,
 }
 
 impl LaneContext {
+    /// Transactional: the generation of the open transaction, which a
+    /// message dispatched now belongs to.
+    fn generation(&self) -> Option<u64> {
+        self.fence.as_ref().map(|f| f.generation())
+    }
+
+    /// Whether a handler of generation `txn` belongs to a transaction that
+    /// aborted: its message is read and handled again, so its outcome is
+    /// nobody's concern (its failure is not reported).
+    fn aborted(&self, txn: Option<u64>) -> bool {
+        txn.zip(self.fence.as_ref())
+            .is_some_and(|(g, fence)| fence.is_aborted(g))
+    }
+
     /// Whether a message not started yet is left unhandled: once stopping
     /// (our next run reads it), except in a transaction, which ends only
     /// when every dispatched message finished.
@@ -277,6 +299,7 @@ impl Dispatcher {
                 completions,
                 shared,
                 commit_wait,
+                fence: None,
             },
             next_global: 0,
             inline: None,
@@ -306,6 +329,14 @@ impl Dispatcher {
         let done = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut *owner)));
         this(owner).entered = false;
         done.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Transactional: stamps every handler call with the generation of
+    /// the transaction its message was dispatched in, so that the producer
+    /// refuses what it publishes once that transaction ended.
+    pub(crate) fn with_fence(mut self, fence: Option<Arc<Fence>>) -> Self {
+        self.context.fence = fence;
+        self
     }
 
     fn with_inline(mut self) -> Self {
@@ -391,12 +422,14 @@ impl Dispatcher {
         gate: &Arc<Gate>,
         epoch: u64,
     ) -> Option<Settled> {
+        let txn = self.context.generation();
         let work = |message| Work {
             message,
             tp: tp.clone(),
             offset,
             gate: gate.clone(),
             epoch,
+            txn,
         };
         if let Runner::Batch { size, window, .. } = self.runner {
             let key = self.lane_key(&message, tp);
@@ -417,7 +450,7 @@ impl Dispatcher {
                     .is_none_or(|lane| lane.busy.load(Atomic::Acquire) == 0)
             });
             if idle {
-                match self.run_inline(message, tp, offset, gate, epoch) {
+                match self.run_inline(message, tp, offset, gate, epoch, txn) {
                     Inline::Done(settled) => return settled,
                     Inline::Pending(resume) => {
                         let key = key.unwrap_or_else(|| self.lane_key_of(None, tp));
@@ -548,6 +581,7 @@ mod tests {
             offset,
             gate: Gate::new(),
             epoch: 1,
+            txn: None,
         }
     }
 
