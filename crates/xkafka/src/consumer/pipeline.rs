@@ -23,7 +23,7 @@ use super::offsets::TopicPartition;
 use super::shared::Shared;
 use super::status::{Ages, PartitionStatus, PauseReason, Published};
 use super::tracker::OffsetTracker;
-use super::transaction::{Ending, Transaction};
+use super::transaction::{AfterFailure, Ending, Transaction};
 use super::CommitMode;
 use crate::error::{Decision, Error, Operation};
 use crate::{Ack, Message};
@@ -33,6 +33,9 @@ use crate::{Ack, Message};
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// Bound on rewinding partitions after an aborted transaction.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a commit that ran out of time is resumed (each with the
+/// whole transaction timeout) before the consumer gives up and stops.
+const COMMIT_ATTEMPTS: u32 = 3;
 
 /// Buffering bounds: past them partitions are paused, not polled less.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +91,11 @@ pub(crate) struct Pipeline {
     /// The last dispatched message's partition, reused while messages come
     /// in runs of one partition: spares an `Arc` clone and drop per message.
     last_tp: Option<TopicPartition>,
+    /// Transactional: inputs whose output no transaction could commit,
+    /// found by isolation, with the error handler's decision. Dispatched
+    /// again, such a message is settled with that decision without calling
+    /// its handler (so `Continue` commits past it with no output).
+    refused_outputs: Vec<(TopicPartition, i64, Decision)>,
 }
 
 /// When a message may be handled at the earliest; `None`: now.
@@ -131,6 +139,7 @@ impl Pipeline {
             not_before: None,
             delayed: 0,
             last_tp: None,
+            refused_outputs: Vec::new(),
         }
     }
 
@@ -389,6 +398,25 @@ impl Pipeline {
         self.unsettled += 1;
         if let Some(txn) = &mut self.txn {
             txn.dispatched(tp, offset);
+            // Kept until committed past: the transaction that skips it may
+            // abort too, and it is read again.
+            if let Some(decision) = self
+                .refused_outputs
+                .iter()
+                .find(|(p, o, _)| p == tp && *o == offset)
+                .map(|(_, _, d)| *d)
+            {
+                settle_one(
+                    state,
+                    tp,
+                    offset,
+                    Settled::Failed(decision),
+                    &mut self.unsettled,
+                    &mut self.txn,
+                    &mut self.pending,
+                );
+                return;
+            }
         }
         // Settled entries count too: behind one unfinished message they
         // pile up (`Order::PerKey`, `Unordered`) until it finishes.
@@ -793,6 +821,34 @@ impl Pipeline {
         self.txn.as_ref().and_then(Transaction::due_in)
     }
 
+    /// Transactional: whether the open transaction's window is full (see
+    /// [`Transaction`]): no message may be dispatched into it before one
+    /// settles.
+    pub(crate) fn transaction_window_full(&mut self) -> bool {
+        let floor = 2 * self.dispatcher.capacity();
+        let unsettled = self.unsettled;
+        match self.txn.as_mut() {
+            Some(txn) if unsettled >= txn.window(floor) => {
+                txn.window_hit();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits up to `wait` for a completion and settles what arrived (lanes
+    /// get what was dispatched to them first).
+    pub(crate) fn await_completion<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        wait: Duration,
+    ) {
+        self.settle(consumer, shared);
+        let first = self.completions.recv_timeout(wait).ok();
+        self.settle_with(consumer, shared, first);
+    }
+
     /// Transactional: whether the open transaction should end now.
     pub(crate) fn transaction_due(&self) -> bool {
         self.txn.as_ref().is_some_and(Transaction::due)
@@ -906,7 +962,28 @@ impl Pipeline {
             return true;
         };
         let timeout = txn.timeout();
-        match txn.commit(consumer, &offsets, timeout) {
+        let isolating = txn.is_isolating();
+        let mut attempt = 1;
+        let committed = loop {
+            match txn.commit(consumer, &offsets, timeout) {
+                // Out of time while librdkafka goes on with the commit: the
+                // same call resumes it (an abort would be refused).
+                Err(err) if crate::producer::is_resumable(&err) && attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(group = %shared.group, %err, attempt, "transaction commit ran out of time; resuming it");
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        if isolating && !txn.is_isolating() && committed.is_ok() {
+            // The search ended without finding a culprit: the failures
+            // were passing ones.
+            #[cfg(feature = "metrics")]
+            if let (Some(metrics), Some((tp, _))) = (&shared.metrics, offsets.first()) {
+                metrics.record_isolation(&tp.topic, false);
+            }
+        }
+        match committed {
             Ok(()) => {
                 {
                     let mut ledger = shared.ledger();
@@ -914,6 +991,10 @@ impl Pipeline {
                     for (tp, offset) in &offsets {
                         ledger.mark_committed(tp, *offset);
                     }
+                }
+                if !self.refused_outputs.is_empty() {
+                    self.refused_outputs
+                        .retain(|(p, o, _)| !offsets.iter().any(|(tp, next)| tp == p && next > o));
                 }
                 if let Err(err) = txn.begin() {
                     shared.stop_with(err);
@@ -925,8 +1006,43 @@ impl Pipeline {
                 shared.stop_with(err);
                 false
             }
+            Err(err) if crate::producer::is_resumable(&err) => {
+                // Neither committed nor abortable (librdkafka is still
+                // committing): stop, without rewinding. The broker ends
+                // the transaction; the next instance fences this one.
+                tracing::error!(group = %shared.group, %err, attempts = COMMIT_ATTEMPTS, "transaction commit did not finish; stopping");
+                shared.stop_with(Error::Transactional(format!(
+                    "the transaction commit did not finish after {COMMIT_ATTEMPTS} attempts of \
+                     {timeout:?} ({err}); the consumer stopped, and the transaction's messages \
+                     will be read again by the next instance"
+                )));
+                false
+            }
             Err(err) => {
-                self.abort_transaction(consumer, shared, None, Some(err));
+                match txn.commit_failed() {
+                    AfterFailure::Abort => {
+                        self.abort_transaction(consumer, shared, None, Some(err))
+                    }
+                    AfterFailure::Isolated(tp, offset) => {
+                        self.abort_transaction(consumer, shared, None, None);
+                        #[cfg(feature = "metrics")]
+                        if let Some(metrics) = &shared.metrics {
+                            metrics.record_isolation(&tp.topic, true);
+                        }
+                        tracing::error!(group = %shared.group, partition = %tp, offset, %err, "a message's output cannot be committed, even alone in a transaction");
+                        let decision = shared.report(Error::Handler {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            offset,
+                            source: format!(
+                                "its output cannot be committed: every transaction holding it \
+                                 aborted, the last one holding it alone ({err})"
+                            )
+                            .into(),
+                        });
+                        self.refused_outputs.push((tp, offset, decision));
+                    }
+                }
                 false
             }
         }
@@ -952,7 +1068,18 @@ impl Pipeline {
         };
         let timeout = txn.timeout();
         let (mut rewind, aborted) = txn.abort(timeout);
-        let reopened = aborted.and_then(|()| txn.begin());
+        if let Err(err) = aborted {
+            // Not aborted: reading its messages again here could put their
+            // output beside theirs. Stop; the broker aborts it after the
+            // transaction timeout, or the next instance fences it.
+            tracing::error!(group = %shared.group, %err, "transaction could not be aborted; stopping");
+            if let Some(cause) = cause {
+                shared.report(cause);
+            }
+            shared.stop_with(err);
+            return;
+        }
+        let reopened = txn.begin();
         shared.ledger().transactions_aborted += 1;
         if let Some(leaving) = leaving {
             rewind.retain(|(tp, _)| !leaving.contains(tp));
