@@ -300,3 +300,143 @@ async fn an_output_the_broker_always_refuses_is_isolated_and_given_to_the_error_
         "isolated within a bounded number of aborts: {summary:?}"
     );
 }
+
+/// Issue 27, item 3. The transaction coordinator answers slower than the
+/// transaction timeout for a while (the embedded cluster's round-trip time
+/// raised to 1.5 s, the producer's bound 1 s): the commit runs out of time
+/// while librdkafka goes on with it. Before, the consumer then aborted —
+/// refused by librdkafka as a conflicting call — rewound anyway and
+/// stopped. Now the commit is resumed, and the consumer goes on once the
+/// coordinator answers in time again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_that_runs_out_of_time_is_resumed_not_aborted() {
+    use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use xkafka::rdkafka::message::Message as _;
+    use xkafka::rdkafka::{Offset, TopicPartitionList};
+
+    common::init_tracing();
+    const INPUTS: usize = 60;
+    let input = unique("txn-slowcoord-in");
+    let output = unique("txn-slowcoord-out");
+    let cluster = common::embedded_with(&input, 1, INPUTS).await;
+    cluster.create_topic(&output, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let producer = Producer::builder("txn-slowcoord")
+        .brokers([bootstrap.clone()])
+        .transactional_id(unique("txn-slowcoord-id"))
+        .transaction_timeout(Duration::from_secs(1))
+        .error_handler(|err| eprintln!("producer: {err}"))
+        .build()
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (published, out, seen) = (
+        producer.clone(),
+        Arc::<str>::from(output.as_str()),
+        handled.clone(),
+    );
+    let (errors, on_error) = common::recording_error_handler(Decision::Continue);
+    let consumer = xkafka::Consumer::builder(unique("txn-slowcoord"))
+        .brokers([bootstrap.clone()])
+        .topics([input.as_str()])
+        .config("auto.offset.reset", "earliest")
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(100))
+        .error_handler(move |err: &Error| {
+            eprintln!("error handler: {err}");
+            on_error(err)
+        })
+        .handler(move |m: Message| {
+            let (published, out, seen) = (published.clone(), out.clone(), seen.clone());
+            async move {
+                published
+                    .publish_async(
+                        Message::builder(out)
+                            .value(m.value().cloned().unwrap_or_default())
+                            .key(m.key().cloned().unwrap_or_default())
+                            .build(),
+                    )
+                    .await?;
+                // Slow enough that the input spans many transactions.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let status = consumer.status_handle();
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(std::future::pending()));
+    let probe = handled.clone();
+    until(
+        move || probe.load(Ordering::SeqCst) >= 10,
+        Duration::from_secs(30),
+    )
+    .await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(1_500))
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let probe = status.clone();
+    until(
+        move || {
+            probe
+                .snapshot()
+                .partitions
+                .iter()
+                .any(|p| p.committed == Some(INPUTS as i64))
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        !run.is_finished(),
+        "the consumer stopped: {:?}",
+        errors.lock().unwrap()
+    );
+    stop.shutdown();
+    let summary = run
+        .await
+        .unwrap()
+        .expect("the consumer ran on and stopped cleanly");
+    eprintln!("{summary:?}");
+    producer.close().await;
+    assert_eq!(
+        summary.committed.values().copied().max(),
+        Some(INPUTS as i64)
+    );
+
+    // Read back with read_committed: every input's output exactly once.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&output, 0, Offset::Beginning)
+        .unwrap();
+    reader.assign(&tpl).unwrap();
+    let mut values = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while values.len() < INPUTS && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            *values
+                .entry(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+                .or_default() += 1;
+        }
+    }
+    // A little longer: a duplicate would come after the last new one.
+    let quiet = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+            *values
+                .entry(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(values.len(), INPUTS, "every input's output: {values:?}");
+    assert_eq!(values.values().max(), Some(&1), "none twice: {values:?}");
+}
