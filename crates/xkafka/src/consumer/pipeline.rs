@@ -42,7 +42,13 @@ const COMMIT_ATTEMPTS: u32 = 3;
 pub(crate) struct Limits {
     pub(crate) per_partition: usize,
     pub(crate) total: usize,
+    /// How long the oldest unfinished message of a partition paused at its
+    /// bound may stay unfinished before it is reported as a stall.
+    pub(crate) stall_after: Duration,
 }
+
+/// Default of [`Limits::stall_after`].
+pub(crate) const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
 struct PartitionState {
     tracker: OffsetTracker,
@@ -56,6 +62,9 @@ struct PartitionState {
     /// Paused with an unfinished message holding finished ones behind it,
     /// and reported as such (once per stall).
     stalled: bool,
+    /// Paused at its bound behind this unfinished message since then (a
+    /// stall once it lasts `stall_after`).
+    held_since: Option<(i64, Instant)>,
     /// Paused until then: its next message is not due yet (`not_before`);
     /// the fetch position was set back to it.
     delayed: Option<Instant>,
@@ -127,6 +136,7 @@ impl Pipeline {
             limits: Limits {
                 per_partition: limits.per_partition.max(1),
                 total: limits.total.max(1),
+                stall_after: limits.stall_after,
             },
             commit_mode,
             next_epoch: 0,
@@ -329,6 +339,7 @@ impl Pipeline {
                 paused: false,
                 closing: false,
                 stalled: false,
+                held_since: None,
                 delayed: None,
             });
         }
@@ -525,27 +536,42 @@ impl Pipeline {
         for ack in settlement.acks {
             let _ = ack.send(());
         }
-        self.report_stalls(shared, &settlement.changed);
         self.resume_drained(consumer, shared);
     }
 
-    /// Reports each paused partition of `changed` where an unfinished
-    /// message now holds finished ones behind it (once per stall): it cannot
+    /// Reports each partition paused at its bound behind the same
+    /// unfinished message for `stall_after` (once per stall): it cannot
     /// resume before that message finishes, since what is tracked only
-    /// shrinks from the front.
-    fn report_stalls(&mut self, shared: &Shared, changed: &BTreeSet<TopicPartition>) {
-        for tp in changed {
-            let Some(state) = self.partitions.get_mut(tp) else {
-                continue;
-            };
+    /// shrinks from the front. Waiting its turn (behind its key, for a
+    /// permit) is ordinary backpressure, over in a few handler calls: only
+    /// a message unfinished for that long is a stall. The poll loop calls
+    /// this with the status publication.
+    pub(crate) fn report_stalls(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        for (tp, state) in self.partitions.iter_mut() {
             if !state.paused || state.closing || state.stalled {
+                if !state.paused {
+                    state.held_since = None;
+                }
                 continue;
             }
-            let Some((offset, behind)) = state.tracker.held() else {
+            let held = state
+                .tracker
+                .held()
+                // Not about to resume (`resume_drained`).
+                .filter(|_| state.tracker.tracked() > self.limits.per_partition / 2);
+            let Some((offset, behind)) = held else {
+                state.held_since = None;
                 continue;
             };
-            if state.tracker.tracked() <= self.limits.per_partition / 2 {
-                // About to resume (`resume_drained`): it is not held.
+            let since = match state.held_since {
+                Some((o, since)) if o == offset => since,
+                _ => {
+                    state.held_since = Some((offset, now));
+                    now
+                }
+            };
+            if now.duration_since(since) < self.limits.stall_after {
                 continue;
             }
             state.stalled = true;
@@ -1114,6 +1140,7 @@ impl Pipeline {
             state.gate = Gate::new();
             state.epoch = self.next_epoch;
             state.stalled = false;
+            state.held_since = None;
             if state.delayed.take().is_some() {
                 self.delayed -= 1;
             }
@@ -1407,6 +1434,7 @@ mod tests {
             Limits {
                 per_partition: 100,
                 total: 1_000,
+                stall_after: Duration::ZERO,
             },
             CommitMode::Auto,
         );
@@ -1718,6 +1746,7 @@ mod tests {
                     Limits {
                         per_partition: usize::MAX,
                         total: usize::MAX,
+                        stall_after: Duration::ZERO,
                     },
                     CommitMode::Auto,
                 );

@@ -248,6 +248,7 @@ impl PollLoop {
             if published_at.elapsed() >= super::status::PUBLISH_EVERY {
                 published_at = Instant::now();
                 pipeline.publish_status(&self.consumer, &self.shared, &mut ages);
+                pipeline.report_stalls(&self.shared);
             }
             if pipeline.transaction_due() {
                 pipeline.end_transaction(&self.consumer, &self.shared);
