@@ -251,7 +251,9 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Health {
-    /// Alive: no problem (what a liveness probe asks).
+    /// Alive: no problem (what a liveness probe asks). Each problem is a
+    /// state a restart can cure; a consumer with nothing to do, or waiting
+    /// on purpose, is live however long it waits.
     pub live: bool,
     /// Ready: running and stable in its group, no fatal error (what a
     /// readiness probe asks). A member with an empty assignment (more

@@ -445,7 +445,7 @@ async fn a_commit_held_by_a_hung_handler_fails_liveness() {
         wait_status(&format!("{base}/healthz"), 503, Duration::from_secs(10)).await;
     let after = unhealthy_at - committed_at;
     assert!(
-        after < COMMIT_STUCK + Duration::from_millis(2_500),
+        after < COMMIT_STUCK + Duration::from_secs(5),
         "unhealthy {after:?} after the last commit (threshold {COMMIT_STUCK:?}): {problems}"
     );
     assert!(
