@@ -183,6 +183,7 @@ impl Pipeline {
             )
         };
         ages.retain(&assigned);
+        let positions = super::status::fetch_positions(consumer, &assigned);
         let partitions = assigned
             .iter()
             .map(|tp| {
@@ -197,14 +198,20 @@ impl Pipeline {
                     (true, _, false) => Some(PauseReason::Backpressure),
                     (false, _, _) => None,
                 });
+                // librdkafka's has none just after an assignment or a seek.
+                let position =
+                    (positions.get(tp).copied()).max(tracker.and_then(OffsetTracker::end));
                 PartitionStatus {
                     topic: tp.topic.to_string(),
                     partition: tp.partition,
-                    position: tracker.and_then(OffsetTracker::end),
+                    position,
                     stored: tracker.and_then(OffsetTracker::watermark),
                     committed,
                     high_watermark: high,
                     lag: high.zip(committed).map(|(h, c)| (h - c).max(0)),
+                    fetchable: high
+                        .zip(position.or(committed))
+                        .map(|(h, p)| (h - p).max(0)),
                     in_flight: tracker.map_or(0, OffsetTracker::unsettled),
                     paused,
                     oldest_unfinished: ages
