@@ -726,9 +726,14 @@ fn fixtures_producer(brokers: &str, timeout: Duration) -> Result<Producer, Error
 /// Names the messages of `read` that repeat an earlier one (same partition,
 /// key, value and headers), at most ten.
 fn alike(read: &[Message]) -> String {
-    type Headers<'a> = Vec<(&'a str, Option<&'a [u8]>)>;
-    let mut first: HashMap<(i32, Option<&[u8]>, Option<&[u8]>, Headers<'_>), &Message> =
-        HashMap::new();
+    /// Partition, key, value and headers: what makes two messages alike.
+    type Identity<'a> = (
+        i32,
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        Vec<(&'a str, Option<&'a [u8]>)>,
+    );
+    let mut first: HashMap<Identity<'_>, &Message> = HashMap::new();
     let mut pairs = Vec::new();
     for m in read {
         let id = (
