@@ -119,15 +119,18 @@ pub(crate) struct ReplayArgs {
     /// Republish everything to this topic instead of each record's original topic.
     #[arg(long, value_name = "TOPIC")]
     pub(crate) to: Option<String>,
-    /// Only replay dead letters whose x-dlq-error matches this regular expression
-    /// (the others are skipped, and counted as done).
+    /// Only replay dead letters whose x-dlq-error matches this regular expression.
+    /// The others are left for another replay: the group's position does not move
+    /// past them, and a mark in its commit metadata keeps later replays (of this
+    /// filter, another one, or none) from replaying what this one did.
     #[arg(long, value_name = "REGEX")]
     pub(crate) where_error: Option<String>,
     /// Read and count what would be replayed; publish and commit nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// The consumer group holding the replay's progress [default:
-    /// xkafka-dlq-replay-FROM].
+    /// xkafka-dlq-replay-FROM]. The replay is the group's only member while it
+    /// runs: a second replay of the group waits for it briefly, then refuses.
     #[arg(long, value_name = "GROUP")]
     pub(crate) group: Option<String>,
     /// Stop after N dead letters (replayed, skipped or failed): a replay in steps.

@@ -291,31 +291,6 @@ pub(crate) fn watermarks(
     Ok(out)
 }
 
-/// The offsets `consumer`'s group committed for `topic`'s `partitions`
-/// (absent: none committed).
-pub(crate) fn committed(
-    conn: &Conn,
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, Failure> {
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        tpl.add_partition(topic, p);
-    }
-    let found = consumer
-        .committed_offsets(tpl, conn.timeout)
-        .map_err(|e| runtime(format!("committed offsets of {topic}: {e}")))?;
-    Ok(found
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect())
-}
-
 /// Reads `[start, end)` of some partitions of one topic: yields each record
 /// once, in offset order within a partition, and ends when every partition
 /// reached its end (or the broker says it has nothing more).

@@ -1,10 +1,14 @@
 //! `xkafka dlq inspect` and `xkafka dlq replay`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 use serde_json::{json, Value};
@@ -13,7 +17,7 @@ use xkafka::{Headers, Message};
 
 use crate::cli::{Format, Global, InspectArgs, ReplayArgs};
 use crate::client::{
-    committed, partitions, runtime, say, watch_ctrl_c, watermarks, Conn, Failure, RangeReader,
+    partitions, runtime, say, watch_ctrl_c, watermarks, Conn, Failure, RangeReader,
 };
 use crate::render;
 
@@ -249,8 +253,11 @@ struct Summary {
     replayed: u64,
     /// Per target topic.
     by_target: BTreeMap<String, u64>,
-    /// Not matching `--where-error`.
+    /// Not matching `--where-error`: left for another replay.
     skipped_filter: u64,
+    /// Replayed by an earlier `--where-error` replay (its mark in the
+    /// group's commit metadata covers them).
+    already_replayed: u64,
     /// Without `x-dlq-original-topic`.
     not_dead_letters: u64,
     /// Not republished (not acknowledged, or no such target topic).
@@ -273,14 +280,318 @@ struct Entry {
 }
 
 enum State {
-    /// Nothing to wait for: skipped (or dry run).
+    /// Nothing to wait for: not a dead letter, replayed earlier, or (dry
+    /// run) would be replayed.
     Done,
+    /// A dead letter this replay's `--where-error` leaves for another one.
+    Left,
     /// Published; its acknowledgement arrives on the batch's channel.
     Waiting { target: String },
     /// Acknowledged.
     Acked,
     /// Not republished.
     Failed,
+}
+
+/// What the commit metadata of a partition starts with when it holds the
+/// marks of filtered replays.
+const MARKS_KEY: &str = "xkafka-dlq-replayed";
+
+/// Kafka refuses commit metadata over `offset.metadata.max.bytes` (4096 by
+/// default): the marks stay well under it.
+const MAX_MARKS_BYTES: usize = 3000;
+
+/// A filtered replay's mark on one partition: every dead letter from the
+/// group's committed offset up to `upto` whose error matches `re` was
+/// replayed. The committed offset itself only moves past records that are
+/// done for every replay, so a replay with another filter (or none) still
+/// reads the records this one left, and skips the ones it replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mark {
+    re: String,
+    upto: i64,
+}
+
+/// Parses a partition's commit metadata (anything that is not ours holds
+/// no marks).
+fn parse_marks(metadata: &str) -> Vec<Mark> {
+    let Ok(doc) = serde_json::from_str::<Value>(metadata) else {
+        return Vec::new();
+    };
+    doc.get(MARKS_KEY)
+        .and_then(Value::as_array)
+        .map(|marks| {
+            marks
+                .iter()
+                .filter_map(|m| {
+                    Some(Mark {
+                        re: m.get("where")?.as_str()?.to_owned(),
+                        upto: m.get("upto")?.as_i64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn marks_metadata(marks: &[Mark]) -> String {
+    if marks.is_empty() {
+        return String::new();
+    }
+    let marks: Vec<Value> = marks
+        .iter()
+        .map(|m| json!({"where": m.re, "upto": m.upto}))
+        .collect();
+    json!({ MARKS_KEY: marks }).to_string()
+}
+
+/// The marks to commit beside `position`: those still ahead of it, `own`
+/// merged in (the same filter keeps the furthest mark).
+fn next_marks(earlier: &[Mark], own: Option<&Mark>, position: i64) -> Vec<Mark> {
+    let mut marks: Vec<Mark> = earlier.to_vec();
+    if let Some(own) = own {
+        match marks.iter_mut().find(|m| m.re == own.re) {
+            Some(m) => m.upto = m.upto.max(own.upto),
+            None => marks.push(own.clone()),
+        }
+    }
+    marks.retain(|m| m.upto > position);
+    marks
+}
+
+/// One partition of the dead-letter topic during a replay.
+struct Part {
+    /// Marks of earlier filtered replays, as committed when this one began
+    /// (a regex that no longer compiles covers nothing).
+    marks: Vec<(Mark, Option<Regex>)>,
+    /// Past the records done in a row from the committed offset: what the
+    /// group's offset may move to.
+    position: i64,
+    /// A record not done (left to another filter, or not republished)
+    /// stopped `position` for the rest of this run.
+    held: bool,
+    /// `--where-error`: past the records in a row this filter is done with.
+    upto: i64,
+    /// A record this filter did not republish stopped `upto`.
+    upto_held: bool,
+}
+
+impl Part {
+    fn covers(&self, offset: i64, error: Option<&str>) -> bool {
+        let Some(error) = error else {
+            return false;
+        };
+        self.marks.iter().any(|(mark, re)| {
+            offset < mark.upto && re.as_ref().is_some_and(|re| re.is_match(error))
+        })
+    }
+
+    fn settle(&mut self, offset: i64, state: &State) {
+        match state {
+            State::Done | State::Acked => {
+                if !self.held {
+                    self.position = offset + 1;
+                }
+                if !self.upto_held {
+                    self.upto = offset + 1;
+                }
+            }
+            State::Left => {
+                self.held = true;
+                if !self.upto_held {
+                    self.upto = offset + 1;
+                }
+            }
+            State::Waiting { .. } | State::Failed => {
+                self.held = true;
+                self.upto_held = true;
+            }
+        }
+    }
+
+    /// The commit metadata for this partition after this run so far.
+    fn metadata(&self, filter: Option<&str>) -> String {
+        let earlier: Vec<Mark> = self.marks.iter().map(|(m, _)| m.clone()).collect();
+        let own = filter.map(|re| Mark {
+            re: re.to_owned(),
+            upto: self.upto,
+        });
+        marks_metadata(&next_marks(&earlier, own.as_ref(), self.position))
+    }
+}
+
+/// The offsets and marks `consumer`'s group committed for `topic`'s
+/// `partitions` (absent: nothing committed).
+fn committed_marks(
+    conn: &Conn,
+    consumer: &StreamConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, (i64, Vec<Mark>)>, Failure> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let found = consumer
+        .committed_offsets(tpl, conn.timeout)
+        .map_err(|e| runtime(format!("committed offsets of {topic}: {e}")))?;
+    Ok(found
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), (o, parse_marks(e.metadata())))),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Notes rebalances of the replay's membership of its group.
+struct HoldContext {
+    assigned: AtomicBool,
+    /// Partitions were taken back after the first assignment: another
+    /// member joined.
+    disturbed: AtomicBool,
+}
+
+impl ClientContext for HoldContext {}
+
+impl ConsumerContext for HoldContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if self.assigned.load(AtomicOrdering::SeqCst) && !matches!(rebalance, Rebalance::Assign(_))
+        {
+            self.disturbed.store(true, AtomicOrdering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // The holder only holds: the records are read by assignment.
+            let _ = consumer.pause(tpl);
+            if tpl.count() > 0 {
+                self.assigned.store(true, AtomicOrdering::SeqCst);
+            }
+        }
+    }
+}
+
+/// The replay's membership of its group, held for the whole replay: a
+/// second replay of the same group sees a member and refuses to start (two
+/// would republish the same dead letters). Commits go through it, with its
+/// generation, so a replay that is no longer the group's only member
+/// cannot commit either.
+struct Holder {
+    consumer: BaseConsumer<HoldContext>,
+}
+
+/// How long a killed replay stays a member of its group: the holder's
+/// `session.timeout.ms`.
+const HOLD_SESSION: Duration = Duration::from_secs(6);
+
+/// The members of `group` (none when it is empty or unknown).
+fn members(conn: &Conn, consumer: &StreamConsumer, group: &str) -> Result<Vec<String>, Failure> {
+    let list = consumer
+        .fetch_group_list(Some(group), conn.timeout)
+        .map_err(|e| runtime(format!("describing group {group}: {e}")))?;
+    Ok(list
+        .groups()
+        .iter()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.members())
+        .map(|m| format!("{} on {}", m.client_id(), m.client_host()))
+        .collect())
+}
+
+impl Holder {
+    /// Joins `group` on `topic` as its only member, or refuses.
+    async fn join(
+        conn: &Conn,
+        reader: &StreamConsumer,
+        group: &str,
+        topic: &str,
+        partitions: usize,
+    ) -> Result<Holder, Failure> {
+        let busy = |who: Vec<String>| {
+            runtime(format!(
+                "another replay (or consumer) is a member of group {group}: {}. Two replays of \
+                 one group would republish the same dead letters; wait until it finishes, or \
+                 pass another --group (a killed replay stops being a member within {})",
+                who.join(", "),
+                humantime::format_duration(HOLD_SESSION)
+            ))
+        };
+        // A killed replay's membership outlives it by a session timeout.
+        let patience = Instant::now() + HOLD_SESSION + Duration::from_secs(3);
+        loop {
+            let who = members(conn, reader, group)?;
+            if who.is_empty() {
+                break;
+            }
+            if Instant::now() >= patience {
+                return Err(busy(who));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let session = HOLD_SESSION.as_millis().to_string();
+        let consumer: BaseConsumer<HoldContext> = conn
+            .config(
+                &[
+                    ("client.id", "xkafka-dlq-replay"),
+                    ("session.timeout.ms", session.as_str()),
+                    ("heartbeat.interval.ms", "2000"),
+                    ("partition.assignment.strategy", "range"),
+                ],
+                &[
+                    ("group.id", group),
+                    ("enable.auto.commit", "false"),
+                    ("enable.auto.offset.store", "false"),
+                ],
+            )
+            .create_with_context(HoldContext {
+                assigned: AtomicBool::new(false),
+                disturbed: AtomicBool::new(false),
+            })
+            .map_err(|e| runtime(format!("cannot create the Kafka client: {e}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| runtime(format!("joining group {group}: {e}")))?;
+        let holder = Holder { consumer };
+        let deadline = Instant::now() + conn.timeout.max(Duration::from_secs(30));
+        while !holder
+            .consumer
+            .context()
+            .assigned
+            .load(AtomicOrdering::SeqCst)
+        {
+            if Instant::now() >= deadline {
+                return Err(runtime(format!(
+                    "joining group {group}: no partitions of {topic} assigned within {}",
+                    humantime::format_duration(conn.timeout.max(Duration::from_secs(30)))
+                )));
+            }
+            holder.poll();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Two replays that started together both joined: both refuse.
+        let who = members(conn, reader, group)?;
+        let owned = holder.consumer.assignment().map_or(0, |a| a.count());
+        if who.len() != 1 || owned != partitions || holder.disturbed() {
+            return Err(busy(who));
+        }
+        Ok(holder)
+    }
+
+    /// Serves the group's events (a rebalance when someone joins).
+    fn poll(&self) {
+        // Paused: no records come; rebalances are handled inside.
+        let _ = self.consumer.poll(Duration::ZERO);
+    }
+
+    fn disturbed(&self) -> bool {
+        self.consumer
+            .context()
+            .disturbed
+            .load(AtomicOrdering::SeqCst)
+    }
 }
 
 /// `xkafka dlq replay --from TOPIC`.
@@ -308,15 +619,48 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
         let count = partitions(conn, &consumer, to)?.len();
         targets.insert(to.clone(), Ok(i32::try_from(count).unwrap_or(i32::MAX)));
     }
+    // Joined before the committed offsets are read: they are then the last
+    // replay's final ones.
+    let holder = if args.dry_run {
+        None
+    } else {
+        Some(Holder::join(conn, &consumer, &group, from, parts.len()).await?)
+    };
     let marks = watermarks(conn, &consumer, from, &parts)?;
-    let done = committed(conn, &consumer, from, &parts)?;
-    let ranges: HashMap<i32, (i64, i64)> = marks
-        .iter()
-        .map(|(&p, &(low, high))| {
-            let start = done.get(&p).map_or(low, |&c| c.clamp(low, high.max(low)));
-            (p, (start, high))
-        })
-        .collect();
+    let done = committed_marks(conn, &consumer, from, &parts)?;
+    let mut progress: HashMap<i32, Part> = HashMap::new();
+    let mut ranges: HashMap<i32, (i64, i64)> = HashMap::new();
+    for (&p, &(low, high)) in &marks {
+        let (start, earlier) = match done.get(&p) {
+            Some((c, earlier)) => ((*c).clamp(low, high.max(low)), earlier.clone()),
+            None => (low, Vec::new()),
+        };
+        ranges.insert(p, (start, high));
+        let part = Part {
+            marks: earlier
+                .into_iter()
+                .map(|m| {
+                    let re = Regex::new(&m.re).ok();
+                    (m, re)
+                })
+                .collect(),
+            position: start,
+            held: false,
+            upto: start,
+            upto_held: false,
+        };
+        if let Some(re) = &args.where_error {
+            let projected = part.metadata(Some(re));
+            if projected.len() > MAX_MARKS_BYTES {
+                let pending: Vec<&str> = part.marks.iter().map(|(m, _)| m.re.as_str()).collect();
+                return Err(Failure::Usage(format!(
+                    "{from}[{p}] holds the marks of too many --where-error replays ({pending:?}) \
+                     to add another: replay without --where-error (or with one of them) first"
+                )));
+            }
+        }
+        progress.insert(p, part);
+    }
     let total: i64 = ranges.values().map(|(s, e)| (e - s).max(0)).sum();
     let total = match args.max {
         Some(max) => total.unsigned_abs().min(max),
@@ -338,6 +682,7 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
     let mut summary = Summary::default();
     let started = Instant::now();
     let mut read_error: Option<Failure> = None;
+    let mut disturbed = false;
     // Rate-limited: commit about once a second.
     let batch_size = args.batch.min(args.rate.unwrap_or(u32::MAX)) as usize;
     let mut finished = false;
@@ -348,6 +693,14 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
             if interrupt.is_set() || args.max.is_some_and(|max| summary.seen >= max) {
                 finished = true;
                 break;
+            }
+            if let Some(holder) = &holder {
+                holder.poll();
+                if holder.disturbed() {
+                    disturbed = true;
+                    finished = true;
+                    break;
+                }
             }
             let m = match reader.next().await {
                 Ok(Some(m)) => m,
@@ -370,17 +723,18 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                 }
             }
             let (partition, offset) = (m.partition().unwrap_or(-1), m.offset().unwrap_or(-1));
-            let state = classify(
+            let verdict = classify(
                 &m,
                 args,
                 filter.as_ref(),
+                progress.get(&partition),
                 &mut summary,
                 &mut targets,
                 conn,
                 &consumer,
             );
-            let state = match (state, &producer) {
-                (Ok(Some((copy, target))), Some(producer)) => {
+            let state = match (verdict, &producer) {
+                (Ok(Verdict::Replay(copy, target)), Some(producer)) => {
                     let idx = batch.len();
                     let tx = tx.clone();
                     let published = producer
@@ -396,12 +750,13 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                         }
                     }
                 }
-                (Ok(Some((_, target))), None) => {
+                (Ok(Verdict::Replay(_, target)), None) => {
                     summary.replayed += 1;
                     *summary.by_target.entry(target).or_default() += 1;
                     State::Done
                 }
-                (Ok(None), _) => State::Done,
+                (Ok(Verdict::Done), _) => State::Done,
+                (Ok(Verdict::Left), _) => State::Left,
                 (Err(error), _) => {
                     summary.fail(error);
                     State::Failed
@@ -460,40 +815,51 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
                 finished = true;
             }
         }
-        // Commit, per partition, past the records done in a row from the
-        // batch's start: never past one that was not republished.
-        let mut commit: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut blocked: Vec<i32> = Vec::new();
+        // Commit, per partition, past the records done in a row (never past
+        // one that was not republished, nor one this filter left for
+        // another replay), with this filter's mark beside it.
+        let mut touched: BTreeSet<i32> = BTreeSet::new();
         for entry in &batch {
-            if blocked.contains(&entry.partition) {
-                continue;
-            }
-            match entry.state {
-                State::Done | State::Acked => {
-                    commit.insert(entry.partition, entry.offset + 1);
-                }
-                State::Waiting { .. } | State::Failed => blocked.push(entry.partition),
+            if let Some(part) = progress.get_mut(&entry.partition) {
+                part.settle(entry.offset, &entry.state);
+                touched.insert(entry.partition);
             }
         }
-        if producer.is_some() && !commit.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for (&p, &o) in &commit {
-                tpl.add_partition_offset(from, p, Offset::Offset(o))
-                    .map_err(|e| runtime(format!("{from}[{p}]: {e}")))?;
-            }
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                bar.finish_and_clear();
-                print_summary(global, args, &group, &summary, false)?;
-                return Err(runtime(format!(
-                    "could not commit the replay's progress in group {group}: {e} (a re-run \
-                     replays the last batch again)"
-                )));
+        if let Some(holder) = &holder {
+            if !touched.is_empty() {
+                let mut tpl = TopicPartitionList::new();
+                for p in &touched {
+                    let part = &progress[p];
+                    tpl.add_partition_offset(from, *p, Offset::Offset(part.position))
+                        .map_err(|e| runtime(format!("{from}[{p}]: {e}")))?;
+                    if let Some(mut elem) = tpl.find_partition(from, *p) {
+                        elem.set_metadata(part.metadata(args.where_error.as_deref()));
+                    }
+                }
+                if let Err(e) = holder.consumer.commit(&tpl, CommitMode::Sync) {
+                    bar.finish_and_clear();
+                    print_summary(global, args, &group, &summary, false)?;
+                    return Err(runtime(format!(
+                        "could not commit the replay's progress in group {group}: {e} (a re-run \
+                         replays the last batch again{})",
+                        if holder.disturbed() {
+                            "; another member joined the group meanwhile"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
             }
         }
     }
     bar.finish_and_clear();
     if let Some(producer) = &producer {
         producer.close_within(conn.timeout).await;
+    }
+    if let Some(holder) = holder {
+        // Leaves the group at once: the next replay need not wait.
+        holder.consumer.unsubscribe();
+        drop(holder);
     }
     let interrupted = interrupt.is_set();
     print_summary(global, args, &group, &summary, interrupted)?;
@@ -515,6 +881,13 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
             summary.failed
         )));
     }
+    if disturbed {
+        return Err(runtime(format!(
+            "another member joined group {group} during the replay: stopped after {} dead \
+             letters, progress committed; re-run when the group is empty",
+            summary.seen
+        )));
+    }
     if interrupted {
         return Err(Failure::Interrupted(format!(
             "interrupted after {} dead letters; progress is committed in group {group}, a \
@@ -525,25 +898,41 @@ pub(crate) async fn replay(conn: &Conn, global: &Global, args: &ReplayArgs) -> R
     Ok(())
 }
 
-/// What to do with one record: `Ok(Some((copy, target)))` to republish,
-/// `Ok(None)` to skip (counted), `Err` when it cannot be replayed.
+/// What to do with one record.
+enum Verdict {
+    /// Republish this copy to this target.
+    Replay(Message, String),
+    /// Nothing to republish: not a dead letter, or replayed earlier.
+    Done,
+    /// A dead letter `--where-error` leaves for another replay.
+    Left,
+}
+
+/// What to do with one record (counted in `summary`); `Err` when it cannot
+/// be replayed.
+#[allow(clippy::too_many_arguments)]
 fn classify(
     m: &Message,
     args: &ReplayArgs,
     filter: Option<&Regex>,
+    part: Option<&Part>,
     summary: &mut Summary,
     targets: &mut HashMap<String, Result<i32, String>>,
     conn: &Conn,
     consumer: &StreamConsumer,
-) -> Result<Option<(Message, String)>, String> {
+) -> Result<Verdict, String> {
     let Some(info) = DeadLetterInfo::from_message(m) else {
         summary.not_dead_letters += 1;
-        return Ok(None);
+        return Ok(Verdict::Done);
     };
+    if part.is_some_and(|p| p.covers(m.offset().unwrap_or(-1), info.error.as_deref())) {
+        summary.already_replayed += 1;
+        return Ok(Verdict::Done);
+    }
     if let Some(filter) = filter {
         if !info.error.as_deref().is_some_and(|e| filter.is_match(e)) {
             summary.skipped_filter += 1;
-            return Ok(None);
+            return Ok(Verdict::Left);
         }
     }
     let target = args
@@ -566,10 +955,10 @@ fn classify(
                 m.offset().unwrap_or(-1)
             )
         })?;
-    Ok(Some((
+    Ok(Verdict::Replay(
         copy(m, &info, &target, args.to.is_none(), count),
         target,
-    )))
+    ))
 }
 
 /// The record to republish: `m`'s key, value and headers without the
@@ -615,6 +1004,7 @@ fn print_summary(
             "replayed": s.replayed,
             "by_target": s.by_target,
             "skipped_filter": s.skipped_filter,
+            "already_replayed": s.already_replayed,
             "not_dead_letters": s.not_dead_letters,
             "failed": s.failed,
             "first_error": s.first_error,
@@ -637,8 +1027,16 @@ fn print_summary(
             } else {
                 "replayed"
             };
+            let earlier = if s.already_replayed > 0 {
+                format!(
+                    ", already replayed {} (by an earlier --where-error)",
+                    s.already_replayed
+                )
+            } else {
+                String::new()
+            };
             let mut line = format!(
-                "{verb} {}{targets}, skipped by filter {}, not dead letters {}, failed {} \
+                "{verb} {}{targets}, skipped by filter {}, not dead letters {}, failed {}{earlier} \
                  (from {}, group {group})",
                 s.replayed, s.skipped_filter, s.not_dead_letters, s.failed, args.from
             );

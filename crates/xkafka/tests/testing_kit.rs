@@ -228,3 +228,148 @@ async fn waits_that_time_out_say_what_did_not_happen() {
         "4 messages in orders did not happen within 1s: read 3 of them"
     );
 }
+
+/// A service that publishes one receipt twice: `read` returns everything in
+/// the topic (not just the first `count`), so the duplicate is seen, and
+/// `read_exactly` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_reveals_duplicates_a_service_published() {
+    let cluster = TestCluster::start().unwrap();
+    cluster.create_topic("orders", 2).unwrap();
+    cluster.create_topic("receipts", 2).unwrap();
+    let fixtures = (0..20).map(|i| {
+        Message::builder("orders")
+            .partition(i % 2)
+            .key(format!("{i}"))
+            .value(format!("{i}"))
+            .build()
+    });
+    cluster.publish(fixtures).await.unwrap();
+    let receipts = xkafka::Producer::builder("receipts")
+        .brokers([cluster.brokers()])
+        .error_handler(|_| {})
+        .build()
+        .unwrap();
+    let consumer = Consumer::builder("billing")
+        .brokers([cluster.brokers()])
+        .topics(["orders"])
+        .config("auto.offset.reset", "earliest")
+        .config("auto.commit.interval.ms", "100")
+        .error_handler(|_| Decision::Stop)
+        .handler(move |m: Message| {
+            let receipts = receipts.clone();
+            async move {
+                let order = m.value_str().unwrap_or("?").to_owned();
+                let receipt = Message::builder("receipts")
+                    .partition(m.partition().unwrap_or(0))
+                    .key(order.clone())
+                    .value(format!("paid {order}"))
+                    .build();
+                // The bug under test: order 7's receipt goes out twice.
+                let copies = if order == "7" { 2 } else { 1 };
+                for _ in 0..copies {
+                    receipts.publish(receipt.clone()).await?;
+                }
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    run_until(
+        consumer,
+        Until::Committed(vec![("orders".into(), 0, 10), ("orders".into(), 1, 10)]),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+
+    let read = cluster
+        .read("receipts", 20, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 21, "every receipt, the duplicate too");
+    let sevens = read
+        .iter()
+        .filter(|m| m.value_str() == Some("paid 7"))
+        .count();
+    assert_eq!(sevens, 2);
+
+    let err = cluster
+        .read_exactly("receipts", 20, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    // Order 7 is the 4th of partition 1 (1, 3, 5, 7): its receipts are at
+    // offsets 3 and 4 there.
+    assert!(
+        matches!(
+            err,
+            KitError::TooMany {
+                expected: 20,
+                found: 21,
+                ..
+            }
+        ) && text
+            == "expected 20 messages in receipts, found 21: alike: receipts[1]@4 = receipts[1]@3",
+        "{text}"
+    );
+    // Exactly as many: the messages themselves.
+    assert_eq!(
+        cluster
+            .read_exactly("receipts", 21, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .len(),
+        21
+    );
+}
+
+/// With the broker down, `publish` fails within its timeout saying which
+/// fixture was not acknowledged, and that fixture is not written once the
+/// broker is back (librdkafka gave up on it, not just the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_is_bounded_and_a_timed_out_fixture_is_never_written() {
+    let cluster = TestCluster::start()
+        .unwrap()
+        .publish_timeout(Duration::from_secs(2))
+        .unwrap();
+    cluster.create_topic("orders", 1).unwrap();
+    let order = |i: i32| Message::builder("orders").value(format!("{i}")).build();
+    cluster.publish([order(0)]).await.unwrap();
+    cluster.cluster().broker_down(1).unwrap();
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        cluster.publish([order(1), order(2)]),
+    )
+    .await
+    .expect("publish returned within its timeout")
+    .unwrap_err();
+    let took = started.elapsed();
+    let text = err.to_string();
+    assert!(
+        matches!(err, KitError::Timeout { .. })
+            && text.starts_with(
+                "the acknowledgement of fixture 0 (to orders) did not happen within 2s: 0 \
+                 fixtures published before it; librdkafka gave up on it"
+            ),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+
+    cluster.cluster().broker_up(1).unwrap();
+    // librdkafka reconnects with a backoff: a fixture published meanwhile
+    // times out too (and is not written either).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = cluster.publish([order(3)]).await {
+        assert!(Instant::now() < deadline, "the broker never came back: {e}");
+    }
+    let values: Vec<String> = cluster
+        .read("orders", 2, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.value_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(values, ["0", "3"], "fixtures 1 and 2 were never written");
+}

@@ -23,13 +23,45 @@ fn tpl_of(offsets: &[(TopicPartition, i64)]) -> TopicPartitionList {
     tpl
 }
 
-/// Synchronously commits `offsets` (next offsets to consume); errors go to
-/// the error handler. Returns whether the commit succeeded.
+/// A commit the group refused because it is rebalancing, or because the
+/// member's generation moved on meanwhile (with an incremental rebalance
+/// the partitions kept go on being handled, and committed, while the group
+/// rebalances). The offsets stay stored: the next commit takes them along
+/// (see [`with_deferred`]), or the revocation's if the partition goes.
+fn is_deferred_by_rebalance(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::RebalanceInProgress | RDKafkaErrorCode::IllegalGeneration)
+    )
+}
+
+/// `offsets`, plus the stored offsets an earlier commit left uncommitted
+/// (refused during a rebalance) for partitions still ours. A revoked
+/// partition's stored offset is forgotten at revocation, so nothing here
+/// can move another member's offsets backwards.
+fn with_deferred(
+    shared: &Shared,
+    mut offsets: Vec<(TopicPartition, i64)>,
+) -> Vec<(TopicPartition, i64)> {
+    let ledger = shared.ledger();
+    for (tp, off) in ledger.uncommitted(None) {
+        if ledger.assigned.contains(&tp) && !offsets.iter().any(|(t, _)| *t == tp) {
+            offsets.push((tp, off));
+        }
+    }
+    offsets
+}
+
+/// Synchronously commits `offsets` (next offsets to consume), with any an
+/// earlier commit left behind; errors go to the error handler, except a
+/// refusal by a rebalancing group (the offsets stay stored and go with the
+/// next commit). Returns whether the commit succeeded.
 pub(crate) fn commit_sync<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     shared: &Shared,
     offsets: Vec<(TopicPartition, i64)>,
 ) -> bool {
+    let offsets = with_deferred(shared, offsets);
     if offsets.is_empty() {
         return true;
     }
@@ -42,6 +74,10 @@ pub(crate) fn commit_sync<C: ConsumerContext>(
             true
         }
         Err(e) if is_nothing_to_commit(&e) => true,
+        Err(e) if is_deferred_by_rebalance(&e) => {
+            tracing::info!(group = %shared.group, error = %e, partitions = offsets.len(), "commit deferred: the group is rebalancing");
+            false
+        }
         Err(e) => {
             shared.report(Error::kafka(Operation::Commit, e));
             false
