@@ -276,9 +276,9 @@ pub struct OffsetSample {
     pub at: Instant,
     /// Per partition, the committed offset (-1: none).
     pub offsets: Vec<i64>,
-    /// The node the sampler's client took for the group's coordinator when
-    /// the answer arrived (from its librdkafka `cgrp` debug lines): the
-    /// broker that answered the OffsetFetch. -1 while unknown.
+    /// The node the sampler's client last took for the group's coordinator
+    /// when the answer arrived (from its librdkafka `cgrp` debug lines): the
+    /// broker that answered the OffsetFetch. -1 while none was known yet.
     pub coordinator: i32,
 }
 
@@ -300,7 +300,9 @@ impl xkafka::rdkafka::ClientContext for SamplerContext {
             } else {
                 None
             };
-            if let Some(id) = id {
+            // "-> -1" is librdkafka forgetting a dead coordinator: an answer
+            // can only have come from the last one it had.
+            if let Some(id) = id.filter(|id: &i32| *id >= 0) {
                 self.coordinator
                     .store(id, std::sync::atomic::Ordering::Relaxed);
             }

@@ -211,6 +211,15 @@ fn trace_to_file() -> Vec<(&'static str, &'static str)> {
     vec![("debug", "cgrp,protocol")]
 }
 
+/// Clears its flag when dropped.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn unix_ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -269,6 +278,10 @@ async fn killing_the_group_coordinator_never_commits_below_what_was_committed_be
             )
         })
     };
+
+    // The sampler's thread stops also when the test panics: the runtime waits
+    // for blocking tasks when it ends, and the test would hang instead.
+    let _stop_sampler = StopOnDrop(sampling.clone());
 
     // Samples of the offsets before the kill: something to compare with.
     let deadline = Instant::now() + Duration::from_secs(30);
