@@ -277,8 +277,10 @@ pub struct OffsetSample {
     /// Per partition, the committed offset (-1: none).
     pub offsets: Vec<i64>,
     /// The node the sampler's client last took for the group's coordinator
-    /// when the answer arrived (from its librdkafka `cgrp` debug lines): the
-    /// broker that answered the OffsetFetch. -1 while none was known yet.
+    /// when the answer arrived, as far as its librdkafka `cgrp` debug lines
+    /// had said: the broker that answered the OffsetFetch, except right at a
+    /// coordinator change, where the lines can lag the answer by a sample.
+    /// -1 while none was known yet.
     pub coordinator: i32,
 }
 
