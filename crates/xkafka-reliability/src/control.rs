@@ -122,9 +122,21 @@ pub async fn leader(brokers: &str, topic: &str, partition: i32) -> Result<Option
     Ok(u8::try_from(id).ok())
 }
 
-/// The node id of `group`'s coordinator.
+/// The node id of `group`'s coordinator. Asked up to three times: on a
+/// loaded machine, just after a broker came back, the admin tool's first
+/// request can time out waiting for a connection.
 pub async fn coordinator(brokers: &str, group: &str) -> Result<u8, BoxError> {
-    let out = broker_sh_async(&["ctl", "coordinator", brokers, group]).await?;
+    let mut attempt = 1;
+    let out = loop {
+        match broker_sh_async(&["ctl", "coordinator", brokers, group]).await {
+            Ok(out) => break out,
+            Err(e) if attempt < 3 => {
+                eprintln!("asking for {group}'s coordinator again: {e}");
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     Ok(out
         .lines()
         .last()
@@ -174,7 +186,7 @@ impl Downed {
             .iter()
             .map(|n| {
                 let n = n.to_string();
-                tokio::spawn(async move { broker_sh_async(&["cluster", "start", &n]).await })
+                tokio::spawn(async move { start_node(&n).await })
             })
             .collect();
         let mut first_error = None;
@@ -190,6 +202,31 @@ impl Downed {
     }
 }
 
+/// How many times `broker.sh cluster start N` is run for one node: it waits
+/// 90 s for the node to answer, which a loaded machine can exceed (a node
+/// took 100 s to start with a load average of 30 on two cores); run again, it
+/// does not start a second process but waits again (or starts the node if it
+/// exited).
+const START_ATTEMPTS: usize = 3;
+
+fn start_node_blocking(node: &str) -> Result<String, BoxError> {
+    let mut attempt = 1;
+    loop {
+        match broker_sh(&["cluster", "start", node]) {
+            Err(e) if attempt < START_ATTEMPTS => {
+                eprintln!("node {node} not back yet, waiting again: {e}");
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn start_node(node: &str) -> Result<String, BoxError> {
+    let node = node.to_owned();
+    tokio::task::spawn_blocking(move || start_node_blocking(&node)).await?
+}
+
 impl Drop for Downed {
     fn drop(&mut self) {
         if self.nodes.is_empty() {
@@ -199,7 +236,7 @@ impl Drop for Downed {
         eprintln!("restarting brokers {nodes:?} left down");
         let threads: Vec<_> = nodes
             .into_iter()
-            .map(|n| std::thread::spawn(move || broker_sh(&["cluster", "start", &n.to_string()])))
+            .map(|n| std::thread::spawn(move || start_node_blocking(&n.to_string())))
             .collect();
         for t in threads {
             match t.join() {
