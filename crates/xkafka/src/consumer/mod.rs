@@ -39,7 +39,7 @@ use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
-pub(crate) use rebalance::Listener;
+pub(crate) use rebalance::{Binding, Listener};
 pub use rebalance::Rebalance;
 use shared::Shared;
 pub use status::{
@@ -544,7 +544,9 @@ impl<K: Kind> ConsumerBuilder<K> {
 
     /// A crate-internal listener (retry topics' key order).
     pub(crate) fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
-        self.listeners.push(listener);
+        if !self.listeners.iter().any(|l| Arc::ptr_eq(l, &listener)) {
+            self.listeners.push(listener);
+        }
         self
     }
 
@@ -822,8 +824,15 @@ impl<K: Kind> ConsumerBuilder<K> {
         {
             shared.metrics = self.metrics;
         }
+        let binding = rebalance::Binding {
+            config: &config,
+            topics: &self.topics,
+            not_before: self.not_before.is_some(),
+            batches: K::BATCHES,
+            transactional: transaction.as_ref().map(|(p, _)| p),
+        };
         for listener in &self.listeners {
-            listener.bind(&config)?;
+            listener.bind(&binding)?;
         }
         shared.listeners = self.listeners;
         if transaction.is_some() {
@@ -915,6 +924,10 @@ impl ConsumerBuilder<Streaming> {
         <L::Service as Service<Message>>::Error: Into<BoxError>,
         <L::Service as Service<Message>>::Future: Send + 'static,
     {
+        // Retry topics keeping key order check the consumer at build.
+        if let Some(l) = crate::retry_topics::RetryTopicsLayer::downcast(&layer) {
+            self = self.listener(l);
+        }
         self.stack.push(layer);
         self
     }
@@ -951,6 +964,10 @@ impl ConsumerBuilder<Batching> {
         <L::Service as Service<Batch>>::Error: Into<BoxError>,
         <L::Service as Service<Batch>>::Future: Send + 'static,
     {
+        // Retry topics keeping key order refuse a batch consumer at build.
+        if let Some(l) = crate::retry_topics::RetryTopicsLayer::downcast(&layer) {
+            self = self.listener(l);
+        }
         self.stack.push(layer);
         self
     }
