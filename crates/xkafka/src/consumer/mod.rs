@@ -39,8 +39,8 @@ use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
-pub(crate) use rebalance::{Binding, Listener};
 pub use rebalance::Rebalance;
+pub(crate) use rebalance::{Binding, Listener};
 use shared::Shared;
 pub use status::{
     ConsumerStatus, Counters, GroupState, PartitionStatus, PauseReason, StatusHandle, Unfinished,

@@ -502,7 +502,18 @@ impl KeyOrder {
             let _ = client.unassign();
             match result {
                 Ok(()) => return Ok(progress.chain),
-                Err(reason) => {
+                Err(Stopped::Deadline(reason)) => {
+                    // Slow, not broken: the same client goes on at once.
+                    tracing::warn!(
+                        topic = %self.source,
+                        partition,
+                        attempt,
+                        records_read = progress.records,
+                        %reason,
+                        "reading the retry tiers for key order: going on; the partition waits",
+                    );
+                }
+                Err(Stopped::Failed(reason)) => {
                     // A broken client is not kept.
                     *reader = None;
                     if cancelled.load(std::sync::atomic::Ordering::Acquire) {
@@ -640,6 +651,14 @@ fn reader_client(config: &Config) -> Result<BaseConsumer, Error> {
         .map_err(|e| Error::kafka(crate::Operation::Create, e))
 }
 
+/// Why an attempt to read the tiers stopped.
+enum Stopped {
+    /// Its deadline passed: the client is fine.
+    Deadline(String),
+    /// The client failed (or the read was cancelled).
+    Failed(String),
+}
+
 /// How far a rebuild got: kept across its attempts.
 #[derive(Debug, Default)]
 struct Progress {
@@ -664,7 +683,7 @@ fn read_tiers(
     timeout: Duration,
     progress: &mut Progress,
     cancelled: &std::sync::atomic::AtomicBool,
-) -> Result<(), String> {
+) -> Result<(), Stopped> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
     if progress.ranges.is_none() {
@@ -674,12 +693,12 @@ fn read_tiers(
         }
         let committed = client
             .committed_offsets(wanted, left())
-            .map_err(|e| format!("committed offsets: {e}"))?;
+            .map_err(|e| Stopped::Failed(format!("committed offsets: {e}")))?;
         let mut ranges = Vec::with_capacity(tiers.len());
         for t in tiers {
             let (low, high) = client
                 .fetch_watermarks(t, partition, left())
-                .map_err(|e| format!("watermarks of {t}[{partition}]: {e}"))?;
+                .map_err(|e| Stopped::Failed(format!("watermarks of {t}[{partition}]: {e}")))?;
             let start = match committed.find_partition(t, partition).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o.max(low),
                 _ if earliest => low,
@@ -701,25 +720,27 @@ fn read_tiers(
         }
         let mut one = TopicPartitionList::new();
         one.add_partition_offset(t, partition, Offset::Offset(from))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Stopped::Failed(e.to_string()))?;
         client
             .assign(&one)
-            .map_err(|e| format!("assign {t}[{partition}]: {e}"))?;
+            .map_err(|e| Stopped::Failed(format!("assign {t}[{partition}]: {e}")))?;
         loop {
             if cancelled.load(std::sync::atomic::Ordering::Acquire) {
-                return Err("cancelled".into());
+                return Err(Stopped::Failed("cancelled".into()));
             }
             if left().is_zero() {
-                return Err(format!(
+                return Err(Stopped::Deadline(format!(
                     "{t}[{partition}] not read to its end ({high}) within {timeout:?} \
                      (at {})",
                     progress.next.unwrap_or(start)
-                ));
+                )));
             }
             match client.poll(left().min(Duration::from_millis(200))) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(format!("reading {t}[{partition}]: {e}")),
+                Some(Err(e)) => {
+                    return Err(Stopped::Failed(format!("reading {t}[{partition}]: {e}")))
+                }
                 Some(Ok(record)) => {
                     let offset = record.offset();
                     let message = crate::message_from_rdkafka(&record);
@@ -851,7 +872,11 @@ mod tests {
         chain.add(&k, 5, None);
         chain.add(&k, 5, None);
         chain.remove(&k, 5, None, &Immediate);
-        assert_eq!(chain.step_now(&place("k", 6, 0)), Step::Follow, "one copy left");
+        assert_eq!(
+            chain.step_now(&place("k", 6, 0)),
+            Step::Follow,
+            "one copy left"
+        );
         chain.remove(&k, 5, None, &Immediate);
         assert_eq!(chain.step_now(&place("k", 6, 0)), Step::Handle);
         // Removing what is not there changes nothing.
@@ -933,7 +958,10 @@ mod tests {
             .bind(&binding(&config, &main_only))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("RetryTopics::subscribe") && err.contains("t.retry.1"), "{err}");
+        assert!(
+            err.contains("RetryTopics::subscribe") && err.contains("t.retry.1"),
+            "{err}"
+        );
         let all = ["t".to_owned(), "t.retry.1".to_owned()];
         let no_due = Binding {
             not_before: false,

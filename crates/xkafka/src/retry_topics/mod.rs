@@ -487,7 +487,10 @@ impl RetryTopics {
         match self.next_tier(&original, &error) {
             Some(tier) => {
                 let text = error.to_string();
-                match self.move_to(&original, tier, Cause::Failed(&text), &log).await {
+                match self
+                    .move_to(&original, tier, Cause::Failed(&text), &log)
+                    .await
+                {
                     Ok(()) => Ok(Ack::Skip),
                     Err(publish) => {
                         let failure = Box::new(publish.with(error));
