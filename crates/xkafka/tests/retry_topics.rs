@@ -1076,6 +1076,7 @@ async fn key_order_on_a_consumer_that_cannot_keep_it_is_refused_at_build() {
 async fn the_rebuild_reads_a_long_tier_backlog_without_failing_a_message() {
     const BACKLOG: usize = 60_000;
     const INPUTS: usize = 20;
+    common::init_tracing();
     let source = topic("rt-backlog", 1).await;
     let retries = RetryTopics::new(producer(), source.as_str())
         .tiers([Duration::from_millis(100)])
