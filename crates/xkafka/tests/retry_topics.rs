@@ -98,10 +98,7 @@ async fn failures_move_through_the_tiers_on_time_and_then_to_the_dead_letter_top
         Duration::from_millis(500),
         Duration::from_secs(1),
     ]);
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .expect("tier topics");
+    ensure(&retries).await;
     for t in retries.tier_topics() {
         assert_eq!(
             xkafka::admin::partition_count(&brokers(), &t, Duration::from_secs(10))
@@ -302,10 +299,7 @@ async fn a_batch_consumer_moves_its_failed_messages_to_the_tiers_too() {
     }
     p.close().await;
     let retries = RetryTopics::new(producer(), source.as_str()).tiers([Duration::from_millis(200)]);
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     let group = unique("rt-batch");
     let main = xkafka::BatchConsumer::builder(&group)
         .brokers([brokers()])
@@ -547,10 +541,7 @@ async fn with_key_order_no_key_is_ever_handled_out_of_order() {
     let retries = RetryTopics::new(producer(), source.as_str())
         .tiers(delays)
         .keep_key_order();
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     let metrics = xkafka::metrics::Metrics::new();
     let calls: Arc<Mutex<Vec<KeyedCall>>> = Arc::default();
     let group = unique("rt-order");
@@ -623,10 +614,7 @@ async fn with_key_order_no_key_is_ever_handled_out_of_order() {
     let twin_source = topic("rt-twin", 3).await;
     publish_keyed(&twin_source, 0..PER_KEY).await;
     let twin_retries = RetryTopics::new(producer(), twin_source.as_str()).tiers(delays);
-    twin_retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&twin_retries).await;
     let twin_calls: Arc<Mutex<Vec<KeyedCall>>> = Arc::default();
     let twin = twin_retries
         .subscribe(xkafka::Consumer::builder(unique("rt-twin")))
@@ -806,6 +794,25 @@ fn read_to_end(topic: &str) -> Vec<Message> {
     }
 }
 
+/// Creates the tiers' and dead-letter topics; retried while the source
+/// topic, just created, is not yet known to the broker's metadata.
+async fn ensure(retries: &RetryTopics) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match retries
+            .ensure_topics(&brokers(), Duration::from_secs(10))
+            .await
+        {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("ensure_topics: {e}; again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("tier topics: {e}"),
+        }
+    }
+}
+
 /// A topic whose records may be at most `max_bytes` large: a publish of a
 /// larger record fails (the broker refuses it).
 async fn small_topic(name: &str, partitions: i32, max_bytes: usize) {
@@ -837,10 +844,7 @@ async fn a_tier_publish_that_fails_sends_the_message_to_the_dead_letter_topic() 
     let source = topic("rt-pubfail", 1).await;
     let retries = RetryTopics::new(producer(), source.as_str()).tiers([Duration::from_millis(100)]);
     small_topic(&retries.tier_topics()[0], 1, 1_000).await;
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     let p = producer();
     for n in 0..INPUTS {
         let value = format!("{n}:{}", "x".repeat(2_000));
@@ -927,10 +931,7 @@ async fn a_tier_publish_is_never_reported_failed_while_it_is_still_delivered() {
     let retries = RetryTopics::new(producer(), source.as_str())
         .tiers([Duration::from_millis(100)])
         .timeout(Duration::from_millis(1));
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     let p = producer();
     for n in 0..INPUTS {
         p.publish_async(
@@ -1083,10 +1084,7 @@ async fn the_rebuild_reads_a_long_tier_backlog_without_failing_a_message() {
         .keep_key_order()
         .timeout(Duration::from_millis(300))
         .rebuild_timeout(Duration::from_millis(300));
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     // What another instance left in the tier: due in an hour, other keys.
     let tier = retries.tier_topics()[0].clone();
     let due_ms = (now_ms() + 3_600_000).to_string();
@@ -1192,10 +1190,7 @@ async fn key_order_with_exactly_once_loses_nothing_when_a_transaction_aborts() {
     let retries = RetryTopics::new(txn.clone(), source.as_str())
         .tiers([Duration::from_millis(200)])
         .keep_key_order();
-    retries
-        .ensure_topics(&brokers(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    ensure(&retries).await;
     let inputs = ["a:0", "a:1", "b:0", "b:1", "t:0"];
     let p = producer();
     for i in inputs {

@@ -4,8 +4,11 @@
 //! delay), then `<topic>.retry.2`, …, then the dead-letter topic — while
 //! the main topic keeps flowing. Only once the broker acknowledged the copy
 //! does the original count as skipped (its offset may move), as with
-//! [`DeadLetterLayer`]. [`permanent`](crate::middleware::retry::permanent)
-//! errors go straight to the dead-letter topic.
+//! [`DeadLetterLayer`](crate::dlq::DeadLetterLayer). [`permanent`](crate::middleware::retry::permanent)
+//! errors go straight to the dead-letter topic. A move to a tier that
+//! fails (librdkafka reports the delivery failed) goes to the dead-letter
+//! topic instead; no publish is abandoned while librdkafka still owns it
+//! (the producer's `message.timeout.ms` bounds it).
 //!
 //! The consumer of the retry tiers waits for each message's due time
 //! without blocking anything: [`ConsumerBuilder::not_before`](crate::ConsumerBuilder::not_before) with [`due`]
