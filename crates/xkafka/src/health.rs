@@ -19,7 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::consumer::{ConsumerStatus, GroupState};
+use crate::consumer::{ConsumerStatus, GroupState, PauseReason};
 use crate::Error;
 
 /// The longest threshold accepted: past a day, a "threshold" is a typo.
@@ -79,8 +79,20 @@ impl HealthCheckBuilder {
     }
 
     /// Unhealthy when a partition's committed offset has not moved for
-    /// this long while messages wait behind it (default 10 min): a failing
-    /// or hung message holds it.
+    /// this long (default 10 min) while the consumer has work on it that
+    /// does not get done: a message in flight (failing or hung), messages
+    /// finished whose commit does not go through, or records it has not
+    /// read and is not reading (its fetching stuck). A partition with
+    /// nothing left to read is not stuck, however long ago it committed —
+    /// on a transactional input the committed offset stays one below the
+    /// high watermark for good (the last offset is the transaction's
+    /// marker) — and neither is one waiting on purpose: held back until
+    /// its next message is due ([`PauseReason::NotDue`]), or draining
+    /// while it is revoked. Keep it above `auto.commit.interval.ms` and
+    /// the transaction interval (commits come no more often). With
+    /// `read_committed`, a transaction left open on the input for longer
+    /// than this counts as records not read (librdkafka does not say where
+    /// the last stable offset is).
     pub fn commit_stuck_after(mut self, threshold: Duration) -> Self {
         self.check.commit_stuck = threshold;
         self
@@ -135,7 +147,8 @@ pub enum Problem {
         /// Seconds in that state.
         for_secs: u64,
     },
-    /// A partition's committed offset has not moved while messages wait.
+    /// A partition's committed offset has not moved while the consumer
+    /// has work on it that does not get done.
     CommitStuck {
         /// The topic.
         topic: String,
@@ -147,6 +160,12 @@ pub enum Problem {
         held_by: Option<i64>,
         /// Messages waiting behind it (lag), when known.
         waiting: Option<i64>,
+        /// Finished up to here (the offset to commit), when that is past
+        /// the committed offset: the commit does not go through.
+        finished_to: Option<i64>,
+        /// Records not read yet, when the consumer is not reading them:
+        /// its fetching is stuck.
+        unread: Option<i64>,
         /// Seconds the committed offset has not moved.
         for_secs: u64,
     },
@@ -192,6 +211,8 @@ impl fmt::Display for Problem {
                 committed,
                 held_by,
                 waiting,
+                finished_to,
+                unread,
                 for_secs,
             } => {
                 write!(f, "{topic}[{partition}]: the committed offset (")?;
@@ -203,9 +224,21 @@ impl fmt::Display for Problem {
                 if let Some(w) = waiting {
                     write!(f, " while {w} message(s) wait")?;
                 }
-                match held_by {
-                    Some(o) => write!(f, "; the message at offset {o} holds it (failing or hung)"),
-                    None => f.write_str("; nothing of it is in flight (paused, or not fetching)"),
+                match (held_by, finished_to, unread) {
+                    (Some(o), _, _) => {
+                        write!(f, "; the message at offset {o} holds it (failing or hung)")
+                    }
+                    (None, Some(s), _) => write!(
+                        f,
+                        "; messages up to offset {s} finished but their commit does not go \
+                         through"
+                    ),
+                    (None, None, Some(n)) => write!(
+                        f,
+                        "; {n} record(s) are not being read (the partition stays paused, or \
+                         its fetching is stuck)"
+                    ),
+                    (None, None, None) => Ok(()),
                 }
             }
             Problem::Fatal { error } => write!(f, "fatal error: {error}"),
@@ -218,7 +251,9 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Health {
-    /// Alive: no problem (what a liveness probe asks).
+    /// Alive: no problem (what a liveness probe asks). Each problem is a
+    /// state a restart can cure; a consumer with nothing to do, or waiting
+    /// on purpose, is live however long it waits.
     pub live: bool,
     /// Ready: running and stable in its group, no fatal error (what a
     /// readiness probe asks). A member with an empty assignment (more
@@ -274,16 +309,29 @@ impl HealthCheck {
                         for_secs: secs(u.held_for),
                     });
                 }
-                let waiting = p.lag.filter(|l| *l > 0);
-                if p.committed_unchanged_for >= self.commit_stuck
-                    && (waiting.is_some() || p.in_flight > 0)
-                {
+                if p.committed_unchanged_for < self.commit_stuck {
+                    continue;
+                }
+                // Judged against what the consumer read and finished, not
+                // the high watermark: a marker ends a transactional log,
+                // and a partition held back on purpose has lag.
+                let held_by = p
+                    .oldest_unfinished
+                    .filter(|_| p.in_flight > 0)
+                    .map(|u| u.offset);
+                let finished_to = p.stored.filter(|s| p.committed.is_none_or(|c| *s > c));
+                let on_purpose =
+                    matches!(p.paused, Some(PauseReason::NotDue | PauseReason::Closing));
+                let unread = p.fetchable.filter(|f| *f > 0 && !on_purpose);
+                if p.in_flight > 0 || finished_to.is_some() || unread.is_some() {
                     problems.push(Problem::CommitStuck {
                         topic: p.topic.clone(),
                         partition: p.partition,
                         committed: p.committed,
-                        held_by: p.oldest_unfinished.map(|u| u.offset),
-                        waiting,
+                        held_by,
+                        waiting: p.lag.filter(|l| *l > 0),
+                        finished_to,
+                        unread,
                         for_secs: secs(p.committed_unchanged_for),
                     });
                 }
@@ -337,6 +385,7 @@ mod tests {
             committed: Some(40),
             high_watermark: Some(40 + lag),
             lag: Some(lag),
+            fetchable: Some((40 + lag - 100).max(0)),
             in_flight,
             paused: None,
             oldest_unfinished: held.map(|(offset, secs)| Unfinished {
@@ -387,6 +436,98 @@ mod tests {
         s.last_poll_ago = Some(Duration::from_secs(9));
         s.partitions = vec![partition(3, Some((40, 29)), 500, 59)];
         assert!(check.check(&s).live);
+    }
+
+    /// A partition that has read everything, finished everything and
+    /// committed it: `committed` one below the high watermark (the
+    /// transaction marker ending the log), nothing in flight.
+    fn read_to_the_end() -> PartitionStatus {
+        PartitionStatus {
+            position: Some(13),
+            stored: Some(12),
+            committed: Some(12),
+            high_watermark: Some(13),
+            lag: Some(1),
+            fetchable: Some(0),
+            ..partition(0, None, 1, 7200)
+        }
+    }
+
+    fn commit_stuck(check: &HealthCheck, p: PartitionStatus) -> Vec<String> {
+        let mut s = status(GroupState::Stable, Duration::from_secs(3600));
+        s.partitions.push(p);
+        let h = check.check(&s);
+        assert_eq!(h.live, h.problems.is_empty());
+        h.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_partition_with_nothing_left_to_do_is_never_commit_stuck() {
+        let check = HealthCheck::default();
+        // A transactional input read to its end: lag 1 for good.
+        assert_eq!(commit_stuck(&check, read_to_the_end()), [] as [String; 0]);
+        // Held back until its next message is due: lag, position behind.
+        let waiting = PartitionStatus {
+            position: Some(12),
+            high_watermark: Some(20),
+            lag: Some(8),
+            fetchable: Some(8),
+            paused: Some(PauseReason::NotDue),
+            ..read_to_the_end()
+        };
+        assert_eq!(commit_stuck(&check, waiting.clone()), [] as [String; 0]);
+        // Draining while revoked: bounded by the revocation's grace.
+        let closing = PartitionStatus {
+            paused: Some(PauseReason::Closing),
+            ..waiting.clone()
+        };
+        assert_eq!(commit_stuck(&check, closing), [] as [String; 0]);
+        // Not paused on purpose, and not reading: its fetching is stuck.
+        for paused in [None, Some(PauseReason::Backpressure)] {
+            let text = commit_stuck(
+                &check,
+                PartitionStatus {
+                    paused,
+                    ..waiting.clone()
+                },
+            );
+            assert_eq!(
+                text,
+                [
+                    "orders[2]: the committed offset (12) has not moved for 7200 s while 8 \
+                  message(s) wait; 8 record(s) are not being read (the partition stays paused, \
+                  or its fetching is stuck)"
+                ],
+                "{paused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn finished_messages_whose_commit_does_not_go_through_are_commit_stuck() {
+        let check = HealthCheck::default();
+        let failing = PartitionStatus {
+            stored: Some(13),
+            ..read_to_the_end()
+        };
+        assert_eq!(
+            commit_stuck(&check, failing.clone()),
+            [
+                "orders[2]: the committed offset (12) has not moved for 7200 s while 1 message(s) \
+              wait; messages up to offset 13 finished but their commit does not go through"
+            ]
+        );
+        let never = PartitionStatus {
+            committed: None,
+            lag: None,
+            ..failing.clone()
+        };
+        assert!(commit_stuck(&check, never)[0].contains("(none yet)"));
+        let recent = PartitionStatus {
+            committed_unchanged_for: Duration::from_secs(599),
+            ..failing
+        };
+        assert_eq!(commit_stuck(&check, recent), [] as [String; 0]);
     }
 
     #[test]

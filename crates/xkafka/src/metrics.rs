@@ -12,6 +12,7 @@
 //! | `xkafka_committed_offset` | topic, partition | last committed offset (next to read) |
 //! | `xkafka_consumer_lag` | topic, partition | high watermark (librdkafka's, from the last fetch) − committed offset |
 //! | `xkafka_stalled_offset` | topic, partition | offset of the unfinished message a paused partition is stalled behind (present only while stalled) |
+//! | `xkafka_transaction_isolations_total` | topic, outcome (`found`, `none`) | exactly-once: searches, one message per transaction, for the input whose output made every commit abort; `found`: the input was given to the error handler |
 //!
 //! The per-partition gauges of a partition are removed when it is revoked
 //! from the consumer, so that no stale series stays behind.
@@ -63,6 +64,7 @@ struct Families {
     committed: IntGaugeVec,
     lag: IntGaugeVec,
     stalled: IntGaugeVec,
+    isolations: IntCounterVec,
 }
 
 /// xkafka's metric families in a Prometheus registry; cheap to clone.
@@ -153,6 +155,11 @@ impl Metrics {
                 "Offset of the unfinished message a paused partition waits for",
                 &["topic", "partition"],
             )?,
+            isolations: counter(
+                "xkafka_transaction_isolations_total",
+                "Searches for an input whose output makes every transaction abort, by outcome",
+                &["topic", "outcome"],
+            )?,
         };
         registry.register(Box::new(families.consumed.clone()))?;
         registry.register(Box::new(families.duration.clone()))?;
@@ -164,6 +171,7 @@ impl Metrics {
         registry.register(Box::new(families.committed.clone()))?;
         registry.register(Box::new(families.lag.clone()))?;
         registry.register(Box::new(families.stalled.clone()))?;
+        registry.register(Box::new(families.isolations.clone()))?;
         Ok(Metrics {
             registry,
             families: Arc::new(families),
@@ -223,6 +231,16 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Counts the end of a search for an input whose output made every
+    /// transaction abort: `found` when it was isolated.
+    pub(crate) fn record_isolation(&self, topic: &str, found: bool) {
+        let outcome = if found { "found" } else { "none" };
+        self.families
+            .isolations
+            .with_label_values(&[topic, outcome])
+            .inc();
+    }
+
     /// Sets (`Some`) or clears the offset a stalled partition waits for.
     pub(crate) fn record_stall(&self, topic: &str, partition: i32, offset: Option<i64>) {
         let partition = partition.to_string();

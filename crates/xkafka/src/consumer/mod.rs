@@ -412,6 +412,7 @@ impl<K: Kind> ConsumerBuilder<K> {
             limits: Limits {
                 per_partition: DEFAULT_MAX_IN_FLIGHT_PER_PARTITION,
                 total: DEFAULT_MAX_IN_FLIGHT,
+                stall_after: pipeline::DEFAULT_STALL_AFTER,
             },
             revoke_grace: DEFAULT_REVOKE_GRACE,
             batch_size: DEFAULT_BATCH_SIZE,
@@ -662,6 +663,18 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// handled 256 msg/s on Tansu, against over 7,000 msg/s at 1,000.
     pub fn max_in_flight_per_partition(mut self, n: usize) -> Self {
         self.limits.per_partition = n.max(1);
+        self
+    }
+
+    /// How long a partition paused at its
+    /// [bound](Self::max_in_flight_per_partition) may wait behind the same
+    /// unfinished message before the error handler receives
+    /// [`Error::Stalled`] (default 30 s). A message waiting its turn behind
+    /// its key or for a permit is ordinary backpressure and is over within
+    /// a few handler calls; one unfinished this long is running too long
+    /// (or waits behind one that is).
+    pub fn stall_after(mut self, threshold: Duration) -> Self {
+        self.limits.stall_after = threshold;
         self
     }
 

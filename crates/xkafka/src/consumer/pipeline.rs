@@ -23,7 +23,7 @@ use super::offsets::TopicPartition;
 use super::shared::Shared;
 use super::status::{Ages, PartitionStatus, PauseReason, Published};
 use super::tracker::OffsetTracker;
-use super::transaction::{Ending, Transaction};
+use super::transaction::{AfterFailure, Ending, Transaction};
 use super::CommitMode;
 use crate::error::{Decision, Error, Operation};
 use crate::{Ack, Message};
@@ -33,13 +33,22 @@ use crate::{Ack, Message};
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// Bound on rewinding partitions after an aborted transaction.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a commit that ran out of time is resumed (each with the
+/// whole transaction timeout) before the consumer gives up and stops.
+const COMMIT_ATTEMPTS: u32 = 3;
 
 /// Buffering bounds: past them partitions are paused, not polled less.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     pub(crate) per_partition: usize,
     pub(crate) total: usize,
+    /// How long the oldest unfinished message of a partition paused at its
+    /// bound may stay unfinished before it is reported as a stall.
+    pub(crate) stall_after: Duration,
 }
+
+/// Default of [`Limits::stall_after`].
+pub(crate) const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30);
 
 struct PartitionState {
     tracker: OffsetTracker,
@@ -53,6 +62,9 @@ struct PartitionState {
     /// Paused with an unfinished message holding finished ones behind it,
     /// and reported as such (once per stall).
     stalled: bool,
+    /// Paused at its bound behind this unfinished message since then (a
+    /// stall once it lasts `stall_after`).
+    held_since: Option<(i64, Instant)>,
     /// Paused until then: its next message is not due yet (`not_before`);
     /// the fetch position was set back to it.
     delayed: Option<Instant>,
@@ -88,6 +100,11 @@ pub(crate) struct Pipeline {
     /// The last dispatched message's partition, reused while messages come
     /// in runs of one partition: spares an `Arc` clone and drop per message.
     last_tp: Option<TopicPartition>,
+    /// Transactional: inputs whose output no transaction could commit,
+    /// found by isolation, with the error handler's decision. Dispatched
+    /// again, such a message is settled with that decision without calling
+    /// its handler (so `Continue` commits past it with no output).
+    refused_outputs: Vec<(TopicPartition, i64, Decision)>,
 }
 
 /// When a message may be handled at the earliest; `None`: now.
@@ -119,6 +136,7 @@ impl Pipeline {
             limits: Limits {
                 per_partition: limits.per_partition.max(1),
                 total: limits.total.max(1),
+                stall_after: limits.stall_after,
             },
             commit_mode,
             next_epoch: 0,
@@ -131,6 +149,7 @@ impl Pipeline {
             not_before: None,
             delayed: 0,
             last_tp: None,
+            refused_outputs: Vec::new(),
         }
     }
 
@@ -164,6 +183,7 @@ impl Pipeline {
             )
         };
         ages.retain(&assigned);
+        let positions = super::status::fetch_positions(consumer, &assigned);
         let partitions = assigned
             .iter()
             .map(|tp| {
@@ -178,14 +198,20 @@ impl Pipeline {
                     (true, _, false) => Some(PauseReason::Backpressure),
                     (false, _, _) => None,
                 });
+                // librdkafka's has none just after an assignment or a seek.
+                let position =
+                    (positions.get(tp).copied()).max(tracker.and_then(OffsetTracker::end));
                 PartitionStatus {
                     topic: tp.topic.to_string(),
                     partition: tp.partition,
-                    position: tracker.and_then(OffsetTracker::end),
+                    position,
                     stored: tracker.and_then(OffsetTracker::watermark),
                     committed,
                     high_watermark: high,
                     lag: high.zip(committed).map(|(h, c)| (h - c).max(0)),
+                    fetchable: high
+                        .zip(position.or(committed))
+                        .map(|(h, p)| (h - p).max(0)),
                     in_flight: tracker.map_or(0, OffsetTracker::unsettled),
                     paused,
                     oldest_unfinished: ages
@@ -320,6 +346,7 @@ impl Pipeline {
                 paused: false,
                 closing: false,
                 stalled: false,
+                held_since: None,
                 delayed: None,
             });
         }
@@ -389,6 +416,25 @@ impl Pipeline {
         self.unsettled += 1;
         if let Some(txn) = &mut self.txn {
             txn.dispatched(tp, offset);
+            // Kept until committed past: the transaction that skips it may
+            // abort too, and it is read again.
+            if let Some(decision) = self
+                .refused_outputs
+                .iter()
+                .find(|(p, o, _)| p == tp && *o == offset)
+                .map(|(_, _, d)| *d)
+            {
+                settle_one(
+                    state,
+                    tp,
+                    offset,
+                    Settled::Failed(decision),
+                    &mut self.unsettled,
+                    &mut self.txn,
+                    &mut self.pending,
+                );
+                return;
+            }
         }
         // Settled entries count too: behind one unfinished message they
         // pile up (`Order::PerKey`, `Unordered`) until it finishes.
@@ -497,27 +543,42 @@ impl Pipeline {
         for ack in settlement.acks {
             let _ = ack.send(());
         }
-        self.report_stalls(shared, &settlement.changed);
         self.resume_drained(consumer, shared);
     }
 
-    /// Reports each paused partition of `changed` where an unfinished
-    /// message now holds finished ones behind it (once per stall): it cannot
+    /// Reports each partition paused at its bound behind the same
+    /// unfinished message for `stall_after` (once per stall): it cannot
     /// resume before that message finishes, since what is tracked only
-    /// shrinks from the front.
-    fn report_stalls(&mut self, shared: &Shared, changed: &BTreeSet<TopicPartition>) {
-        for tp in changed {
-            let Some(state) = self.partitions.get_mut(tp) else {
-                continue;
-            };
+    /// shrinks from the front. Waiting its turn (behind its key, for a
+    /// permit) is ordinary backpressure, over in a few handler calls: only
+    /// a message unfinished for that long is a stall. The poll loop calls
+    /// this with the status publication.
+    pub(crate) fn report_stalls(&mut self, shared: &Shared) {
+        let now = Instant::now();
+        for (tp, state) in self.partitions.iter_mut() {
             if !state.paused || state.closing || state.stalled {
+                if !state.paused {
+                    state.held_since = None;
+                }
                 continue;
             }
-            let Some((offset, behind)) = state.tracker.held() else {
+            let held = state
+                .tracker
+                .held()
+                // Not about to resume (`resume_drained`).
+                .filter(|_| state.tracker.tracked() > self.limits.per_partition / 2);
+            let Some((offset, behind)) = held else {
+                state.held_since = None;
                 continue;
             };
-            if state.tracker.tracked() <= self.limits.per_partition / 2 {
-                // About to resume (`resume_drained`): it is not held.
+            let since = match state.held_since {
+                Some((o, since)) if o == offset => since,
+                _ => {
+                    state.held_since = Some((offset, now));
+                    now
+                }
+            };
+            if now.duration_since(since) < self.limits.stall_after {
                 continue;
             }
             state.stalled = true;
@@ -793,6 +854,34 @@ impl Pipeline {
         self.txn.as_ref().and_then(Transaction::due_in)
     }
 
+    /// Transactional: whether the open transaction's window is full (see
+    /// [`Transaction`]): no message may be dispatched into it before one
+    /// settles.
+    pub(crate) fn transaction_window_full(&mut self) -> bool {
+        let floor = 2 * self.dispatcher.capacity();
+        let unsettled = self.unsettled;
+        match self.txn.as_mut() {
+            Some(txn) if unsettled >= txn.window(floor) => {
+                txn.window_hit();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits up to `wait` for a completion and settles what arrived (lanes
+    /// get what was dispatched to them first).
+    pub(crate) fn await_completion<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        shared: &Shared,
+        wait: Duration,
+    ) {
+        self.settle(consumer, shared);
+        let first = self.completions.recv_timeout(wait).ok();
+        self.settle_with(consumer, shared, first);
+    }
+
     /// Transactional: whether the open transaction should end now.
     pub(crate) fn transaction_due(&self) -> bool {
         self.txn.as_ref().is_some_and(Transaction::due)
@@ -906,7 +995,28 @@ impl Pipeline {
             return true;
         };
         let timeout = txn.timeout();
-        match txn.commit(consumer, &offsets, timeout) {
+        let isolating = txn.is_isolating();
+        let mut attempt = 1;
+        let committed = loop {
+            match txn.commit(consumer, &offsets, timeout) {
+                // Out of time while librdkafka goes on with the commit: the
+                // same call resumes it (an abort would be refused).
+                Err(err) if crate::producer::is_resumable(&err) && attempt < COMMIT_ATTEMPTS => {
+                    tracing::warn!(group = %shared.group, %err, attempt, "transaction commit ran out of time; resuming it");
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        if isolating && !txn.is_isolating() && committed.is_ok() {
+            // The search ended without finding a culprit: the failures
+            // were passing ones.
+            #[cfg(feature = "metrics")]
+            if let (Some(metrics), Some((tp, _))) = (&shared.metrics, offsets.first()) {
+                metrics.record_isolation(&tp.topic, false);
+            }
+        }
+        match committed {
             Ok(()) => {
                 {
                     let mut ledger = shared.ledger();
@@ -914,6 +1024,10 @@ impl Pipeline {
                     for (tp, offset) in &offsets {
                         ledger.mark_committed(tp, *offset);
                     }
+                }
+                if !self.refused_outputs.is_empty() {
+                    self.refused_outputs
+                        .retain(|(p, o, _)| !offsets.iter().any(|(tp, next)| tp == p && next > o));
                 }
                 if let Err(err) = txn.begin() {
                     shared.stop_with(err);
@@ -925,8 +1039,43 @@ impl Pipeline {
                 shared.stop_with(err);
                 false
             }
+            Err(err) if crate::producer::is_resumable(&err) => {
+                // Neither committed nor abortable (librdkafka is still
+                // committing): stop, without rewinding. The broker ends
+                // the transaction; the next instance fences this one.
+                tracing::error!(group = %shared.group, %err, attempts = COMMIT_ATTEMPTS, "transaction commit did not finish; stopping");
+                shared.stop_with(Error::Transactional(format!(
+                    "the transaction commit did not finish after {COMMIT_ATTEMPTS} attempts of \
+                     {timeout:?} ({err}); the consumer stopped, and the transaction's messages \
+                     will be read again by the next instance"
+                )));
+                false
+            }
             Err(err) => {
-                self.abort_transaction(consumer, shared, None, Some(err));
+                match txn.commit_failed() {
+                    AfterFailure::Abort => {
+                        self.abort_transaction(consumer, shared, None, Some(err))
+                    }
+                    AfterFailure::Isolated(tp, offset) => {
+                        self.abort_transaction(consumer, shared, None, None);
+                        #[cfg(feature = "metrics")]
+                        if let Some(metrics) = &shared.metrics {
+                            metrics.record_isolation(&tp.topic, true);
+                        }
+                        tracing::error!(group = %shared.group, partition = %tp, offset, %err, "a message's output cannot be committed, even alone in a transaction");
+                        let decision = shared.report(Error::Handler {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            offset,
+                            source: format!(
+                                "its output cannot be committed: every transaction holding it \
+                                 aborted, the last one holding it alone ({err})"
+                            )
+                            .into(),
+                        });
+                        self.refused_outputs.push((tp, offset, decision));
+                    }
+                }
                 false
             }
         }
@@ -952,7 +1101,18 @@ impl Pipeline {
         };
         let timeout = txn.timeout();
         let (mut rewind, aborted) = txn.abort(timeout);
-        let reopened = aborted.and_then(|()| txn.begin());
+        if let Err(err) = aborted {
+            // Not aborted: reading its messages again here could put their
+            // output beside theirs. Stop; the broker aborts it after the
+            // transaction timeout, or the next instance fences it.
+            tracing::error!(group = %shared.group, %err, "transaction could not be aborted; stopping");
+            if let Some(cause) = cause {
+                shared.report(cause);
+            }
+            shared.stop_with(err);
+            return;
+        }
+        let reopened = txn.begin();
         shared.ledger().transactions_aborted += 1;
         if let Some(leaving) = leaving {
             rewind.retain(|(tp, _)| !leaving.contains(tp));
@@ -987,6 +1147,7 @@ impl Pipeline {
             state.gate = Gate::new();
             state.epoch = self.next_epoch;
             state.stalled = false;
+            state.held_since = None;
             if state.delayed.take().is_some() {
                 self.delayed -= 1;
             }
@@ -1280,6 +1441,7 @@ mod tests {
             Limits {
                 per_partition: 100,
                 total: 1_000,
+                stall_after: Duration::ZERO,
             },
             CommitMode::Auto,
         );
@@ -1591,6 +1753,7 @@ mod tests {
                     Limits {
                         per_partition: usize::MAX,
                         total: usize::MAX,
+                        stall_after: Duration::ZERO,
                     },
                     CommitMode::Auto,
                 );

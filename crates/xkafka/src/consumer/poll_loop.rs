@@ -45,6 +45,9 @@ pub(super) const POLL_BATCH: usize = 512;
 /// whole round of 1 KiB payloads copied first overflowed it and cost
 /// ~80 ns more per message (BENCHMARKS.md, "What was found and fixed").
 pub(super) const DISPATCH_EVERY: usize = 4;
+/// How long a transactional dispatch waits at a time for a handler to
+/// finish when the open transaction's window is full.
+const WINDOW_TICK: Duration = Duration::from_millis(5);
 /// How often committed offsets and lag go to the metrics.
 #[cfg(feature = "metrics")]
 const POSITIONS_EVERY: Duration = Duration::from_secs(1);
@@ -245,6 +248,7 @@ impl PollLoop {
             if published_at.elapsed() >= super::status::PUBLISH_EVERY {
                 published_at = Instant::now();
                 pipeline.publish_status(&self.consumer, &self.shared, &mut ages);
+                pipeline.report_stalls(&self.shared);
             }
             if pipeline.transaction_due() {
                 pipeline.end_transaction(&self.consumer, &self.shared);
@@ -329,6 +333,17 @@ impl PollLoop {
                 pipeline.end_transaction(&self.consumer, &self.shared);
                 stale.extend(pipeline.take_rewound());
                 *rewinds = self.shared.rewinds.load(Ordering::Acquire);
+            }
+            // The open transaction holds what can be handled within about
+            // half its interval: wait for handlers (the transaction may come
+            // due meanwhile and end) before adding more.
+            while pipeline.transaction_window_full() && !self.shared.shutdown.is_shutting_down() {
+                pipeline.await_completion(&self.consumer, &self.shared, WINDOW_TICK);
+                if pipeline.transaction_due() {
+                    pipeline.end_transaction(&self.consumer, &self.shared);
+                    stale.extend(pipeline.take_rewound());
+                    *rewinds = self.shared.rewinds.load(Ordering::Acquire);
+                }
             }
             if !stale.is_empty() && is_stale(&message, &stale) {
                 continue;

@@ -72,8 +72,10 @@ pub struct PartitionStatus {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// The next offset the consumer will hand to a handler (one past the
-    /// last fetched), when anything was fetched.
+    /// The next offset the consumer will read: librdkafka's position,
+    /// which passes transaction markers and aborted records it read past,
+    /// or one past the last message handed to a handler when librdkafka
+    /// has none (just assigned, or set back to a message not due yet).
     pub position: Option<i64>,
     /// The offset stored (the next to read after a restart, once
     /// committed): one past the contiguous run of finished messages.
@@ -83,8 +85,17 @@ pub struct PartitionStatus {
     /// The partition's high watermark as librdkafka last saw it (no broker
     /// round trip).
     pub high_watermark: Option<i64>,
-    /// High watermark − committed offset.
+    /// High watermark − committed offset. On a transactional input it
+    /// stays at least 1 once everything is read: the last offset of the
+    /// log is the transaction's marker, never handed over nor committed
+    /// past (see `fetchable`).
     pub lag: Option<i64>,
+    /// High watermark − [`position`](Self::position): what there is to
+    /// read that the consumer has not read yet; 0 once it read everything,
+    /// the last transaction's marker included. With `read_committed`, a
+    /// transaction still open on the input counts too, though nothing of
+    /// it can be read before it ends.
+    pub fetchable: Option<i64>,
     /// Messages fetched and not finished.
     pub in_flight: usize,
     /// Why it is paused, if it is.
@@ -289,6 +300,49 @@ impl Board {
             taken_at: SystemTime::now(),
         }
     }
+}
+
+/// librdkafka's position for each of `assigned` that has one: the offset
+/// after the last record the consumer read, transaction markers and
+/// aborted records included (a marker is never handed over, but reading
+/// it moves the position). Local figures, no broker round trip; unlike
+/// rdkafka's `Consumer::position`, which first asks the group thread for
+/// the assignment and waits for its answer.
+#[allow(unsafe_code)]
+pub(crate) fn fetch_positions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    assigned: &std::collections::BTreeSet<TopicPartition>,
+) -> BTreeMap<TopicPartition, i64> {
+    use rdkafka::consumer::Consumer as _;
+    if assigned.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut list = rdkafka::TopicPartitionList::with_capacity(assigned.len());
+    for tp in assigned {
+        list.add_partition(&tp.topic, tp.partition);
+    }
+    // SAFETY: the client and the list are alive for the call; librdkafka
+    // only writes the list's offsets and errors.
+    let err =
+        unsafe { rdkafka::bindings::rd_kafka_position(consumer.client().native_ptr(), list.ptr()) };
+    if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        return BTreeMap::new();
+    }
+    list.elements()
+        .iter()
+        .zip(assigned)
+        .filter_map(|(e, tp)| match e.offset() {
+            // In the order added; checked all the same.
+            rdkafka::Offset::Offset(o)
+                if e.error().is_ok()
+                    && e.partition() == tp.partition
+                    && e.topic() == &*tp.topic =>
+            {
+                Some((tp.clone(), o))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the poll thread remembers between publications, to tell how long

@@ -26,6 +26,10 @@ pub(crate) const DEFAULT_MAX_MESSAGES: usize = 10_000;
 /// ...or this long after its first message (Kafka Streams' default commit
 /// interval with exactly-once).
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+/// After this many commits in a row failed in an abortable way, the
+/// transactions hold one message each until the input whose output makes
+/// them fail is found (or as many as the failed transaction held passed).
+const ISOLATE_AFTER: u32 = 2;
 
 /// When a transaction ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +39,16 @@ pub(crate) struct Boundary {
 }
 
 /// The open transaction, seen from the consumer.
+///
+/// How much it holds: a transaction ends at a barrier, where every message
+/// dispatched in it has settled; so that the barrier comes within its
+/// interval whatever the handlers' speed, the messages dispatched and not
+/// settled are bounded by a *window* of about half an interval's worth of
+/// handling, measured (see [`window`](Self::window)). Without it, a fast
+/// fetch filled the open transaction with everything the in-flight bounds
+/// allow, and its barrier waited seconds for slow handlers to get through
+/// it: transactions of 10,000 messages instead of one per interval, and
+/// nothing committed at all under restarts every few seconds.
 pub(crate) struct Transaction {
     producer: Producer,
     boundary: Boundary,
@@ -49,6 +63,30 @@ pub(crate) struct Transaction {
     /// published before failing is in the open transaction, which must not
     /// commit.
     pub(crate) poisoned: bool,
+    /// Messages settled per second while transactions were open, as last
+    /// measured when the window was the limit (`None`: not measured yet).
+    rate: Option<f64>,
+    /// The window was full at some point of the open transaction: its
+    /// rate is the handlers' (not the input's).
+    window_hit: bool,
+    /// Commits in a row that failed in an abortable way.
+    failed_commits: u32,
+    /// Isolating: transactions hold one message each, for this many more
+    /// transactions (see [`commit_failed`](Self::commit_failed)).
+    isolating: Option<usize>,
+    /// Isolating: the message whose transaction, holding it alone, failed
+    /// once; a second failure alone convicts it.
+    suspect: Option<(TopicPartition, i64)>,
+}
+
+/// What a failed commit leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// Abort and read the transaction's messages again.
+    Abort,
+    /// Abort, and give this message to the error handler: alone in its
+    /// transaction, its output still could not be committed.
+    Isolated(TopicPartition, i64),
 }
 
 impl Transaction {
@@ -60,7 +98,97 @@ impl Transaction {
             messages: 0,
             from: FxHashMap::default(),
             poisoned: false,
+            rate: None,
+            window_hit: false,
+            failed_commits: 0,
+            isolating: None,
+            suspect: None,
         }
+    }
+
+    /// The only message of the open transaction, if it holds one.
+    fn single(&self) -> Option<(TopicPartition, i64)> {
+        (self.messages == 1)
+            .then(|| self.from.iter().next().map(|(tp, o)| (tp.clone(), *o)))
+            .flatten()
+    }
+
+    /// The most messages the open transaction may hold.
+    fn max_messages(&self) -> usize {
+        if self.isolating.is_some() {
+            1
+        } else {
+            self.boundary.max_messages
+        }
+    }
+
+    /// The open transaction's commit failed in an abortable way (call
+    /// before aborting it). An output the broker always refuses (too large
+    /// for its topic, a topic not authorised) fails every transaction that
+    /// holds it; read again, its input would abort the next one, forever.
+    /// So after [`ISOLATE_AFTER`] such failures in a row, transactions
+    /// hold one message each until one fails alone: that message is the
+    /// cause — when it fails alone twice in a row: the first transaction
+    /// after an abort can fail for the aborted one's sake (librdkafka's
+    /// idempotent producer reports "skipped sequence numbers" for it),
+    /// which must not convict an innocent message. The search is bounded:
+    /// it ends after twice as many transactions as the failed one held
+    /// messages, plus one per suspect.
+    pub(crate) fn commit_failed(&mut self) -> AfterFailure {
+        if let (Some(left), Some(single)) = (self.isolating, self.single()) {
+            if self.suspect.as_ref() == Some(&single) {
+                self.isolating = None;
+                self.suspect = None;
+                self.failed_commits = 0;
+                return AfterFailure::Isolated(single.0, single.1);
+            }
+            self.suspect = Some(single);
+            self.isolating = Some(left + 1);
+            return AfterFailure::Abort;
+        }
+        self.failed_commits += 1;
+        if self.failed_commits >= ISOLATE_AFTER && self.isolating.is_none() {
+            self.isolating = Some((2 * self.messages).max(2));
+        }
+        AfterFailure::Abort
+    }
+
+    /// Whether transactions hold one message each, searching for the cause
+    /// of failed commits.
+    pub(crate) fn is_isolating(&self) -> bool {
+        self.isolating.is_some()
+    }
+
+    /// How many messages may be dispatched and not settled in the open
+    /// transaction: half an interval's worth at the measured rate, at least
+    /// `floor` (what keeps every handler busy: concurrency × batch size,
+    /// twice over).
+    pub(crate) fn window(&self, floor: usize) -> usize {
+        let floor = floor.max(1);
+        self.rate.map_or(floor, |rate| {
+            let half = rate * self.boundary.interval.as_secs_f64() / 2.0;
+            (half.min(usize::MAX as f64 / 2.0) as usize).max(floor)
+        })
+    }
+
+    /// The window was full: the open transaction measures the handlers.
+    pub(crate) fn window_hit(&mut self) {
+        self.window_hit = true;
+    }
+
+    /// Measures the rate of the transaction that is ending (its messages
+    /// all settled): the handlers' rate when the window held it back, else
+    /// at most a raise (a quiet input says nothing of the handlers).
+    fn measure(&mut self) {
+        let Some(opened) = self.opened_at else {
+            return;
+        };
+        let seconds = opened.elapsed().as_secs_f64().max(1e-3);
+        let measured = self.messages as f64 / seconds;
+        self.rate = Some(match self.rate {
+            Some(rate) if !self.window_hit => rate.max(measured),
+            _ => measured,
+        });
     }
 
     /// A message of `tp` at `offset` was dispatched.
@@ -83,12 +211,12 @@ impl Transaction {
 
     /// Whether the open transaction holds `max_messages` messages.
     pub(crate) fn full(&self) -> bool {
-        self.messages >= self.boundary.max_messages
+        self.messages >= self.max_messages()
     }
 
     /// Whether the open transaction should end now.
     pub(crate) fn due(&self) -> bool {
-        self.messages >= self.boundary.max_messages
+        self.messages >= self.max_messages()
             || self
                 .opened_at
                 .is_some_and(|at| at.elapsed() >= self.boundary.interval)
@@ -136,6 +264,16 @@ impl Transaction {
         let tpl = offset_list(offsets);
         let with_offsets = (!offsets.is_empty()).then_some((&tpl, &group));
         txn.commit_with_offsets(self.producer.client(), with_offsets, timeout)?;
+        if self.isolating.is_none() {
+            self.measure();
+        }
+        self.failed_commits = 0;
+        self.isolating = self
+            .isolating
+            .and_then(|n| n.checked_sub(1).filter(|n| *n > 0));
+        if self.isolating.is_none() || self.single() == self.suspect {
+            self.suspect = None;
+        }
         self.reset();
         Ok(())
     }
@@ -165,6 +303,7 @@ impl Transaction {
         self.messages = 0;
         self.opened_at = None;
         self.poisoned = false;
+        self.window_hit = false;
     }
 }
 

@@ -8,6 +8,8 @@ mod poller;
 mod publish;
 mod transaction;
 
+pub(crate) use transaction::is_resumable;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::mem::ManuallyDrop;

@@ -35,6 +35,10 @@ enum Phase {
     Ready,
     /// A transaction is open.
     Open,
+    /// A commit was asked for and ran out of time while librdkafka goes on
+    /// with it: only the commit may be called again, to resume it
+    /// (librdkafka refuses an abort as a conflicting call).
+    Committing,
     /// A fatal error (fenced by a newer instance with the same
     /// `transactional.id`, for one): the producer cannot transact again.
     Failed,
@@ -99,7 +103,7 @@ impl Transactions {
     pub(crate) fn begin(&self, client: &PolledProducer) -> Result<(), Error> {
         let mut phase = self.phase();
         match *phase {
-            Phase::Open => {
+            Phase::Open | Phase::Committing => {
                 return Err(Error::Transactional(format!(
                     "producer `{}` already has an open transaction",
                     self.id
@@ -124,7 +128,14 @@ impl Transactions {
     /// Adds a consumer's offsets to the open transaction, then commits it
     /// (flushing what was published first). Blocking, bounded by
     /// `timeout`; retriable errors are retried within it. After an
-    /// abortable error the transaction stays open and must be aborted.
+    /// abortable error the transaction stays open and must be aborted;
+    /// after running out of time ([`is_resumable`]) it must be committed
+    /// again (librdkafka goes on with the commit and refuses an abort).
+    ///
+    /// The bound is shared by the steps: sending the offsets and waiting
+    /// for what is in flight take what they need of its first half, the
+    /// commit itself has the rest — so a slow delivery cannot leave the
+    /// commit no time at all.
     pub(crate) fn commit_with_offsets(
         &self,
         client: &PolledProducer,
@@ -132,25 +143,43 @@ impl Transactions {
         timeout: Duration,
     ) -> Result<(), Error> {
         let mut phase = self.phase();
-        self.expect_open(*phase)?;
-        let deadline = std::time::Instant::now() + timeout;
+        if *phase != Phase::Committing {
+            self.expect_open(*phase)?;
+        }
+        let started = std::time::Instant::now();
+        let deadline = started + timeout;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
-        if let Some((offsets, group)) = offsets {
-            retrying(&self.id, left, |t| {
-                client.send_offsets_to_transaction(offsets, group, t)
-            })
-            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
+        if *phase == Phase::Open {
+            let first_half = started + timeout / 2;
+            let left_of_half = || first_half.saturating_duration_since(std::time::Instant::now());
+            if let Some((offsets, group)) = offsets {
+                retrying(&self.id, left_of_half, |t| {
+                    client.send_offsets_to_transaction(offsets, group, t)
+                })
+                .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
+            }
+            // rdkafka's `commit_transaction` flushes first, and its flush
+            // polls in steps of 100 ms that run to their end whenever a
+            // message is still in flight — while this producer's own
+            // thread serves the delivery reports. Waiting for them here
+            // costs what they take, not 100 ms per transaction.
+            while client.in_flight_count() > 0 && !left_of_half().is_zero() {
+                std::thread::sleep(Duration::from_micros(500));
+            }
         }
-        // rdkafka's `commit_transaction` flushes first, and its flush polls
-        // in steps of 100 ms that run to their end whenever a message is
-        // still in flight — while this producer's own thread serves the
-        // delivery reports. Waiting for them here costs what they take,
-        // not 100 ms per transaction.
-        while client.in_flight_count() > 0 && !left().is_zero() {
-            std::thread::sleep(Duration::from_micros(500));
+        let committed = retrying(&self.id, left, |t| client.commit_transaction(t));
+        if let Err(e) = committed {
+            let resumable = is_resumable_kafka(&e);
+            let err = self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e);
+            if *phase != Phase::Failed {
+                *phase = if resumable {
+                    Phase::Committing
+                } else {
+                    Phase::Open
+                };
+            }
+            return Err(err);
         }
-        retrying(&self.id, left, |t| client.commit_transaction(t))
-            .map_err(|e| self.fail_if_fatal(&mut phase, Operation::CommitTransaction, e))?;
         self.fence.advance(false);
         *phase = Phase::Ready;
         Ok(())
@@ -172,14 +201,23 @@ impl Transactions {
         let mut phase = self.phase();
         match *phase {
             Phase::Open => {}
+            Phase::Committing => {
+                return Err(Error::Transactional(format!(
+                    "producer `{}`: a commit that ran out of time is still under way in \
+                     librdkafka; it must be committed again (to resume it), not aborted",
+                    self.id
+                )))
+            }
             Phase::Failed => return Err(self.failed()),
             Phase::Uninit | Phase::Ready => return Ok(()),
         }
         // First: a handler of this transaction still running is refused
         // from now on, and one enqueueing now is aborted with it.
         self.fence.advance(true);
-        client
-            .abort_transaction(timeout)
+        // Resumed within the bound when it runs out of time once.
+        let deadline = std::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
+        retrying(&self.id, left, |t| client.abort_transaction(t))
             .map_err(|e| self.fail_if_fatal(&mut phase, Operation::AbortTransaction, e))?;
         *phase = Phase::Ready;
         Ok(())
@@ -188,6 +226,11 @@ impl Transactions {
     fn expect_open(&self, phase: Phase) -> Result<(), Error> {
         match phase {
             Phase::Open => Ok(()),
+            Phase::Committing => Err(Error::Transactional(format!(
+                "producer `{}`: a commit that ran out of time is still under way; commit again \
+                 to resume it",
+                self.id
+            ))),
             Phase::Failed => Err(self.failed()),
             Phase::Uninit | Phase::Ready => Err(Error::Transactional(format!(
                 "producer `{}` has no open transaction: call begin_transaction first",
@@ -210,6 +253,18 @@ impl Transactions {
         }
         Error::kafka(operation, e)
     }
+}
+
+/// Whether a transaction step failed only for want of time, librdkafka
+/// going on with it in the background: the same call resumes it, and any
+/// other transactional call is refused as conflicting.
+fn is_resumable_kafka(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Transaction(t) if t.is_retriable() && !t.txn_requires_abort() && !t.is_fatal())
+}
+
+/// Whether `err` (from a commit) left the commit under way: commit again.
+pub(crate) fn is_resumable(err: &Error) -> bool {
+    matches!(err, Error::Kafka { source, .. } if is_resumable_kafka(source))
 }
 
 /// Runs a transaction step again while librdkafka says it may be retried

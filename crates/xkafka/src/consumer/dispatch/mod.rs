@@ -331,6 +331,15 @@ impl Dispatcher {
         done.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
+    /// How many messages the handlers can work on at once: the
+    /// concurrency, times the batch size for batch consumers.
+    pub(crate) fn capacity(&self) -> usize {
+        match self.runner {
+            Runner::Single(_) => self.concurrency,
+            Runner::Batch { size, .. } => self.concurrency.saturating_mul(size.max(1)),
+        }
+    }
+
     /// Transactional: stamps every handler call with the generation of
     /// the transaction its message was dispatched in, so that the producer
     /// refuses what it publishes once that transaction ended.
