@@ -39,8 +39,8 @@ use dispatch::{CommitWait, Dispatcher, Runner};
 pub use offsets::TopicPartition;
 use pipeline::{Limits, Pipeline};
 use poll_loop::PollLoop;
-pub(crate) use rebalance::Listener;
 pub use rebalance::Rebalance;
+pub(crate) use rebalance::{Binding, Listener};
 use shared::Shared;
 pub use status::{
     ConsumerStatus, Counters, GroupState, PartitionStatus, PauseReason, StatusHandle, Unfinished,
@@ -545,7 +545,9 @@ impl<K: Kind> ConsumerBuilder<K> {
 
     /// A crate-internal listener (retry topics' key order).
     pub(crate) fn listener(mut self, listener: Arc<dyn Listener>) -> Self {
-        self.listeners.push(listener);
+        if !self.listeners.iter().any(|l| Arc::ptr_eq(l, &listener)) {
+            self.listeners.push(listener);
+        }
         self
     }
 
@@ -835,8 +837,15 @@ impl<K: Kind> ConsumerBuilder<K> {
         {
             shared.metrics = self.metrics;
         }
+        let binding = rebalance::Binding {
+            config: &config,
+            topics: &self.topics,
+            not_before: self.not_before.is_some(),
+            batches: K::BATCHES,
+            transactional: transaction.as_ref().map(|(p, _)| p),
+        };
         for listener in &self.listeners {
-            listener.bind(&config)?;
+            listener.bind(&binding)?;
         }
         shared.listeners = self.listeners;
         if transaction.is_some() {
@@ -928,6 +937,10 @@ impl ConsumerBuilder<Streaming> {
         <L::Service as Service<Message>>::Error: Into<BoxError>,
         <L::Service as Service<Message>>::Future: Send + 'static,
     {
+        // Retry topics keeping key order check the consumer at build.
+        if let Some(l) = crate::retry_topics::RetryTopicsLayer::downcast(&layer) {
+            self = self.listener(l);
+        }
         self.stack.push(layer);
         self
     }
@@ -964,6 +977,10 @@ impl ConsumerBuilder<Batching> {
         <L::Service as Service<Batch>>::Error: Into<BoxError>,
         <L::Service as Service<Batch>>::Future: Send + 'static,
     {
+        // Retry topics keeping key order refuse a batch consumer at build.
+        if let Some(l) = crate::retry_topics::RetryTopicsLayer::downcast(&layer) {
+            self = self.listener(l);
+        }
         self.stack.push(layer);
         self
     }

@@ -34,15 +34,29 @@ pub enum Rebalance {
 /// crate-internal listeners (retry topics' key order) also learn the
 /// client's final configuration once it is built.
 pub(crate) trait Listener: Send + Sync {
-    /// The consumer is being built with `config` (brokers, security,
-    /// group); an error fails the build.
-    fn bind(&self, _config: &Config) -> Result<(), crate::Error> {
+    /// The consumer is being built as `build` says; an error fails the
+    /// build.
+    fn bind(&self, _build: &Binding<'_>) -> Result<(), crate::Error> {
         Ok(())
     }
     fn on_rebalance(&self, event: &Rebalance);
 }
 
 pub(crate) type Listeners = Vec<Arc<dyn Listener>>;
+
+/// What a crate-internal listener learns of the consumer being built.
+pub(crate) struct Binding<'a> {
+    /// The client's final configuration (brokers, security, group).
+    pub(crate) config: &'a Config,
+    /// The topics it subscribes to.
+    pub(crate) topics: &'a [String],
+    /// Whether it has a `not_before`.
+    pub(crate) not_before: bool,
+    /// A batch consumer.
+    pub(crate) batches: bool,
+    /// The producer whose transactions it drives (exactly-once).
+    pub(crate) transactional: Option<&'a crate::Producer>,
+}
 
 /// A user's closure.
 pub(crate) struct FnListener<F>(pub(crate) F);

@@ -41,7 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::headers;
 use crate::config::Config;
-use crate::consumer::{Listener, Rebalance};
+use crate::consumer::{Binding, Listener, Rebalance};
 use crate::{Error, Message};
 
 /// Where a consumed message stands in the chain.
@@ -63,8 +63,10 @@ impl Place {
         let key = message.key()?.clone();
         let h = message.headers();
         let parsed = |name: &str| h.get_str(name).and_then(|v| v.parse::<i64>().ok());
+        // Copies written before the tier header carry it in the attempt.
         let tier = h
-            .get_str(headers::ATTEMPT)
+            .get_str(headers::TIER)
+            .or_else(|| h.get_str(headers::ATTEMPT))
             .and_then(|a| a.parse().ok())
             .unwrap_or(0);
         let (partition, original_offset) = if tier == 0 {
@@ -95,47 +97,167 @@ pub(super) enum Step {
     AlreadyMoved,
 }
 
+/// The transaction a step of the chain belongs to (exactly-once consumers):
+/// a copy published, or a consumed copy settled, in a transaction that
+/// aborts did not happen — the copy never becomes visible, the settled one
+/// is read again. `None`: final at once (no transaction).
+pub(super) type Generation = Option<u64>;
+
+/// How the transactions of a generation ended, as far as the chain cares.
+pub(super) trait Generations: Send + Sync {
+    /// The transaction what is published (and settled) now belongs to.
+    fn current(&self) -> Generation;
+    /// Whether transaction `g` aborted.
+    fn is_aborted(&self, g: u64) -> bool;
+    /// Whether transaction `g` ended without aborting (committed).
+    fn is_committed(&self, g: u64) -> bool;
+}
+
+/// No transactions: every step is final when made.
+pub(super) struct Immediate;
+
+impl Generations for Immediate {
+    fn current(&self) -> Generation {
+        None
+    }
+    fn is_aborted(&self, _: u64) -> bool {
+        false
+    }
+    fn is_committed(&self, _: u64) -> bool {
+        true
+    }
+}
+
+/// One copy of a message in the tiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Copy {
+    /// The transaction its publish went into.
+    added: Generation,
+    /// The transaction in which the copy, consumed from its tier, settled.
+    settled: Generation,
+    /// Settled outside any transaction.
+    gone: bool,
+}
+
+impl Copy {
+    fn aborted(g: Generation, gens: &dyn Generations) -> bool {
+        g.is_some_and(|g| gens.is_aborted(g))
+    }
+
+    /// In the tiers (for order): published in a transaction that did not
+    /// abort, and not settled in one that did not abort.
+    fn live(&self, gens: &dyn Generations) -> bool {
+        !self.gone
+            && !Self::aborted(self.added, gens)
+            && self.settled.is_none_or(|g| gens.is_aborted(g))
+    }
+
+    /// Never matters again: its publish aborted, or it settled for good.
+    fn spent(&self, gens: &dyn Generations) -> bool {
+        self.gone
+            || Self::aborted(self.added, gens)
+            || self.settled.is_some_and(|g| gens.is_committed(g))
+    }
+}
+
 /// The copies of one source partition's messages in the tiers, by key.
 #[derive(Debug, Default)]
 pub(super) struct Chain {
-    keys: HashMap<Bytes, BTreeMap<i64, u32>>,
+    keys: HashMap<Bytes, BTreeMap<i64, Vec<Copy>>>,
 }
 
 impl Chain {
-    pub(super) fn step(&self, place: &Place) -> Step {
+    /// Forgets what is spent of `key`'s copies.
+    fn prune(&mut self, key: &Bytes, gens: &dyn Generations) {
+        let Some(offsets) = self.keys.get_mut(key) else {
+            return;
+        };
+        for copies in offsets.values_mut() {
+            copies.retain(|c| !c.spent(gens));
+        }
+        self.tidy(key);
+    }
+
+    pub(super) fn step(&mut self, place: &Place, gens: &dyn Generations) -> Step {
+        self.prune(&place.key, gens);
         let Some(offsets) = self.keys.get(&place.key) else {
             return Step::Handle;
         };
-        if offsets.range(..place.original_offset).next().is_some() {
+        let live = |copies: &Vec<Copy>| copies.iter().any(|c| c.live(gens));
+        if offsets
+            .range(..place.original_offset)
+            .any(|(_, copies)| live(copies))
+        {
             Step::Follow
-        } else if place.tier == 0 && offsets.contains_key(&place.original_offset) {
+        } else if place.tier == 0 && offsets.get(&place.original_offset).is_some_and(live) {
             Step::AlreadyMoved
         } else {
             Step::Handle
         }
     }
 
-    pub(super) fn add(&mut self, key: &Bytes, original_offset: i64) {
-        *self
-            .keys
+    /// A copy of `key`'s message at `original_offset`, published in
+    /// transaction `added`.
+    pub(super) fn add(&mut self, key: &Bytes, original_offset: i64, added: Generation) {
+        self.keys
             .entry(key.clone())
             .or_default()
             .entry(original_offset)
-            .or_default() += 1;
+            .or_default()
+            .push(Copy {
+                added,
+                settled: None,
+                gone: false,
+            });
     }
 
-    pub(super) fn remove(&mut self, key: &Bytes, original_offset: i64) {
-        let Some(offsets) = self.keys.get_mut(key) else {
-            return;
-        };
-        if let Some(n) = offsets.get_mut(&original_offset) {
-            *n -= 1;
-            if *n == 0 {
-                offsets.remove(&original_offset);
+    /// One copy of `key`'s message at `original_offset` settled (in
+    /// transaction `settled`).
+    pub(super) fn remove(
+        &mut self,
+        key: &Bytes,
+        original_offset: i64,
+        settled: Generation,
+        gens: &dyn Generations,
+    ) {
+        if let Some(copy) = self
+            .keys
+            .get_mut(key)
+            .and_then(|o| o.get_mut(&original_offset))
+            .and_then(|copies| copies.iter_mut().find(|c| c.live(gens)))
+        {
+            match settled {
+                Some(g) => copy.settled = Some(g),
+                None => copy.gone = true,
             }
         }
-        if offsets.is_empty() {
-            self.keys.remove(key);
+        self.prune(key, gens);
+    }
+
+    /// Takes out the copy just added in transaction `added` whose publish
+    /// failed.
+    pub(super) fn unadd(&mut self, key: &Bytes, original_offset: i64, added: Generation) {
+        if let Some(copies) = self
+            .keys
+            .get_mut(key)
+            .and_then(|o| o.get_mut(&original_offset))
+        {
+            if let Some(i) = copies
+                .iter()
+                .rposition(|c| c.added == added && c.settled.is_none() && !c.gone)
+            {
+                copies.remove(i);
+            }
+        }
+        self.tidy(key);
+    }
+
+    fn tidy(&mut self, key: &Bytes) {
+        if let Some(offsets) = self.keys.get_mut(key) {
+            offsets.retain(|_, copies| !copies.is_empty());
+            if offsets.is_empty() {
+                self.keys.remove(key);
+            }
         }
     }
 
@@ -153,16 +275,30 @@ pub(super) struct Slot {
 
 impl Slot {
     /// Adds a copy of `key`'s message at `original_offset` (once built).
-    pub(super) async fn add(&self, key: &Bytes, original_offset: i64) {
+    pub(super) async fn add(&self, key: &Bytes, original_offset: i64, added: Generation) {
         if let Some(chain) = self.chain.lock().await.as_mut() {
-            chain.add(key, original_offset);
+            chain.add(key, original_offset, added);
         }
     }
 
-    /// Takes a copy of `key`'s message at `original_offset` out (once built).
-    pub(super) async fn remove(&self, key: &Bytes, original_offset: i64) {
+    /// Takes out the copy just added whose publish failed.
+    pub(super) async fn unadd(&self, key: &Bytes, original_offset: i64, added: Generation) {
         if let Some(chain) = self.chain.lock().await.as_mut() {
-            chain.remove(key, original_offset);
+            chain.unadd(key, original_offset, added);
+        }
+    }
+
+    /// A copy of `key`'s message at `original_offset`, consumed from its
+    /// tier, settled in transaction `settled`.
+    pub(super) async fn settle(
+        &self,
+        key: &Bytes,
+        original_offset: i64,
+        settled: Generation,
+        gens: &dyn Generations,
+    ) {
+        if let Some(chain) = self.chain.lock().await.as_mut() {
+            chain.remove(key, original_offset, settled, gens);
         }
     }
 }
@@ -171,10 +307,9 @@ impl Slot {
 /// handler instead of being handled out of order.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyOrderError {
-    /// The consumer was not set up by
-    /// [`RetryTopics::subscribe`](super::RetryTopics::subscribe), or does not
-    /// hold the main topic's partition and every tier's partition of the
-    /// same number.
+    /// The consumer does not hold the main topic's partition and every
+    /// tier's partition of the same number (the tiers have another
+    /// partition count than the main topic, for one).
     #[error(
         "retry topics keep key order only when one consumer holds partition {partition} of \
          {source_topic} and of every tier (set it up with RetryTopics::subscribe; \
@@ -188,7 +323,8 @@ pub enum KeyOrderError {
         /// The topic-partitions of that number not assigned.
         missing: Vec<String>,
     },
-    /// Reading what is in the tiers failed.
+    /// Reading what is in the tiers failed (the handler was dropped while
+    /// it read: the consumer is shutting down).
     #[error("could not read what partition {partition} has in the retry tiers: {reason}")]
     Rebuild {
         /// The partition number.
@@ -196,7 +332,9 @@ pub enum KeyOrderError {
         /// Why.
         reason: String,
     },
-    /// Key order was asked of a batch consumer.
+    /// Key order was asked of a batch consumer (refused when it is built;
+    /// this only when the layer was wrapped so that the build could not
+    /// see it).
     #[error("retry topics keep key order with the streaming consumer only")]
     Batch,
 }
@@ -206,9 +344,16 @@ pub enum KeyOrderError {
 pub(super) struct KeyOrder {
     source: Arc<str>,
     tiers: Vec<Arc<str>>,
-    read_timeout: Duration,
+    /// Bound of one attempt to read the tiers on a rebuild.
+    rebuild_timeout: Duration,
+    /// The producer of the tier copies.
+    producer: crate::Producer,
     /// The consumer's configuration, once it is built.
     config: Mutex<Option<Config>>,
+    /// The consumer's transactions (exactly-once), once it is built.
+    gens: Mutex<Arc<dyn Generations>>,
+    /// Whether the copies are published in the consumer's transactions.
+    copies_transactional: std::sync::atomic::AtomicBool,
     slots: Mutex<HashMap<i32, Arc<Slot>>>,
     assigned: Mutex<BTreeSet<(Arc<str>, i32)>>,
     /// The client reading the tiers on a rebuild; kept between rebuilds.
@@ -227,13 +372,42 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A consumer's transactions, as the chain sees them.
+struct Transactional(crate::Producer);
+
+impl Generations for Transactional {
+    fn current(&self) -> Generation {
+        // The transaction the running handler's message was dispatched in:
+        // its offset commits there, and a publish it makes is admitted only
+        // into that transaction (refused once it ended).
+        crate::producer::fence::dispatched_in()
+            .or_else(|| Some(self.0.transactions().ok()?.fence.generation()))
+    }
+    fn is_aborted(&self, g: u64) -> bool {
+        self.0.transactions().is_ok_and(|t| t.fence.is_aborted(g))
+    }
+    fn is_committed(&self, g: u64) -> bool {
+        self.0
+            .transactions()
+            .is_ok_and(|t| g < t.fence.generation() && !t.fence.is_aborted(g))
+    }
+}
+
 impl KeyOrder {
-    pub(super) fn new(source: Arc<str>, tiers: Vec<Arc<str>>, read_timeout: Duration) -> Self {
+    pub(super) fn new(
+        source: Arc<str>,
+        tiers: Vec<Arc<str>>,
+        rebuild_timeout: Duration,
+        producer: crate::Producer,
+    ) -> Self {
         KeyOrder {
             source,
             tiers,
-            read_timeout,
+            rebuild_timeout,
+            producer,
             config: Mutex::new(None),
+            gens: Mutex::new(Arc::new(Immediate)),
+            copies_transactional: std::sync::atomic::AtomicBool::new(false),
             slots: Mutex::new(HashMap::new()),
             assigned: Mutex::new(BTreeSet::new()),
             reader: Mutex::new(None),
@@ -242,6 +416,24 @@ impl KeyOrder {
 
     fn ours(&self, topic: &str) -> bool {
         *self.source == *topic || self.tiers.iter().any(|t| **t == *topic)
+    }
+
+    /// The consumer's transactions (or [`Immediate`]).
+    pub(super) fn gens(&self) -> Arc<dyn Generations> {
+        lock(&self.gens).clone()
+    }
+
+    /// The transaction a tier copy published now belongs to: `None` when
+    /// it is durable once acknowledged (not published in a transaction).
+    pub(super) fn publish_generation(&self, gens: &dyn Generations) -> Generation {
+        if self
+            .copies_transactional
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            gens.current()
+        } else {
+            None
+        }
     }
 
     /// The slot of source partition `partition`, if this consumer holds
@@ -265,8 +457,16 @@ impl KeyOrder {
     }
 
     /// The chain of `partition` as the tiers hold it now (blocking: run it
-    /// off the runtime's workers).
-    pub(super) fn read(&self, partition: i32) -> Result<Chain, KeyOrderError> {
+    /// off the runtime's workers). Each attempt is bounded by the rebuild
+    /// timeout; a failed one is retried, going on from where it stopped,
+    /// until the read completes or `cancelled` is set (the handler waiting
+    /// for it was dropped): a message is never failed because the tiers
+    /// were slow to read — its partition waits, as order requires.
+    pub(super) fn read(
+        &self,
+        partition: i32,
+        cancelled: &std::sync::atomic::AtomicBool,
+    ) -> Result<Chain, KeyOrderError> {
         let failed = |reason: String| KeyOrderError::Rebuild { partition, reason };
         let config = lock(&self.config).clone().ok_or_else(|| {
             failed("the consumer was not built with RetryTopics::subscribe".into())
@@ -275,23 +475,100 @@ impl KeyOrder {
             config.get("auto.offset.reset"),
             Some("latest" | "largest" | "end")
         );
+        let mut progress = Progress::default();
+        let mut attempt = 0u32;
         let mut reader = lock(&self.reader);
-        if reader.is_none() {
-            *reader = Some(reader_client(&config).map_err(|e| failed(e.to_string()))?);
+        loop {
+            if cancelled.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(failed("cancelled".into()));
+            }
+            attempt += 1;
+            if reader.is_none() {
+                match reader_client(&config) {
+                    Ok(c) => *reader = Some(c),
+                    Err(e) => return Err(failed(e.to_string())),
+                }
+            }
+            let client = reader.as_ref().expect("just set");
+            let result = read_tiers(
+                client,
+                &self.tiers,
+                partition,
+                earliest,
+                self.rebuild_timeout,
+                &mut progress,
+                cancelled,
+            );
+            let _ = client.unassign();
+            match result {
+                Ok(()) => return Ok(progress.chain),
+                Err(Stopped::Deadline(reason)) => {
+                    // Slow, not broken: the same client goes on at once.
+                    tracing::warn!(
+                        topic = %self.source,
+                        partition,
+                        attempt,
+                        records_read = progress.records,
+                        %reason,
+                        "reading the retry tiers for key order: going on; the partition waits",
+                    );
+                }
+                Err(Stopped::Failed(reason)) => {
+                    // A broken client is not kept.
+                    *reader = None;
+                    if cancelled.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(failed(reason));
+                    }
+                    tracing::warn!(
+                        topic = %self.source,
+                        partition,
+                        attempt,
+                        records_read = progress.records,
+                        %reason,
+                        "reading the retry tiers for key order: retrying; the partition waits",
+                    );
+                    // Backs off up to 1 s, watching for cancellation.
+                    let until = Instant::now() + Duration::from_secs(1);
+                    while Instant::now() < until
+                        && !cancelled.load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
         }
-        let client = reader.as_ref().expect("just set");
-        let result = read_tiers(client, &self.tiers, partition, earliest, self.read_timeout);
-        let _ = client.unassign();
-        if result.is_err() {
-            // A broken client is not kept.
-            *reader = None;
-        }
-        result.map_err(failed)
     }
 }
 
 impl Listener for KeyOrder {
-    fn bind(&self, config: &Config) -> Result<(), Error> {
+    fn bind(&self, build: &Binding<'_>) -> Result<(), Error> {
+        if build.batches {
+            return Err(Error::ReservedConfig {
+                key: "RetryTopics::keep_key_order".into(),
+                value: "a BatchConsumer".into(),
+                reason: "retry topics keep key order with the streaming consumer only \
+                         (Consumer::builder)",
+            });
+        }
+        let missing: Vec<&str> = std::iter::once(&self.source)
+            .chain(&self.tiers)
+            .map(|t| &**t)
+            .filter(|t| !build.topics.iter().any(|x| x == t))
+            .collect();
+        if !missing.is_empty() || !build.not_before {
+            return Err(Error::ReservedConfig {
+                key: "topics".into(),
+                value: if missing.is_empty() {
+                    "(no not_before)".into()
+                } else {
+                    format!("{:?} (missing: {missing:?})", build.topics)
+                },
+                reason: "retry topics keep key order only with one consumer for the main topic \
+                         and every tier, waiting for each copy's due time: set the consumer up \
+                         with RetryTopics::subscribe",
+            });
+        }
+        let config = build.config;
         let kip848 = config
             .get("group.protocol")
             .is_some_and(|p| p.eq_ignore_ascii_case("consumer"));
@@ -312,6 +589,30 @@ impl Listener for KeyOrder {
                          partitions of the main topic and of every tier: use `range`",
             });
         }
+        let gens: Arc<dyn Generations> = match build.transactional {
+            None => Arc::new(Immediate),
+            Some(consumer_producer) => {
+                let copies = self.producer.transactions().ok();
+                let same = copies.is_some_and(|c| {
+                    consumer_producer
+                        .transactions()
+                        .is_ok_and(|t| std::ptr::eq(c, t))
+                });
+                if copies.is_some() && !same {
+                    return Err(Error::Transactional(
+                        "retry topics keeping key order on an exactly-once consumer publish their \
+                         copies with the consumer's transactional producer (or a producer without \
+                         transactions); another transactional producer's transactions are not \
+                         the consumer's"
+                            .into(),
+                    ));
+                }
+                self.copies_transactional
+                    .store(same, std::sync::atomic::Ordering::Release);
+                Arc::new(Transactional(consumer_producer.clone()))
+            }
+        };
+        *lock(&self.gens) = gens;
         *lock(&self.config) = Some(config.clone());
         Ok(())
     }
@@ -350,74 +651,187 @@ fn reader_client(config: &Config) -> Result<BaseConsumer, Error> {
         .map_err(|e| Error::kafka(crate::Operation::Create, e))
 }
 
+/// Why an attempt to read the tiers stopped.
+enum Stopped {
+    /// Its deadline passed: the client is fine.
+    Deadline(String),
+    /// The client failed (or the read was cancelled).
+    Failed(String),
+}
+
+/// How far a rebuild got: kept across its attempts.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Per tier, from where to where it is to be read (fixed by the first
+    /// attempt that got them).
+    ranges: Option<Vec<(i64, i64)>>,
+    /// Tiers read to their end.
+    tiers_done: usize,
+    /// The next offset to read in the current tier.
+    next: Option<i64>,
+    chain: Chain,
+    records: u64,
+}
+
 /// Reads tier partition `partition` of each tier from the group's committed
-/// offset (or the reset position) to its end.
+/// offset (or the reset position) to its end, going on from `progress`.
 fn read_tiers(
     client: &BaseConsumer,
     tiers: &[Arc<str>],
     partition: i32,
     earliest: bool,
     timeout: Duration,
-) -> Result<Chain, String> {
+    progress: &mut Progress,
+    cancelled: &std::sync::atomic::AtomicBool,
+) -> Result<(), Stopped> {
     let deadline = Instant::now() + timeout;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let mut wanted = TopicPartitionList::new();
-    for t in tiers {
-        wanted.add_partition(t, partition);
+    if progress.ranges.is_none() {
+        let mut wanted = TopicPartitionList::new();
+        for t in tiers {
+            wanted.add_partition(t, partition);
+        }
+        let committed = client
+            .committed_offsets(wanted, left())
+            .map_err(|e| Stopped::Failed(format!("committed offsets: {e}")))?;
+        let mut ranges = Vec::with_capacity(tiers.len());
+        for t in tiers {
+            let (low, high) = client
+                .fetch_watermarks(t, partition, left())
+                .map_err(|e| Stopped::Failed(format!("watermarks of {t}[{partition}]: {e}")))?;
+            let start = match committed.find_partition(t, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ if earliest => low,
+                _ => high,
+            };
+            ranges.push((start, high));
+        }
+        progress.ranges = Some(ranges);
     }
-    let committed = client
-        .committed_offsets(wanted, left())
-        .map_err(|e| format!("committed offsets: {e}"))?;
-    let mut chain = Chain::default();
-    for t in tiers {
-        let (low, high) = client
-            .fetch_watermarks(t, partition, left())
-            .map_err(|e| format!("watermarks of {t}[{partition}]: {e}"))?;
-        let start = match committed.find_partition(t, partition).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o.max(low),
-            _ if earliest => low,
-            _ => high,
-        };
-        if start >= high {
+    let ranges = progress.ranges.clone().unwrap_or_default();
+    while progress.tiers_done < tiers.len() {
+        let t = &tiers[progress.tiers_done];
+        let (start, high) = ranges[progress.tiers_done];
+        let from = progress.next.unwrap_or(start);
+        if from >= high {
+            progress.tiers_done += 1;
+            progress.next = None;
             continue;
         }
         let mut one = TopicPartitionList::new();
-        one.add_partition_offset(t, partition, Offset::Offset(start))
-            .map_err(|e| e.to_string())?;
+        one.add_partition_offset(t, partition, Offset::Offset(from))
+            .map_err(|e| Stopped::Failed(e.to_string()))?;
         client
             .assign(&one)
-            .map_err(|e| format!("assign {t}[{partition}]: {e}"))?;
+            .map_err(|e| Stopped::Failed(format!("assign {t}[{partition}]: {e}")))?;
         loop {
+            if cancelled.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Stopped::Failed("cancelled".into()));
+            }
             if left().is_zero() {
-                return Err(format!(
-                    "{t}[{partition}] not read to its end ({high}) within {timeout:?}"
-                ));
+                return Err(Stopped::Deadline(format!(
+                    "{t}[{partition}] not read to its end ({high}) within {timeout:?} \
+                     (at {})",
+                    progress.next.unwrap_or(start)
+                )));
             }
             match client.poll(left().min(Duration::from_millis(200))) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(e)) => return Err(format!("reading {t}[{partition}]: {e}")),
+                Some(Err(e)) => {
+                    return Err(Stopped::Failed(format!("reading {t}[{partition}]: {e}")))
+                }
                 Some(Ok(record)) => {
                     let offset = record.offset();
                     let message = crate::message_from_rdkafka(&record);
                     if let Some(place) = Place::of(&message) {
                         if place.partition == partition {
-                            chain.add(&place.key, place.original_offset);
+                            progress.chain.add(&place.key, place.original_offset, None);
                         }
                     }
+                    progress.records += 1;
+                    progress.next = Some(offset + 1);
                     if offset + 1 >= high {
                         break;
                     }
                 }
             }
         }
+        progress.tiers_done += 1;
+        progress.next = None;
     }
-    Ok(chain)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Chain {
+        fn step_now(&mut self, place: &Place) -> Step {
+            self.step(place, &Immediate)
+        }
+    }
+
+    /// Transactions by hand: `current`, and which ended how.
+    #[derive(Default)]
+    struct Txns {
+        current: u64,
+        aborted: Vec<u64>,
+    }
+
+    impl Generations for Txns {
+        fn current(&self) -> Generation {
+            Some(self.current)
+        }
+        fn is_aborted(&self, g: u64) -> bool {
+            self.aborted.contains(&g)
+        }
+        fn is_committed(&self, g: u64) -> bool {
+            g < self.current && !self.is_aborted(g)
+        }
+    }
+
+    #[test]
+    fn what_an_aborted_transaction_did_to_the_chain_is_undone() {
+        let mut chain = Chain::default();
+        let mut txns = Txns::default();
+        let k = Bytes::from_static(b"k");
+        // Transaction 0 moves offset 5 to a tier, and 6 follows it.
+        chain.add(&k, 5, Some(0));
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Follow);
+        chain.add(&k, 6, Some(0));
+        assert_eq!(chain.step(&place("k", 5, 0), &txns), Step::AlreadyMoved);
+        // It aborts: neither copy exists; both originals are read again
+        // and handled, not skipped nor sent after a copy that is not there.
+        txns.aborted.push(0);
+        txns.current = 1;
+        assert_eq!(chain.step(&place("k", 5, 0), &txns), Step::Handle);
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Handle);
+        assert_eq!(chain.keys_waiting(), 0, "forgotten");
+
+        // Transaction 1 moves 5 again and commits: it stays.
+        chain.add(&k, 5, Some(1));
+        txns.current = 2;
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Follow);
+        // Transaction 2 handles the copy from its tier (settled) and lets
+        // 6 be handled; it aborts: the copy is read again, and 6 (read
+        // again too) follows it once more.
+        chain.remove(&k, 5, Some(2), &txns);
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Handle);
+        txns.aborted.push(2);
+        txns.current = 3;
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Follow);
+        // Settled again in 3, which commits: gone for good.
+        chain.remove(&k, 5, Some(3), &txns);
+        txns.current = 4;
+        assert_eq!(chain.step(&place("k", 6, 0), &txns), Step::Handle);
+        assert_eq!(chain.keys_waiting(), 0);
+        // A publish that failed is taken out at once.
+        chain.add(&k, 7, Some(4));
+        chain.unadd(&k, 7, Some(4));
+        assert_eq!(chain.step(&place("k", 8, 0), &txns), Step::Handle);
+    }
 
     fn place(key: &str, offset: i64, tier: usize) -> Place {
         Place {
@@ -432,37 +846,41 @@ mod tests {
     fn a_later_message_follows_an_earlier_one_of_its_key() {
         let mut chain = Chain::default();
         let a = place("k", 10, 0);
-        assert_eq!(chain.step(&a), Step::Handle);
-        chain.add(&a.key, 10);
+        assert_eq!(chain.step_now(&a), Step::Handle);
+        chain.add(&a.key, 10, None);
         // Later main-topic messages of the key follow; other keys do not.
-        assert_eq!(chain.step(&place("k", 11, 0)), Step::Follow);
-        assert_eq!(chain.step(&place("other", 11, 0)), Step::Handle);
+        assert_eq!(chain.step_now(&place("k", 11, 0)), Step::Follow);
+        assert_eq!(chain.step_now(&place("other", 11, 0)), Step::Handle);
         // The copy itself is the head in its tier.
-        assert_eq!(chain.step(&place("k", 10, 1)), Step::Handle);
+        assert_eq!(chain.step_now(&place("k", 10, 1)), Step::Handle);
         // Seen again on the main topic (before a restart it was moved).
-        assert_eq!(chain.step(&place("k", 10, 0)), Step::AlreadyMoved);
-        chain.add(&a.key, 11);
-        assert_eq!(chain.step(&place("k", 11, 1)), Step::Follow);
-        chain.remove(&a.key, 10);
-        assert_eq!(chain.step(&place("k", 11, 1)), Step::Handle);
+        assert_eq!(chain.step_now(&place("k", 10, 0)), Step::AlreadyMoved);
+        chain.add(&a.key, 11, None);
+        assert_eq!(chain.step_now(&place("k", 11, 1)), Step::Follow);
+        chain.remove(&a.key, 10, None, &Immediate);
+        assert_eq!(chain.step_now(&place("k", 11, 1)), Step::Handle);
         assert_eq!(chain.keys_waiting(), 1);
-        chain.remove(&a.key, 11);
+        chain.remove(&a.key, 11, None, &Immediate);
         assert_eq!(chain.keys_waiting(), 0);
-        assert_eq!(chain.step(&place("k", 12, 0)), Step::Handle);
+        assert_eq!(chain.step_now(&place("k", 12, 0)), Step::Handle);
     }
 
     #[test]
     fn copies_of_one_message_count_separately() {
         let mut chain = Chain::default();
         let k = Bytes::from_static(b"k");
-        chain.add(&k, 5);
-        chain.add(&k, 5);
-        chain.remove(&k, 5);
-        assert_eq!(chain.step(&place("k", 6, 0)), Step::Follow, "one copy left");
-        chain.remove(&k, 5);
-        assert_eq!(chain.step(&place("k", 6, 0)), Step::Handle);
+        chain.add(&k, 5, None);
+        chain.add(&k, 5, None);
+        chain.remove(&k, 5, None, &Immediate);
+        assert_eq!(
+            chain.step_now(&place("k", 6, 0)),
+            Step::Follow,
+            "one copy left"
+        );
+        chain.remove(&k, 5, None, &Immediate);
+        assert_eq!(chain.step_now(&place("k", 6, 0)), Step::Handle);
         // Removing what is not there changes nothing.
-        chain.remove(&k, 5);
+        chain.remove(&k, 5, None, &Immediate);
         assert_eq!(chain.keys_waiting(), 0);
     }
 
@@ -494,24 +912,74 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bind_refuses_an_assignor_that_does_not_co_partition() {
-        let order = KeyOrder::new("t".into(), vec!["t.retry.1".into()], Duration::from_secs(1));
-        let mut config = Config::new();
-        assert!(order.bind(&config).is_ok(), "librdkafka's default is range");
-        config.set("partition.assignment.strategy", "cooperative-sticky");
-        let err = order.bind(&config).unwrap_err().to_string();
-        assert!(err.contains("partition.assignment.strategy"), "{err}");
-        config.set("group.protocol", "consumer");
-        let err = order.bind(&config).unwrap_err().to_string();
-        assert!(err.contains("group.remote.assignor"), "{err}");
-        config.set("group.remote.assignor", "range");
-        assert!(order.bind(&config).is_ok());
+    fn key_order() -> KeyOrder {
+        let recorder = crate::testing::RecordingProducer::new().unwrap();
+        KeyOrder::new(
+            "t".into(),
+            vec!["t.retry.1".into()],
+            Duration::from_secs(1),
+            recorder.producer(),
+        )
     }
 
-    #[test]
-    fn a_partition_not_held_on_every_topic_has_no_slot() {
-        let order = KeyOrder::new("t".into(), vec!["t.retry.1".into()], Duration::from_secs(1));
+    fn binding<'a>(config: &'a Config, topics: &'a [String]) -> Binding<'a> {
+        Binding {
+            config,
+            topics,
+            not_before: true,
+            batches: false,
+            transactional: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_an_assignor_that_does_not_co_partition() {
+        let order = key_order();
+        let topics = ["t".to_owned(), "t.retry.1".to_owned()];
+        let mut config = Config::new();
+        let bind = |config: &Config| order.bind(&binding(config, &topics));
+        assert!(bind(&config).is_ok(), "librdkafka's default is range");
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+        let err = bind(&config).unwrap_err().to_string();
+        assert!(err.contains("partition.assignment.strategy"), "{err}");
+        config.set("group.protocol", "consumer");
+        let err = bind(&config).unwrap_err().to_string();
+        assert!(err.contains("group.remote.assignor"), "{err}");
+        config.set("group.remote.assignor", "range");
+        assert!(bind(&config).is_ok());
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_consumer_not_set_up_by_subscribe_or_batching() {
+        let order = key_order();
+        let config = Config::new();
+        let main_only = ["t".to_owned()];
+        let err = order
+            .bind(&binding(&config, &main_only))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("RetryTopics::subscribe") && err.contains("t.retry.1"),
+            "{err}"
+        );
+        let all = ["t".to_owned(), "t.retry.1".to_owned()];
+        let no_due = Binding {
+            not_before: false,
+            ..binding(&config, &all)
+        };
+        let err = order.bind(&no_due).unwrap_err().to_string();
+        assert!(err.contains("not_before"), "{err}");
+        let batches = Binding {
+            batches: true,
+            ..binding(&config, &all)
+        };
+        let err = order.bind(&batches).unwrap_err().to_string();
+        assert!(err.contains("streaming consumer only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_partition_not_held_on_every_topic_has_no_slot() {
+        let order = key_order();
         let tp = |t: &str, p| crate::TopicPartition::new(t, p);
         order.on_rebalance(&Rebalance::Assigned(vec![
             tp("t", 0),

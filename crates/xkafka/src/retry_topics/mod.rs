@@ -4,8 +4,11 @@
 //! delay), then `<topic>.retry.2`, …, then the dead-letter topic — while
 //! the main topic keeps flowing. Only once the broker acknowledged the copy
 //! does the original count as skipped (its offset may move), as with
-//! [`DeadLetterLayer`]. [`permanent`](crate::middleware::retry::permanent)
-//! errors go straight to the dead-letter topic.
+//! [`DeadLetterLayer`](crate::dlq::DeadLetterLayer). [`permanent`](crate::middleware::retry::permanent)
+//! errors go straight to the dead-letter topic. A move to a tier that
+//! fails (librdkafka reports the delivery failed) goes to the dead-letter
+//! topic instead; no publish is abandoned while librdkafka still owns it
+//! (the producer's `message.timeout.ms` bounds it).
 //!
 //! The consumer of the retry tiers waits for each message's due time
 //! without blocking anything: [`ConsumerBuilder::not_before`](crate::ConsumerBuilder::not_before) with [`due`]
@@ -66,15 +69,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tower::{Layer, Service};
-use xkafka_core::middleware::retry::{is_permanent, AttemptLog};
+use xkafka_core::middleware::retry::{is_permanent, AttemptLog, AttemptRecord};
 
-use crate::consumer::{ConsumerBuilder, Kind};
-use crate::dlq::DeadLetterLayer;
+use crate::consumer::{ConsumerBuilder, Kind, Listener};
+use crate::dlq::DeadLetterFailed;
 use crate::{Ack, Batch, BoxError, Error, Message, Producer};
 
 mod key_order;
@@ -83,8 +87,14 @@ use key_order::{KeyOrder, Place, Step};
 
 /// The headers a message carries in a retry tier.
 pub mod headers {
-    /// Failed attempts so far (1 in the first tier).
+    /// Its own failed attempts so far: 1 after its first failure. A
+    /// message that followed its key into the tiers without being handled
+    /// keeps its count (0 if it never failed): its retry budget is spent
+    /// by its own failures only.
     pub const ATTEMPT: &str = "x-retry-attempt";
+    /// The tier it is in (1-based). Copies written before this header
+    /// existed carry their tier in [`ATTEMPT`].
+    pub const TIER: &str = "x-retry-tier";
     /// When it is due, milliseconds since the Unix epoch.
     pub const DUE: &str = "x-retry-due";
     /// The topic it was first consumed from.
@@ -106,8 +116,9 @@ pub mod headers {
     pub const FOLLOWS: &str = "x-retry-follows";
 }
 
-const ALL_HEADERS: [&str; 10] = [
+const ALL_HEADERS: [&str; 11] = [
     headers::ATTEMPT,
+    headers::TIER,
     headers::DUE,
     headers::ORIGINAL_TOPIC,
     headers::ORIGINAL_PARTITION,
@@ -120,7 +131,7 @@ const ALL_HEADERS: [&str; 10] = [
 ];
 
 const MAX_ERROR_LEN: usize = 4096;
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_REBUILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// When a message in a retry tier is due (its [`headers::DUE`] header);
 /// `None` for any other message. Give it to
@@ -144,9 +155,8 @@ struct Tiers {
     source: String,
     delays: Vec<Duration>,
     topics: Vec<Arc<str>>,
-    dead_letters: DeadLetterLayer,
     dead_letter_topic: Arc<str>,
-    timeout: Duration,
+    rebuild_timeout: Duration,
     key_order: Option<Arc<KeyOrder>>,
 }
 
@@ -168,13 +178,12 @@ impl RetryTopics {
         let dlq: Arc<str> = format!("{source}.dlq").into();
         RetryTopics {
             inner: Arc::new(Tiers {
-                dead_letters: DeadLetterLayer::new(producer.clone(), dlq.clone()),
                 producer,
                 topics: vec![format!("{source}.retry.1").into()],
                 delays: vec![Duration::from_secs(1)],
                 source,
                 dead_letter_topic: dlq,
-                timeout: DEFAULT_TIMEOUT,
+                rebuild_timeout: DEFAULT_REBUILD_TIMEOUT,
                 key_order: None,
             }),
         }
@@ -185,11 +194,7 @@ impl RetryTopics {
         f(t);
         if t.key_order.is_some() {
             // Made anew: its topics may have changed.
-            t.key_order = Some(Arc::new(KeyOrder::new(
-                t.source.as_str().into(),
-                t.topics.clone(),
-                t.timeout,
-            )));
+            t.key_order = Some(t.new_key_order());
         }
         self
     }
@@ -205,16 +210,25 @@ impl RetryTopics {
     ///   [`subscribe`](Self::subscribe), with a co-partitioning assignor
     ///   (`range`: librdkafka's default for the classic protocol; with
     ///   `group.protocol=consumer` set `group.remote.assignor=range`) —
-    ///   the build fails otherwise. So a backlog in the tiers shares that
-    ///   consumer's members with the main topic.
+    ///   the build fails otherwise, as it does for a consumer without the
+    ///   tiers' topics or `not_before`, or a batch consumer. So a backlog in
+    ///   the tiers shares that consumer's members with the main topic.
     /// - **An ordered consumer**: `Order::Partition` (the default, with any
     ///   concurrency) or `Order::PerKey`, not `Order::Unordered`.
+    /// - **With exactly-once** ([`ConsumerBuilder::transactional`]): the
+    ///   copies are published with the consumer's producer (or one without
+    ///   transactions). A copy published, or a copy settled, in a
+    ///   transaction that aborts counts as never done: the input read again
+    ///   is handled (or follows) again, nothing is lost.
     ///
     /// What it costs:
     /// - **After each assignment**, before the first message of a partition
     ///   is handled, that partition of every tier is read from the group's
     ///   committed offset to its end (what is waiting there, by key):
-    ///   the partition's start is delayed by that read.
+    ///   the partition's start is delayed by that read. An attempt that
+    ///   takes longer than [`rebuild_timeout`](Self::rebuild_timeout) (or
+    ///   fails) is retried, going on from where it stopped: the partition
+    ///   waits, no message fails for it.
     /// - **A failing key holds its later messages back** for the tiers'
     ///   delays (and sends them through the tiers: more publishes), and a
     ///   message dead-lettered lets the next of its key go — that is the
@@ -224,11 +238,8 @@ impl RetryTopics {
     ///   concurrency is high).
     pub fn keep_key_order(self) -> Self {
         let mut me = self;
-        Arc::make_mut(&mut me.inner).key_order = Some(Arc::new(KeyOrder::new(
-            me.inner.source.as_str().into(),
-            me.inner.topics.clone(),
-            me.inner.timeout,
-        )));
+        let t = Arc::make_mut(&mut me.inner);
+        t.key_order = Some(t.new_key_order());
         me
     }
 
@@ -286,18 +297,29 @@ impl RetryTopics {
     pub fn dead_letter_topic(self, topic: impl Into<Arc<str>>) -> Self {
         self.edit(|t| {
             t.dead_letter_topic = topic.into();
-            t.dead_letters = DeadLetterLayer::new(t.producer.clone(), t.dead_letter_topic.clone())
-                .timeout(t.timeout);
         })
     }
 
-    /// How long a retry or dead-letter publish may take (default 30 s);
-    /// past it the original failure goes to the error handler.
-    pub fn timeout(self, timeout: Duration) -> Self {
-        self.edit(|t| {
-            t.timeout = timeout;
-            t.dead_letters = t.dead_letters.clone().timeout(timeout);
-        })
+    /// Ignored. A retry or dead-letter publish is not timed out here: a
+    /// publish abandoned while librdkafka still owns the message may be
+    /// delivered after all (a copy in the tiers reported as failed). Its
+    /// bound is the producer's `message.timeout.ms`, after which librdkafka
+    /// reports the delivery failed. The rebuild of key order has its own
+    /// bound, [`rebuild_timeout`](Self::rebuild_timeout).
+    #[deprecated(
+        note = "publishes are bounded by the producer's message.timeout.ms; the key-order \
+                rebuild by rebuild_timeout"
+    )]
+    pub fn timeout(self, _timeout: Duration) -> Self {
+        self
+    }
+
+    /// With [`keep_key_order`](Self::keep_key_order): the bound of one
+    /// attempt to read what a partition has in the tiers after an
+    /// assignment (default 60 s). An attempt that runs out is retried,
+    /// going on from where it stopped; meanwhile the partition waits.
+    pub fn rebuild_timeout(self, timeout: Duration) -> Self {
+        self.edit(|t| t.rebuild_timeout = timeout)
     }
 
     /// The tier topics, in order (what the tiers' consumer subscribes to).
@@ -329,8 +351,11 @@ impl RetryTopics {
     /// The middleware for the main topic's consumer and for the tiers'
     /// consumer: a failure moves the message to its next tier (or the
     /// dead-letter topic), and the original counts as skipped once that
-    /// copy is acknowledged. If the publish fails, the original failure
-    /// (with the publish error attached) goes on to the error handler.
+    /// copy is acknowledged. If the move to a tier fails (librdkafka
+    /// reports the delivery failed: refused, or not acknowledged within
+    /// `message.timeout.ms`), the message goes to the dead-letter topic
+    /// instead; only if that fails too does the original failure (with
+    /// both publish errors attached) go on to the error handler.
     pub fn layer(&self) -> RetryTopicsLayer {
         RetryTopicsLayer {
             tiers: self.clone(),
@@ -352,8 +377,14 @@ impl RetryTopics {
         }
         let first = |name: &str, fallback: Option<String>| carried(name).or(fallback);
         let due = now + u64::try_from(t.delays[tier].as_millis()).unwrap_or(u64::MAX);
+        // Its own failures: a move behind its key is not one.
+        let attempt = match cause {
+            Cause::Failed(_) => attempt_of(original) + 1,
+            Cause::Follows(_) => attempt_of(original),
+        };
         b = b
-            .header(headers::ATTEMPT, (tier + 1).to_string())
+            .header(headers::ATTEMPT, attempt.to_string())
+            .header(headers::TIER, (tier + 1).to_string())
             .header(headers::DUE, due.to_string());
         let error = match cause {
             Cause::Failed(error) => Some(cut(error)),
@@ -459,31 +490,67 @@ impl RetryTopics {
         match self.next_tier(&original, &error) {
             Some(tier) => {
                 let text = error.to_string();
-                self.move_to(&original, tier, Cause::Failed(&text), &log)
+                match self
+                    .move_to(&original, tier, Cause::Failed(&text), &log)
                     .await
-                    .map_err(|publish| publish.with(error))?;
-                Ok(Ack::Skip)
+                {
+                    Ok(()) => Ok(Ack::Skip),
+                    Err(publish) => {
+                        let failure = Box::new(publish.with(error));
+                        self.send_dead_letter(&original, failure, &log, 1).await
+                    }
+                }
             }
-            None => self.send_dead_letter(&original, error, &log).await,
+            None => self.send_dead_letter(&original, error, &log, 1).await,
         }
     }
 
+    /// Dead-letters `original` (as consumed from its original topic) after
+    /// `error`; `failed`: 1 if this call of the handler failed, 0 if it was
+    /// not handled (it followed its key). Not timed out: librdkafka's
+    /// delivery report decides.
     async fn send_dead_letter(
         &self,
         original: &Message,
         error: BoxError,
         log: &AttemptLog,
+        failed: usize,
     ) -> Result<Ack, BoxError> {
         let view = self.as_original(original);
-        self.inner
-            .dead_letters
-            .send(&view, error, log)
-            .await
-            .map(|()| Ack::Skip)
+        let first_failure = original
+            .headers()
+            .get_str(headers::FIRST_FAILURE)
+            .and_then(|ms| ms.parse().ok())
+            .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
+        let record = AttemptRecord {
+            attempts: u32::try_from(attempt_of(original) + failed).unwrap_or(u32::MAX),
+            first_failure: first_failure.or(log.get().first_failure),
+            ..log.get()
+        };
+        let topic = &self.inner.dead_letter_topic;
+        let dead = crate::dlq::dead_letter(&view, topic, &error, record);
+        match self.inner.producer.publish(dead).await {
+            Ok(delivery) => {
+                log.mark_dead_lettered();
+                tracing::warn!(
+                    message = %view.location(),
+                    dead_letter = %format_args!("{}[{}]@{}", delivery.topic, delivery.partition, delivery.offset),
+                    %error,
+                    "dead-lettered",
+                );
+                Ok(Ack::Skip)
+            }
+            Err(publish) => Err(Box::new(DeadLetterFailed {
+                error,
+                topic: topic.clone(),
+                publish,
+            })),
+        }
     }
 
     /// Publishes the copy of `original` for tier `tier` (0-based) and waits
-    /// for its acknowledgement.
+    /// for librdkafka's delivery report — never abandoned before it: an
+    /// abandoned publish may still be delivered.
     async fn move_to(
         &self,
         original: &Message,
@@ -493,14 +560,14 @@ impl RetryTopics {
     ) -> Result<(), PublishFailed> {
         let t = &self.inner;
         let copy = self.copy_for(original, tier, cause);
-        let failed = |publish| PublishFailed {
-            topic: t.topics[tier].clone(),
-            publish,
-        };
-        let delivery = tokio::time::timeout(t.timeout, t.producer.publish(copy))
+        let delivery = t
+            .producer
+            .publish(copy)
             .await
-            .map_err(|_| failed(None))?
-            .map_err(|e| failed(Some(e)))?;
+            .map_err(|publish| PublishFailed {
+                topic: t.topics[tier].clone(),
+                publish: Some(publish),
+            })?;
         let number = u32::try_from(tier + 1).unwrap_or(u32::MAX);
         log.mark_retry_tier(number, matches!(cause, Cause::Follows(_)));
         tracing::info!(
@@ -527,17 +594,21 @@ impl RetryTopics {
         S::Error: Into<BoxError>,
     {
         let slot = order.slot(place.partition)?;
+        let gens = order.gens();
         let mut chain = slot.chain.lock().await;
         if chain.is_none() {
             let partition = place.partition;
             let shared = self.clone();
+            // Set if this handler is dropped (shutdown): the read stops.
+            let cancelled = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+            let flag = cancelled.0.clone();
             let read = tokio::task::spawn_blocking(move || {
                 shared
                     .inner
                     .key_order
                     .as_ref()
                     .expect("key order is on")
-                    .read(partition)
+                    .read(partition, &flag)
             })
             .await
             .map_err(|e| KeyOrderError::Rebuild {
@@ -552,30 +623,39 @@ impl RetryTopics {
             );
             *chain = Some(read);
         }
-        let step = chain.as_ref().expect("just built").step(&place);
+        let step = chain.as_mut().expect("just built").step(&place, &*gens);
         let (key, offset) = (&place.key, place.original_offset);
         // A copy from a tier leaves the chain once settled (success, moved
         // on, dead-lettered, or handed to the error handler, which skips it
-        // or stops the consumer — a restart reads the tiers anew).
+        // or stops the consumer — a restart reads the tiers anew), in the
+        // transaction its offset commits in.
         let from_tier = place.tier > 0;
+        let settle = || async {
+            if from_tier {
+                slot.settle(key, offset, gens.current(), &*gens).await;
+            }
+        };
         match step {
             Step::AlreadyMoved => return Ok(Ack::Skip),
             Step::Follow => {
                 // Registered before the publish: nothing of its key can
                 // overtake it while the copy is in flight.
-                chain.as_mut().expect("built").add(key, offset);
+                let added = order.publish_generation(&*gens);
+                chain.as_mut().expect("built").add(key, offset, added);
                 drop(chain);
                 let tier = place.tier.min(self.inner.delays.len().saturating_sub(1));
                 let head = Cause::Follows(offset);
-                let moved = self
-                    .move_registered(&slot, &place, &message, tier, head, &log)
-                    .await;
-                if from_tier {
-                    slot.remove(key, offset).await;
-                }
-                return moved.map(|()| Ack::Skip).map_err(|e| {
-                    Box::new(e.with("it waits behind an earlier message of its key".into())) as _
-                });
+                let outcome = match self.move_to(&message, tier, head, &log).await {
+                    Ok(()) => Ok(Ack::Skip),
+                    Err(publish) => {
+                        slot.unadd(key, offset, added).await;
+                        let waits = "it waits behind an earlier message of its key".into();
+                        let failure = Box::new(publish.with(waits));
+                        self.send_dead_letter(&message, failure, &log, 0).await
+                    }
+                };
+                settle().await;
+                return outcome;
             }
             Step::Handle => drop(chain),
         }
@@ -585,41 +665,45 @@ impl RetryTopics {
             Ok(ack) => Ok(ack),
             Err(error) => match self.next_tier(&message, &error) {
                 Some(tier) => {
-                    slot.add(key, offset).await;
+                    // In the chain before the publish, as above.
+                    let added = order.publish_generation(&*gens);
+                    slot.add(key, offset, added).await;
                     let text = error.to_string();
                     let failed = Cause::Failed(&text);
-                    self.move_registered(&slot, &place, &message, tier, failed, &log)
-                        .await
-                        .map(|()| Ack::Skip)
-                        .map_err(|e| Box::new(e.with(error)) as _)
+                    match self.move_to(&message, tier, failed, &log).await {
+                        Ok(()) => Ok(Ack::Skip),
+                        Err(publish) => {
+                            slot.unadd(key, offset, added).await;
+                            let failure = Box::new(publish.with(error));
+                            self.send_dead_letter(&message, failure, &log, 1).await
+                        }
+                    }
                 }
-                None => self.send_dead_letter(&message, error, &log).await,
+                None => self.send_dead_letter(&message, error, &log, 1).await,
             },
         };
-        if from_tier {
-            slot.remove(key, offset).await;
-        }
+        settle().await;
         outcome
     }
+}
 
-    /// Moves `message`, whose copy is already in its key's chain (added
-    /// before the publish, so that nothing of its key can overtake it while
-    /// the copy is in flight), to tier `tier`; takes the copy out again if
-    /// the publish fails.
-    async fn move_registered(
-        &self,
-        slot: &key_order::Slot,
-        place: &Place,
-        message: &Message,
-        tier: usize,
-        cause: Cause<'_>,
-        log: &AttemptLog,
-    ) -> Result<(), PublishFailed> {
-        let moved = self.move_to(message, tier, cause, log).await;
-        if moved.is_err() {
-            slot.remove(&place.key, place.original_offset).await;
-        }
-        moved
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Tiers {
+    fn new_key_order(&self) -> Arc<KeyOrder> {
+        Arc::new(KeyOrder::new(
+            self.source.as_str().into(),
+            self.topics.clone(),
+            self.rebuild_timeout,
+            self.producer.clone(),
+        ))
     }
 }
 
@@ -633,7 +717,7 @@ fn attempt_of(message: &Message) -> usize {
         .unwrap_or(0)
 }
 
-/// A retry publish that failed (`None`: timed out).
+/// A retry publish that failed.
 struct PublishFailed {
     topic: Arc<str>,
     publish: Option<Error>,
@@ -659,7 +743,8 @@ impl fmt::Debug for RetryTopics {
     }
 }
 
-/// The retry publish failed (or timed out): the original failure stands.
+/// The retry publish failed: the original failure stands (and the message
+/// goes to the dead-letter topic instead).
 #[derive(Debug, thiserror::Error)]
 #[error("{error} (and moving it to the retry topic {topic} failed: {})", publish.as_ref().map_or_else(|| "timed out".to_owned(), ToString::to_string))]
 pub struct RetryPublishFailed {
@@ -668,7 +753,8 @@ pub struct RetryPublishFailed {
     pub error: BoxError,
     /// The retry topic.
     pub topic: Arc<str>,
-    /// Why the publish failed (`None`: it timed out).
+    /// Why the publish failed (`None`: it timed out; no longer happens,
+    /// the delivery report decides).
     pub publish: Option<Error>,
 }
 
@@ -676,6 +762,16 @@ pub struct RetryPublishFailed {
 #[derive(Clone, Debug)]
 pub struct RetryTopicsLayer {
     tiers: RetryTopics,
+}
+
+impl RetryTopicsLayer {
+    /// If `layer` is a `RetryTopicsLayer` keeping key order: the listener
+    /// that checks, when the consumer is built, that it can keep it.
+    pub(crate) fn downcast<L: 'static>(layer: &L) -> Option<Arc<dyn Listener>> {
+        let this = (layer as &dyn std::any::Any).downcast_ref::<RetryTopicsLayer>()?;
+        let order: Arc<dyn Listener> = this.tiers.inner.key_order.clone()?;
+        Some(order)
+    }
 }
 
 impl<S> Layer<S> for RetryTopicsLayer {
