@@ -286,6 +286,10 @@ pub enum Error {
     },
 }
 
+/// librdkafka's text for `ERR__FENCED` (`rd_kafka_err2str`), which its
+/// fatal error event quotes.
+const FENCED_TEXT: &str = "This instance has been fenced by a newer instance";
+
 fn with_reason(reason: Option<&str>) -> String {
     reason.map(|r| format!(" ({r})")).unwrap_or_default()
 }
@@ -404,15 +408,36 @@ impl Error {
 
     /// Whether a newer instance with the same `transactional.id` (or a newer
     /// member of the consumer group) took over: this instance must stop.
+    ///
+    /// As librdkafka reports it: a transactional producer's fencing
+    /// (`PRODUCER_FENCED`, or `INVALID_PRODUCER_EPOCH` on a transactional
+    /// request) is a fatal error with the code `Fenced` (librdkafka's
+    /// `ERR__FENCED`), returned by the transaction calls and raised once as
+    /// a fatal client error; a static member replaced by another with its
+    /// `group.instance.id` gets `FENCED_INSTANCE_ID`.
+    ///
+    /// `INVALID_PRODUCER_EPOCH` by itself is not fencing: on an idempotent
+    /// (not transactional) producer it fails the messages of one produce
+    /// request, and librdkafka bumps the epoch and carries on (a delivery
+    /// error, neither fenced nor fatal). It counts as fenced only when
+    /// librdkafka made it fatal.
     pub fn is_fenced(&self) -> bool {
-        matches!(
-            self.kafka_code(),
+        match self.kafka_code() {
             Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::FencedInstanceId
-            )
-        )
+                RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::FencedInstanceId,
+            ) => true,
+            Some(RDKafkaErrorCode::InvalidProducerEpoch) => self.is_fatal(),
+            // The fatal error event: its code is `Fatal`, and librdkafka's
+            // text names the underlying one ("Fatal error: Local: This
+            // instance has been fenced by a newer instance: ...").
+            Some(RDKafkaErrorCode::Fatal) => matches!(
+                self,
+                Error::Kafka { reason: Some(reason), .. } if reason.contains(FENCED_TEXT)
+            ),
+            _ => false,
+        }
     }
 
     /// librdkafka's error code, when the error comes from librdkafka.
@@ -496,6 +521,40 @@ mod tests {
             shown.contains("Invalid sasl.oauthbearer.config: <redacted>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn an_invalid_producer_epoch_alone_is_not_fencing() {
+        // An idempotent producer's failed produce request: librdkafka bumps
+        // the epoch and carries on.
+        let err = Error::Delivery {
+            topic: "orders".into(),
+            partition: Some(0),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidProducerEpoch),
+        };
+        assert!(!err.is_fenced(), "{err}");
+        assert!(!err.is_fatal(), "{err}");
+    }
+
+    #[test]
+    fn librdkafkas_fatal_fencing_event_is_fencing() {
+        let fenced = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Local: This instance has been fenced by a newer instance: \
+             ProduceRequest for t [0] with 1 message(s) failed",
+        );
+        assert!(fenced.is_fatal() && fenced.is_fenced(), "{fenced}");
+        let other = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Local: Gap-less ordering would not be guaranteed if proceeding: ...",
+        );
+        assert!(other.is_fatal() && !other.is_fenced(), "{other}");
+        // librdkafka's normalised code, as its transaction calls return it.
+        let normalised = Error::kafka(
+            Operation::CommitTransaction,
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fenced),
+        );
+        assert!(normalised.is_fenced(), "{normalised}");
     }
 
     #[test]
