@@ -227,9 +227,9 @@ impl Config {
     /// producer must be rebuilt. What only the broker knows, its
     /// `transaction.max.timeout.ms` (15 min by default), cannot be checked
     /// here: a larger `transaction.timeout.ms` fails the first
-    /// `init_transactions` with librdkafka's `INVALID_TRANSACTION_TIMEOUT`
-    /// ("... larger than the maximum value allowed by the broker (as
-    /// configured by transaction.max.timeout.ms)"), fatal too.
+    /// `init_transactions` with `InvalidTransactionTimeout` ("Transaction
+    /// timeout is larger than the maximum value allowed by the broker's
+    /// max.transaction.timeout.ms"), fatal too.
     ///
     /// [`ProducerBuilder::transaction_timeout`]: crate::ProducerBuilder::transaction_timeout
     pub(crate) fn check_transaction_timeout(&self, operation: Duration) -> Result<(), Error> {

@@ -387,6 +387,11 @@ impl Error {
 
     /// Whether librdkafka flagged the error as fatal: the client cannot
     /// continue (e.g. a fenced idempotent producer).
+    ///
+    /// librdkafka's `Fenced` code counts as fatal wherever it shows: it is
+    /// raised only as a fatal error, but a producer's client error event
+    /// carries it without the fatal flag (rdkafka's `KafkaError::Global`
+    /// has none).
     pub fn is_fatal(&self) -> bool {
         let source = match self {
             Error::Kafka { source, .. } | Error::Delivery { source, .. } => source,
@@ -394,7 +399,10 @@ impl Error {
         };
         matches!(source, KafkaError::MessageConsumptionFatal(_))
             || matches!(source, KafkaError::Transaction(e) if e.is_fatal())
-            || source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+            || matches!(
+                source.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
+            )
     }
 
     /// Whether a transaction operation failed in a way that leaves the
@@ -549,12 +557,13 @@ mod tests {
             "Fatal error: Local: Gap-less ordering would not be guaranteed if proceeding: ...",
         );
         assert!(other.is_fatal() && !other.is_fenced(), "{other}");
-        // librdkafka's normalised code, as its transaction calls return it.
-        let normalised = Error::kafka(
-            Operation::CommitTransaction,
-            KafkaError::MessageProduction(RDKafkaErrorCode::Fenced),
+        // librdkafka's normalised code, as a producer's client error event
+        // carries it (no fatal flag: it is fatal all the same).
+        let event = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fenced),
+            "Failed to end transaction: Local: This instance has been fenced by a newer instance",
         );
-        assert!(normalised.is_fenced(), "{normalised}");
+        assert!(event.is_fenced() && event.is_fatal(), "{event}");
     }
 
     #[test]
