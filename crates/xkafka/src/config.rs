@@ -204,10 +204,8 @@ impl Config {
     /// sends the transaction coordinator at `init_transactions`; `None`
     /// when the value is not a number (librdkafka refuses it).
     pub(crate) fn transaction_timeout(&self) -> Option<(Duration, String)> {
-        let (ms, given) = self.millis(
-            "transaction.timeout.ms",
-            LIBRDKAFKA_TRANSACTION_TIMEOUT_MS,
-        )?;
+        let (ms, given) =
+            self.millis("transaction.timeout.ms", LIBRDKAFKA_TRANSACTION_TIMEOUT_MS)?;
         let shown = if given {
             format!("`transaction.timeout.ms` ({ms} ms)")
         } else {

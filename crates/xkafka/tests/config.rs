@@ -283,7 +283,12 @@ async fn a_transactional_consumer_refuses_read_uncommitted() {
         "{err:?}"
     );
     let shown = err.to_string();
-    for part in ["isolation.level", "read_uncommitted", "abort", "exactly-once"] {
+    for part in [
+        "isolation.level",
+        "read_uncommitted",
+        "abort",
+        "exactly-once",
+    ] {
         assert!(shown.contains(part), "{part:?} missing: {shown}");
     }
     // Any other consumer may read uncommitted records.
@@ -321,7 +326,12 @@ async fn transaction_settings_on_a_consumer_that_is_not_transactional_are_refuse
     let err = build_err(complete().transaction_interval(Duration::from_millis(200)));
     let shown = err.to_string();
     assert!(matches!(err, Error::Transactional(_)), "{err:?}");
-    for part in ["transaction_interval", "not transactional", "Auto", "ignored"] {
+    for part in [
+        "transaction_interval",
+        "not transactional",
+        "Auto",
+        "ignored",
+    ] {
         assert!(shown.contains(part), "{part:?} missing: {shown}");
     }
     let err = build_err(

@@ -1,9 +1,15 @@
 //! A record corrupted on the broker's disk never reaches a handler: with
 //! xkafka's default `check.crcs=true` librdkafka verifies each record
 //! batch's CRC-32C, and a batch that fails becomes [`Error::Consume`]
-//! naming its partition and offset. librdkafka skips that batch and goes
-//! on with the next one in the same fetch, so the records after it are
-//! handled.
+//! naming its partition and offset.
+//!
+//! What librdkafka does then (measured here): it hands over nothing of
+//! that fetch from the corrupt batch on, and fetches the partition again
+//! from the corrupt batch's offset, failing again each time (one error per
+//! fetch, about every `fetch.error.backoff.ms`). So the partition stays at
+//! the corrupt record: nothing after it is handled and the committed
+//! offset does not pass it, until the application moves the group past it
+//! (here: a commit of the next offset), after which the rest is handled.
 //!
 //! The corruption is real: a private Apache Kafka (never the shared test
 //! brokers) is stopped cleanly, one byte of a record's value is flipped in
@@ -144,16 +150,18 @@ struct Seen {
     consume_errors: Mutex<Vec<ConsumeError>>,
 }
 
-/// Consumes the topic from the start until `done` holds (30 s at most).
+/// Consumes the topic as `group` (from the start, for a new group) until
+/// `done` holds (30 s at most).
 async fn consume(
     broker: &PrivateBroker,
+    group: &str,
     topic: &str,
     check_crcs: Option<&str>,
     done: impl Fn(&Seen) -> bool,
-) -> Arc<Seen> {
+) -> (Arc<Seen>, xkafka::Summary) {
     let seen = Arc::new(Seen::default());
     let (handled, errors) = (seen.clone(), seen.clone());
-    let mut builder = Consumer::builder(unique("crc"))
+    let mut builder = Consumer::builder(group)
         .brokers([broker.bootstrap()])
         .topics([topic])
         .config("auto.offset.reset", "earliest")
@@ -196,8 +204,25 @@ async fn consume(
     let run = tokio::spawn(consumer.run(std::future::pending()));
     until(|| done(&seen), Duration::from_secs(30)).await;
     stop.shutdown();
-    run.await.unwrap().expect("the consumer stops cleanly");
-    seen
+    let summary = run.await.unwrap().expect("the consumer stops cleanly");
+    (seen, summary)
+}
+
+/// Commits `offset` (the next to read) for `group` on partition 0 of
+/// `topic`, as an operator skipping a record would.
+fn commit(broker: &PrivateBroker, group: &str, topic: &str, offset: i64) {
+    use xkafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(offset))
+        .unwrap();
+    client.commit(&tpl, CommitMode::Sync).expect("commit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,46 +270,76 @@ async fn a_record_corrupted_on_disk_is_an_error_naming_it_and_never_reaches_a_ha
     broker.script("start");
 
     // xkafka's default: the corrupt batch is an error naming its partition
-    // and offset; every other record is handled.
+    // and offset, at every fetch of it; the partition stays there.
     let victim_offset = offsets[VICTIM];
-    let seen = consume(&broker, &topic, None, |s| {
-        s.handled.lock().unwrap().len() >= RECORDS - 1 && !s.consume_errors.lock().unwrap().is_empty()
+    let tp = TopicPartition::new(topic.as_str(), 0);
+    let group = unique("crc-checked");
+    let (seen, summary) = consume(&broker, &group, &topic, None, |s| {
+        s.handled.lock().unwrap().len() >= VICTIM && s.consume_errors.lock().unwrap().len() >= 3
     })
     .await;
     let handled = seen.handled.lock().unwrap().clone();
     let errors = seen.consume_errors.lock().unwrap().clone();
     println!(
-        "check.crcs default: handled offsets {:?}, consume errors {errors:?}",
+        "check.crcs default: handled offsets {:?}, {} consume errors, the first {:?}, committed {:?}",
         handled.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        errors.len(),
+        errors.first(),
+        summary.committed,
     );
-    assert!(
-        errors.iter().any(|e| e.partition == Some(TopicPartition::new(topic.as_str(), 0))
-            && e.offset == victim_offset
-            && e.code == RDKafkaErrorCode::BadMessage
-            && e.reason.contains("CRC")),
-        "the error handler is told which record failed its CRC: {errors:?}"
-    );
+    assert!(errors.len() >= 3, "one error per fetch: {errors:?}");
+    for e in &errors {
+        assert!(
+            e.partition.as_ref() == Some(&tp)
+                && e.offset == victim_offset
+                && e.code == RDKafkaErrorCode::BadMessage
+                && e.reason.contains("CRC"),
+            "the error handler is told which record failed its CRC: {e:?}"
+        );
+    }
     assert!(
         handled
             .iter()
             .all(|(o, v)| *o != victim_offset && *v != altered),
         "the corrupt record never reaches the handler"
     );
-    let expected: Vec<i64> = offsets
+    let got: Vec<i64> = handled.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        got,
+        offsets[..VICTIM].to_vec(),
+        "the records before it are handled, none after it"
+    );
+    assert_eq!(
+        summary.committed.get(&tp),
+        Some(&victim_offset),
+        "the committed offset stops at the corrupt record"
+    );
+
+    // Moving the group past it: the rest is handled, with no error.
+    commit(&broker, &group, &topic, victim_offset + 1);
+    let (seen, _) = consume(&broker, &group, &topic, None, |s| {
+        s.handled.lock().unwrap().len() >= RECORDS - VICTIM - 1
+    })
+    .await;
+    let got: Vec<i64> = seen
+        .handled
+        .lock()
+        .unwrap()
         .iter()
-        .copied()
-        .filter(|&o| o != victim_offset)
+        .map(|(o, _)| *o)
         .collect();
-    let mut got: Vec<i64> = handled.iter().map(|(o, _)| *o).collect();
-    got.sort_unstable();
-    got.dedup();
-    assert_eq!(got, expected, "the records before and after it are handled");
+    assert_eq!(got, offsets[VICTIM + 1..].to_vec(), "the records after it");
+    assert!(seen.consume_errors.lock().unwrap().is_empty());
 
     // The same data without the check: the altered record is handed over
     // as if it were sound (librdkafka's default, and xkafka's before).
-    let unchecked = consume(&broker, &topic, Some("false"), |s| {
-        s.handled.lock().unwrap().len() >= RECORDS
-    })
+    let (unchecked, _) = consume(
+        &broker,
+        &unique("crc-unchecked"),
+        &topic,
+        Some("false"),
+        |s| s.handled.lock().unwrap().len() >= RECORDS,
+    )
     .await;
     let handled = unchecked.handled.lock().unwrap();
     assert!(

@@ -56,7 +56,10 @@ async fn a_fenced_transactional_producer_is_fenced_and_fatal() {
 
     // The same transactional.id again: initialising it fences the old one.
     let (newer, _) = transactional(&id);
-    newer.begin_transaction().await.expect("the newer one begins");
+    newer
+        .begin_transaction()
+        .await
+        .expect("the newer one begins");
 
     let err = old
         .commit_transaction()
@@ -74,7 +77,13 @@ async fn a_fenced_transactional_producer_is_fenced_and_fatal() {
     // librdkafka also reports it to the error handler, as a client error
     // with its `Fenced` code.
     until(
-        || old_reported.lock().unwrap().iter().any(|(_, fenced, _)| *fenced),
+        || {
+            old_reported
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, fenced, _)| *fenced)
+        },
         Duration::from_secs(10),
     )
     .await;
