@@ -246,7 +246,8 @@ fn configure<K: xkafka::consumer::Kind>(
     builder: ConsumerBuilder<K>,
     args: &WorkerArgs,
 ) -> ConsumerBuilder<K> {
-    let heartbeat = (args.session_timeout_ms / 4).max(100);
+    // A quarter of the session: xkafka refuses more than a third.
+    let heartbeat = (args.session_timeout_ms / 4).max(1);
     let total = args.max_in_flight.max(2 * args.mode.batch_size());
     let per_partition = args
         .max_in_flight_per_partition
@@ -383,7 +384,12 @@ async fn transform(
             .ok_or("eos-transform needs --transactional-id")?;
         producer = producer.transactional_id(id);
         if let Some(ms) = args.transaction_timeout_ms {
-            producer = producer.config("transaction.timeout.ms", ms.to_string());
+            // Each transaction step within a third of the broker's bound on
+            // the whole transaction: xkafka refuses a transaction interval
+            // plus step bound that reaches it.
+            producer = producer
+                .config("transaction.timeout.ms", ms.to_string())
+                .transaction_timeout(Duration::from_millis(u64::from(ms) / 3));
         }
     }
     let producer = producer.build()?;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
@@ -169,6 +170,139 @@ fn config_error(err: KafkaError, config: &Config) -> Error {
             Error::InvalidConfig { key, value, reason }
         }
         other => Error::kafka(crate::error::Operation::Create, other),
+    }
+}
+
+/// librdkafka's `heartbeat.interval.ms` when none is given.
+pub(crate) const LIBRDKAFKA_HEARTBEAT_INTERVAL_MS: u64 = 3_000;
+/// librdkafka's `session.timeout.ms` when none is given.
+pub(crate) const LIBRDKAFKA_SESSION_TIMEOUT_MS: u64 = 45_000;
+/// librdkafka's `transaction.timeout.ms` when none is given.
+pub(crate) const LIBRDKAFKA_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+
+impl Config {
+    /// An integer property in milliseconds: the value given, librdkafka's
+    /// `default` when none is, and `None` when the value is not a number
+    /// (librdkafka then refuses it with its own message, naming it).
+    pub(crate) fn millis(&self, key: &str, default: u64) -> Option<(u64, bool)> {
+        match self.get(key) {
+            None => Some((default, false)),
+            Some(v) => v.trim().parse().ok().map(|ms| (ms, true)),
+        }
+    }
+
+    /// Whether the consumer joins its group with KIP-848's protocol
+    /// (`group.protocol=consumer`), where the broker owns the session
+    /// timeout and the heartbeat interval.
+    pub(crate) fn is_kip848(&self) -> bool {
+        self.get("group.protocol")
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
+    }
+
+    /// The broker's bound on one transaction of this producer: librdkafka's
+    /// `transaction.timeout.ms` (given or its default), which librdkafka
+    /// sends the transaction coordinator at `init_transactions`; `None`
+    /// when the value is not a number (librdkafka refuses it).
+    pub(crate) fn transaction_timeout(&self) -> Option<(Duration, String)> {
+        let (ms, given) =
+            self.millis("transaction.timeout.ms", LIBRDKAFKA_TRANSACTION_TIMEOUT_MS)?;
+        let shown = if given {
+            format!("`transaction.timeout.ms` ({ms} ms)")
+        } else {
+            format!("`transaction.timeout.ms` ({ms} ms, librdkafka's default)")
+        };
+        Some((Duration::from_millis(ms), shown))
+    }
+
+    /// Refuses a transactional producer whose bound on one transaction
+    /// operation (`operation`, [`ProducerBuilder::transaction_timeout`])
+    /// is not shorter than the broker's bound on the whole transaction.
+    ///
+    /// The transaction coordinator aborts a transaction open longer than
+    /// `transaction.timeout.ms` and bumps the producer's epoch; a commit
+    /// still running within its own, longer bound then meets the newer
+    /// epoch, which librdkafka reports as fenced: a fatal error, the
+    /// producer must be rebuilt. What only the broker knows, its
+    /// `transaction.max.timeout.ms` (15 min by default), cannot be checked
+    /// here: a larger `transaction.timeout.ms` fails the first
+    /// `init_transactions` with `InvalidTransactionTimeout` ("Transaction
+    /// timeout is larger than the maximum value allowed by the broker's
+    /// max.transaction.timeout.ms"), fatal too.
+    ///
+    /// [`ProducerBuilder::transaction_timeout`]: crate::ProducerBuilder::transaction_timeout
+    pub(crate) fn check_transaction_timeout(&self, operation: Duration) -> Result<(), Error> {
+        let Some((broker, shown)) = self.transaction_timeout() else {
+            return Ok(());
+        };
+        if operation < broker {
+            return Ok(());
+        }
+        Err(Error::Transactional(format!(
+            "transaction_timeout ({operation:?}) must be shorter than {shown}: the broker \
+             aborts a transaction open longer than transaction.timeout.ms, so a commit still \
+             within transaction_timeout would find its transaction aborted, which librdkafka \
+             reports as fenced (fatal: the producer must be rebuilt). Lower \
+             .transaction_timeout(...) or raise transaction.timeout.ms (at most the broker's \
+             transaction.max.timeout.ms, 15 min by default)"
+        )))
+    }
+
+    /// Refuses a heartbeat interval that is not at most a third of the
+    /// session timeout (Kafka's guidance), librdkafka's defaults standing
+    /// in for what is not given. librdkafka checks neither.
+    ///
+    /// Why: a member is dropped from its group when no heartbeat reaches
+    /// the coordinator within the session timeout. With fewer than three
+    /// heartbeats per session, one late or lost heartbeat (a broker pause,
+    /// a retried request, a busy host) ends the session: the group
+    /// rebalances, and a transactional consumer's offsets are refused
+    /// ("Unknown member") at every commit — measured: with
+    /// `session.timeout.ms=3000` and librdkafka's 3,000 ms heartbeat, a
+    /// transactional consumer livelocked (37 aborts, 2 commits, 36
+    /// assignments in 240 s).
+    ///
+    /// Under KIP-848 both belong to the broker (`group.consumer.*`) and
+    /// librdkafka refuses the client properties itself, with its own
+    /// explanation: nothing to check here.
+    pub(crate) fn check_heartbeat(&self) -> Result<(), Error> {
+        if self.is_kip848() {
+            return Ok(());
+        }
+        let (Some((heartbeat, heartbeat_given)), Some((session, session_given))) = (
+            self.millis("heartbeat.interval.ms", LIBRDKAFKA_HEARTBEAT_INTERVAL_MS),
+            self.millis("session.timeout.ms", LIBRDKAFKA_SESSION_TIMEOUT_MS),
+        ) else {
+            return Ok(());
+        };
+        if heartbeat.saturating_mul(3) <= session {
+            return Ok(());
+        }
+        let shown = |ms: u64, given: bool| {
+            if given {
+                format!("{ms} ms")
+            } else {
+                format!("{ms} ms, librdkafka's default")
+            }
+        };
+        Err(Error::InvalidConfig {
+            key: "heartbeat.interval.ms".into(),
+            value: if heartbeat_given {
+                format!("{heartbeat:?}")
+            } else {
+                format!("{heartbeat} (librdkafka's default, not set)")
+            },
+            reason: format!(
+                "the heartbeat interval ({}) must be at most a third of `session.timeout.ms` ({}), \
+                 as Kafka advises: with fewer than three heartbeats per session, one late \
+                 heartbeat drops the member from its group, which rebalances again and again \
+                 (a transactional consumer then has its offsets refused as \"Unknown member\" \
+                 and livelocks). Set `heartbeat.interval.ms` to at most {} ms, or raise \
+                 `session.timeout.ms`",
+                shown(heartbeat, heartbeat_given),
+                shown(session, session_given),
+                session / 3,
+            ),
+        })
     }
 }
 

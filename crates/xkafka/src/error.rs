@@ -286,6 +286,10 @@ pub enum Error {
     },
 }
 
+/// librdkafka's text for `ERR__FENCED` (`rd_kafka_err2str`), which its
+/// fatal error event quotes.
+const FENCED_TEXT: &str = "This instance has been fenced by a newer instance";
+
 fn with_reason(reason: Option<&str>) -> String {
     reason.map(|r| format!(" ({r})")).unwrap_or_default()
 }
@@ -383,6 +387,11 @@ impl Error {
 
     /// Whether librdkafka flagged the error as fatal: the client cannot
     /// continue (e.g. a fenced idempotent producer).
+    ///
+    /// librdkafka's `Fenced` code counts as fatal wherever it shows: it is
+    /// raised only as a fatal error, but a producer's client error event
+    /// carries it without the fatal flag (rdkafka's `KafkaError::Global`
+    /// has none).
     pub fn is_fatal(&self) -> bool {
         let source = match self {
             Error::Kafka { source, .. } | Error::Delivery { source, .. } => source,
@@ -390,7 +399,10 @@ impl Error {
         };
         matches!(source, KafkaError::MessageConsumptionFatal(_))
             || matches!(source, KafkaError::Transaction(e) if e.is_fatal())
-            || source.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal)
+            || matches!(
+                source.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::Fenced)
+            )
     }
 
     /// Whether a transaction operation failed in a way that leaves the
@@ -404,15 +416,36 @@ impl Error {
 
     /// Whether a newer instance with the same `transactional.id` (or a newer
     /// member of the consumer group) took over: this instance must stop.
+    ///
+    /// As librdkafka reports it: a transactional producer's fencing
+    /// (`PRODUCER_FENCED`, or `INVALID_PRODUCER_EPOCH` on a transactional
+    /// request) is a fatal error with the code `Fenced` (librdkafka's
+    /// `ERR__FENCED`), returned by the transaction calls and raised once as
+    /// a fatal client error; a static member replaced by another with its
+    /// `group.instance.id` gets `FENCED_INSTANCE_ID`.
+    ///
+    /// `INVALID_PRODUCER_EPOCH` by itself is not fencing: on an idempotent
+    /// (not transactional) producer it fails the messages of one produce
+    /// request, and librdkafka bumps the epoch and carries on (a delivery
+    /// error, neither fenced nor fatal). It counts as fenced only when
+    /// librdkafka made it fatal.
     pub fn is_fenced(&self) -> bool {
-        matches!(
-            self.kafka_code(),
+        match self.kafka_code() {
             Some(
-                RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::FencedInstanceId
-            )
-        )
+                RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::FencedInstanceId,
+            ) => true,
+            Some(RDKafkaErrorCode::InvalidProducerEpoch) => self.is_fatal(),
+            // The fatal error event: its code is `Fatal`, and librdkafka's
+            // text names the underlying one ("Fatal error: Local: This
+            // instance has been fenced by a newer instance: ...").
+            Some(RDKafkaErrorCode::Fatal) => matches!(
+                self,
+                Error::Kafka { reason: Some(reason), .. } if reason.contains(FENCED_TEXT)
+            ),
+            _ => false,
+        }
     }
 
     /// librdkafka's error code, when the error comes from librdkafka.
@@ -496,6 +529,41 @@ mod tests {
             shown.contains("Invalid sasl.oauthbearer.config: <redacted>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn an_invalid_producer_epoch_alone_is_not_fencing() {
+        // An idempotent producer's failed produce request: librdkafka bumps
+        // the epoch and carries on.
+        let err = Error::Delivery {
+            topic: "orders".into(),
+            partition: Some(0),
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidProducerEpoch),
+        };
+        assert!(!err.is_fenced(), "{err}");
+        assert!(!err.is_fatal(), "{err}");
+    }
+
+    #[test]
+    fn librdkafkas_fatal_fencing_event_is_fencing() {
+        let fenced = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Local: This instance has been fenced by a newer instance: \
+             ProduceRequest for t [0] with 1 message(s) failed",
+        );
+        assert!(fenced.is_fatal() && fenced.is_fenced(), "{fenced}");
+        let other = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "Fatal error: Local: Gap-less ordering would not be guaranteed if proceeding: ...",
+        );
+        assert!(other.is_fatal() && !other.is_fenced(), "{other}");
+        // librdkafka's normalised code, as a producer's client error event
+        // carries it (no fatal flag: it is fatal all the same).
+        let event = Error::client(
+            KafkaError::Global(RDKafkaErrorCode::Fenced),
+            "Failed to end transaction: Local: This instance has been fenced by a newer instance",
+        );
+        assert!(event.is_fenced() && event.is_fatal(), "{event}");
     }
 
     #[test]

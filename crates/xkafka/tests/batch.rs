@@ -16,6 +16,7 @@ fn batch_consumer(group: &str, topic: &str) -> ConsumerBuilder<xkafka::consumer:
         .topics([topic])
         .config("auto.offset.reset", "earliest")
         .config("session.timeout.ms", "6000")
+        .config("heartbeat.interval.ms", "2000")
         .config("fetch.wait.max.ms", "10")
         .shutdown_timeout(Duration::from_secs(5))
 }

@@ -311,6 +311,7 @@ async fn a_handler_slower_than_max_poll_interval_does_not_stall_or_evict() {
         .topics(["live"])
         .config("auto.offset.reset", "earliest")
         .config("session.timeout.ms", "6000")
+        .config("heartbeat.interval.ms", "2000")
         .config("max.poll.interval.ms", "6000")
         .concurrency(4)
         .error_handler(move |err| {

@@ -825,6 +825,7 @@ async fn join_and_sync_group_errors_delay_the_assignment_only() {
     let consumer = recording_consumer(&cluster, "g", TOPIC, &errors, &handled)
         // The mock waits session timeout - 1 s for members to rejoin.
         .config("session.timeout.ms", "3000")
+        .config("heartbeat.interval.ms", "1000")
         .commit_mode(CommitMode::Manual)
         .build()
         .unwrap();
@@ -878,6 +879,7 @@ async fn a_heartbeat_error_rebalances_without_loss_or_duplicate() {
     let handled = Handled::default();
     let consumer = recording_consumer(&cluster, "g", TOPIC, &errors, &handled)
         .config("session.timeout.ms", "3000")
+        .config("heartbeat.interval.ms", "1000")
         .commit_mode(CommitMode::Manual)
         .build()
         .unwrap();

@@ -45,11 +45,15 @@ impl Protocol {
                 ("group.protocol", "classic"),
                 ("partition.assignment.strategy", "range"),
                 ("session.timeout.ms", "6000"),
+                // At most a third of the session (xkafka refuses more).
+                ("heartbeat.interval.ms", "2000"),
             ],
             Protocol::ClassicCooperative => vec![
                 ("group.protocol", "classic"),
                 ("partition.assignment.strategy", "cooperative-sticky"),
                 ("session.timeout.ms", "6000"),
+                // At most a third of the session (xkafka refuses more).
+                ("heartbeat.interval.ms", "2000"),
             ],
             Protocol::Kip848 => vec![("group.protocol", "consumer")],
         }

@@ -403,6 +403,12 @@ impl Producer {
         usize::try_from(self.inner.client.in_flight_count()).unwrap_or(0)
     }
 
+    /// The librdkafka properties the producer was built with (a
+    /// transactional consumer checks its transaction bounds against them).
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
     /// The producer's name (`client.id`).
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -585,7 +591,14 @@ impl ProducerBuilder {
     /// Bound on each transaction operation (initialising, committing,
     /// aborting; default 30 s). librdkafka's `transaction.timeout.ms`
     /// (default 60 s) is another bound: how long the broker lets a
-    /// transaction stay open before aborting it.
+    /// transaction stay open before aborting it. `build` refuses a
+    /// `transaction_timeout` that is not shorter than
+    /// `transaction.timeout.ms` (a commit within it could find its
+    /// transaction aborted by the broker: fenced, fatal). A
+    /// `transaction.timeout.ms` above the broker's
+    /// `transaction.max.timeout.ms` (15 min by default) is refused by the
+    /// broker at the first transaction, a fatal
+    /// `InvalidTransactionTimeout` error that names that setting.
     pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
         self.transaction_timeout = timeout;
         self
@@ -703,6 +716,7 @@ impl ProducerBuilder {
                         "transaction_timeout must be more than zero".into(),
                     ));
                 }
+                config.check_transaction_timeout(self.transaction_timeout)?;
                 Some(transaction::Transactions::new(
                     id.to_owned(),
                     self.transaction_timeout,

@@ -90,6 +90,8 @@ pub fn consumer(group: &str, topic: &str) -> ConsumerBuilder {
         .topics([topic])
         .config("auto.offset.reset", "earliest")
         .config("session.timeout.ms", "6000")
+        // At most a third of the session: xkafka refuses more.
+        .config("heartbeat.interval.ms", "2000")
         .shutdown_timeout(Duration::from_secs(5))
 }
 
