@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -19,6 +20,7 @@ use super::offsets::TopicPartition;
 use super::pipeline::Pipeline;
 use super::rebalance::Rebalance;
 use super::shared::Shared;
+use super::start_offsets::{Withheld, FIRST_QUERY};
 use crate::error::{Error, Operation};
 use crate::log::{forward_log, scrub};
 
@@ -35,6 +37,10 @@ pub(crate) struct XConsumerContext {
     /// them from there (`fetch_queue.rs`); rebalance callbacks route new
     /// partitions to it.
     fetch: Mutex<Option<Arc<FetchQueue>>>,
+    /// Transactional: assigned partitions whose committed offsets are not
+    /// known yet, not assigned to librdkafka until they are
+    /// (`start_offsets.rs`). Only the poll thread touches it.
+    withheld: Mutex<Option<Withheld>>,
 }
 
 impl XConsumerContext {
@@ -43,6 +49,7 @@ impl XConsumerContext {
             shared,
             pipeline: Mutex::new(None),
             fetch: Mutex::new(None),
+            withheld: Mutex::new(None),
         }
     }
 
@@ -63,6 +70,75 @@ impl XConsumerContext {
     /// into the rebalance handler.
     pub(crate) fn pipeline(&self) -> MutexGuard<'_, Option<Pipeline>> {
         self.pipeline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn withheld(&self) -> MutexGuard<'_, Option<Withheld>> {
+        self.withheld.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks again, when due, for the committed offsets of withheld
+    /// partitions, and assigns them once known. Called by the poll loop
+    /// between rounds, so that it keeps polling (and marking progress)
+    /// while it waits.
+    pub(crate) fn serve_withheld(&self, consumer: &BaseConsumer<Self>) {
+        let Some(start) = &self.shared.start_offsets else {
+            return;
+        };
+        let mut guard = self.withheld();
+        let Some(withheld) = guard.as_mut() else {
+            return;
+        };
+        if !withheld.due(Instant::now()) {
+            return;
+        }
+        // Eager: a member that lost its membership while it waited rejoins
+        // without a revocation (nothing was assigned); a new assignment
+        // follows.
+        if !withheld.cooperative && consumer.assignment_lost() {
+            tracing::info!(group = %self.shared.group, "the group's assignment was lost while its committed offsets were unknown; rejoining");
+            *guard = None;
+            return;
+        }
+        self.shared.board.progress();
+        let result = start.query(consumer, withheld.tpl(), withheld.query_timeout());
+        self.shared.board.progress();
+        match result {
+            Ok(starts) => {
+                let cooperative = withheld.cooperative;
+                tracing::info!(group = %self.shared.group, partitions = starts.count(), waited = ?withheld.since().elapsed(), "the group's committed offsets are known; assigning");
+                *guard = None;
+                drop(guard);
+                self.assign_starts(consumer, starts, cooperative);
+            }
+            Err(why) => {
+                let told = withheld.failed(why, start);
+                drop(guard);
+                if let Some(err) = told {
+                    self.shared.report(err);
+                }
+            }
+        }
+    }
+
+    /// The consumer stops while partitions are withheld: librdkafka waits
+    /// for the application's assign call before it can leave the group, so
+    /// it is answered with nothing. The partitions are never read.
+    pub(crate) fn release_withheld(&self, consumer: &BaseConsumer<Self>) {
+        let mut guard = self.withheld();
+        let Some(withheld) = guard.as_mut().filter(|w| !w.is_released()) else {
+            return;
+        };
+        withheld.release();
+        let nothing = TopicPartitionList::new();
+        let result = if withheld.cooperative {
+            consumer.incremental_assign(&nothing)
+        } else {
+            consumer.assign(&nothing)
+        };
+        drop(guard);
+        if let Err(e) = result {
+            self.shared.report(Error::kafka(Operation::Rebalance, e));
+        }
     }
 }
 
@@ -163,51 +239,55 @@ impl XConsumerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, "partitions assigned");
                 if let Some(start) = &self.shared.start_offsets {
-                    start.resolve(consumer, &self.shared, tpl);
-                }
-                if let Some(pipeline) = self.pipeline().as_mut() {
-                    pipeline.assign(&self.shared, partitions.iter().cloned());
-                }
-                let mut ledger = self.shared.ledger();
-                ledger.assignments += 1;
-                ledger.assigned.extend(partitions.iter().cloned());
-                drop(ledger);
-                self.shared.set_state(super::status::GroupState::Stable);
-                if let Some(queue) = self.fetch_queue() {
-                    queue.route(consumer, tpl);
-                }
-                let result = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = result {
-                    self.shared.report(Error::kafka(Operation::Rebalance, e));
-                }
-                // Before the first fetch of these partitions: nothing of
-                // theirs can have reached a handler yet.
-                if !self.shared.listeners.is_empty() {
-                    self.shared
-                        .notify(&Rebalance::Assigned(partitions.iter().cloned().collect()));
-                }
-                // librdkafka remembers a pause across revoke and re-assign;
-                // a partition we get (back) starts with an empty buffer, so
-                // it must flow.
-                if tpl.count() > 0 {
-                    if let Err(e) = consumer.resume(tpl) {
-                        self.shared.report(Error::kafka(Operation::Rebalance, e));
+                    let mut withheld = self.withheld();
+                    // Eager: a new assignment replaces whatever was waiting.
+                    if !cooperative {
+                        *withheld = None;
                     }
+                    match start.query(consumer, tpl, FIRST_QUERY) {
+                        Ok(starts) => {
+                            drop(withheld);
+                            self.assign_starts(consumer, starts, cooperative);
+                        }
+                        Err(why) => {
+                            tracing::warn!(group = %self.shared.group, ?partitions, ?why, "the group's committed offsets are unknown; the partitions wait for them (a pending transaction holds them until the broker ends it, or the coordinator is slow or failing)");
+                            let w = withheld.get_or_insert_with(|| Withheld::new(tpl, cooperative));
+                            w.add(tpl);
+                            let told = w.failed(why, start);
+                            drop(withheld);
+                            if let Some(err) = told {
+                                self.shared.report(err);
+                            }
+                        }
+                    }
+                    return;
                 }
+                self.assign_starts(consumer, tpl.clone(), cooperative);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();
                 tracing::info!(group = %self.shared.group, ?partitions, cooperative, lost, "partitions revoked");
+                // Withheld partitions were never assigned to librdkafka nor
+                // read: they go without a commit, and librdkafka is not
+                // asked to unassign what it never had.
+                let never_assigned = self.forget_withheld(&partitions, cooperative);
+                let partitions: BTreeSet<TopicPartition> =
+                    partitions.difference(&never_assigned).cloned().collect();
+                let assigned;
+                let tpl: &TopicPartitionList = if never_assigned.is_empty() {
+                    tpl
+                } else {
+                    assigned = tpl_of(&partitions);
+                    &assigned
+                };
+                let only_withheld = partitions.is_empty() && !never_assigned.is_empty();
                 // Let running handlers of these partitions finish, then commit
                 // what they processed. A lost partition may already belong to
                 // another member: committing for it could move that member's
                 // offsets backwards, so it is not committed.
                 let mut pipeline = self.pipeline();
                 match pipeline.as_mut() {
+                    _ if only_withheld => {}
                     Some(p) => p.revoke(
                         consumer,
                         &self.shared,
@@ -222,7 +302,7 @@ impl XConsumerContext {
                     None => {}
                 }
                 drop(pipeline);
-                if !self.shared.listeners.is_empty() {
+                if !self.shared.listeners.is_empty() && !only_withheld {
                     self.shared.notify(&Rebalance::Revoked {
                         partitions: partitions.iter().cloned().collect(),
                         lost,
@@ -265,8 +345,80 @@ impl XConsumerContext {
                 ));
                 // librdkafka's advice for a failed rebalance: drop the
                 // assignment; the group will hand out a new one.
+                *self.withheld() = None;
                 self.shared.ledger().assigned.clear();
                 let _ = consumer.unassign();
+            }
+        }
+    }
+
+    /// Takes revoked `partitions` off the withheld ones (all of them when
+    /// the assignment is eager: everything goes); returns those that were
+    /// withheld.
+    fn forget_withheld(
+        &self,
+        partitions: &BTreeSet<TopicPartition>,
+        cooperative: bool,
+    ) -> BTreeSet<TopicPartition> {
+        let mut guard = self.withheld();
+        let Some(withheld) = guard.as_mut() else {
+            return BTreeSet::new();
+        };
+        let removed = withheld.remove(partitions);
+        if !removed.is_empty() && !withheld.is_released() {
+            tracing::info!(group = %self.shared.group, partitions = ?removed, waited = ?withheld.since().elapsed(), "revoked before their committed offsets were known; never read here");
+        }
+        if !cooperative || withheld.is_empty() {
+            *guard = None;
+        }
+        removed
+    }
+
+    /// Assigns `tpl` (each partition with its start): the pipeline, the
+    /// ledger and librdkafka learn of it, and the listeners are told.
+    fn assign_starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        starts: TopicPartitionList,
+        cooperative: bool,
+    ) {
+        let tpl = &starts;
+        let partitions: BTreeSet<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(self.shared.topic(e.topic()), e.partition()))
+            .collect();
+        if let Some(pipeline) = self.pipeline().as_mut() {
+            pipeline.assign(&self.shared, partitions.iter().cloned());
+        }
+        let mut ledger = self.shared.ledger();
+        ledger.assignments += 1;
+        ledger.assigned.extend(partitions.iter().cloned());
+        drop(ledger);
+        self.shared.set_state(super::status::GroupState::Stable);
+        if let Some(queue) = self.fetch_queue() {
+            queue.route(consumer, tpl);
+        }
+        let result = if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        };
+        if let Err(e) = result {
+            self.shared.report(Error::kafka(Operation::Rebalance, e));
+        }
+        // Before the first fetch of these partitions: nothing of
+        // theirs can have reached a handler yet.
+        if !self.shared.listeners.is_empty() {
+            self.shared
+                .notify(&Rebalance::Assigned(partitions.iter().cloned().collect()));
+        }
+        // librdkafka remembers a pause across revoke and re-assign;
+        // a partition we get (back) starts with an empty buffer, so
+        // it must flow.
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.resume(tpl) {
+                self.shared.report(Error::kafka(Operation::Rebalance, e));
             }
         }
     }
@@ -287,6 +439,15 @@ impl XConsumerContext {
             }
         }
     }
+}
+
+/// The list of `partitions` (without offsets).
+fn tpl_of(partitions: &BTreeSet<TopicPartition>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for tp in partitions {
+        tpl.add_partition(&tp.topic, tp.partition);
+    }
+    tpl
 }
 
 #[cfg(test)]

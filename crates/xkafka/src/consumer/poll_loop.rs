@@ -134,6 +134,9 @@ impl PollLoop {
         let mut group_committed = GroupCommitted::default();
         while !self.shared.shutdown.is_shutting_down() {
             self.shared.board.progress();
+            // Transactional: partitions waiting for their committed offsets
+            // are asked about again, between rounds (`start_offsets.rs`).
+            self.consumer.context().serve_withheld(&self.consumer);
             #[cfg(feature = "metrics")]
             if positions_at.elapsed() >= POSITIONS_EVERY {
                 positions_at = Instant::now();
@@ -453,6 +456,9 @@ impl PollLoop {
     /// and closes, within the shutdown deadline.
     fn finish(self) -> LoopEnd {
         self.shared.set_state(super::status::GroupState::Stopping);
+        // librdkafka cannot leave the group while it waits for the assign
+        // call of withheld partitions.
+        self.consumer.context().release_withheld(&self.consumer);
         // Before the client closes (librdkafka wants the application's
         // queues gone first): records still on the fetch queue were never
         // handled, so none of their offsets is stored; they are dropped.
