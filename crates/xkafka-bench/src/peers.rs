@@ -169,6 +169,43 @@ fn go_source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/go-xkafka")
 }
 
+/// Go xkafka's published source (v0.11.1), which the Go module proxy this
+/// project reaches does not serve: used from outside the repository at
+/// build time (`XKAFKA_GO_XKAFKA_SRC`, default `../shared/peers/go-xkafka-v0.11.1`
+/// beside the repository), never copied into it.
+fn go_xkafka_source() -> PathBuf {
+    std::env::var_os("XKAFKA_GO_XKAFKA_SRC").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/peers/go-xkafka-v0.11.1"),
+        PathBuf::from,
+    )
+}
+
+/// A copy of the peer's `go.mod` (and `go.sum`) in `out`, with Go xkafka
+/// replaced by its source outside the repository; `go build -modfile` uses it.
+fn go_modfile(out: &Path) -> Result<PathBuf, String> {
+    let source = std::path::absolute(go_xkafka_source())
+        .map_err(|e| format!("no absolute path for Go xkafka's source: {e}"))?;
+    if !source.join("consumer.go").is_file() {
+        return Err(format!(
+            "Go xkafka's source is not at {} (set XKAFKA_GO_XKAFKA_SRC)",
+            source.display()
+        ));
+    }
+    let dir = go_source_dir();
+    let module = std::fs::read_to_string(dir.join("go.mod")).map_err(|e| e.to_string())?;
+    let modfile = std::path::absolute(out.join("go-xkafka.mod")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &modfile,
+        format!(
+            "{module}\nreplace github.com/gojekfarm/xtools/xkafka => {}\n",
+            source.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::copy(dir.join("go.sum"), modfile.with_extension("sum")).map_err(|e| e.to_string())?;
+    Ok(modfile)
+}
+
 /// The built Go xkafka program.
 pub(crate) struct GoPeer {
     program: Program,
@@ -209,9 +246,14 @@ impl GoPeer {
             Ok(bin) => bin,
             Err(e) => return warn(format!("no absolute path for {}: {e}", out.display())),
         };
+        let modfile = match go_modfile(out) {
+            Ok(modfile) => modfile,
+            Err(why) => return warn(why),
+        };
         eprintln!("building the Go xkafka peer (go build) …");
         let built = Command::new("go")
             .arg("build")
+            .arg(format!("-modfile={}", modfile.display()))
             // No VCS stamp: the work tree may be another user's or have no
             // .git (a copy); the binary is rebuilt every run anyway.
             .arg("-buildvcs=false")

@@ -15,8 +15,8 @@ require (
 	go.uber.org/multierr v1.9.0 // indirect
 )
 
-// Go xkafka v0.11.1 (tag xkafka/v0.11.1 of github.com/gojekfarm/xtools,
-// commit fbbbee263b3c4807c1cc86ea9e4e2e4328a8b1cf): the module is not served
-// by the Go module proxy this project can reach, so its package source (tests
-// left out) is kept under third_party/xkafka, unchanged, with its LICENSE.
-replace github.com/gojekfarm/xtools/xkafka => ./third_party/xkafka
+// Go xkafka v0.11.1 (tag xkafka/v0.11.1 of github.com/gojekfarm/xtools) is
+// not served by the Go module proxy this project can reach: the benchmark
+// builds with a copy of this file that replaces it by its published source
+// outside the repository (../shared/peers/go-xkafka-v0.11.1, or
+// XKAFKA_GO_XKAFKA_SRC; see `go_modfile` in src/peers.rs).
