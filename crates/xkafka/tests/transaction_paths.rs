@@ -11,10 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{brokers, consumer, topic, unique, until};
+use common::{consumer, topic, unique, until};
 use eos::*;
-use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use xkafka::rdkafka::client::DefaultClientContext;
 use xkafka::rdkafka::ClientConfig;
 use xkafka::{Ack, BoxError, Decision, Error, Message, Order, Producer};
 
@@ -229,19 +227,7 @@ async fn an_output_the_broker_always_refuses_is_isolated_and_given_to_the_error_
     let input = topic("txn-poison-in", 2).await;
     fill_spread(&input, 2, 60).await;
     let output = unique("txn-poison-out");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            [&NewTopic::new(&output, 1, TopicReplication::Fixed(1))
-                .set("max.message.bytes", "1000")],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    topic_refusing_records_over(&output, 1_000).await;
 
     let group = unique("txn-poison");
     let producer = txn_producer(&unique("txn-poison-id"));

@@ -739,9 +739,6 @@ async fn dead_letters_join_the_transaction_and_abort_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_abortable_commit_failure_aborts_rewinds_and_handles_the_messages_again() {
-    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use xkafka::rdkafka::client::DefaultClientContext;
-
     let input = topic("txn-abortable-in", 1).await;
     let p = producer();
     fill(&p, &input, 0, 30).await;
@@ -750,19 +747,7 @@ async fn an_abortable_commit_failure_aborts_rewinds_and_handles_the_messages_aga
     // rejects one such record for good, which leaves the transaction that
     // holds it abortable.
     let output = unique("txn-abortable-out");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            [&NewTopic::new(&output, 1, TopicReplication::Fixed(1))
-                .set("max.message.bytes", "1000")],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    topic_refusing_records_over(&output, 1_000).await;
 
     let group = unique("txn-abortable");
     let producer = txn_producer(&unique("txn-abortable-id"));

@@ -169,3 +169,27 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
         })
         .collect()
 }
+
+/// Creates `name` (one partition) refusing records over `bytes`
+/// (`max.message.bytes`): a record the broker rejects for good, which leaves
+/// the transaction holding it abortable.
+pub async fn topic_refusing_records_over(name: &str, bytes: usize) {
+    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use xkafka::rdkafka::client::DefaultClientContext;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let limit = bytes.to_string();
+    let created =
+        admin
+            .create_topics(
+                [&NewTopic::new(name, 1, TopicReplication::Fixed(1))
+                    .set("max.message.bytes", &limit)],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+}
