@@ -50,10 +50,15 @@
 mod cli;
 mod client;
 mod dlq;
+mod groups;
 mod lag;
+mod manual;
 mod produce;
 mod render;
+mod reset;
+mod settings;
 mod tail;
+mod topics;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -117,6 +122,12 @@ fn fail(failure: &Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // These need no cluster (nor brokers).
+    match &cli.command {
+        Command::Completions(args) => return manual::completions(args.shell),
+        Command::Man => return manual::man(),
+        _ => {}
+    }
     let conn = Conn::new(&cli.global)?;
     let global = &cli.global;
     match cli.command {
@@ -125,5 +136,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lag(args) => lag::lag(&conn, global, &args),
         Command::Tail(args) => tail::tail(&conn, global, &args).await,
         Command::Produce(args) => produce::produce(&conn, global, &args).await,
+        Command::Topics(command) => topics::topics(&conn, global, &command).await,
+        Command::Groups(command) => groups::groups(&conn, global, &command).await,
+        Command::Config => settings::config(&conn, global.format),
+        Command::Completions(_) | Command::Man => Ok(()),
     }
 }
