@@ -7,11 +7,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Shown at the end of `--help`: what scripts can rely on.
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    success
-  1    runtime failure: unreachable broker, missing topic or partition, a record not
-       acknowledged, a failed commit, ...
-  2    usage or bad input: unknown option, malformed -X/--header, invalid property,
-       invalid regular expression or --from
+  0    success (a dry run included)
+  1    runtime failure or refusal: unreachable broker, missing topic, partition or group,
+       a record not acknowledged, a failed commit, a change the broker refused (topic
+       exists, invalid config), a group that still has members (reset-offsets
+       --execute, groups delete), ...
+  2    usage or bad input: unknown option, malformed -X/--header/--config, invalid
+       property, invalid regular expression or --from, topics delete without --yes
+       when standard input is not a terminal
   130  interrupted by Ctrl-C (dlq replay, produce): what was acknowledged is committed
        or counted, re-run to resume
 

@@ -8,6 +8,9 @@
 //! xkafka lag --group G [--topic T]              committed, end and lag per partition
 //! xkafka tail TOPIC [--from beginning|end|OFFSET|-N|TIME] [--partition P] [--count N]
 //! xkafka produce TOPIC [--key-separator SEP] [--header K=V]...   one record per line of stdin
+//! xkafka topics list|describe|create|delete|alter-config|add-partitions
+//! xkafka groups list|describe|reset-offsets|delete
+//! xkafka config | completions SHELL | man
 //! ```
 //!
 //! Every command takes `--brokers` (or `XKAFKA_BROKERS`), any librdkafka
@@ -42,10 +45,19 @@
 //! - **`produce`** publishes each line of standard input (idempotent,
 //!   `acks=all`) and prints how many were acknowledged.
 //!
-//! Exit codes: 0 success, 1 runtime failure (unreachable broker, missing
-//! topic, unacknowledged record…), 2 usage or bad input (unknown option,
-//! malformed or unknown `-X` property, bad regular expression), 130
-//! interrupted by Ctrl-C. Errors are one line on stderr.
+//! - **`topics`** and **`groups`** administer the cluster through rdkafka's
+//!   admin client (see `topics.rs`, `groups.rs` and `reset.rs` for what
+//!   rdkafka 0.39 lacks and how it is done instead). `groups reset-offsets`
+//!   prints its plan and applies it only with `--execute`, never while the
+//!   group has members.
+//! - **`config`** prints the effective client settings, secrets redacted;
+//!   **`completions`** and **`man`** are generated from the grammar.
+//!
+//! Exit codes: 0 success, 1 runtime failure or refusal (unreachable broker,
+//! missing topic or group, unacknowledged record, a group with members…),
+//! 2 usage or bad input (unknown option, malformed or unknown `-X`
+//! property, bad regular expression), 130 interrupted by Ctrl-C. Errors are
+//! one line on stderr.
 
 mod cli;
 mod client;

@@ -119,9 +119,17 @@ pub(crate) async fn reset(conn: &Conn, format: Format, args: &ResetArgs) -> Resu
             tpl.add_partition_offset(topic, m.partition, Offset::Offset(m.target))
                 .map_err(|e| runtime(format!("{topic}[{}]: {e}", m.partition)))?;
         }
-        consumer
-            .commit(&tpl, CommitMode::Sync)
-            .map_err(|e| runtime(format!("cannot reset the offsets of group {group}: {e}")))?;
+        consumer.commit(&tpl, CommitMode::Sync).map_err(|e| {
+            let hint = if members.is_none() {
+                " (a KIP-848 group, whose members the broker does not list to this \
+                     client: stop its consumers first)"
+            } else {
+                ""
+            };
+            runtime(format!(
+                "cannot reset the offsets of group {group}: {e}{hint}"
+            ))
+        })?;
     }
     print(format, args, &plan, busy.as_deref())
 }

@@ -238,3 +238,63 @@ async fn a_new_user_creates_produces_consumes_resets_and_reads_again() {
     let r = run(&["groups", "describe", &group]);
     assert!(r.fails(1).contains("does not exist"), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_kip848_group_is_listed_as_consumer_protocol_and_not_reset_while_it_runs() {
+    let topic = topic("cli-kip848", 1).await;
+    let group = unique("cli-kip848-group");
+    let r = run_with(xkafka(&["produce", &topic]), b"one\n");
+    assert_eq!(r.code(), 0, "{r:?}");
+    let seen: Arc<Mutex<usize>> = Arc::default();
+    let counter = seen.clone();
+    let consumer = Consumer::builder(&group)
+        .brokers([brokers()])
+        .topics([topic.as_str()])
+        .config("group.protocol", "consumer")
+        .config("auto.offset.reset", "earliest")
+        .error_handler(|err: &Error| {
+            eprintln!("consumer error: {err}");
+            Decision::Continue
+        })
+        .handler(move |_m: Message| {
+            let counter = counter.clone();
+            async move {
+                *counter.lock().unwrap() += 1;
+                Ack::Success
+            }
+        })
+        .build()
+        .expect("consumer");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while *seen.lock().unwrap() < 1 {
+        assert!(Instant::now() < deadline, "nothing consumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = run(&["groups", "list", "--format", "json"]).json();
+    let mine = listed["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group.as_str())
+        .unwrap_or_else(|| panic!("{group} not listed: {listed}"))
+        .clone();
+    assert_eq!(mine["protocol"], "consumer", "{mine}");
+    // Its members are not known here: the broker refuses the commit.
+    let refused = run(&[
+        "groups",
+        "reset-offsets",
+        &group,
+        "--topic",
+        &topic,
+        "--to-earliest",
+        "--execute",
+    ]);
+    let line = refused.fails(1);
+    assert!(line.contains(&group), "{line}");
+    let _ = stop.send(());
+    done.await.expect("joined").expect("run");
+}

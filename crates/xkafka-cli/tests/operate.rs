@@ -158,54 +158,64 @@ async fn topics_are_created_described_altered_grown_and_deleted() {
 
 #[tokio::test]
 async fn bad_input_is_refused_in_one_line_and_changes_nothing() {
+    // Side by side: each waits briefly for the topic's metadata.
     let missing = unique("cli-nothing");
-    for args in [
-        vec!["topics", "describe", missing.as_str()],
-        vec!["topics", "delete", missing.as_str(), "--yes"],
-        vec![
-            "topics",
-            "alter-config",
-            missing.as_str(),
-            "--set",
-            "retention.ms=1",
-        ],
-        vec![
-            "topics",
-            "add-partitions",
-            missing.as_str(),
-            "--partitions",
-            "9",
-        ],
-        vec![
-            "groups",
-            "reset-offsets",
-            "g",
-            "--topic",
-            missing.as_str(),
-            "--to-earliest",
-        ],
-    ] {
-        let r = run(&args);
-        assert!(
-            r.fails(1)
-                .contains(&format!("topic {missing} does not exist")),
-            "{args:?}: {r:?}"
-        );
-    }
-    // produce to a missing topic says how to create it.
-    let r = run_with(xkafka(&["produce", &missing]), b"x\n");
-    assert!(
-        r.fails(1)
-            .contains(&format!("xkafka topics create {missing}")),
-        "{r:?}"
-    );
     let unknown_group = unique("cli-no-group");
-    for args in [
-        vec!["groups", "describe", unknown_group.as_str()],
-        vec!["groups", "delete", unknown_group.as_str()],
-    ] {
-        let r = run(&args);
-        assert!(r.fails(1).contains("does not exist"), "{args:?}: {r:?}");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["topics", "describe", &missing],
+            format!("topic {missing} does not exist"),
+        ),
+        (
+            vec!["topics", "delete", &missing, "--yes"],
+            format!("topic {missing} does not exist"),
+        ),
+        (
+            vec![
+                "topics",
+                "alter-config",
+                &missing,
+                "--set",
+                "retention.ms=1",
+            ],
+            format!("topic {missing} does not exist"),
+        ),
+        (
+            vec!["topics", "add-partitions", &missing, "--partitions", "9"],
+            format!("topic {missing} does not exist"),
+        ),
+        (
+            vec![
+                "groups",
+                "reset-offsets",
+                "g",
+                "--topic",
+                &missing,
+                "--to-earliest",
+            ],
+            format!("topic {missing} does not exist"),
+        ),
+        // produce to a missing topic says how to create it.
+        (
+            vec!["produce", &missing],
+            format!("xkafka topics create {missing}"),
+        ),
+        (
+            vec!["groups", "describe", &unknown_group],
+            "does not exist".to_owned(),
+        ),
+        (
+            vec!["groups", "delete", &unknown_group],
+            "does not exist".to_owned(),
+        ),
+    ];
+    let started: Vec<_> = cases
+        .iter()
+        .map(|(args, _)| start(xkafka(args), b"x\n"))
+        .collect();
+    for ((args, expected), (child, at)) in cases.iter().zip(started) {
+        let r = finish(child, at);
+        assert!(r.fails(1).contains(expected.as_str()), "{args:?}: {r:?}");
     }
 
     // A partition the topic does not have: nothing committed.
@@ -323,10 +333,7 @@ fn config_completions_and_man_page() {
     assert!(!r.stdout.contains("hunter2"));
     let text = run(&["-X", "sasl.password=hunter2", "config"]);
     assert_eq!(text.code(), 0);
-    assert!(
-        text.stdout.contains("sasl.password=<redacted>"),
-        "{text:?}"
-    );
+    assert!(text.stdout.contains("sasl.password=<redacted>"), "{text:?}");
     assert!(!text.stdout.contains("hunter2"));
 
     // No brokers needed for these.
@@ -352,4 +359,102 @@ fn config_completions_and_man_page() {
         man.stdout.contains("Exit codes"),
         "the man page documents them"
     );
+}
+
+/// `groups reset-offsets … --execute` for one target; the committed offset
+/// of partition 0 after it.
+fn reset_to(group: &str, topic: &str, target: &[&str]) -> i64 {
+    let mut args = vec![
+        "groups",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--execute",
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(target);
+    let plan = run(&args).json();
+    assert_eq!(plan["executed"], true, "{plan}");
+    let lag = run(&[
+        "lag", "--group", group, "--topic", topic, "--format", "json",
+    ])
+    .json();
+    let committed = lag["partitions"][0]["committed"]
+        .as_i64()
+        .expect("committed");
+    assert_eq!(plan["partitions"][0]["target"], committed, "{plan} {lag}");
+    committed
+}
+
+#[tokio::test]
+async fn reset_offsets_to_each_kind_of_target() {
+    let topic = topic("cli-reset", 1).await;
+    let group = unique("cli-reset-group");
+    // Ten records a second apart in record time: offset i at base + i s.
+    let base = 1_700_000_000_000_i64;
+    let producer = producer();
+    for i in 0..10 {
+        let m = xkafka::Message::builder(topic.clone())
+            .partition(0)
+            .value(format!("r{i}"))
+            .timestamp_millis(base + i * 1000)
+            .build();
+        producer.publish(m).await.expect("published");
+    }
+    producer.close().await;
+
+    // A group that never committed: its first reset sets where it starts.
+    assert_eq!(reset_to(&group, &topic, &["--to-offset", "4"]), 4);
+    assert_eq!(reset_to(&group, &topic, &["--shift-by", "3"]), 7);
+    assert_eq!(reset_to(&group, &topic, &["--shift-by", "-5"]), 2);
+    // Kept within the retained records.
+    assert_eq!(reset_to(&group, &topic, &["--shift-by", "-50"]), 0);
+    assert_eq!(reset_to(&group, &topic, &["--to-offset", "99"]), 10);
+    assert_eq!(reset_to(&group, &topic, &["--to-earliest"]), 0);
+    assert_eq!(reset_to(&group, &topic, &["--to-latest"]), 10);
+    let at = format!("@{}", base + 6500);
+    assert_eq!(reset_to(&group, &topic, &["--to-timestamp", &at]), 7);
+    assert_eq!(
+        reset_to(&group, &topic, &["--to-timestamp", "2023-11-14T22:13:22Z"]),
+        2,
+        "base is 2023-11-14T22:13:20Z"
+    );
+    // Past the newest record: the end.
+    assert_eq!(
+        reset_to(&group, &topic, &["--to-timestamp", "@1900000000000"]),
+        10
+    );
+
+    // A dry run (text) shows the plan and changes nothing.
+    let dry = run(&[
+        "groups",
+        "reset-offsets",
+        &group,
+        "--topic",
+        &topic,
+        "--to-earliest",
+    ]);
+    assert_eq!(dry.code(), 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("dry run: nothing changed"),
+        "{}",
+        dry.stdout
+    );
+    let lag = run(&[
+        "lag", "--group", &group, "--topic", &topic, "--format", "json",
+    ])
+    .json();
+    assert_eq!(lag["partitions"][0]["committed"], 10, "{lag}");
+    let bad_time = run(&[
+        "groups",
+        "reset-offsets",
+        &group,
+        "--topic",
+        &topic,
+        "--to-timestamp",
+        "soon",
+    ]);
+    assert!(bad_time.fails(2).contains("soon"), "{bad_time:?}");
 }
