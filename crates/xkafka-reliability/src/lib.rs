@@ -16,6 +16,8 @@
 //! - [`control`]: the 3-broker Apache Kafka cluster's brokers killed, stopped
 //!   and started (through `scripts/broker.sh`), with a guard that brings them
 //!   back.
+//! - [`netns`], [`netcluster`], [`faults`]: a private 3-broker cluster in
+//!   network namespaces of its own, cut, half-opened and paused.
 //! - [`failover`]: the failover tests' consumer and verdict (lost, duplicated,
 //!   out of order per key, against the log read back).
 //!
@@ -28,7 +30,10 @@ pub mod control;
 pub mod crash;
 pub mod exactly_once;
 pub mod failover;
+pub mod faults;
 pub mod ledger;
+pub mod netcluster;
+pub mod netns;
 pub mod process;
 pub mod soak;
 pub mod storm;
