@@ -27,6 +27,7 @@
 
 pub mod cluster;
 pub mod control;
+pub mod campaign;
 pub mod crash;
 pub mod exactly_once;
 pub mod failover;

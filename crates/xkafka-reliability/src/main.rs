@@ -139,6 +139,20 @@ enum Command {
         #[arg(long, default_value = "classic")]
         group_protocol: String,
     },
+    /// Network fault campaign: seeded schedules of cuts, one-way loss and
+    /// pauses on a private 3-broker cluster in network namespaces of its
+    /// own (root and nftables needed), each run's history checked.
+    Faults {
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// How many seeds.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Faults per schedule.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {
         #[command(flatten)]
@@ -282,6 +296,7 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             write_json(&common.json, &report)?;
             Ok(report.tally.lost == 0)
         }
+        Command::Faults { .. } => Err("the faults campaign runs before any runtime".into()),
         Command::Soak {
             common,
             seconds,
@@ -311,6 +326,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any runtime: the campaign moves this thread into its clients'
+    // namespace, and the runtime's threads must start there.
+    if let Command::Faults { first, seeds, steps } = cli.command {
+        return match xkafka_reliability::campaign::run(first, seeds, steps) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("xkafka-chaos faults: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -112,7 +112,10 @@ pub async fn at_least_once(
         &brokers,
         &topic,
         &topic,
-        &[("session.timeout.ms", session.as_str())],
+        &[
+            ("session.timeout.ms", session.as_str()),
+            ("heartbeat.interval.ms", "2000"),
+        ],
     )?;
     let feeder = Feeder::start(&input, RATE);
     consuming
