@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod control;
 pub mod campaign;
 pub mod crash;
+pub mod eos_scenario;
 pub mod exactly_once;
 pub mod failover;
 pub mod history;
