@@ -8,14 +8,32 @@ use xkafka::BoxError;
 
 use crate::netcluster::NetCluster;
 use crate::netns::Net;
-use crate::scenario;
 use crate::seed::{Kind, Schedule};
+use crate::{eos_scenario, scenario};
 
-/// Runs seeds `first..first + seeds`, `steps` faults each; prints a line per
-/// seed and the failures at the end. True when every run kept every rule.
-/// Call it from a thread with no tokio runtime yet: it moves the thread
-/// into the clients' namespace, then builds its own.
-pub fn run(first: u64, seeds: u64, steps: usize) -> Result<bool, BoxError> {
+/// The exactly-once schedule of a seed: the transaction coordinator or the
+/// output's leader isolated, cut from the clients or paused, two faults
+/// (then the zombie member, which every exactly-once run has).
+pub fn eos_schedule(seed: u64) -> Schedule {
+    Schedule::draw(
+        seed ^ 0x5eed,
+        2,
+        &[Kind::Isolate, Kind::Pause, Kind::FromClients],
+        Duration::from_secs(8),
+    )
+}
+
+/// Runs seeds `first..first + seeds`, `steps` faults each, at-least-once
+/// and — with `eos`, the worker binary — exactly-once too; prints a line
+/// per run and the failures at the end. True when every run kept every
+/// rule. Call it from a thread with no tokio runtime yet: it moves the
+/// thread into the clients' namespace, then builds its own.
+pub fn run(
+    first: u64,
+    seeds: u64,
+    steps: usize,
+    eos: Option<&std::path::Path>,
+) -> Result<bool, BoxError> {
     let net = Net::create()?;
     net.enter_clients()?;
     let mut rng = fastrand::Rng::with_seed(first);
@@ -41,10 +59,29 @@ pub fn run(first: u64, seeds: u64, steps: usize) -> Result<bool, BoxError> {
                 failed.push((seed, e.to_string()));
             }
         }
+        let Some(exe) = eos else { continue };
+        let schedule = eos_schedule(seed);
+        match runtime.block_on(eos_scenario::exactly_once(&net, &cluster, &schedule, exe)) {
+            Ok(outcome) => {
+                println!("{}", outcome.line());
+                if !outcome.verdict.kept() {
+                    println!("  broken: {:?}", outcome.verdict.violations);
+                    failed.push((seed, format!("eos: {:?}", outcome.verdict.violations)));
+                }
+            }
+            Err(e) => {
+                println!("eos seed {seed}: error: {e}");
+                failed.push((seed, format!("eos: {e}")));
+            }
+        }
     }
     println!(
-        "campaign: {} seeds from {first}, {} failed",
-        seeds,
+        "campaign: {seeds} seeds from {first} ({}), {} runs failed",
+        if eos.is_some() {
+            "at-least-once and exactly-once"
+        } else {
+            "at-least-once"
+        },
         failed.len()
     );
     for (seed, why) in &failed {

@@ -24,6 +24,7 @@ use crate::history::{self, Acked, History, Promise, Record, Verdict};
 use crate::netcluster::NetCluster;
 use crate::netns::Net;
 use crate::process::WorkerSpec;
+use crate::scenario::settle;
 use crate::seed::{Kind, Schedule, Target};
 use crate::worker::Mode;
 
@@ -230,6 +231,7 @@ pub async fn exactly_once(
     let healed = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     feeder.stop().await?;
+    settle(&input, Duration::from_secs(90)).await;
     let acked = input.finish().await;
     let acks = input.acks();
     let wanted: std::collections::HashSet<u64> = acked.ids.clone();

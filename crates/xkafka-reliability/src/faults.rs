@@ -189,7 +189,14 @@ impl<'n> Faults<'n> {
     /// Lays the rules of one cut in broker `b`'s namespace: packets from
     /// `addrs` in, and (with `both`) to `addrs` out. One side suffices: a
     /// packet dropped at either end never makes the round trip.
-    fn cut(&self, id: Applied, b: u8, addrs: &[String], cut: Cut, both: bool) -> Result<(), BoxError> {
+    fn cut(
+        &self,
+        id: Applied,
+        b: u8,
+        addrs: &[String],
+        cut: Cut,
+        both: bool,
+    ) -> Result<(), BoxError> {
         let set = addrs.join(", ");
         let verdict = match cut {
             Cut::Silent => "drop",
@@ -217,7 +224,11 @@ impl<'n> Faults<'n> {
         ));
         let script = format!("table inet {} {{\n{rules}}}\n", table(id));
         let ns = self.net.ns(Node::Broker(b));
-        netns::run("ip", &["netns", "exec", &ns, "nft", "-f", "-"], Some(&script))?;
+        netns::run(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "-"],
+            Some(&script),
+        )?;
         Ok(())
     }
 }

@@ -193,11 +193,7 @@ impl Verdict {
 /// Per key, a sequence of ids must rise: the violations of `records`' order,
 /// skipping ids seen before when `replays_allowed` (a replay re-handles
 /// what was handled; it does not reorder).
-fn order(
-    records: &[Record],
-    replays_allowed: bool,
-    mut broken: impl FnMut(String, u64, u64),
-) {
+fn order(records: &[Record], replays_allowed: bool, mut broken: impl FnMut(String, u64, u64)) {
     let mut highest: HashMap<&str, u64> = HashMap::new();
     let mut seen: HashSet<u64> = HashSet::new();
     for r in records {
@@ -299,8 +295,11 @@ pub fn check(history: &History, promise: Promise) -> Verdict {
     }
     match promise {
         Promise::ExactlyOnce => {
-            let mut twice: Vec<(u64, u64)> =
-                times.iter().filter(|(_, t)| **t > 1).map(|(i, t)| (*i, *t)).collect();
+            let mut twice: Vec<(u64, u64)> = times
+                .iter()
+                .filter(|(_, t)| **t > 1)
+                .map(|(i, t)| (*i, *t))
+                .collect();
             twice.sort_unstable();
             for (id, times) in twice {
                 verdict.add(Violation::OutputTwice { id, times });
@@ -369,9 +368,18 @@ mod tests {
                 rec(1, 1, "b", 3),
             ],
             commits: vec![
-                Commit { partition: 0, offset: 1 },
-                Commit { partition: 1, offset: 2 },
-                Commit { partition: 0, offset: 2 },
+                Commit {
+                    partition: 0,
+                    offset: 1,
+                },
+                Commit {
+                    partition: 1,
+                    offset: 2,
+                },
+                Commit {
+                    partition: 0,
+                    offset: 2,
+                },
             ],
             log,
         }
@@ -393,13 +401,19 @@ mod tests {
     fn an_acked_publish_missing_from_the_log_is_lost() {
         let mut h = good();
         h.log.retain(|r| r.id != 2);
-        assert!(broken(&h, Promise::ExactlyOnce)
-            .contains(&Violation::Lost { id: 2, partition: 0, offset: 1 }));
+        assert!(broken(&h, Promise::ExactlyOnce).contains(&Violation::Lost {
+            id: 2,
+            partition: 0,
+            offset: 1
+        }));
         // Present, but not at the acknowledged offset: lost too.
         let mut h = good();
         h.acked[1].offset = 7;
-        assert!(broken(&h, Promise::ExactlyOnce)
-            .contains(&Violation::Lost { id: 2, partition: 0, offset: 7 }));
+        assert!(broken(&h, Promise::ExactlyOnce).contains(&Violation::Lost {
+            id: 2,
+            partition: 0,
+            offset: 7
+        }));
     }
 
     #[test]
@@ -409,11 +423,13 @@ mod tests {
         assert!(broken(&h, Promise::ExactlyOnce).contains(&Violation::LoggedTwice { id: 2 }));
         let mut h = good();
         h.log.swap(0, 1);
-        assert!(broken(&h, Promise::ExactlyOnce).contains(&Violation::LogOrder {
-            key: "a".into(),
-            before: 2,
-            after: 0
-        }));
+        assert!(
+            broken(&h, Promise::ExactlyOnce).contains(&Violation::LogOrder {
+                key: "a".into(),
+                before: 2,
+                after: 0
+            })
+        );
     }
 
     #[test]
@@ -421,7 +437,11 @@ mod tests {
         let mut h = good();
         h.handled.swap(0, 2);
         assert!(broken(&h, Promise::AtLeastOnce { bound: 10 }).contains(
-            &Violation::HandlingOrder { key: "a".into(), before: 2, after: 0 }
+            &Violation::HandlingOrder {
+                key: "a".into(),
+                before: 2,
+                after: 0
+            }
         ));
         // A replay of 0 and 2 after 2: duplicates, not a reorder.
         let mut h = good();
@@ -438,7 +458,10 @@ mod tests {
         h.handled.push(rec(1, 1, "b", 3));
         h.handled.push(rec(1, 1, "b", 3));
         assert!(broken(&h, Promise::AtLeastOnce { bound: 1 }).contains(
-            &Violation::TooManyDuplicates { duplicated: 2, bound: 1 }
+            &Violation::TooManyDuplicates {
+                duplicated: 2,
+                bound: 1
+            }
         ));
         assert!(check(&h, Promise::AtLeastOnce { bound: 2 }).kept());
     }
@@ -458,22 +481,33 @@ mod tests {
     fn an_output_twice_or_out_of_order_breaks_exactly_once() {
         let mut h = good();
         h.outputs.push(rec(1, 2, "b", 3));
-        assert!(broken(&h, Promise::ExactlyOnce)
-            .contains(&Violation::OutputTwice { id: 3, times: 2 }));
+        assert!(
+            broken(&h, Promise::ExactlyOnce).contains(&Violation::OutputTwice { id: 3, times: 2 })
+        );
         let mut h = good();
         h.outputs.swap(0, 1);
-        assert!(broken(&h, Promise::ExactlyOnce).contains(&Violation::OutputOrder {
-            key: "a".into(),
-            before: 2,
-            after: 0
-        }));
+        assert!(
+            broken(&h, Promise::ExactlyOnce).contains(&Violation::OutputOrder {
+                key: "a".into(),
+                before: 2,
+                after: 0
+            })
+        );
     }
 
     #[test]
     fn a_commit_moving_back_breaks() {
         let mut h = good();
-        h.commits.push(Commit { partition: 0, offset: 1 });
-        assert!(broken(&h, Promise::ExactlyOnce)
-            .contains(&Violation::CommitBack { partition: 0, from: 2, to: 1 }));
+        h.commits.push(Commit {
+            partition: 0,
+            offset: 1,
+        });
+        assert!(
+            broken(&h, Promise::ExactlyOnce).contains(&Violation::CommitBack {
+                partition: 0,
+                from: 2,
+                to: 1
+            })
+        );
     }
 }

@@ -25,21 +25,21 @@
 //! `RELIABILITY.md` at the repository root); the tests in `tests/` run short
 //! versions against the suite's broker.
 
+pub mod campaign;
 pub mod cluster;
 pub mod control;
-pub mod campaign;
 pub mod crash;
 pub mod eos_scenario;
 pub mod exactly_once;
 pub mod failover;
-pub mod history;
 pub mod faults;
+pub mod history;
 pub mod ledger;
 pub mod netcluster;
 pub mod netns;
+pub mod process;
 pub mod scenario;
 pub mod seed;
-pub mod process;
 pub mod soak;
 pub mod storm;
 pub mod worker;

@@ -152,6 +152,10 @@ enum Command {
         /// Faults per schedule.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// Also run each seed's exactly-once schedule (the transaction
+        /// coordinator cut and paused, then a zombie member).
+        #[arg(long)]
+        eos: bool,
     },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {
@@ -328,8 +332,22 @@ fn main() -> ExitCode {
         .init();
     // Before any runtime: the campaign moves this thread into its clients'
     // namespace, and the runtime's threads must start there.
-    if let Command::Faults { first, seeds, steps } = cli.command {
-        return match xkafka_reliability::campaign::run(first, seeds, steps) {
+    if let Command::Faults {
+        first,
+        seeds,
+        steps,
+        eos,
+    } = cli.command
+    {
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                eprintln!("xkafka-chaos faults: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let eos = eos.then_some(exe.as_path());
+        return match xkafka_reliability::campaign::run(first, seeds, steps, eos) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {

@@ -119,7 +119,9 @@ pub async fn at_least_once(
     )?;
     let feeder = Feeder::start(&input, RATE);
     consuming
-        .wait("the first message", Duration::from_secs(60), |c| c.count() > 0)
+        .wait("the first message", Duration::from_secs(60), |c| {
+            c.count() > 0
+        })
         .await?;
 
     let mut faults = Faults::new(net)?;
@@ -141,6 +143,7 @@ pub async fn at_least_once(
     let healed = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     feeder.stop().await?;
+    settle(&input, Duration::from_secs(90)).await;
     let acked_ids = input.finish().await;
     let acks = input.acks();
     if acked_ids.failed > 0 {
@@ -150,7 +153,9 @@ pub async fn at_least_once(
             input.failures().into_iter().take(3).collect::<Vec<_>>()
         );
     }
-    let finished = consuming.finish(&acked_ids, Duration::from_secs(120)).await?;
+    let finished = consuming
+        .finish(&acked_ids, Duration::from_secs(120))
+        .await?;
     let recovery_s = healed.elapsed().as_secs_f64();
     let log = failover::read_log(&brokers, &topic, PARTITIONS).await?;
     let (b, g, t) = (brokers.clone(), topic.clone(), topic.clone());
@@ -214,4 +219,16 @@ pub fn duplicate_bound(schedule: &Schedule, faulted: Duration) -> u64 {
     let per_fault_ms = SESSION_TIMEOUT_MS + 5_000;
     let window_ms = faulted.as_millis() as u64 + per_fault_ms * schedule.steps.len() as u64;
     window_ms * RATE / 1000
+}
+
+/// Waits until every publish so far was acknowledged or reported failed,
+/// or `timeout`: closing the producer earlier would purge what a healed
+/// fault still holds in flight, and count it failed for nothing.
+pub async fn settle(input: &Input, timeout: Duration) {
+    let started = Instant::now();
+    while (input.acked() + input.failures().len()) < input.published() as usize
+        && started.elapsed() < timeout
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

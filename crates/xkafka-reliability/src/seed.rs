@@ -95,7 +95,11 @@ impl Schedule {
     /// `max_lasts`, 1 to 4 s apart.
     pub fn draw(seed: u64, steps: usize, kinds: &[Kind], max_lasts: Duration) -> Schedule {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let kinds = if kinds.is_empty() { &Kind::ALL[..] } else { kinds };
+        let kinds = if kinds.is_empty() {
+            &Kind::ALL[..]
+        } else {
+            kinds
+        };
         let max_ms = (max_lasts.as_millis() as u64).max(3_000);
         let steps = (0..steps)
             .map(|_| Step {
@@ -117,7 +121,10 @@ mod tests {
     fn a_seed_draws_the_same_schedule_and_another_seed_another() {
         let a = Schedule::draw(42, 5, &[], Duration::from_secs(8));
         assert_eq!(a, Schedule::draw(42, 5, &[], Duration::from_secs(8)));
-        assert_ne!(a.steps, Schedule::draw(43, 5, &[], Duration::from_secs(8)).steps);
+        assert_ne!(
+            a.steps,
+            Schedule::draw(43, 5, &[], Duration::from_secs(8)).steps
+        );
         for s in &a.steps {
             assert!(s.lasts >= Duration::from_secs(3) && s.lasts <= Duration::from_secs(8));
         }

@@ -37,7 +37,10 @@ fn reaches_between(net: &Net, from: u8, to: u8) -> bool {
 fn state(pid: u32) -> char {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim().chars().next())
+        })
         .unwrap_or('?')
 }
 
@@ -52,26 +55,44 @@ fn every_fault_bites_and_heals() -> Result<(), BoxError> {
         let cluster = NetCluster::start(&net, &mut rng)?;
         let mut faults = Faults::new(&net)?;
         for b in 1..=3 {
-            assert!(reaches_from_clients(b), "broker {b} unreachable before any fault");
+            assert!(
+                reaches_from_clients(b),
+                "broker {b} unreachable before any fault"
+            );
         }
         assert!(reaches_between(&net, 2, 1));
 
         for cut in [Cut::Silent, Cut::Reset] {
             let f = faults.apply(Fault::FromClients(1, cut))?;
             let at = Instant::now();
-            assert!(!reaches_from_clients(1), "{cut:?}: broker 1 still reachable from clients");
+            assert!(
+                !reaches_from_clients(1),
+                "{cut:?}: broker 1 still reachable from clients"
+            );
             if cut == Cut::Reset {
-                assert!(at.elapsed() < Duration::from_secs(1), "a reset is refused at once");
+                assert!(
+                    at.elapsed() < Duration::from_secs(1),
+                    "a reset is refused at once"
+                );
             }
-            assert!(reaches_between(&net, 2, 1), "{cut:?}: the peers lost broker 1 too");
+            assert!(
+                reaches_between(&net, 2, 1),
+                "{cut:?}: the peers lost broker 1 too"
+            );
             faults.heal(f)?;
-            assert!(reaches_from_clients(1), "{cut:?}: healing did not restore broker 1");
+            assert!(
+                reaches_from_clients(1),
+                "{cut:?}: healing did not restore broker 1"
+            );
         }
 
         let f = faults.apply(Fault::FromPeers(2, Cut::Silent))?;
         assert!(!reaches_between(&net, 1, 2));
         assert!(!reaches_between(&net, 2, 3));
-        assert!(reaches_between(&net, 1, 3), "brokers 1 and 3 were cut from each other");
+        assert!(
+            reaches_between(&net, 1, 3),
+            "brokers 1 and 3 were cut from each other"
+        );
         assert!(reaches_from_clients(2), "broker 2 lost its clients");
         faults.heal(f)?;
         assert!(reaches_between(&net, 1, 2));

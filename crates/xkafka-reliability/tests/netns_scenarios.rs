@@ -14,7 +14,7 @@ use xkafka::BoxError;
 use xkafka_reliability::netcluster::NetCluster;
 use xkafka_reliability::netns::Net;
 use xkafka_reliability::seed::{self, Kind, Schedule};
-use xkafka_reliability::{eos_scenario, scenario};
+use xkafka_reliability::{campaign, eos_scenario, scenario};
 
 #[test]
 fn seeded_faults_at_least_once_then_exactly_once() -> Result<(), BoxError> {
@@ -24,12 +24,7 @@ fn seeded_faults_at_least_once_then_exactly_once() -> Result<(), BoxError> {
     let alo = Schedule::draw(seed, 3, &Kind::ALL, Duration::from_secs(8));
     // The transaction coordinator (or the output's leader) isolated and
     // paused: the seed picks two, then the zombie.
-    let eos = Schedule::draw(
-        seed ^ 0x5eed,
-        2,
-        &[Kind::Isolate, Kind::Pause, Kind::FromClients],
-        Duration::from_secs(8),
-    );
+    let eos = campaign::eos_schedule(seed);
     eprintln!("at-least-once schedule: {:?}", alo.steps);
     eprintln!("exactly-once schedule: {:?}", eos.steps);
     let net = Net::create()?;
@@ -45,9 +40,17 @@ fn seeded_faults_at_least_once_then_exactly_once() -> Result<(), BoxError> {
     let exe = Path::new(env!("CARGO_BIN_EXE_xkafka-chaos"));
     let eos = runtime.block_on(eos_scenario::exactly_once(&net, &cluster, &eos, exe))?;
     eprintln!("{}", eos.line());
-    assert!(alo.verdict.kept(), "at-least-once, seed {seed}: {:?}", alo.verdict.violations);
+    assert!(
+        alo.verdict.kept(),
+        "at-least-once, seed {seed}: {:?}",
+        alo.verdict.violations
+    );
     assert!(alo.verdict.acked > 0, "nothing was acknowledged");
-    assert!(eos.verdict.kept(), "exactly-once, seed {seed}: {:?}", eos.verdict.violations);
+    assert!(
+        eos.verdict.kept(),
+        "exactly-once, seed {seed}: {:?}",
+        eos.verdict.violations
+    );
     assert!(eos.verdict.acked > 0, "nothing was acknowledged");
     Ok(())
 }
