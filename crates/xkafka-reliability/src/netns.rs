@@ -218,15 +218,28 @@ impl Net {
     /// tokio runtime built after this call, librdkafka's threads, worker
     /// processes), is on the bridge. Call it before building the runtime.
     pub fn enter_clients(&self) -> Result<(), BoxError> {
-        let path = format!("/run/netns/{}", self.ns(Node::Clients));
-        let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        rustix::thread::move_into_link_name_space(
-            file.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .map_err(|e| format!("setns {path}: {e}"))?;
-        Ok(())
+        self.enter(Node::Clients)
     }
+
+    /// Moves the calling thread into `node`'s namespace (see
+    /// [`Net::enter_clients`]).
+    pub fn enter(&self, node: Node) -> Result<(), BoxError> {
+        enter(&self.ns(node))
+    }
+}
+
+/// Moves the calling thread into the network namespace named `ns` (one of
+/// [`Net::ns`]'s names); for a thread of its own, which cannot borrow the
+/// [`Net`].
+pub fn enter(ns: &str) -> Result<(), BoxError> {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .map_err(|e| format!("setns {path}: {e}"))?;
+    Ok(())
 }
 
 impl Drop for Net {
