@@ -86,6 +86,27 @@ fn state(pid: u32) -> char {
         .unwrap_or('?')
 }
 
+/// Waits up to 3 s for `pid`'s state to satisfy `want` (signals arrive
+/// asynchronously); false if it never did.
+fn reaches_state(pid: u32, want: impl Fn(char) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !want(state(pid)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The process's command name.
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 #[test]
 fn every_fault_bites_and_heals() -> Result<(), BoxError> {
     let name;
@@ -167,13 +188,28 @@ fn every_fault_bites_and_heals() -> Result<(), BoxError> {
             .stdin(Stdio::null())
             .spawn()?;
         let sleeper_pid = sleeper.id();
+        // `ip netns exec` replaces itself with sleep: pause that, not ip.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while comm(sleeper_pid) != "sleep" {
+            assert!(
+                Instant::now() < deadline,
+                "ip netns exec did not become sleep"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let f = faults.apply(Fault::Pause {
             name: "sleeper".into(),
             pid: sleeper_pid,
         })?;
-        assert_eq!(state(sleeper_pid), 'T');
+        assert!(
+            reaches_state(sleeper_pid, |s| s == 'T'),
+            "SIGSTOP did not stop it"
+        );
         faults.heal(f)?;
-        assert_ne!(state(sleeper_pid), 'T');
+        assert!(
+            reaches_state(sleeper_pid, |s| s != 'T'),
+            "SIGCONT did not resume it"
+        );
 
         // Left in force on purpose: the guard must undo them.
         faults.apply(Fault::Isolate(1, Cut::Reset))?;
@@ -181,9 +217,13 @@ fn every_fault_bites_and_heals() -> Result<(), BoxError> {
             name: "sleeper".into(),
             pid: sleeper_pid,
         })?;
+        assert!(reaches_state(sleeper_pid, |s| s == 'T'));
         drop(faults);
         assert!(reaches_from_clients(1), "the guard left broker 1 isolated");
-        assert_eq!(state(sleeper_pid), 'S', "the guard left the sleeper paused");
+        assert!(
+            reaches_state(sleeper_pid, |s| s != 'T'),
+            "the guard left the sleeper paused"
+        );
         let tables = netns::ip(&[
             "netns",
             "exec",
