@@ -63,7 +63,7 @@ pub fn run(
         let schedule = eos_schedule(seed);
         match runtime.block_on(eos_scenario::exactly_once(&net, &cluster, &schedule, exe)) {
             Ok(outcome) => {
-                println!("{}", outcome.line());
+                println!("seed {seed}, {}", outcome.line());
                 if !outcome.verdict.kept() {
                     println!("  broken: {:?}", outcome.verdict.violations);
                     failed.push((seed, format!("eos: {:?}", outcome.verdict.violations)));

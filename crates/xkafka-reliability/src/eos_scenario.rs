@@ -38,7 +38,7 @@ const SESSION_TIMEOUT_MS: u32 = 6_000;
 /// What one run did and how it was judged.
 #[derive(Debug)]
 pub struct Outcome {
-    /// The seed.
+    /// The schedule's seed (drawn from the run's seed).
     pub seed: u64,
     /// The faults as applied.
     pub applied: Vec<String>,
@@ -54,7 +54,7 @@ impl Outcome {
     /// One line for a report.
     pub fn line(&self) -> String {
         format!(
-            "eos seed {}: {} acked, {} outputs read (read_committed, during the faults), \
+            "eos schedule {}: {} acked, {} outputs read (read_committed, during the faults), \
              duplicated {}, {} rules broken, {} aborted transactions, recovered {:.1} s \
              after the last heal; faults: {}",
             self.seed,
@@ -245,9 +245,6 @@ pub async fn exactly_once(
             .collect();
         if wanted.is_subset(&have) || Instant::now() > deadline {
             break;
-        }
-        if let Some(status) = worker.exited()? {
-            eprintln!("worker a exited: {status}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
