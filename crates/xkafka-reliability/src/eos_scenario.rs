@@ -19,13 +19,13 @@ use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::BoxError;
 
 use crate::cluster::{self, Feeder, Input};
-use crate::faults::{Cut, Fault, Faults};
-use crate::history::{self, Acked, History, Promise, Record, Verdict};
+use crate::faults::{Fault, Faults};
+use crate::history::{self, History, Promise, Record, Verdict};
 use crate::netcluster::NetCluster;
 use crate::netns::Net;
 use crate::process::WorkerSpec;
 use crate::scenario::settle;
-use crate::seed::{Kind, Schedule, Target};
+use crate::seed::{Schedule, Target};
 use crate::worker::Mode;
 
 /// Input messages per second.
@@ -192,17 +192,7 @@ pub async fn exactly_once(
             Target::Other => None,
         }
         .unwrap_or(1);
-        let fault = match step.kind {
-            Kind::FromClients => Fault::FromClients(broker, Cut::Silent),
-            Kind::FromClientsReset => Fault::FromClients(broker, Cut::Reset),
-            Kind::FromPeers => Fault::FromPeers(broker, Cut::Silent),
-            Kind::Isolate => Fault::Isolate(broker, Cut::Silent),
-            Kind::DropReplies => Fault::DropReplies(broker),
-            Kind::Pause => Fault::Pause {
-                name: format!("broker {broker}"),
-                pid: cluster.pid(broker).ok_or("no such broker")?,
-            },
-        };
+        let fault = crate::scenario::fault(step.kind, broker, cluster)?;
         applied.push(format!("{fault} for {:.1} s", step.lasts.as_secs_f64()));
         let id = faults.apply(fault)?;
         tokio::time::sleep(step.lasts).await;
@@ -264,26 +254,8 @@ pub async fn exactly_once(
 
     let log = crate::failover::read_log(&brokers, &name, PARTITIONS).await?;
     let history = History {
-        acked: acks
-            .iter()
-            .map(|a| Acked {
-                id: a.id,
-                partition: a.partition,
-                offset: a.offset,
-            })
-            .collect(),
-        log: log
-            .iter()
-            .map(|l| Record {
-                partition: l.partition,
-                offset: l.offset,
-                key: l.key.clone(),
-                id: l.id,
-            })
-            .collect(),
-        handled: Vec::new(),
-        commits: Vec::new(),
         outputs: outputs.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        ..crate::scenario::input_history(&acks, &log)
     };
     let verdict = history::check(&history, Promise::ExactlyOnce);
     let outcome = Outcome {

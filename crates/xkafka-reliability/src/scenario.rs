@@ -72,7 +72,8 @@ fn resolve(cluster: &NetCluster, topic: &str, group: &str, target: Target) -> Re
     })
 }
 
-fn fault(kind: Kind, broker: u8, cluster: &NetCluster) -> Result<Fault, BoxError> {
+/// The fault a step of `kind` lays on `broker`.
+pub(crate) fn fault(kind: Kind, broker: u8, cluster: &NetCluster) -> Result<Fault, BoxError> {
     Ok(match kind {
         Kind::FromClients => Fault::FromClients(broker, Cut::Silent),
         Kind::FromClientsReset => Fault::FromClients(broker, Cut::Reset),
@@ -163,23 +164,6 @@ pub async fn at_least_once(
         tokio::task::spawn_blocking(move || failover::commit_history(&b, &g, &t)).await??;
 
     let history = History {
-        acked: acks
-            .iter()
-            .map(|a| Acked {
-                id: a.id,
-                partition: a.partition,
-                offset: a.offset,
-            })
-            .collect(),
-        log: log
-            .iter()
-            .map(|l| Record {
-                partition: l.partition,
-                offset: l.offset,
-                key: l.key.clone(),
-                id: l.id,
-            })
-            .collect(),
         handled: finished
             .handled
             .iter()
@@ -198,6 +182,7 @@ pub async fn at_least_once(
             })
             .collect(),
         outputs: Vec::new(),
+        ..input_history(&acks, &log)
     };
     let bound = duplicate_bound(&schedule, faulted);
     let verdict = history::check(&history, Promise::AtLeastOnce { bound });
@@ -230,5 +215,30 @@ pub async fn settle(input: &Input, timeout: Duration) {
         && started.elapsed() < timeout
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The part of a [`History`] every scenario has: the acknowledged publishes
+/// and the input log read back.
+pub(crate) fn input_history(acks: &[cluster::Ack], log: &[cluster::Logged]) -> History {
+    History {
+        acked: acks
+            .iter()
+            .map(|a| Acked {
+                id: a.id,
+                partition: a.partition,
+                offset: a.offset,
+            })
+            .collect(),
+        log: log
+            .iter()
+            .map(|l| Record {
+                partition: l.partition,
+                offset: l.offset,
+                key: l.key.clone(),
+                id: l.id,
+            })
+            .collect(),
+        ..History::default()
     }
 }
