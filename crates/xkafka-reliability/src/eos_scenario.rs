@@ -28,8 +28,10 @@ use crate::scenario::settle;
 use crate::seed::{Schedule, Target};
 use crate::worker::Mode;
 
-/// Input messages per second.
-const RATE: u64 = 100;
+/// Input messages per second: below what one transactional member of a
+/// debug build handles on two loaded cores (~60/s measured), so that the
+/// member left after the zombie catches up (at 100/s it took 111 s).
+const RATE: u64 = 50;
 /// Partitions of the input and of the output.
 const PARTITIONS: i32 = 3;
 /// The members' `session.timeout.ms`.
