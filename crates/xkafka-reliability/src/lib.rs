@@ -18,6 +18,11 @@
 //!   back.
 //! - [`netns`], [`netcluster`], [`faults`]: a private 3-broker cluster in
 //!   network namespaces of its own, cut, half-opened and paused.
+//! - [`seed`], [`history`]: fault schedules drawn from a seed (replayed with
+//!   `XKAFKA_FAULT_SEED`), and the checker of what every client was told.
+//! - [`scenario`], [`eos_scenario`], [`campaign`]: at-least-once and
+//!   exactly-once runs on that cluster under a seed's faults, one seed or
+//!   many (`xkafka-chaos faults --seeds N`).
 //! - [`failover`]: the failover tests' consumer and verdict (lost, duplicated,
 //!   out of order per key, against the log read back).
 //!

@@ -7,6 +7,7 @@
 //! xkafka-chaos transform-storm --events 16                   # storm of transactional members
 //! xkafka-chaos storm --seconds 60                            # rebalance storm
 //! xkafka-chaos soak --seconds 600                            # memory soak
+//! xkafka-chaos faults --seeds 20 --eos                       # network faults (root, nftables)
 //! xkafka-chaos worker --topic t --group g --mode per-key --out x.ledger
 //! ```
 //!
