@@ -132,9 +132,9 @@ fn remove(name: &str) -> Result<(), BoxError> {
     ip(&["netns", "del", name]).map(|_| ())
 }
 
-/// Removes every namespace of the harness whose maker is no longer running
-/// (left by an interrupted run); with `all`, every one of them (the suite's
-/// last check). Returns the names removed.
+/// Removes every namespace of the harness, and every data folder of its
+/// clusters, whose maker is no longer running (left by an interrupted
+/// run); with `all`, every one of them. Returns the names removed.
 pub fn sweep(all: bool) -> Result<Vec<String>, BoxError> {
     let mut removed = Vec::new();
     for name in list()? {
@@ -142,6 +142,18 @@ pub fn sweep(all: bool) -> Result<Vec<String>, BoxError> {
         if all || !alive {
             remove(&name)?;
             removed.push(name);
+        }
+    }
+    // The private clusters' data folders (`<temp>/xkfn-<pid>-<n>`), left
+    // when their maker was killed before its Drop ran.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = owner(&name) else { continue };
+            if all || !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                removed.push(name);
+            }
         }
     }
     Ok(removed)
