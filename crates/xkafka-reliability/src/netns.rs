@@ -125,7 +125,14 @@ fn owner(name: &str) -> Option<u32> {
 /// one can die, then SIGKILL), then the namespace.
 fn remove(name: &str) -> Result<(), BoxError> {
     let pids = ip(&["netns", "pids", name]).unwrap_or_default();
-    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+    // This process is listed too when its main thread entered the
+    // namespace (the campaign's does): it must not kill itself.
+    let me = std::process::id() as i32;
+    for pid in pids
+        .lines()
+        .filter_map(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p != me)
+    {
         crate::faults::signal(pid as u32, crate::faults::Sig::Cont);
         crate::faults::signal(pid as u32, crate::faults::Sig::Kill);
     }
