@@ -29,6 +29,13 @@ if ! pkg-config --exists openssl libsasl2 2>/dev/null; then
   fi
 fi
 
+# The network fault harness (xkafka-reliability's netns tests) lays its rules with nft inside
+# network namespaces it makes; iproute2's `ip` makes them.
+if ! command -v nft >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y --no-install-recommends nftables iproute2 \
+    || { apt-get update && apt-get install -y --no-install-recommends nftables iproute2; }
+fi
+
 step "formatting"
 cargo fmt --all -- --check
 
@@ -59,5 +66,10 @@ cargo run -q -p xkafka --example demo
 
 step "demo (real broker)"
 cargo run -q -p xkafka --example demo -- --brokers "$XKAFKA_TEST_BROKERS"
+
+step "the network fault harness left no namespace and no stopped broker or worker"
+left=$(ip netns list 2>/dev/null | grep '^xkfn-' || true)
+stopped=$(ps -eo stat=,pid=,comm= | awk '$1 ~ /^T/ && ($3 == "java" || $3 == "xkafka-chaos")')
+[ -z "$left$stopped" ] || { echo "left behind: ${left} ${stopped}" >&2; exit 1; }
 
 step "all green in $(( $(date +%s) - started )) s"

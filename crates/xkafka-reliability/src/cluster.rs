@@ -64,6 +64,8 @@ pub struct Ack {
     pub id: u64,
     /// The partition it landed in.
     pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
     /// When its delivery report arrived.
     pub at: Instant,
 }
@@ -123,6 +125,7 @@ impl Input {
                         acks.lock().unwrap_or_else(|p| p.into_inner()).push(Ack {
                             id,
                             partition: delivery.partition,
+                            offset: delivery.offset,
                             at: Instant::now(),
                         });
                     }

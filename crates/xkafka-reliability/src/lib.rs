@@ -16,6 +16,13 @@
 //! - [`control`]: the 3-broker Apache Kafka cluster's brokers killed, stopped
 //!   and started (through `scripts/broker.sh`), with a guard that brings them
 //!   back.
+//! - [`netns`], [`netcluster`], [`faults`]: a private 3-broker cluster in
+//!   network namespaces of its own, cut, half-opened and paused.
+//! - [`seed`], [`history`]: fault schedules drawn from a seed (replayed with
+//!   `XKAFKA_FAULT_SEED`), and the checker of what every client was told.
+//! - [`scenario`], [`eos_scenario`], [`campaign`]: at-least-once and
+//!   exactly-once runs on that cluster under a seed's faults, one seed or
+//!   many (`xkafka-chaos faults --seeds N`).
 //! - [`failover`]: the failover tests' consumer and verdict (lost, duplicated,
 //!   out of order per key, against the log read back).
 //!
@@ -23,13 +30,21 @@
 //! `RELIABILITY.md` at the repository root); the tests in `tests/` run short
 //! versions against the suite's broker.
 
+pub mod campaign;
 pub mod cluster;
 pub mod control;
 pub mod crash;
+pub mod eos_scenario;
 pub mod exactly_once;
 pub mod failover;
+pub mod faults;
+pub mod history;
 pub mod ledger;
+pub mod netcluster;
+pub mod netns;
 pub mod process;
+pub mod scenario;
+pub mod seed;
 pub mod soak;
 pub mod storm;
 pub mod worker;

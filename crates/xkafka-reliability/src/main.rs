@@ -7,6 +7,7 @@
 //! xkafka-chaos transform-storm --events 16                   # storm of transactional members
 //! xkafka-chaos storm --seconds 60                            # rebalance storm
 //! xkafka-chaos soak --seconds 600                            # memory soak
+//! xkafka-chaos faults --seeds 20 --eos                       # network faults (root, nftables)
 //! xkafka-chaos worker --topic t --group g --mode per-key --out x.ledger
 //! ```
 //!
@@ -138,6 +139,24 @@ enum Command {
         /// The workers' `group.protocol`: `classic` or `consumer` (KIP-848).
         #[arg(long, default_value = "classic")]
         group_protocol: String,
+    },
+    /// Network fault campaign: seeded schedules of cuts, one-way loss and
+    /// pauses on a private 3-broker cluster in network namespaces of its
+    /// own (root and nftables needed), each run's history checked.
+    Faults {
+        /// The first seed.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// How many seeds.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Faults per schedule.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Also run each seed's exactly-once schedule (the transaction
+        /// coordinator cut and paused, then a zombie member).
+        #[arg(long)]
+        eos: bool,
     },
     /// Memory soak: flood a slow worker, sample its RSS every second.
     Soak {
@@ -282,6 +301,7 @@ async fn main_inner(cli: Cli) -> Result<bool, BoxError> {
             write_json(&common.json, &report)?;
             Ok(report.tally.lost == 0)
         }
+        Command::Faults { .. } => Err("the faults campaign runs before any runtime".into()),
         Command::Soak {
             common,
             seconds,
@@ -311,6 +331,32 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Before any runtime: the campaign moves this thread into its clients'
+    // namespace, and the runtime's threads must start there.
+    if let Command::Faults {
+        first,
+        seeds,
+        steps,
+        eos,
+    } = cli.command
+    {
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => {
+                eprintln!("xkafka-chaos faults: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let eos = eos.then_some(exe.as_path());
+        return match xkafka_reliability::campaign::run(first, seeds, steps, eos) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("xkafka-chaos faults: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

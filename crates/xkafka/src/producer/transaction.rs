@@ -25,6 +25,10 @@ use crate::error::{Error, Operation};
 
 /// Default bound of one transaction operation (init, commit, abort).
 pub(crate) const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times `init_transactions` is called, each with the whole
+/// operation bound, while it runs out of time (librdkafka goes on with it
+/// between the calls).
+const INIT_ATTEMPTS: u32 = 4;
 
 /// Where a transactional producer is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,9 +115,31 @@ impl Transactions {
             }
             Phase::Failed => return Err(self.failed()),
             Phase::Uninit => {
-                client
-                    .init_transactions(self.timeout)
-                    .map_err(|e| self.fail_if_fatal(&mut phase, Operation::InitTransactions, e))?;
+                // A timed-out init is still under way in librdkafka ("retry
+                // call to resume"): call it again, as a commit is resumed.
+                // Its coordinator may need longer than one bound to move
+                // off a broker that is cut off (found by the network fault
+                // campaign, seed 202).
+                let mut attempt = 1;
+                loop {
+                    match client.init_transactions(self.timeout) {
+                        Ok(()) => break,
+                        Err(e) if is_resumable_kafka(&e) && attempt < INIT_ATTEMPTS => {
+                            tracing::warn!(
+                                producer = %self.id, attempt, error = %e,
+                                "initialising transactions ran out of time; resuming"
+                            );
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            return Err(self.fail_if_fatal(
+                                &mut phase,
+                                Operation::InitTransactions,
+                                e,
+                            ))
+                        }
+                    }
+                }
                 *phase = Phase::Ready;
             }
             Phase::Ready => {}
