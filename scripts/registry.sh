@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# registry.sh - Apicurio Registry on 127.0.0.1 for xkafka-schema's tests: the Confluent-compatible
+# Schema Registry API (/apis/ccompat/v7) our serdes and the interop peers talk to.
+#
+#   scripts/registry.sh install    idempotent: io.apicurio:apicurio-registry-app:$VERSION:tar.gz:all
+#                                  from the Maven repository (pinned dependency plugin), unpacked into
+#                                  $XKAFKA_REGISTRY_PREFIX; ~160 MB the first time
+#   scripts/registry.sh start      in-memory storage; returns once GET /apis/ccompat/v7/subjects answers
+#   scripts/registry.sh stop       SIGTERM by pid file (SIGKILL after 20 s)
+#   scripts/registry.sh status | env
+#
+# Settings (environment):
+#   XKAFKA_REGISTRY_PREFIX  where it is installed      (default /opt/xkafka-registry)
+#   XKAFKA_REGISTRY_DATA    pid file and log           (default <repo>/target/xkafka-registry)
+#   XKAFKA_REGISTRY_PORT    the HTTP port              (default 8081)
+#   JAVA_HOME               a JDK 21 or newer; else the newest one found in /usr/lib/jvm
+#                           (Apicurio 3 is built for Java 21: Java 17 fails with
+#                           UnsupportedClassVersionError)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VERSION=3.3.3
+ARTIFACT=io.apicurio:apicurio-registry-app:$VERSION:tar.gz:all
+# The same pinned plugin broker.sh uses.
+DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+PREFIX=${XKAFKA_REGISTRY_PREFIX:-/opt/xkafka-registry}
+INSTALL="$PREFIX/apicurio-registry-$VERSION"
+DATA=${XKAFKA_REGISTRY_DATA:-$REPO/target/xkafka-registry}
+HOST=127.0.0.1
+PORT=${XKAFKA_REGISTRY_PORT:-8081}
+URL="http://$HOST:$PORT/apis/ccompat/v7"
+
+log() { printf '[registry] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# java_major JAVA: the feature release of that java binary (17, 21, 25), or nothing.
+java_major() {
+  "$1" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | cut -d. -f1
+}
+
+# find_java: a java of release 21 or newer: JAVA_HOME's when it is one, else the newest JDK in
+# /usr/lib/jvm. Java 17, Debian's default, cannot run Apicurio 3.
+find_java() {
+  if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
+    local m; m=$(java_major "$JAVA_HOME/bin/java")
+    if [ "${m:-0}" -ge 21 ] 2>/dev/null; then echo "$JAVA_HOME/bin/java"; return; fi
+    log "JAVA_HOME=$JAVA_HOME is Java ${m:-?}; Apicurio Registry $VERSION needs 21 or newer: looking in /usr/lib/jvm"
+  fi
+  local best="" best_major=0 j m
+  for j in /usr/lib/jvm/*/bin/java; do
+    [ -x "$j" ] || continue
+    m=$(java_major "$j")
+    if [ "${m:-0}" -gt "$best_major" ] 2>/dev/null; then best=$j; best_major=$m; fi
+  done
+  [ "$best_major" -ge 21 ] || die "Apicurio Registry $VERSION needs Java 21 or newer: none in JAVA_HOME or /usr/lib/jvm (newest found: ${best:-none}, Java $best_major); install one (e.g. a Temurin 21+ JDK) or set JAVA_HOME"
+  echo "$best"
+}
+
+install() {
+  if [ -f "$INSTALL/.installed" ] && [ -f "$INSTALL/quarkus-run.jar" ]; then
+    log "Apicurio Registry $VERSION already installed in $INSTALL"
+    return
+  fi
+  command -v mvn >/dev/null || die "mvn not found (Maven 3.6 or newer)"
+  mkdir -p "$PREFIX" || die "cannot create $PREFIX (set XKAFKA_REGISTRY_PREFIX to a writable folder)"
+  local tmp="$INSTALL.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp/dist"
+  log "downloading $ARTIFACT with Maven"
+  # unpack: Maven downloads the archive into its local repository and unpacks it here.
+  if ! mvn -B -q "$DEPENDENCY_PLUGIN:unpack" -Dartifact="$ARTIFACT" \
+      -DoutputDirectory="$tmp/dist" >"$tmp/maven.log" 2>&1; then
+    tail -30 "$tmp/maven.log" >&2
+    rm -rf "$tmp"
+    die "could not download $ARTIFACT from the Maven repository (Maven's output above)"
+  fi
+  # The archive's root may be one folder or the files themselves: take the folder holding the jar.
+  local jar; jar=$(find "$tmp/dist" -maxdepth 3 -name quarkus-run.jar | head -1)
+  [ -n "$jar" ] || { rm -rf "$tmp"; die "$ARTIFACT unpacked but has no quarkus-run.jar"; }
+  rm -rf "$INSTALL"
+  mv "$(dirname "$jar")" "$INSTALL"
+  rm -rf "$tmp"
+  date -u +%FT%TZ > "$INSTALL/.installed"
+  log "installed Apicurio Registry $VERSION in $INSTALL ($(du -sh "$INSTALL" | cut -f1))"
+}
+
+pid_of() { cat "$DATA/registry.pid" 2>/dev/null || true; }
+is_running() { local pid; pid=$(pid_of); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+answers() { curl -fsS -m 2 "$URL/subjects" >/dev/null 2>&1; }
+
+start() {
+  [ -f "$INSTALL/.installed" ] || die "Apicurio Registry $VERSION is not installed: run '$0 install'"
+  command -v curl >/dev/null || die "curl not found (the readiness check uses it)"
+  mkdir -p "$DATA"
+  if is_running; then
+    answers || die "registry pid $(pid_of) runs but $URL does not answer (log: $DATA/registry.log)"
+    log "already running, pid $(pid_of): $URL"; return 0
+  fi
+  port_open "$PORT" && die "$HOST:$PORT is already in use by another process (set XKAFKA_REGISTRY_PORT)"
+  local java; java=$(find_java)
+  # In-memory storage (the app's default: every start is empty), the port and host, and no
+  # authentication: a test registry.
+  (cd "$INSTALL" && setsid "$java" -Xms64m -Xmx512m -XX:+UseSerialGC \
+    -Dquarkus.http.port="$PORT" -Dquarkus.http.host="$HOST" \
+    -Dquarkus.log.level=WARN \
+    -jar quarkus-run.jar >>"$DATA/registry.log" 2>&1 </dev/null &
+    echo $! > "$DATA/registry.pid")
+  log "started pid $(pid_of) with $java, log $DATA/registry.log"
+  local started; started=$(date +%s)
+  for _ in $(seq 1 1200); do
+    if answers; then log "ready in $(( $(date +%s) - started )) s: $URL"; return 0; fi
+    is_running || { tail -30 "$DATA/registry.log" >&2; die "the registry exited during start"; }
+    sleep 0.1
+  done
+  tail -30 "$DATA/registry.log" >&2
+  die "no answer from $URL within 120 s"
+}
+
+stop() {
+  local pid; pid=$(pid_of)
+  if ! is_running; then rm -f "$DATA/registry.pid"; log "not running"; return 0; fi
+  kill -TERM "$pid"
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then log "pid $pid ignored SIGTERM for 20 s, sending SIGKILL"; kill -9 "$pid"; fi
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  rm -f "$DATA/registry.pid"
+  log "pid $pid gone"
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  status) if is_running; then log "running: pid $(pid_of), $URL"; else log "not running"; exit 1; fi ;;
+  env) echo "export XKAFKA_SCHEMA_REGISTRY=$URL" ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
+esac
