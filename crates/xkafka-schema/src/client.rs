@@ -404,20 +404,22 @@ impl RegistryClientBuilder {
 
     /// Checks the settings and makes the client.
     pub fn build(self) -> Result<RegistryClient, SchemaError> {
-        let url = self.url.trim().trim_end_matches('/').to_owned();
-        let https = url.starts_with("https://");
-        if !https && !url.starts_with("http://") {
+        let raw = self.url.trim();
+        let https = raw.starts_with("https://");
+        if !https && !raw.starts_with("http://") {
             return Err(SchemaError::Config(format!(
                 "the registry URL must start with http:// or https:// (got {:?})",
                 self.url
             )));
         }
-        if url.split("://").nth(1).is_none_or(str::is_empty) {
+        let host = raw.split("://").nth(1).and_then(|rest| rest.split('/').next());
+        if host.is_none_or(str::is_empty) {
             return Err(SchemaError::Config(format!(
                 "the registry URL {:?} has no host",
                 self.url
             )));
         }
+        let url = raw.trim_end_matches('/').to_owned();
         if https && !cfg!(feature = "tls") {
             return Err(SchemaError::Config(format!(
                 "{url} is https: build xkafka-schema with its `tls` feature"
