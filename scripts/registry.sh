@@ -8,6 +8,9 @@
 #   scripts/registry.sh start      in-memory storage; returns once GET /apis/ccompat/v7/subjects answers
 #   scripts/registry.sh stop       SIGTERM by pid file (SIGKILL after 20 s)
 #   scripts/registry.sh status | env
+#   scripts/registry.sh python     idempotent: a venv in <repo>/target/xkafka-schema-py with
+#                                  Python confluent-kafka's Schema Registry serializers (pinned),
+#                                  the interop tests' independent client
 #
 # Settings (environment):
 #   XKAFKA_REGISTRY_PREFIX  where it is installed      (default /opt/xkafka-registry)
@@ -29,6 +32,9 @@ DATA=${XKAFKA_REGISTRY_DATA:-$REPO/target/xkafka-registry}
 HOST=127.0.0.1
 PORT=${XKAFKA_REGISTRY_PORT:-8081}
 URL="http://$HOST:$PORT/apis/ccompat/v7"
+# The interop peer: Confluent's Python client with its Avro/Protobuf/JSON Schema serializers.
+PY_PEER="confluent-kafka[avro,json,schemaregistry]==2.16.2"
+PY_VENV=${XKAFKA_SCHEMA_PY:-$REPO/target/xkafka-schema-py}
 
 log() { printf '[registry] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -83,6 +89,19 @@ install() {
   log "installed Apicurio Registry $VERSION in $INSTALL ($(du -sh "$INSTALL" | cut -f1))"
 }
 
+python_peer() {
+  if [ "$(cat "$PY_VENV/.installed" 2>/dev/null)" = "$PY_PEER" ]; then
+    log "$PY_PEER already installed in $PY_VENV"; return
+  fi
+  command -v python3 >/dev/null || die "python3 not found (3.9 or newer)"
+  rm -rf "$PY_VENV"
+  python3 -m venv "$PY_VENV" || die "could not create a venv in $PY_VENV (python3-venv missing?)"
+  "$PY_VENV/bin/pip" install -q --disable-pip-version-check "$PY_PEER" >"$PY_VENV.log" 2>&1 \
+    || { tail -20 "$PY_VENV.log" >&2; die "could not install $PY_PEER from the Python package index"; }
+  echo "$PY_PEER" > "$PY_VENV/.installed"
+  log "installed $PY_PEER in $PY_VENV"
+}
+
 pid_of() { cat "$DATA/registry.pid" 2>/dev/null || true; }
 is_running() { local pid; pid=$(pid_of); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -132,6 +151,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) if is_running; then log "running: pid $(pid_of), $URL"; else log "not running"; exit 1; fi ;;
-  env) echo "export XKAFKA_SCHEMA_REGISTRY=$URL" ;;
+  env) echo "export XKAFKA_SCHEMA_REGISTRY=$URL XKAFKA_SCHEMA_PYTHON=$PY_VENV/bin/python" ;;
+  python) python_peer ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

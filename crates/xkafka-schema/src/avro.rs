@@ -9,12 +9,12 @@ use apache_avro::schema::AvroSchema;
 use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use xkafka_core::extract::{FromMessage, Rejection};
+use xkafka_core::extract::FromMessage;
 use xkafka_core::{BoxError, Message};
 
 use crate::client::{RegistryClient, SchemaKind};
 use crate::error::SchemaError;
-use crate::resolve::{rejection, WriterSchema, WIRE_FORMAT};
+use crate::resolve::{rejection, writer_of};
 use crate::subject::SubjectNameStrategy;
 use crate::wire;
 
@@ -59,18 +59,8 @@ where
     type Rejection = BoxError;
 
     fn from_message(message: &mut Message) -> Result<Self, BoxError> {
-        let Some(value) = message.value() else {
-            return Err(Box::new(Rejection::MissingValue {
-                location: message.location(),
-            }));
-        };
-        let Some(writer) = message.extensions().get::<WriterSchema>() else {
-            return Err(Box::new(Rejection::MissingState {
-                type_name: "xkafka_schema::WriterSchema (add SchemaRegistryLayer to the consumer)",
-            }));
-        };
-        let (id, mut payload) =
-            wire::split(value).map_err(|e| rejection(message, WIRE_FORMAT, e))?;
+        let (writer, mut payload) = writer_of(message, FORMAT, SchemaKind::Avro)?;
+        let id = writer.schema.id();
         let schema = writer.schema.avro().map_err(|e| rejection(message, FORMAT, e))?;
         let reader = writer.readers.reader::<T>(id, schema);
         let mismatch = |source: BoxError| SchemaError::Payload { id, source };

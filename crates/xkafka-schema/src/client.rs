@@ -219,6 +219,20 @@ impl RegistryClient {
         Ok(cache.entry(id).or_insert(schema).clone())
     }
 
+    /// Puts a schema in the id cache without asking the registry: for
+    /// tests and benchmarks, or schemas shipped with the application.
+    pub fn preload(&self, id: u32, kind: SchemaKind, text: impl Into<String>) -> Arc<RegisteredSchema> {
+        let schema = Arc::new(RegisteredSchema {
+            id,
+            kind,
+            text: text.into(),
+            avro: OnceLock::new(),
+        });
+        let mut cache = self.inner.by_id.write().unwrap_or_else(|p| p.into_inner());
+        cache.insert(id, schema.clone());
+        schema
+    }
+
     /// The cached schema of `id`, without asking the registry.
     pub fn cached(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
         let cache = self.inner.by_id.read().unwrap_or_else(|p| p.into_inner());

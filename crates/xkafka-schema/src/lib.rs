@@ -1,7 +1,9 @@
 //! Typed messages with a Schema Registry for [xkafka]: the Confluent wire
 //! format (magic byte 0, a 4-byte big-endian schema id, the payload), a
-//! cached registry client, subject name strategies, and Avro as a handler
-//! extractor ([`Avro<T>`]) and a producer encoder ([`AvroEncoder`]).
+//! cached registry client, subject name strategies, and for Avro, Protobuf
+//! and JSON Schema a handler extractor ([`Avro<T>`], [`Proto<T>`],
+//! [`JsonSchema<T>`]) and a producer encoder ([`AvroEncoder`],
+//! [`ProtoEncoder`], [`JsonSchemaEncoder`]).
 //!
 //! HTTP lives here, not in `xkafka-core`: the core stays free of any
 //! network client.
@@ -41,13 +43,19 @@
 mod avro;
 mod client;
 mod error;
+mod json;
+mod proto;
 mod resolve;
 mod subject;
 pub mod wire;
 
 pub use apache_avro;
+pub use prost;
+pub use schemars;
 pub use avro::{Avro, AvroEncoder};
 pub use client::{RegisteredSchema, RegistryClient, RegistryClientBuilder, SchemaKind};
 pub use error::SchemaError;
+pub use json::{JsonSchema, JsonSchemaEncoder};
+pub use proto::{encode_indexes, split_indexes, Proto, ProtoEncoder};
 pub use resolve::{SchemaRegistryLayer, SchemaRegistryService, WriterSchema};
 pub use subject::SubjectNameStrategy;

@@ -12,7 +12,7 @@ use xkafka_core::extract::Rejection;
 use xkafka_core::{BoxError, Message};
 
 use crate::avro::ReaderSchemas;
-use crate::client::{RegisteredSchema, RegistryClient};
+use crate::client::{RegisteredSchema, RegistryClient, SchemaKind};
 use crate::error::SchemaError;
 use crate::wire;
 
@@ -80,6 +80,32 @@ pub(crate) fn rejection(message: &Message, format: &'static str, error: SchemaEr
         format,
         source: Box::new(error),
     })
+}
+
+/// The writer's schema (checked to be of `kind`) and the payload after the
+/// 5-byte header: what every typed extractor starts from.
+pub(crate) fn writer_of<'m>(
+    message: &'m Message,
+    format: &'static str,
+    kind: SchemaKind,
+) -> Result<(&'m WriterSchema, &'m [u8]), BoxError> {
+    let Some(value) = message.value() else {
+        return Err(Box::new(Rejection::MissingValue {
+            location: message.location(),
+        }));
+    };
+    let Some(writer) = message.extensions().get::<WriterSchema>() else {
+        return Err(Box::new(Rejection::MissingState {
+            type_name: "xkafka_schema::WriterSchema (add SchemaRegistryLayer to the consumer)",
+        }));
+    };
+    let (_, payload) = wire::split(value).map_err(|e| rejection(message, WIRE_FORMAT, e))?;
+    if writer.schema.kind() != kind {
+        let reason = format!("it is a {} schema, the handler reads {format}", writer.schema.kind());
+        let id = writer.schema.id();
+        return Err(rejection(message, format, SchemaError::Schema { id, reason }));
+    }
+    Ok((writer, payload))
 }
 
 impl<S> Service<Message> for SchemaRegistryService<S>
