@@ -11,6 +11,9 @@
 #   scripts/registry.sh python     idempotent: a venv in <repo>/target/xkafka-schema-py with
 #                                  Python confluent-kafka's Schema Registry serializers (pinned),
 #                                  the interop tests' independent client
+#   scripts/registry.sh asyncapi   idempotent: @asyncapi/parser and its Avro schema parser (npm,
+#                                  pinned) in <repo>/target/xkafka-asyncapi-node, the validator
+#                                  of the generated AsyncAPI documents
 #
 # Settings (environment):
 #   XKAFKA_REGISTRY_PREFIX  where it is installed      (default /opt/xkafka-registry)
@@ -35,6 +38,9 @@ URL="http://$HOST:$PORT/apis/ccompat/v7"
 # The interop peer: Confluent's Python client with its Avro/Protobuf/JSON Schema serializers.
 PY_PEER="confluent-kafka[avro,json,schemaregistry]==2.16.2"
 PY_VENV=${XKAFKA_SCHEMA_PY:-$REPO/target/xkafka-schema-py}
+# The AsyncAPI validator: the reference parser, run by node.
+NODE_PKGS="@asyncapi/parser@3.6.6 @asyncapi/avro-schema-parser@3.1.0"
+NODE_DIR=${XKAFKA_ASYNCAPI_NODE:-$REPO/target/xkafka-asyncapi-node}
 
 log() { printf '[registry] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -102,6 +108,19 @@ python_peer() {
   log "installed $PY_PEER in $PY_VENV"
 }
 
+asyncapi_parser() {
+  if [ "$(cat "$NODE_DIR/.installed" 2>/dev/null)" = "$NODE_PKGS" ]; then
+    log "$NODE_PKGS already installed in $NODE_DIR"; return
+  fi
+  command -v npm >/dev/null || die "npm not found (Node.js 18 or newer)"
+  rm -rf "$NODE_DIR"; mkdir -p "$NODE_DIR"
+  # shellcheck disable=SC2086 # a list of packages
+  (cd "$NODE_DIR" && npm init -y >/dev/null && npm install --no-audit --no-fund --silent $NODE_PKGS) \
+    >"$NODE_DIR.log" 2>&1 || { tail -20 "$NODE_DIR.log" >&2; die "could not install $NODE_PKGS from the npm registry"; }
+  echo "$NODE_PKGS" > "$NODE_DIR/.installed"
+  log "installed $NODE_PKGS in $NODE_DIR"
+}
+
 pid_of() { cat "$DATA/registry.pid" 2>/dev/null || true; }
 is_running() { local pid; pid=$(pid_of); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -151,7 +170,9 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) if is_running; then log "running: pid $(pid_of), $URL"; else log "not running"; exit 1; fi ;;
-  env) echo "export XKAFKA_SCHEMA_REGISTRY=$URL XKAFKA_SCHEMA_PYTHON=$PY_VENV/bin/python" ;;
+  env) echo "export XKAFKA_SCHEMA_REGISTRY=$URL XKAFKA_SCHEMA_PYTHON=$PY_VENV/bin/python" \
+    "XKAFKA_ASYNCAPI_NODE=$NODE_DIR" ;;
   python) python_peer ;;
+  asyncapi) asyncapi_parser ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -43,6 +43,7 @@ scripts/broker.sh cluster start
 step "Apicurio Registry (the schema tests' registry): install (cached), then a fresh in-memory one"
 scripts/registry.sh install
 scripts/registry.sh python
+scripts/registry.sh asyncapi
 scripts/registry.sh stop
 scripts/registry.sh start
 eval "$(scripts/registry.sh env)"

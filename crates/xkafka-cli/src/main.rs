@@ -47,6 +47,7 @@
 //! malformed or unknown `-X` property, bad regular expression), 130
 //! interrupted by Ctrl-C. Errors are one line on stderr.
 
+mod asyncapi;
 mod cli;
 mod client;
 mod dlq;
@@ -117,6 +118,10 @@ fn fail(failure: &Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // Needs the registry, not the brokers.
+    if let Command::Asyncapi(args) = &cli.command {
+        return asyncapi::asyncapi(&cli.global, args).await;
+    }
     let conn = Conn::new(&cli.global)?;
     let global = &cli.global;
     match cli.command {
@@ -125,5 +130,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lag(args) => lag::lag(&conn, global, &args),
         Command::Tail(args) => tail::tail(&conn, global, &args).await,
         Command::Produce(args) => produce::produce(&conn, global, &args).await,
+        Command::Asyncapi(args) => asyncapi::asyncapi(global, &args).await,
     }
 }

@@ -233,6 +233,37 @@ impl RegistryClient {
         schema
     }
 
+    /// The latest version of `subject`'s schema (asked every time; the
+    /// schema it names is then cached by id).
+    pub async fn latest(&self, subject: &str) -> Result<Arc<RegisteredSchema>, SchemaError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Answer {
+            id: u32,
+            schema: String,
+            schema_type: Option<String>,
+        }
+        let url = format!("{}/subjects/{}/versions/latest", self.inner.base, encode(subject));
+        let answer: Answer = match self.request("GET", url, None).await {
+            Err(SchemaError::Registry { status: 404, message, url }) => {
+                return Err(SchemaError::Registry {
+                    status: 404,
+                    url,
+                    message: format!("no subject {subject:?}: {message}"),
+                })
+            }
+            other => other?,
+        };
+        let kind = SchemaKind::parse(answer.schema_type.as_deref()).map_err(|reason| SchemaError::Schema {
+            id: answer.id,
+            reason,
+        })?;
+        if let Some(found) = self.cached(answer.id) {
+            return Ok(found);
+        }
+        Ok(self.preload(answer.id, kind, answer.schema))
+    }
+
     /// The cached schema of `id`, without asking the registry.
     pub fn cached(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
         let cache = self.inner.by_id.read().unwrap_or_else(|p| p.into_inner());

@@ -41,6 +41,7 @@
 //! [xkafka]: https://docs.rs/xkafka
 
 mod avro;
+pub mod asyncapi;
 mod client;
 mod error;
 mod json;
