@@ -54,7 +54,9 @@ fn spec(subject: &str, schema: &RegisteredSchema) -> Result<MessageSpec, String>
     match schema.kind() {
         SchemaKind::Avro => {
             let parsed = schema.avro().map_err(|e| e.to_string())?;
-            let name = parsed.name().map_or_else(|| subject.to_owned(), |n| n.fullname(None));
+            let name = parsed
+                .name()
+                .map_or_else(|| subject.to_owned(), |n| n.fullname(None));
             let json: Value = serde_json::from_str(schema.text()).map_err(|e| e.to_string())?;
             Ok(MessageSpec::avro(name, json))
         }

@@ -34,18 +34,32 @@ where
 {
     // Warm-up: caches filled, allocator settled.
     for _ in 0..N / 10 {
-        service.ready().await.unwrap().call(message.clone()).await.unwrap();
+        service
+            .ready()
+            .await
+            .unwrap()
+            .call(message.clone())
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     for _ in 0..N {
-        let out = service.ready().await.unwrap().call(message.clone()).await.unwrap();
+        let out = service
+            .ready()
+            .await
+            .unwrap()
+            .call(message.clone())
+            .await
+            .unwrap();
         black_box(out);
     }
     started.elapsed().as_nanos() as f64 / f64::from(N)
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let order = Order {
             id: 123_456,
@@ -59,11 +73,17 @@ fn main() {
             .value(serde_json::to_vec(&order).unwrap())
             .build();
         // No registry: the schema is preloaded, as a warm cache holds it.
-        let client = RegistryClient::builder("http://127.0.0.1:1").build().unwrap();
+        let client = RegistryClient::builder("http://127.0.0.1:1")
+            .build()
+            .unwrap();
         let encoder = AvroEncoder::<Order>::new(client.clone());
         client.preload(7, SchemaKind::Avro, encoder.schema_text());
         let framed = encoder.encode_with_id(7, &order).unwrap();
-        let avro = Message::builder("orders").partition(0).offset(1).value(framed.clone()).build();
+        let avro = Message::builder("orders")
+            .partition(0)
+            .offset(1)
+            .value(framed.clone())
+            .build();
 
         let json_handler = |Json(o): Json<Order>| async move {
             black_box(o);
@@ -84,9 +104,16 @@ fn main() {
             &avro,
         )
         .await;
-        println!("payload: JSON {} bytes, Avro framed {} bytes", json.value().unwrap().len(), framed.len());
+        println!(
+            "payload: JSON {} bytes, Avro framed {} bytes",
+            json.value().unwrap().len(),
+            framed.len()
+        );
         println!("Message (no decode)          {raw:8.0} ns/message");
         println!("Json<T>                      {j:8.0} ns/message");
-        println!("Avro<T> + registry (warm)    {a:8.0} ns/message  ({:.2}x Json<T>)", a / j);
+        println!(
+            "Avro<T> + registry (warm)    {a:8.0} ns/message  ({:.2}x Json<T>)",
+            a / j
+        );
     });
 }

@@ -225,7 +225,12 @@ impl AsyncApi {
             .map(|(topic, (partitions, names))| {
                 let messages: serde_json::Map<String, Value> = names
                     .iter()
-                    .map(|n| (n.clone(), json!({ "$ref": format!("#/components/messages/{n}") })))
+                    .map(|n| {
+                        (
+                            n.clone(),
+                            json!({ "$ref": format!("#/components/messages/{n}") }),
+                        )
+                    })
                     .collect();
                 let mut binding = json!({ "topic": topic, "bindingVersion": KAFKA_BINDING });
                 if let Some(p) = partitions {
@@ -293,6 +298,12 @@ impl AsyncApi {
 /// A component key: AsyncAPI allows `[A-Za-z0-9.\-_]` only.
 fn key(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -37,9 +37,18 @@ pub(crate) struct ReaderSchemas {
 }
 
 impl ReaderSchemas {
-    fn reader<T: AvroSchema + 'static>(&self, writer_id: u32, writer: &Schema) -> Option<Arc<Schema>> {
+    fn reader<T: AvroSchema + 'static>(
+        &self,
+        writer_id: u32,
+        writer: &Schema,
+    ) -> Option<Arc<Schema>> {
         let key = (writer_id, TypeId::of::<T>());
-        if let Some(found) = self.by_type.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(found) = self
+            .by_type
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return found.clone();
         }
         let reader = T::get_schema();
@@ -61,7 +70,10 @@ where
     fn from_message(message: &mut Message) -> Result<Self, BoxError> {
         let (writer, mut payload) = writer_of(message, FORMAT, SchemaKind::Avro)?;
         let id = writer.schema.id();
-        let schema = writer.schema.avro().map_err(|e| rejection(message, FORMAT, e))?;
+        let schema = writer
+            .schema
+            .avro()
+            .map_err(|e| rejection(message, FORMAT, e))?;
         let reader = writer.readers.reader::<T>(id, schema);
         let mismatch = |source: BoxError| SchemaError::Payload { id, source };
         let decoded = apache_avro::from_avro_datum(schema, &mut payload, reader.as_deref())

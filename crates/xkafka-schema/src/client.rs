@@ -221,7 +221,12 @@ impl RegistryClient {
 
     /// Puts a schema in the id cache without asking the registry: for
     /// tests and benchmarks, or schemas shipped with the application.
-    pub fn preload(&self, id: u32, kind: SchemaKind, text: impl Into<String>) -> Arc<RegisteredSchema> {
+    pub fn preload(
+        &self,
+        id: u32,
+        kind: SchemaKind,
+        text: impl Into<String>,
+    ) -> Arc<RegisteredSchema> {
         let schema = Arc::new(RegisteredSchema {
             id,
             kind,
@@ -243,9 +248,17 @@ impl RegistryClient {
             schema: String,
             schema_type: Option<String>,
         }
-        let url = format!("{}/subjects/{}/versions/latest", self.inner.base, encode(subject));
+        let url = format!(
+            "{}/subjects/{}/versions/latest",
+            self.inner.base,
+            encode(subject)
+        );
         let answer: Answer = match self.request("GET", url, None).await {
-            Err(SchemaError::Registry { status: 404, message, url }) => {
+            Err(SchemaError::Registry {
+                status: 404,
+                message,
+                url,
+            }) => {
                 return Err(SchemaError::Registry {
                     status: 404,
                     url,
@@ -254,9 +267,11 @@ impl RegistryClient {
             }
             other => other?,
         };
-        let kind = SchemaKind::parse(answer.schema_type.as_deref()).map_err(|reason| SchemaError::Schema {
-            id: answer.id,
-            reason,
+        let kind = SchemaKind::parse(answer.schema_type.as_deref()).map_err(|reason| {
+            SchemaError::Schema {
+                id: answer.id,
+                reason,
+            }
         })?;
         if let Some(found) = self.cached(answer.id) {
             return Ok(found);
@@ -355,9 +370,7 @@ impl Inner {
             reason,
         };
         let result = match (method, body) {
-            ("GET", _) => self
-                .with_headers(self.agent.get(url))
-                .call(),
+            ("GET", _) => self.with_headers(self.agent.get(url)).call(),
             ("PUT", Some(body)) => self
                 .with_headers(self.agent.put(url))
                 .content_type(CONTENT_TYPE)
@@ -457,7 +470,10 @@ impl RegistryClientBuilder {
                 self.url
             )));
         }
-        let host = raw.split("://").nth(1).and_then(|rest| rest.split('/').next());
+        let host = raw
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next());
         if host.is_none_or(str::is_empty) {
             return Err(SchemaError::Config(format!(
                 "the registry URL {:?} has no host",
@@ -495,7 +511,8 @@ impl RegistryClientBuilder {
             None => config,
         };
         let authorization = self.credentials.as_ref().map(|(user, password)| {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             format!("Basic {token}")
         });
         if let Some((user, _)) = &self.credentials {
@@ -524,7 +541,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_with_a_reason() {
-        let err = RegistryClient::builder("registry:8081").build().unwrap_err();
+        let err = RegistryClient::builder("registry:8081")
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("must start with http://"), "{err}");
         let err = RegistryClient::builder("http://").build().unwrap_err();
         assert!(err.to_string().contains("has no host"), "{err}");

@@ -31,16 +31,18 @@ impl<T: DeserializeOwned> FromMessage for JsonSchema<T> {
     fn from_message(message: &mut Message) -> Result<Self, BoxError> {
         let (writer, payload) = writer_of(message, FORMAT, SchemaKind::Json)?;
         let id = writer.schema.id();
-        serde_json::from_slice(payload).map(JsonSchema).map_err(|e| {
-            rejection(
-                message,
-                FORMAT,
-                SchemaError::Payload {
-                    id,
-                    source: Box::new(e),
-                },
-            )
-        })
+        serde_json::from_slice(payload)
+            .map(JsonSchema)
+            .map_err(|e| {
+                rejection(
+                    message,
+                    FORMAT,
+                    SchemaError::Payload {
+                        id,
+                        source: Box::new(e),
+                    },
+                )
+            })
     }
 }
 

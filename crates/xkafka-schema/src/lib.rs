@@ -40,8 +40,8 @@
 //!
 //! [xkafka]: https://docs.rs/xkafka
 
-mod avro;
 pub mod asyncapi;
+mod avro;
 mod client;
 mod error;
 mod json;
@@ -51,12 +51,12 @@ mod subject;
 pub mod wire;
 
 pub use apache_avro;
-pub use prost;
-pub use schemars;
 pub use avro::{Avro, AvroEncoder};
 pub use client::{RegisteredSchema, RegistryClient, RegistryClientBuilder, SchemaKind};
 pub use error::SchemaError;
 pub use json::{JsonSchema, JsonSchemaEncoder};
+pub use prost;
 pub use proto::{encode_indexes, split_indexes, Proto, ProtoEncoder};
 pub use resolve::{SchemaRegistryLayer, SchemaRegistryService, WriterSchema};
+pub use schemars;
 pub use subject::SubjectNameStrategy;

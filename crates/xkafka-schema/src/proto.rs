@@ -118,7 +118,11 @@ impl<T: prost::Message> ProtoEncoder<T> {
     /// for the record subject strategies) of the `.proto` file `schema`, at
     /// index path `[0]` (the file's first message; see
     /// [`message_indexes`](Self::message_indexes)).
-    pub fn new(client: RegistryClient, schema: impl Into<String>, full_name: impl Into<String>) -> Self {
+    pub fn new(
+        client: RegistryClient,
+        schema: impl Into<String>,
+        full_name: impl Into<String>,
+    ) -> Self {
         ProtoEncoder {
             client,
             strategy: SubjectNameStrategy::default(),
@@ -185,6 +189,9 @@ mod tests {
             assert_eq!(split_indexes(&bytes).unwrap(), (path, &b"rest"[..]));
         }
         assert!(split_indexes(&[]).is_err());
-        assert!(split_indexes(&[4, 0]).is_err(), "two indexes announced, one there");
+        assert!(
+            split_indexes(&[4, 0]).is_err(),
+            "two indexes announced, one there"
+        );
     }
 }

@@ -101,9 +101,16 @@ pub(crate) fn writer_of<'m>(
     };
     let (_, payload) = wire::split(value).map_err(|e| rejection(message, WIRE_FORMAT, e))?;
     if writer.schema.kind() != kind {
-        let reason = format!("it is a {} schema, the handler reads {format}", writer.schema.kind());
+        let reason = format!(
+            "it is a {} schema, the handler reads {format}",
+            writer.schema.kind()
+        );
         let id = writer.schema.id();
-        return Err(rejection(message, format, SchemaError::Schema { id, reason }));
+        return Err(rejection(
+            message,
+            format,
+            SchemaError::Schema { id, reason },
+        ));
     }
     Ok((writer, payload))
 }

@@ -52,8 +52,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_headers() {
-        assert!(matches!(split(&[1, 0, 0, 0, 1]), Err(SchemaError::WrongMagic { found: 1 })));
-        assert!(matches!(split(&[0, 0, 1]), Err(SchemaError::Truncated { len: 3, needed: 5 })));
-        assert!(matches!(split(&[]), Err(SchemaError::Truncated { len: 0, .. })));
+        assert!(matches!(
+            split(&[1, 0, 0, 0, 1]),
+            Err(SchemaError::WrongMagic { found: 1 })
+        ));
+        assert!(matches!(
+            split(&[0, 0, 1]),
+            Err(SchemaError::Truncated { len: 3, needed: 5 })
+        ));
+        assert!(matches!(
+            split(&[]),
+            Err(SchemaError::Truncated { len: 0, .. })
+        ));
     }
 }

@@ -20,7 +20,11 @@ async fn avro_round_trips_through_the_registry_and_kafka() {
     let topic = topic("schema-avro").await;
     let encoder = AvroEncoder::<Order>::new(registry.clone());
     let orders: Vec<Order> = (0..3)
-        .map(|i| Order { id: i, customer: format!("c{i}"), total_cents: 100 * i })
+        .map(|i| Order {
+            id: i,
+            customer: format!("c{i}"),
+            total_cents: 100 * i,
+        })
         .collect();
     let mut values = Vec::new();
     for order in &orders {
@@ -29,8 +33,15 @@ async fn avro_round_trips_through_the_registry_and_kafka() {
     // The wire format: magic 0, the id the registry gave the subject.
     let (id, _) = wire::split(&values[0]).unwrap();
     assert_eq!(values[0][0], 0);
-    let registered = registry.schema_by_id(id).await.expect("the registry knows the id");
-    assert!(registered.text().contains("\"shop.Order\"") || registered.text().contains("\"Order\""), "{}", registered.text());
+    let registered = registry
+        .schema_by_id(id)
+        .await
+        .expect("the registry knows the id");
+    assert!(
+        registered.text().contains("\"shop.Order\"") || registered.text().contains("\"Order\""),
+        "{}",
+        registered.text()
+    );
     publish(&topic, values).await;
 
     let decoded: Arc<Mutex<Vec<Order>>> = Arc::default();
@@ -50,10 +61,17 @@ async fn avro_round_trips_through_the_registry_and_kafka() {
         .expect("consumer");
     let probe = decoded.clone();
     consumer
-        .run(until(move || probe.lock().unwrap().len() >= 3, Duration::from_secs(60)))
+        .run(until(
+            move || probe.lock().unwrap().len() >= 3,
+            Duration::from_secs(60),
+        ))
         .await
         .expect("run");
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
     assert_eq!(*decoded.lock().unwrap(), orders);
 }
 
@@ -73,18 +91,37 @@ async fn a_newer_reader_schema_reads_old_records_with_defaults() {
     let registry = registry();
     let topic = topic("schema-evolve").await;
     let subject = format!("{topic}-value");
-    registry.set_compatibility(&subject, "BACKWARD").await.expect("config");
-    let old = Order { id: 7, customer: "ada".into(), total_cents: 4200 };
-    let v1 = AvroEncoder::<Order>::new(registry.clone()).encode(&topic, &old).await.unwrap();
+    registry
+        .set_compatibility(&subject, "BACKWARD")
+        .await
+        .expect("config");
+    let old = Order {
+        id: 7,
+        customer: "ada".into(),
+        total_cents: 4200,
+    };
+    let v1 = AvroEncoder::<Order>::new(registry.clone())
+        .encode(&topic, &old)
+        .await
+        .unwrap();
     // V2 is backward compatible (a defaulted field): the registry accepts it
     // under the same subject, with a new id.
-    let new = OrderV2 { id: 8, customer: "bob".into(), total_cents: 1, currency: "CHF".into() };
+    let new = OrderV2 {
+        id: 8,
+        customer: "bob".into(),
+        total_cents: 1,
+        currency: "CHF".into(),
+    };
     let v2 = AvroEncoder::<OrderV2>::new(registry.clone())
         .strategy(SubjectNameStrategy::Topic)
         .encode(&topic, &new)
         .await
         .expect("a compatible evolution is accepted");
-    assert_ne!(wire::split(&v1).unwrap().0, wire::split(&v2).unwrap().0, "a new version, a new id");
+    assert_ne!(
+        wire::split(&v1).unwrap().0,
+        wire::split(&v2).unwrap().0,
+        "a new version, a new id"
+    );
     publish(&topic, vec![v1, v2]).await;
 
     let decoded: Arc<Mutex<Vec<OrderV2>>> = Arc::default();
@@ -104,15 +141,27 @@ async fn a_newer_reader_schema_reads_old_records_with_defaults() {
         .expect("consumer");
     let probe = decoded.clone();
     consumer
-        .run(until(move || probe.lock().unwrap().len() >= 2, Duration::from_secs(60)))
+        .run(until(
+            move || probe.lock().unwrap().len() >= 2,
+            Duration::from_secs(60),
+        ))
         .await
         .expect("run");
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
     let decoded = decoded.lock().unwrap().clone();
     assert_eq!(
         decoded,
         vec![
-            OrderV2 { id: 7, customer: "ada".into(), total_cents: 4200, currency: "EUR".into() },
+            OrderV2 {
+                id: 7,
+                customer: "ada".into(),
+                total_cents: 4200,
+                currency: "EUR".into()
+            },
             new
         ],
         "the old record gets the reader's default"

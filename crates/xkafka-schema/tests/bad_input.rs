@@ -23,7 +23,14 @@ async fn answer_to(bad: Vec<u8>) -> Vec<Seen> {
     let registry = registry();
     let topic = topic("schema-bad").await;
     let good = AvroEncoder::<Order>::new(registry.clone())
-        .encode(&topic, &Order { id: 1, customer: "c".into(), total_cents: 5 })
+        .encode(
+            &topic,
+            &Order {
+                id: 1,
+                customer: "c".into(),
+                total_cents: 5,
+            },
+        )
         .await
         .unwrap();
     publish(&topic, vec![bad, good]).await;
@@ -45,28 +52,49 @@ async fn answer_to(bad: Vec<u8>) -> Vec<Seen> {
         .expect("consumer");
     let probe = handled.clone();
     consumer
-        .run(until(move || probe.load(Ordering::SeqCst) >= 1, Duration::from_secs(60)))
+        .run(until(
+            move || probe.load(Ordering::SeqCst) >= 1,
+            Duration::from_secs(60),
+        ))
         .await
         .expect("run");
-    assert_eq!(handled.load(Ordering::SeqCst), 1, "the good record after the bad one was handled");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the good record after the bad one was handled"
+    );
     let seen = errors.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "one answer, for the bad record: {seen:?}");
     assert_eq!(seen[0].offset, 0, "{seen:?}");
-    assert!(seen[0].text.contains(&format!("{topic}[0]@0")), "the location is named: {}", seen[0].text);
+    assert!(
+        seen[0].text.contains(&format!("{topic}[0]@0")),
+        "the location is named: {}",
+        seen[0].text
+    );
     seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_magic_byte_is_a_rejection() {
     let seen = answer_to(b"{\"id\": 1}".to_vec()).await;
-    assert_eq!(seen[0].class, "rejection schema registry wire format WrongMagic", "{seen:?}");
-    assert!(seen[0].text.contains("wrong magic byte 0x7b"), "{}", seen[0].text);
+    assert_eq!(
+        seen[0].class, "rejection schema registry wire format WrongMagic",
+        "{seen:?}"
+    );
+    assert!(
+        seen[0].text.contains("wrong magic byte 0x7b"),
+        "{}",
+        seen[0].text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_header_is_a_rejection() {
     let seen = answer_to(vec![0, 0, 1]).await;
-    assert_eq!(seen[0].class, "rejection schema registry wire format Truncated", "{seen:?}");
+    assert_eq!(
+        seen[0].class, "rejection schema registry wire format Truncated",
+        "{seen:?}"
+    );
     assert!(seen[0].text.contains("3 byte(s)"), "{}", seen[0].text);
 }
 
@@ -74,21 +102,38 @@ async fn truncated_header_is_a_rejection() {
 async fn unknown_schema_id_is_a_rejection() {
     // Far above anything the suite registers.
     let seen = answer_to(wire::frame(2_000_000_000, b"\x02")).await;
-    assert_eq!(seen[0].class, "rejection schema registry wire format UnknownId", "{seen:?}");
-    assert!(seen[0].text.contains("unknown schema id 2000000000"), "{}", seen[0].text);
+    assert_eq!(
+        seen[0].class, "rejection schema registry wire format UnknownId",
+        "{seen:?}"
+    );
+    assert!(
+        seen[0].text.contains("unknown schema id 2000000000"),
+        "{}",
+        seen[0].text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_not_matching_its_schema_is_a_rejection() {
     let registry = registry();
     let id = registry
-        .register(&unique("mismatch-value"), xkafka_schema::SchemaKind::Avro, &serde_json::to_string(&Order::get_schema()).unwrap())
+        .register(
+            &unique("mismatch-value"),
+            xkafka_schema::SchemaKind::Avro,
+            &serde_json::to_string(&Order::get_schema()).unwrap(),
+        )
         .await
         .unwrap();
     // id 1 (zigzag 2), then a string whose length says 60 bytes: only 3 follow.
     let seen = answer_to(wire::frame(id, &[2, 120, b'a', b'b', b'c'])).await;
     assert_eq!(seen[0].class, "rejection Avro Payload", "{seen:?}");
-    assert!(seen[0].text.contains(&format!("does not match schema {id}")), "{}", seen[0].text);
+    assert!(
+        seen[0]
+            .text
+            .contains(&format!("does not match schema {id}")),
+        "{}",
+        seen[0].text
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,13 +141,24 @@ async fn trailing_bytes_after_the_record_are_a_rejection() {
     let registry = registry();
     let topic = unique("trailing");
     let mut framed = AvroEncoder::<Order>::new(registry)
-        .encode(&topic, &Order { id: 1, customer: "c".into(), total_cents: 5 })
+        .encode(
+            &topic,
+            &Order {
+                id: 1,
+                customer: "c".into(),
+                total_cents: 5,
+            },
+        )
         .await
         .unwrap();
     framed.extend_from_slice(b"junk");
     let seen = answer_to(framed).await;
     assert_eq!(seen[0].class, "rejection Avro Payload", "{seen:?}");
-    assert!(seen[0].text.contains("4 byte(s) after the record"), "{}", seen[0].text);
+    assert!(
+        seen[0].text.contains("4 byte(s) after the record"),
+        "{}",
+        seen[0].text
+    );
 }
 
 #[derive(AvroSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -115,16 +171,29 @@ struct OrderRenamed {
 async fn an_incompatible_schema_is_refused_by_the_registry() {
     let registry = registry();
     let topic = unique("incompatible");
-    registry.set_compatibility(&format!("{topic}-value"), "BACKWARD").await.unwrap();
+    registry
+        .set_compatibility(&format!("{topic}-value"), "BACKWARD")
+        .await
+        .unwrap();
     AvroEncoder::<Order>::new(registry.clone())
-        .encode(&topic, &Order { id: 1, customer: "c".into(), total_cents: 5 })
+        .encode(
+            &topic,
+            &Order {
+                id: 1,
+                customer: "c".into(),
+                total_cents: 5,
+            },
+        )
         .await
         .unwrap();
     let err = AvroEncoder::<OrderRenamed>::new(registry)
         .encode(&topic, &OrderRenamed { order_id: 1 })
         .await
         .unwrap_err();
-    assert!(matches!(&err, SchemaError::Incompatible { subject, .. } if *subject == format!("{topic}-value")), "{err:?}");
+    assert!(
+        matches!(&err, SchemaError::Incompatible { subject, .. } if *subject == format!("{topic}-value")),
+        "{err:?}"
+    );
     assert!(!err.is_retriable());
     assert!(err.to_string().contains("incompatible"), "{err}");
 }
@@ -133,8 +202,15 @@ async fn an_incompatible_schema_is_refused_by_the_registry() {
 async fn an_unreachable_registry_is_retriable_and_the_consumer_keeps_its_position() {
     let registry = registry();
     let topic = topic("schema-unreachable").await;
-    let order = Order { id: 9, customer: "c".into(), total_cents: 5 };
-    let framed = AvroEncoder::<Order>::new(registry.clone()).encode(&topic, &order).await.unwrap();
+    let order = Order {
+        id: 9,
+        customer: "c".into(),
+        total_cents: 5,
+    };
+    let framed = AvroEncoder::<Order>::new(registry.clone())
+        .encode(&topic, &order)
+        .await
+        .unwrap();
     publish(&topic, vec![framed]).await;
     let group = unique("g");
 
@@ -142,7 +218,10 @@ async fn an_unreachable_registry_is_retriable_and_the_consumer_keeps_its_positio
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_url = format!("http://{}/apis/ccompat/v7", closed.local_addr().unwrap());
     drop(closed);
-    let dead = RegistryClient::builder(dead_url).timeout(Duration::from_secs(2)).build().unwrap();
+    let dead = RegistryClient::builder(dead_url)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let (errors, on_error) = recording(Decision::Stop);
     let first = consumer(&group, &topic)
         .error_handler(on_error)
@@ -150,10 +229,22 @@ async fn an_unreachable_registry_is_retriable_and_the_consumer_keeps_its_positio
         .handler(|Avro(_o): Avro<Order>| async { Ack::Success })
         .build()
         .unwrap();
-    let err = first.run(std::future::pending::<()>()).await.expect_err("stops on the error");
+    let err = first
+        .run(std::future::pending::<()>())
+        .await
+        .expect_err("stops on the error");
     let (offset, class) = classify(&err);
-    assert_eq!((offset, class.as_str()), (0, "retriable Unreachable"), "{err}");
-    assert_eq!(errors.lock().unwrap().len(), 1, "{:?}", errors.lock().unwrap());
+    assert_eq!(
+        (offset, class.as_str()),
+        (0, "retriable Unreachable"),
+        "{err}"
+    );
+    assert_eq!(
+        errors.lock().unwrap().len(),
+        1,
+        "{:?}",
+        errors.lock().unwrap()
+    );
 
     // The same group with the registry back: offset 0 again, decoded.
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -162,20 +253,33 @@ async fn an_unreachable_registry_is_retriable_and_the_consumer_keeps_its_positio
     let second = consumer(&group, &topic)
         .error_handler(on_error)
         .layer(SchemaRegistryLayer::new(registry))
-        .handler(move |Avro(o): Avro<Order>, meta: xkafka::extract::Metadata| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((meta.offset, o));
-                Ack::Success
-            }
-        })
+        .handler(
+            move |Avro(o): Avro<Order>, meta: xkafka::extract::Metadata| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push((meta.offset, o));
+                    Ack::Success
+                }
+            },
+        )
         .build()
         .unwrap();
     let probe = got.clone();
     second
-        .run(until(move || !probe.lock().unwrap().is_empty(), Duration::from_secs(60)))
+        .run(until(
+            move || !probe.lock().unwrap().is_empty(),
+            Duration::from_secs(60),
+        ))
         .await
         .expect("run");
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
-    assert_eq!(*got.lock().unwrap(), vec![(0, order)], "the message was not skipped");
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    assert_eq!(
+        *got.lock().unwrap(),
+        vec![(0, order)],
+        "the message was not skipped"
+    );
 }

@@ -61,12 +61,18 @@ where
     let errors_probe = errors.clone();
     consumer
         .run(until(
-            move || probe.lock().unwrap().len() >= count || !errors_probe.lock().unwrap().is_empty(),
+            move || {
+                probe.lock().unwrap().len() >= count || !errors_probe.lock().unwrap().is_empty()
+            },
             Duration::from_secs(60),
         ))
         .await
         .ok();
-    assert!(errors.lock().unwrap().is_empty(), "{:?}", errors.lock().unwrap());
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +81,10 @@ async fn protobuf_round_trips_with_message_indexes() {
     // The second message of the file: indexes [1], not the [0] shortcut.
     let encoder = ProtoEncoder::<OrderShipped>::new(registry(), PROTO, "shop.OrderShipped")
         .message_indexes(vec![1]);
-    let event = OrderShipped { id: 5, carrier: "DHL".into() };
+    let event = OrderShipped {
+        id: 5,
+        carrier: "DHL".into(),
+    };
     let framed = encoder.encode(&topic, &event).await.expect("encode");
     let (_, payload) = wire::split(&framed).unwrap();
     assert_eq!(split_indexes(payload).unwrap().0, vec![1]);
@@ -98,7 +107,11 @@ async fn protobuf_round_trips_with_message_indexes() {
 async fn json_schema_round_trips() {
     let topic = topic("schema-json").await;
     let encoder = JsonSchemaEncoder::<Refund>::new(registry());
-    let refund = Refund { id: 3, amount_cents: 250, reason: Some("late".into()) };
+    let refund = Refund {
+        id: 3,
+        amount_cents: 250,
+        reason: Some("late".into()),
+    };
     let framed = encoder.encode(&topic, &refund).await.expect("encode");
     let id = wire::split(&framed).unwrap().0;
     let registered = registry().schema_by_id(id).await.unwrap();
@@ -123,7 +136,14 @@ async fn a_record_of_another_format_is_a_rejection() {
     // A JSON Schema record read by a Protobuf handler.
     let topic = topic("schema-kind").await;
     let framed = JsonSchemaEncoder::<Refund>::new(registry())
-        .encode(&topic, &Refund { id: 1, amount_cents: 1, reason: None })
+        .encode(
+            &topic,
+            &Refund {
+                id: 1,
+                amount_cents: 1,
+                reason: None,
+            },
+        )
         .await
         .unwrap();
     publish(&topic, vec![framed]).await;
@@ -134,9 +154,20 @@ async fn a_record_of_another_format_is_a_rejection() {
         .handler(|Proto(_e): Proto<OrderShipped>| async { Ack::Success })
         .build()
         .unwrap();
-    let err = consumer.run(std::future::pending::<()>()).await.expect_err("stops");
+    let err = consumer
+        .run(std::future::pending::<()>())
+        .await
+        .expect_err("stops");
     let (offset, class) = classify(&err);
-    assert_eq!((offset, class.as_str()), (0, "rejection Protobuf Schema"), "{err}");
-    assert!(err.to_string().contains("it is a JSON schema, the handler reads Protobuf"), "{err}");
+    assert_eq!(
+        (offset, class.as_str()),
+        (0, "rejection Protobuf Schema"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("it is a JSON schema, the handler reads Protobuf"),
+        "{err}"
+    );
     assert_eq!(errors.lock().unwrap().len(), 1);
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
-use xkafka::{ConsumerBuilder, Decision, Error, Message, Producer};
 use xkafka::extract::Rejection;
+use xkafka::{ConsumerBuilder, Decision, Error, Message, Producer};
 use xkafka_schema::{RegistryClient, SchemaError};
 
 /// The registry's ccompat URL. A missing registry fails the test.
@@ -25,7 +25,9 @@ pub fn registry_url() -> String {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let addr = authority.parse().expect("XKAFKA_SCHEMA_REGISTRY is http://host:port/...");
+    let addr = authority
+        .parse()
+        .expect("XKAFKA_SCHEMA_REGISTRY is http://host:port/...");
     if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
         panic!(
             "no schema registry at {url}: run the suite with scripts/test.sh, or start one with \
@@ -45,7 +47,8 @@ pub fn registry() -> RegistryClient {
 /// The broker's address; a missing broker fails the test.
 pub fn brokers() -> String {
     let addr = std::env::var("XKAFKA_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    if TcpStream::connect_timeout(&addr.parse().expect("host:port"), Duration::from_secs(2)).is_err()
+    if TcpStream::connect_timeout(&addr.parse().expect("host:port"), Duration::from_secs(2))
+        .is_err()
     {
         panic!("no Kafka broker at {addr}: run the suite with scripts/test.sh");
     }
@@ -56,15 +59,27 @@ pub fn brokers() -> String {
 /// the whole suite, so subjects are unique too.
 pub fn unique(prefix: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
-    format!("{prefix}-{ms}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    format!(
+        "{prefix}-{ms}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub async fn topic(prefix: &str) -> String {
     let name = unique(prefix);
-    xkafka::admin::ensure_topics(&brokers(), &[(&name, 1)], &xkafka::Config::new(), Duration::from_secs(10))
-        .await
-        .expect("create topic");
+    xkafka::admin::ensure_topics(
+        &brokers(),
+        &[(&name, 1)],
+        &xkafka::Config::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("create topic");
     name
 }
 
@@ -114,14 +129,30 @@ pub fn classify(err: &Error) -> (i64, String) {
     let Error::Handler { offset, source, .. } = err else {
         return (-1, "other".into());
     };
-    let variant = |e: &SchemaError| format!("{e:?}").split([' ', '{', '(']).next().unwrap_or_default().to_owned();
-    let class = if let Some(Rejection::Decode { format, source, .. }) = source.downcast_ref::<Rejection>() {
+    let variant = |e: &SchemaError| {
+        format!("{e:?}")
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let class = if let Some(Rejection::Decode { format, source, .. }) =
+        source.downcast_ref::<Rejection>()
+    {
         match source.downcast_ref::<SchemaError>() {
             Some(e) => format!("rejection {format} {}", variant(e)),
             None => format!("rejection {format} ?"),
         }
     } else if let Some(e) = source.downcast_ref::<SchemaError>() {
-        format!("{} {}", if e.is_retriable() { "retriable" } else { "fatal" }, variant(e))
+        format!(
+            "{} {}",
+            if e.is_retriable() {
+                "retriable"
+            } else {
+                "fatal"
+            },
+            variant(e)
+        )
     } else {
         "other".into()
     };
@@ -131,12 +162,19 @@ pub fn classify(err: &Error) -> (i64, String) {
 /// An error handler that records what it receives and answers `decision`.
 pub fn recording(
     decision: Decision,
-) -> (Arc<Mutex<Vec<Seen>>>, impl Fn(&Error) -> Decision + Send + Sync + 'static) {
+) -> (
+    Arc<Mutex<Vec<Seen>>>,
+    impl Fn(&Error) -> Decision + Send + Sync + 'static,
+) {
     let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let sink = log.clone();
     (log, move |err: &Error| {
         let (offset, class) = classify(err);
-        sink.lock().unwrap().push(Seen { offset, class, text: err.to_string() });
+        sink.lock().unwrap().push(Seen {
+            offset,
+            class,
+            text: err.to_string(),
+        });
         decision
     })
 }
