@@ -29,11 +29,14 @@ const FORMAT: &str = "Avro";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Avro<T>(pub T);
 
-/// Per handler type and writer id: the reader schema to resolve to, or
-/// none when the writer's schema is the reader's (no resolution needed).
+/// The reader schema to resolve to, or none when the writer's schema is
+/// the reader's (no resolution needed).
+type Reader = Option<Arc<Schema>>;
+
+/// Per writer id and handler type: its [`Reader`].
 #[derive(Debug, Default)]
 pub(crate) struct ReaderSchemas {
-    by_type: RwLock<HashMap<(u32, TypeId), Option<Arc<Schema>>>>,
+    by_type: RwLock<HashMap<(u32, TypeId), Reader>>,
 }
 
 impl ReaderSchemas {
