@@ -5,6 +5,12 @@
 //! schema lookup. A measured loop, not a timed test: it prints ns/message.
 //!
 //! `cargo bench -p xkafka-schema --bench serde_cost`
+//!
+//! Measured 2026-12-08 on the 2-core shared machine (load 11-23, so noisy),
+//! an order of 4 fields (JSON 84 bytes, Avro framed 41 bytes), 3 runs:
+//! `Message` 80-232 ns, `Json<T>` 641-1110 ns, `Avro<T>` with the
+//! registry layer on a warm cache 1646-3087 ns per message (2.3x-4.8x
+//! `Json<T>`).
 
 use std::hint::black_box;
 use std::time::Instant;
