@@ -43,9 +43,17 @@ step "Apache Kafka: install (cached), then a fresh single node and a fresh 3-bro
 scripts/broker.sh install
 scripts/broker.sh reset
 scripts/broker.sh cluster reset
-trap 'scripts/broker.sh stop; scripts/broker.sh cluster stop' EXIT
+trap 'scripts/broker.sh stop; scripts/broker.sh cluster stop; scripts/registry.sh stop' EXIT
 scripts/broker.sh start
 scripts/broker.sh cluster start
+
+step "Apicurio Registry (the schema tests' registry): install (cached), then a fresh in-memory one"
+scripts/registry.sh install
+scripts/registry.sh python
+scripts/registry.sh asyncapi
+scripts/registry.sh stop
+scripts/registry.sh start
+eval "$(scripts/registry.sh env)"
 export XKAFKA_TEST_BROKERS=127.0.0.1:9092
 export XKAFKA_SASL_BROKERS=127.0.0.1:9094
 export XKAFKA_TLS_BROKERS=127.0.0.1:9095

@@ -96,6 +96,9 @@ pub(crate) enum Command {
     Completions(CompletionsArgs),
     /// Prints the man page (roff): xkafka man > xkafka.1 && man ./xkafka.1
     Man,
+    /// Prints an AsyncAPI 3.0 document of topics, each with the latest value schema of
+    /// its subject (<topic>-value) in a Schema Registry.
+    Asyncapi(AsyncapiArgs),
 }
 
 /// `xkafka topics ...`
@@ -247,6 +250,26 @@ pub(crate) struct ResetArgs {
 pub(crate) struct CompletionsArgs {
     /// The shell.
     pub(crate) shell: clap_complete::Shell,
+}
+
+/// `xkafka asyncapi`
+#[derive(Debug, Args)]
+pub(crate) struct AsyncapiArgs {
+    /// The Schema Registry's API root (Apicurio: http://host:port/apis/ccompat/v7).
+    #[arg(long, env = "XKAFKA_SCHEMA_REGISTRY", value_name = "URL")]
+    pub(crate) registry: String,
+    /// The document's title (the service's name).
+    #[arg(long, default_value = "xkafka service")]
+    pub(crate) title: String,
+    /// The service's version, for the document's info.
+    #[arg(long, default_value = "1.0.0")]
+    pub(crate) app_version: String,
+    /// A topic the service consumes, with its consumer group (repeatable).
+    #[arg(long, value_name = "TOPIC=GROUP", value_parser = key_value)]
+    pub(crate) receive: Vec<(String, String)>,
+    /// A topic the service publishes to (repeatable).
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) send: Vec<String>,
 }
 
 /// `xkafka dlq ...`

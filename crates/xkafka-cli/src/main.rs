@@ -59,6 +59,7 @@
 //! property, bad regular expression), 130 interrupted by Ctrl-C. Errors are
 //! one line on stderr.
 
+mod asyncapi;
 mod cli;
 mod client;
 mod dlq;
@@ -134,10 +135,11 @@ fn fail(failure: &Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    // These need no cluster (nor brokers).
+    // These need no cluster (nor brokers); asyncapi needs the registry.
     match &cli.command {
         Command::Completions(args) => return manual::completions(args.shell),
         Command::Man => return manual::man(),
+        Command::Asyncapi(args) => return asyncapi::asyncapi(&cli.global, args).await,
         _ => {}
     }
     let conn = Conn::new(&cli.global)?;
@@ -151,6 +153,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Topics(command) => topics::topics(&conn, global, &command).await,
         Command::Groups(command) => groups::groups(&conn, global, &command).await,
         Command::Config => settings::config(&conn, global.format),
-        Command::Completions(_) | Command::Man => Ok(()),
+        Command::Completions(_) | Command::Man | Command::Asyncapi(_) => Ok(()),
     }
 }

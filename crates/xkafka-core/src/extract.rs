@@ -75,6 +75,21 @@ pub enum Rejection {
         #[source]
         source: serde_json::Error,
     },
+    /// The value does not decode in its format: a schema registry's wire
+    /// format (wrong magic byte, truncated header, unknown schema id), or a
+    /// payload that does not match its schema. Made by decoders outside
+    /// this crate (`xkafka-schema`), so that [`SkipRejectedLayer`] and
+    /// dead-letter layers treat it like any other rejection.
+    #[error("cannot decode {location} as {format}: {source}")]
+    Decode {
+        /// `topic[partition]@offset`.
+        location: String,
+        /// The format expected (`"Avro"`, `"Protobuf"`, `"JSON Schema"`).
+        format: &'static str,
+        /// What did not decode, and why.
+        #[source]
+        source: BoxError,
+    },
     /// The message has no value (a tombstone) but the handler wants one.
     #[error("{location} has no value")]
     MissingValue {
