@@ -1,10 +1,12 @@
 //! One comparison on one broker: ours, the limit, the safe-API loop and the
 //! peers in the same rounds, in turn, and the paired ratios of those rounds.
 
-use crate::figures::{Comparison, PeerComparison, PeerKind};
+use crate::figures::{Comparison, PeerComparison, PeerKind, Rss};
+use crate::limit::consume::Hand;
+use crate::usage::Meter;
 use crate::topics::{self, Topics};
 use crate::vocab::{median, Side, Sizes, Target};
-use crate::{baseline, ours, peers, usage};
+use crate::{baseline, limit, ours, peers};
 
 /// Who runs in a turn of a round.
 #[derive(Clone, Copy, PartialEq)]
@@ -13,6 +15,18 @@ enum Turn {
     Baseline,
     Go,
     Rust,
+    /// librdkafka's fastest loop for the same work (see `limit`).
+    Limit,
+    /// The same without copying (consuming only): the ceiling.
+    Ceiling,
+}
+
+/// The limit's loop for comparison `name`, where it has one.
+fn limit_of(name: &str) -> bool {
+    matches!(
+        name,
+        "consume_seq" | "consume_seq_1k" | "consume_batch" | "publish_async" | "publish_sync"
+    )
 }
 
 /// Runs ours and the baseline (and the peers, where they have a
@@ -38,6 +52,8 @@ pub(crate) async fn compare(
     let mut base_cpu = Vec::new();
     let mut go_runs = Vec::new();
     let mut go_sequential_runs = Vec::new();
+    let (mut limit_runs, mut limit_cpu, mut ceiling_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_rss, mut base_rss, mut limit_rss) = (Vec::new(), Vec::new(), Vec::new());
     // A publish_async run lasts a fraction of a second and, on 2 cores shared
     // with the broker, varies by ±30 % from run to run: it gets more rounds
     // (with 11, three runs of the same code gave 0.89, 1.12 and 0.97 on
@@ -102,6 +118,12 @@ pub(crate) async fn compare(
         // not theirs, and a Go round can last four of ours.
         let peers_too = measured < PEER_ROUNDS;
         let mut turns = vec![Turn::Ours, Turn::Baseline];
+        if side == Side::Both && limit_of(name) {
+            turns.push(Turn::Limit);
+        }
+        if side == Side::Both && matches!(name, "consume_seq" | "consume_seq_1k") {
+            turns.push(Turn::Ceiling);
+        }
         if go.is_some() && peers_too {
             turns.push(Turn::Go);
         }
@@ -118,19 +140,39 @@ pub(crate) async fn compare(
             }
             match (turn, go) {
                 (Turn::Ours, _) => {
-                    let cpu = usage::process_cpu_secs();
+                    let meter = Meter::start();
                     let run = run_ours(name, target, topics, sizes).await?;
+                    let used = meter.stop();
                     if !warm_up {
                         ours_runs.push(run);
-                        ours_cpu.push(usage::process_cpu_secs() - cpu);
+                        ours_cpu.push(used.cpu_secs);
+                        ours_rss.push(used.peak_rss_kib as f64);
                     }
                 }
                 (Turn::Baseline, _) => {
-                    let cpu = usage::process_cpu_secs();
+                    let meter = Meter::start();
                     let run = run_baseline(name, target, topics, sizes).await?;
+                    let used = meter.stop();
                     if !warm_up {
                         base_runs.push(run);
-                        base_cpu.push(usage::process_cpu_secs() - cpu);
+                        base_cpu.push(used.cpu_secs);
+                        base_rss.push(used.peak_rss_kib as f64);
+                    }
+                }
+                (Turn::Limit, _) => {
+                    let meter = Meter::start();
+                    let run = run_limit(name, topics, sizes, b, Hand::Copy)?;
+                    let used = meter.stop();
+                    if !warm_up {
+                        limit_runs.push(run);
+                        limit_cpu.push(used.cpu_secs);
+                        limit_rss.push(used.peak_rss_kib as f64);
+                    }
+                }
+                (Turn::Ceiling, _) => {
+                    let run = run_limit(name, topics, sizes, b, Hand::NoCopy)?;
+                    if !warm_up {
+                        ceiling_runs.push(run);
                     }
                 }
                 (Turn::Go, Some(peer)) => {
@@ -219,6 +261,7 @@ pub(crate) async fn compare(
             ours,
             ours_runs: &ours_runs,
             ours_cpu: &ours_cpu,
+            ours_rss: &ours_rss,
             ours_sequential,
             runs: go_runs,
             sequential_runs: go_sequential_runs,
@@ -230,6 +273,7 @@ pub(crate) async fn compare(
             ours,
             ours_runs: &ours_runs,
             ours_cpu: &ours_cpu,
+            ours_rss: &ours_rss,
             ours_sequential: None,
             runs: rust_runs,
             sequential_runs: Vec::new(),
@@ -280,6 +324,23 @@ pub(crate) async fn compare(
         && !latency)
         .then(|| base_total / ours_total)
         .filter(|r| r.is_finite());
+    // Against the limit: paired per round as above; CPU per message ours
+    // over the limit's (lower is better for ours), over all rounds.
+    let limit = (!limit_runs.is_empty()).then(|| median(&limit_runs));
+    let ratio_vs_limit = (limit_runs.len() == ours_runs.len() && !limit_runs.is_empty()).then(|| {
+        median(
+            &ours_runs
+                .iter()
+                .zip(&limit_runs)
+                .map(|(o, l)| o / l)
+                .collect::<Vec<_>>(),
+        )
+    });
+    let limit_total: f64 = limit_cpu.iter().sum();
+    let cpu_vs_limit = (limit_cpu.len() == ours_cpu.len() && limit_total > 0.0)
+        .then(|| ours_total / limit_total)
+        .filter(|r| r.is_finite());
+    let ceiling = (!ceiling_runs.is_empty()).then(|| median(&ceiling_runs));
     let comparison = Comparison {
         name: name.to_owned(),
         unit: if latency { "ms".into() } else { "msg/s".into() },
@@ -291,6 +352,18 @@ pub(crate) async fn compare(
         ours_cpu_secs: ours_cpu,
         baseline_cpu_secs: base_cpu,
         cpu_ratio,
+        limit,
+        limit_runs,
+        limit_cpu_secs: limit_cpu,
+        ratio_vs_limit,
+        cpu_vs_limit,
+        ceiling,
+        ceiling_runs,
+        peak_rss_kib: Rss {
+            ours: median(&ours_rss),
+            baseline: median(&base_rss),
+            limit: (!limit_rss.is_empty()).then(|| median(&limit_rss)),
+        },
         note,
     };
     Ok((comparison, against_peers))
@@ -411,3 +484,28 @@ const KAFKA_CONSUME_1K_ROUNDS: usize = 41;
 
 /// Least rounds for `e2e_latency_p99` (see `compare`).
 const LATENCY_ROUNDS: usize = 11;
+
+/// One run of the limit's loop for comparison `name` (see [`limit_of`]);
+/// `hand` for the consuming ones (`consume_batch` always hands batches).
+fn run_limit(
+    name: &str,
+    topics: &Topics,
+    sizes: &Sizes,
+    brokers: &str,
+    hand: Hand,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use limit::{consume, produce};
+    match name {
+        "consume_seq" => consume::consume(brokers, &topics.small, sizes.consume, hand),
+        "consume_seq_1k" => consume::consume(brokers, &topics.large, sizes.consume_1k, hand),
+        "consume_batch" => consume::consume(
+            brokers,
+            &topics.small,
+            sizes.consume,
+            Hand::Batches(1_000),
+        ),
+        "publish_async" => produce::publish_async(brokers, &topics.sink, sizes.publish),
+        "publish_sync" => produce::publish_sync(brokers, &topics.sink, sizes.publish_sync),
+        other => Err(format!("no limit loop for {other}").into()),
+    }
+}

@@ -228,6 +228,14 @@ fn comparisons(figures: &BTreeMap<String, Figures>, plan: &Plan) -> Vec<Comparis
             ours_cpu_secs: Vec::new(),
             baseline_cpu_secs: Vec::new(),
             cpu_ratio: None,
+            limit: None,
+            limit_runs: Vec::new(),
+            limit_cpu_secs: Vec::new(),
+            ratio_vs_limit: None,
+            cpu_vs_limit: None,
+            ceiling: None,
+            ceiling_runs: Vec::new(),
+            peak_rss_kib: Default::default(),
             note: format!(
                 "{what}; consumed {:.0} / {:.0} msg/s, tail {:.0} / {:.0} ms",
                 x.consumed, y.consumed, x.tail_ms, y.tail_ms

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::Usage;
+
 /// One comparison on one broker.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Comparison {
@@ -24,7 +26,33 @@ pub(crate) struct Comparison {
     /// The baseline's CPU time over ours, summed over the rounds (higher
     /// is better for ours); for the throughput comparisons.
     pub(crate) cpu_ratio: Option<f64>,
+    /// The limit: librdkafka's fastest loop for the same work (median),
+    /// where the comparison has one; its runs and CPU seconds per round.
+    pub(crate) limit: Option<f64>,
+    pub(crate) limit_runs: Vec<f64>,
+    pub(crate) limit_cpu_secs: Vec<f64>,
+    /// Ours over the limit, the median of the rounds' ratios.
+    pub(crate) ratio_vs_limit: Option<f64>,
+    /// CPU per message, ours over the limit's, over all rounds (lower is
+    /// better for ours; the target is at most 1.2).
+    pub(crate) cpu_vs_limit: Option<f64>,
+    /// The limit's loop without copying key and value: the ceiling
+    /// (`consume_seq`, `consume_seq_1k`).
+    pub(crate) ceiling: Option<f64>,
+    pub(crate) ceiling_runs: Vec<f64>,
+    /// Peak resident memory of each in-process side during its runs.
+    pub(crate) peak_rss_kib: Rss,
     pub(crate) note: String,
+}
+
+/// Peak resident memory, KiB, median of the runs: the bench process's
+/// high-water mark during each run of a side (reset before it; with the mock
+/// cluster in process, its broker's memory is in every side's).
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Rss {
+    pub(crate) ours: f64,
+    pub(crate) baseline: f64,
+    pub(crate) limit: Option<f64>,
 }
 
 /// Ours against a peer (Go xkafka, the pure-Rust confluent-kafka client) in
@@ -41,8 +69,11 @@ pub(crate) struct PeerComparison {
     pub(crate) ours: f64,
     /// The peer's median (`<key>`).
     pub(crate) theirs: f64,
-    /// ours/peer (higher is better for ours).
+    /// ours/peer (higher is better for ours): the median of the rounds'
+    /// ratios, each round's runs paired.
     pub(crate) ratio: f64,
+    /// The ratio of the two medians, for comparison.
+    pub(crate) ratio_of_medians: f64,
     pub(crate) ours_runs: Vec<f64>,
     pub(crate) theirs_runs: Vec<f64>,
     /// CPU seconds (user + system) per run, medians: our whole process
@@ -51,6 +82,11 @@ pub(crate) struct PeerComparison {
     /// process, start to exit.
     pub(crate) ours_cpu_secs: Option<f64>,
     pub(crate) theirs_cpu_secs: f64,
+    /// Peak RSS (KiB), medians over the peer's rounds: our process during
+    /// our runs (the mock cluster's memory included where it runs in
+    /// process), the peer's process (`ru_maxrss`).
+    pub(crate) ours_peak_rss_kib: f64,
+    pub(crate) theirs_peak_rss_kib: f64,
     /// The peer process's CPU within its timed span (first to last
     /// message), median.
     pub(crate) theirs_cpu_window_secs: f64,
@@ -73,13 +109,14 @@ impl Serialize for PeerComparison {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let key = self.peer.key();
-        let mut map = serializer.serialize_map(Some(16))?;
+        let mut map = serializer.serialize_map(Some(19))?;
         map.serialize_entry("name", &self.name)?;
         map.serialize_entry("peer", self.peer.id())?;
         map.serialize_entry("unit", &self.unit)?;
         map.serialize_entry("ours", &self.ours)?;
         map.serialize_entry(key, &self.theirs)?;
         map.serialize_entry("ratio", &self.ratio)?;
+        map.serialize_entry("ratio_of_medians", &self.ratio_of_medians)?;
         map.serialize_entry("ours_runs", &self.ours_runs)?;
         map.serialize_entry(&format!("{key}_runs"), &self.theirs_runs)?;
         map.serialize_entry("ours_cpu_secs", &self.ours_cpu_secs)?;
@@ -88,6 +125,8 @@ impl Serialize for PeerComparison {
             &format!("{key}_cpu_window_secs"),
             &self.theirs_cpu_window_secs,
         )?;
+        map.serialize_entry("ours_peak_rss_kib", &self.ours_peak_rss_kib)?;
+        map.serialize_entry(&format!("{key}_peak_rss_kib"), &self.theirs_peak_rss_kib)?;
         map.serialize_entry(&format!("{key}_details"), &self.details)?;
         map.serialize_entry("ours_sequential_1ms", &self.ours_sequential_1ms)?;
         map.serialize_entry(
@@ -137,20 +176,29 @@ pub(crate) struct RunFigures {
     pub(crate) cpu_user_secs: f64,
     pub(crate) cpu_sys_secs: f64,
     pub(crate) cpu_window_secs: f64,
+    /// The process's CPU time and peak RSS from `wait4` (not printed by the
+    /// program: measured by the bench, as for ours).
+    #[serde(skip_deserializing)]
+    pub(crate) usage: Usage,
 }
 
 /// What every peer's run reports.
 pub(crate) trait PeerRun: Sized {
     fn figures(&self) -> &RunFigures;
+    fn figures_mut(&mut self) -> &mut RunFigures;
     /// The runs as kept in the results.
     fn details(runs: Vec<Self>) -> PeerDetails;
 
     fn msgs_per_sec(&self) -> f64 {
         self.figures().msgs_per_sec
     }
-    /// User + system CPU of the whole process, start to exit.
+    /// User + system CPU of the whole process, start to exit, from `wait4`.
     fn cpu_secs(&self) -> f64 {
-        self.figures().cpu_user_secs + self.figures().cpu_sys_secs
+        self.figures().usage.cpu_secs
+    }
+    /// Peak resident memory of the process, KiB, from `wait4`.
+    fn peak_rss_kib(&self) -> u64 {
+        self.figures().usage.peak_rss_kib
     }
     /// CPU within the timed span.
     fn cpu_window_secs(&self) -> f64 {
@@ -201,6 +249,9 @@ impl PeerRun for GoRun {
     fn figures(&self) -> &RunFigures {
         &self.figures
     }
+    fn figures_mut(&mut self) -> &mut RunFigures {
+        &mut self.figures
+    }
     fn details(runs: Vec<Self>) -> PeerDetails {
         PeerDetails::Go(runs)
     }
@@ -237,6 +288,9 @@ impl PeerRun for RustRun {
     fn figures(&self) -> &RunFigures {
         &self.figures
     }
+    fn figures_mut(&mut self) -> &mut RunFigures {
+        &mut self.figures
+    }
     fn details(runs: Vec<Self>) -> PeerDetails {
         PeerDetails::Rust(runs)
     }
@@ -254,10 +308,13 @@ mod tests {
             ours: 2.0,
             theirs: 1.0,
             ratio: 2.0,
+            ratio_of_medians: 2.0,
             ours_runs: vec![2.0],
             theirs_runs: vec![1.0],
             ours_cpu_secs: Some(0.5),
             theirs_cpu_secs: 0.7,
+            ours_peak_rss_kib: 20_480.0,
+            theirs_peak_rss_kib: 10_240.0,
             theirs_cpu_window_secs: 0.3,
             details,
             ours_sequential_1ms: None,
@@ -282,6 +339,7 @@ mod tests {
             msgs_per_sec: 1.0,
             elapsed_secs: 1.0,
             cpu_user_secs: 0.5,
+            usage: Usage::default(),
             cpu_sys_secs: 0.2,
             cpu_window_secs: 0.3,
         }
@@ -307,11 +365,14 @@ mod tests {
             "ours",
             "go",
             "ratio",
+            "ratio_of_medians",
             "ours_runs",
             "go_runs",
             "ours_cpu_secs",
             "go_cpu_secs",
             "go_cpu_window_secs",
+            "ours_peak_rss_kib",
+            "go_peak_rss_kib",
             "go_details",
             "ours_sequential_1ms",
             "go_sequential_1ms",
@@ -351,7 +412,13 @@ mod tests {
             "go_version":"go1.26.8"}"#,
         )
         .unwrap();
-        assert_eq!((go.msgs_per_sec(), go.cpu_secs()), (5.0e5, 1.25));
+        assert_eq!(go.msgs_per_sec(), 5.0e5);
+        assert_eq!(
+            (go.figures.cpu_user_secs, go.figures.cpu_sys_secs),
+            (1.0, 0.25)
+        );
+        // CPU and peak RSS are the bench's own measure, not the program's.
+        assert_eq!(go.figures.usage, Usage::default());
         assert_eq!(go.librdkafka, "2.12.0");
         let rust: RustRun = serde_json::from_str(
             r#"{"msgs_per_sec":2.0e6,"timed_messages":540000,"elapsed_secs":0.27,

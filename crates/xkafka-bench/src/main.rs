@@ -15,6 +15,7 @@ mod clock;
 mod compare;
 mod eos;
 mod figures;
+mod limit;
 mod ours;
 mod peers;
 mod report;

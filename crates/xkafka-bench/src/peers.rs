@@ -31,6 +31,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -39,6 +40,7 @@ use serde::de::DeserializeOwned;
 
 use crate::figures::{GoRun, PeerComparison, PeerKind, PeerRun, RustRun};
 use crate::topics::Topics;
+use crate::usage;
 use crate::vocab::{median, unique, BoxResult, Sizes, Target, RUN_TIMEOUT};
 
 /// A built peer program.
@@ -48,40 +50,57 @@ struct Program {
 }
 
 impl Program {
-    /// Runs the program with `args` and returns its JSON line, parsed.
-    fn run<R: DeserializeOwned>(&self, name: &str, args: &[String]) -> BoxResult<R> {
+    /// Runs the program with `args` and returns its JSON line, parsed, with
+    /// the process's CPU time and peak RSS as `wait4` reported them (the
+    /// same measure as ours: see `usage`).
+    fn run<R: DeserializeOwned + PeerRun>(&self, name: &str, args: &[String]) -> BoxResult<R> {
         let id = self.kind.id();
-        let child = Command::new(&self.bin)
+        let mut child = Command::new(&self.bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         let pid = child.id();
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut out);
+                }
+                out
+            })
+        };
+        let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
+            let _ = tx.send(usage::wait(child));
         });
         // The program bounds its own wait by the same timeout; this is for a
         // run stuck elsewhere (a group join that never ends).
-        let output = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
-            Ok(output) => output?,
+        let ended = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
+            Ok(ended) => ended?,
             Err(_) => {
                 let _ = Command::new("kill").arg(pid.to_string()).status();
                 return Err(format!("{id} {name} did not finish; killed pid {pid}").into());
             }
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&stdout);
         let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
+        if !ended.success {
             let why = line
                 .or_else(|| stderr.lines().last())
                 .unwrap_or("no output");
-            return Err(format!("{id} {name} failed ({}): {why}", output.status).into());
+            return Err(format!("{id} {name} failed ({}): {why}", ended.status).into());
         }
         let line = line.ok_or_else(|| format!("{id} {name} printed no result"))?;
-        Ok(serde_json::from_str(line)?)
+        let mut run: R = serde_json::from_str(line)?;
+        run.figures_mut().usage = ended.usage;
+        Ok(run)
     }
 }
 
@@ -432,6 +451,8 @@ pub(crate) struct PeerSide<'a, R> {
     pub(crate) ours_runs: &'a [f64],
     /// Our process's CPU seconds around each of our runs.
     pub(crate) ours_cpu: &'a [f64],
+    /// Our process's peak RSS (KiB) during each of our runs.
+    pub(crate) ours_rss: &'a [f64],
     /// `consume_conc16_1ms`: our sequential rate with the same handler.
     pub(crate) ours_sequential: Option<f64>,
     pub(crate) runs: Vec<R>,
@@ -474,14 +495,34 @@ pub(crate) fn against<R: PeerRun>(side: PeerSide<'_, R>) -> Option<PeerCompariso
         unit: "msg/s".into(),
         ours: side.ours,
         theirs,
-        ratio: side.ours / theirs,
+        // Paired as ours against the baselines: the peer ran in the first
+        // rounds of ours (a failing peer is left out whole), so its run `i`
+        // met the same machine as our run `i`.
+        ratio: median(
+            &side
+                .ours_runs
+                .iter()
+                .zip(&rates(&side.runs))
+                .map(|(o, t)| o / t)
+                .collect::<Vec<_>>(),
+        ),
+        ratio_of_medians: side.ours / theirs,
         ours_runs: side.ours_runs.to_vec(),
         theirs_runs: rates(&side.runs),
         // The mock cluster runs in our process: its CPU would count as ours.
         // Whole clock ticks (10 ms), without the float noise of the sums.
+        // Over the same rounds as the peer's.
         ours_cpu_secs: (side.target.mock().is_none())
-            .then(|| (median(side.ours_cpu) * 100.0).round() / 100.0),
+            .then(|| median(&side.ours_cpu[..side.runs.len().min(side.ours_cpu.len())])),
         theirs_cpu_secs: median(&side.runs.iter().map(R::cpu_secs).collect::<Vec<_>>()),
+        ours_peak_rss_kib: median(&side.ours_rss[..side.runs.len().min(side.ours_rss.len())]),
+        theirs_peak_rss_kib: median(
+            &side
+                .runs
+                .iter()
+                .map(|r| r.peak_rss_kib() as f64)
+                .collect::<Vec<_>>(),
+        ),
         theirs_cpu_window_secs: median(
             &side.runs.iter().map(R::cpu_window_secs).collect::<Vec<_>>(),
         ),

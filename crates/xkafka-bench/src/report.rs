@@ -65,10 +65,55 @@ impl Results {
         for (broker, description) in &self.brokers {
             println!("{broker}: {description}");
         }
+        let with_limit = self.comparisons.values().flatten().any(|c| c.limit.is_some());
+        if with_limit {
+            // Ours against the limit (librdkafka's fastest loop for the same
+            // work) and the rdkafka crate's safe API loop, each paired per
+            // round; CPU per message ours ÷ limit; peak RSS medians.
+            println!(
+                "\n{:<16} {:>6} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>8} {:>22}",
+                "against limit",
+                "broker",
+                "ours",
+                "limit",
+                "no-copy",
+                "safe API",
+                "÷limit",
+                "÷safe",
+                "cpu÷lim",
+                "rss MiB ours/lim/safe",
+            );
+            for (broker, comparisons) in &self.comparisons {
+                for c in comparisons.iter().filter(|c| c.limit.is_some()) {
+                    let opt = |v: Option<f64>, p: usize| {
+                        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.p$}"))
+                    };
+                    let mib = |kib: f64| kib / 1024.0;
+                    println!(
+                        "{:<16} {:>6} {:>11.0} {:>11} {:>11} {:>11.0} {:>7} {:>7.3} {:>8} {:>22}",
+                        c.name,
+                        broker,
+                        c.ours,
+                        opt(c.limit, 0),
+                        opt(c.ceiling, 0),
+                        c.baseline,
+                        opt(c.ratio_vs_limit, 3),
+                        c.ratio,
+                        opt(c.cpu_vs_limit, 3),
+                        format!(
+                            "{:.0}/{}/{:.0}",
+                            mib(c.peak_rss_kib.ours),
+                            opt(c.peak_rss_kib.limit.map(mib), 0),
+                            mib(c.peak_rss_kib.baseline)
+                        ),
+                    );
+                }
+            }
+        }
         if !self.comparisons.is_empty() {
             println!(
                 "\n{:<20} {:>7} {:>16} {:>16} {:>7} {:>6}  note",
-                "comparison", "broker", "ours", "baseline", "ratio", "cpu"
+                "comparison", "broker", "ours", "safe API", "ratio", "cpu"
             );
         }
         for (broker, comparisons) in &self.comparisons {
@@ -136,21 +181,24 @@ impl Results {
                 }
             }
             let cpu_theirs = format!("cpu {}", kind.key());
+            let rss_theirs = format!("MiB {}", kind.key());
             println!(
-                "{:<26} {:>7} {:>16} {:>16} {:>7} {:>8} {:>8}  note",
+                "{:<26} {:>7} {:>16} {:>16} {:>7} {:>8} {:>8} {:>8} {:>8}  note",
                 "comparison",
                 "broker",
                 "ours",
                 kind.key(),
                 "ratio",
                 "cpu ours",
-                cpu_theirs
+                cpu_theirs,
+                "MiB ours",
+                rss_theirs
             );
             for (broker, comparisons) in &self.peers {
                 for c in comparisons.iter().filter(|c| c.peer == kind) {
                     let ours_cpu = c.ours_cpu_secs.map_or("-".into(), |v| format!("{v:.2}"));
                     println!(
-                        "{:<26} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3} {:>8} {:>8.2}  {}",
+                        "{:<26} {:>7} {:>11.1} {:<5}{:>11.1} {:<5}{:>7.3} {:>8} {:>8.2} {:>8.0} {:>8.0}  {}",
                         c.name,
                         broker,
                         c.ours,
@@ -160,6 +208,8 @@ impl Results {
                         c.ratio,
                         ours_cpu,
                         c.theirs_cpu_secs,
+                        c.ours_peak_rss_kib / 1024.0,
+                        c.theirs_peak_rss_kib / 1024.0,
                         c.note
                     );
                 }
@@ -179,6 +229,15 @@ impl Results {
                 } else {
                     format!("{}.{broker}", c.name)
                 };
+                if let (Some(ratio), Some(limit)) = (c.ratio_vs_limit, c.limit) {
+                    let cpu = c
+                        .cpu_vs_limit
+                        .map_or_else(String::new, |r| format!(" cpu_ours/limit={r:.3}"));
+                    println!(
+                        "RATIO {name}_vs_limit {ratio:.3} ours={:.1}{} limit={limit:.1}{}{cpu}",
+                        c.ours, c.unit, c.unit
+                    );
+                }
                 println!(
                     "RATIO {name} {:.3} ours={:.1}{} baseline={:.1}{}",
                     c.ratio, c.ours, c.unit, c.baseline, c.unit

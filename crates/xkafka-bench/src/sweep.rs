@@ -279,9 +279,9 @@ pub(crate) async fn run(
                     }
                     (Who::Go, None) => continue,
                     (who, _) => {
-                        let before = usage::process_cpu_secs();
+                        let before = usage::self_cpu_secs();
                         let rate = run_rust(who, brokers, &p.job, p.point.messages).await?;
-                        (rate, usage::process_cpu_secs() - before)
+                        (rate, usage::self_cpu_secs() - before)
                     }
                 };
                 let entry = p.runs.entry(who.key()).or_default();
