@@ -3,8 +3,8 @@
 
 use crate::figures::{Comparison, PeerComparison, PeerKind, Rss};
 use crate::limit::consume::Hand;
-use crate::usage::Meter;
 use crate::topics::{self, Topics};
+use crate::usage::Meter;
 use crate::vocab::{median, Side, Sizes, Target};
 use crate::{baseline, limit, ours, peers};
 
@@ -327,15 +327,16 @@ pub(crate) async fn compare(
     // Against the limit: paired per round as above; CPU per message ours
     // over the limit's (lower is better for ours), over all rounds.
     let limit = (!limit_runs.is_empty()).then(|| median(&limit_runs));
-    let ratio_vs_limit = (limit_runs.len() == ours_runs.len() && !limit_runs.is_empty()).then(|| {
-        median(
-            &ours_runs
-                .iter()
-                .zip(&limit_runs)
-                .map(|(o, l)| o / l)
-                .collect::<Vec<_>>(),
-        )
-    });
+    let ratio_vs_limit =
+        (limit_runs.len() == ours_runs.len() && !limit_runs.is_empty()).then(|| {
+            median(
+                &ours_runs
+                    .iter()
+                    .zip(&limit_runs)
+                    .map(|(o, l)| o / l)
+                    .collect::<Vec<_>>(),
+            )
+        });
     let limit_total: f64 = limit_cpu.iter().sum();
     let cpu_vs_limit = (limit_cpu.len() == ours_cpu.len() && limit_total > 0.0)
         .then(|| ours_total / limit_total)
@@ -498,12 +499,9 @@ fn run_limit(
     match name {
         "consume_seq" => consume::consume(brokers, &topics.small, sizes.consume, hand),
         "consume_seq_1k" => consume::consume(brokers, &topics.large, sizes.consume_1k, hand),
-        "consume_batch" => consume::consume(
-            brokers,
-            &topics.small,
-            sizes.consume,
-            Hand::Batches(1_000),
-        ),
+        "consume_batch" => {
+            consume::consume(brokers, &topics.small, sizes.consume, Hand::Batches(1_000))
+        }
         "publish_async" => produce::publish_async(brokers, &topics.sink, sizes.publish),
         "publish_sync" => produce::publish_sync(brokers, &topics.sink, sizes.publish_sync),
         other => Err(format!("no limit loop for {other}").into()),

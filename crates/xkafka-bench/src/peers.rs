@@ -30,8 +30,8 @@
 //! (`--no-go`, `--no-rust-peer` skip them on purpose).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
@@ -71,8 +71,18 @@ impl Program {
                 out
             })
         };
-        let stdout = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-        let stderr = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let stdout = read(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = read(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(usage::wait(child));

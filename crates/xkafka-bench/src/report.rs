@@ -65,7 +65,11 @@ impl Results {
         for (broker, description) in &self.brokers {
             println!("{broker}: {description}");
         }
-        let with_limit = self.comparisons.values().flatten().any(|c| c.limit.is_some());
+        let with_limit = self
+            .comparisons
+            .values()
+            .flatten()
+            .any(|c| c.limit.is_some());
         if with_limit {
             // Ours against the limit (librdkafka's fastest loop for the same
             // work) and the rdkafka crate's safe API loop, each paired per

@@ -206,7 +206,8 @@ fn take(queue: &Queue, into: &mut Records, wait_ms: i32, most: usize) -> usize {
     let room = most.min(into.0.capacity());
     // SAFETY: a live queue; librdkafka writes at most `room` pointers into
     // the vector's spare capacity and returns how many (or -1).
-    let n = unsafe { rd::rd_kafka_consume_batch_queue(queue.0, wait_ms, into.0.as_mut_ptr(), room) };
+    let n =
+        unsafe { rd::rd_kafka_consume_batch_queue(queue.0, wait_ms, into.0.as_mut_ptr(), room) };
     let n = usize::try_from(n).unwrap_or(0).min(room);
     // SAFETY: librdkafka initialised the first `n` entries.
     unsafe { into.0.set_len(n) };
