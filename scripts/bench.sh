@@ -23,6 +23,7 @@ scripts/broker.sh start
 trap 'scripts/broker.sh stop' EXIT
 
 cargo build --release -q -p xkafka-bench
+target_dir=${CARGO_TARGET_DIR:-target}
 version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
-./target/release/xkafka-bench --brokers "127.0.0.1:$XKAFKA_BROKER_PORT" \
+"$target_dir/release/xkafka-bench" --brokers "127.0.0.1:$XKAFKA_BROKER_PORT" \
   --broker-name "Apache Kafka $version, one node (KRaft)" "$@"

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -18,11 +18,10 @@ use xkafka::rdkafka::producer::{
 use xkafka::rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
-use crate::eos;
-use crate::ours::{open_loop, payload, producer_settings};
-use crate::{unique, Sizes, RUN_TIMEOUT};
-
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+use crate::transform as eos;
+use crate::vocab::{
+    now_micros, open_loop, payload, producer_settings, unique, until, BoxResult, Sizes, RUN_TIMEOUT,
+};
 
 /// What the raw loop does with each message.
 #[derive(Clone, Copy, Debug)]
@@ -178,12 +177,6 @@ pub(crate) async fn publish_sync(brokers: &str, topic: &str, messages: u64) -> B
     Ok(messages as f64 / secs)
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Open-loop end-to-end latency with a raw producer and a raw poll loop:
 /// p99 in milliseconds.
 pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxResult<f64> {
@@ -236,7 +229,7 @@ pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxRes
         .await
         .map_err(|(e, _)| e)?;
     let probe = warm.clone();
-    crate::ours::until(move || probe.load(Ordering::Relaxed)).await;
+    until(move || probe.load(Ordering::Relaxed)).await;
     open_loop(sizes, |sent| {
         let text = sent.to_string();
         let result = producer
@@ -247,7 +240,7 @@ pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxRes
     })
     .await?;
     let probe = seen.clone();
-    crate::ours::until(move || probe.load(Ordering::Relaxed) >= expected).await;
+    until(move || probe.load(Ordering::Relaxed) >= expected).await;
     stop.store(true, Ordering::Relaxed);
     let _ = consumer_thread.join();
     producer.flush(Duration::from_secs(10))?;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
@@ -12,23 +12,15 @@ use xkafka::{
 };
 
 use crate::clock::Clock;
-use crate::eos;
-use crate::{unique, Sizes, RUN_TIMEOUT};
-
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+use crate::transform as eos;
+use crate::vocab::{
+    now_micros, open_loop, payload, producer_settings, unique, until, BoxResult, Sizes,
+};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Handler {
     Noop,
     Sleep1ms,
-}
-
-/// Resolves when `done()` holds (or after the run timeout).
-pub(crate) async fn until(done: impl Fn() -> bool) {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while !done() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn quiet(err: &Error) -> Decision {
@@ -113,19 +105,6 @@ pub(crate) async fn consume_batch(brokers: &str, topic: &str, messages: u64) -> 
     Ok(clock.rate()?)
 }
 
-pub(crate) fn payload(size: usize) -> Vec<u8> {
-    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-/// The settings both sides publish with.
-pub(crate) fn producer_settings() -> [(&'static str, &'static str); 3] {
-    [
-        ("linger.ms", "5"),
-        ("acks", "all"),
-        ("enable.idempotence", "true"),
-    ]
-}
-
 /// `publish_async` with a delivery callback: messages per second from the
 /// first publish to the last callback.
 pub(crate) async fn publish_async(brokers: &str, topic: &str, messages: u64) -> BoxResult<f64> {
@@ -199,12 +178,6 @@ pub(crate) async fn publish_sync(brokers: &str, topic: &str, messages: u64) -> B
     Ok(messages as f64 / secs)
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Open-loop end-to-end latency: p99 in milliseconds.
 pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxResult<f64> {
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
@@ -271,23 +244,6 @@ pub(crate) async fn latency(brokers: &str, topic: &str, sizes: &Sizes) -> BoxRes
     producer.close().await;
     let p99 = histogram.lock().unwrap().value_at_quantile(0.99) as f64 / 1_000.0;
     Ok(p99)
-}
-
-/// Publishes `rate` messages a second for the configured time, each stamped
-/// with its send time, whatever the consumer does (open loop).
-pub(crate) async fn open_loop<F, Fut>(sizes: &Sizes, mut publish: F) -> BoxResult<()>
-where
-    F: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let total = sizes.latency_rate * sizes.latency_secs;
-    let interval = Duration::from_secs_f64(1.0 / sizes.latency_rate as f64);
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
-        publish(now_micros()).await?;
-    }
-    Ok(())
 }
 
 /// Consume-transform-produce: each input's value uppercased, published with

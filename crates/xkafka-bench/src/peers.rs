@@ -30,84 +30,18 @@
 //! (`--no-go`, `--no-rust-peer` skip them on purpose).
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::report::{median, PeerComparison, Topics};
-use crate::{Sizes, Target, RUN_TIMEOUT};
-
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// Which peer a comparison is against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum PeerKind {
-    Go,
-    Rust,
-}
-
-impl PeerKind {
-    /// Every peer, in the order of the report.
-    pub(crate) const ALL: [PeerKind; 2] = [PeerKind::Go, PeerKind::Rust];
-
-    /// The program's name (`peer` in the results).
-    pub(crate) fn id(self) -> &'static str {
-        match self {
-            PeerKind::Go => "go-xkafka",
-            PeerKind::Rust => "confluent-kafka-rust",
-        }
-    }
-
-    /// The short name: the comparisons' `_vs_<key>` suffix, the results'
-    /// field names (`<key>_runs`, …) and the `RATIO` lines' `<key>=`.
-    pub(crate) fn key(self) -> &'static str {
-        match self {
-            PeerKind::Go => "go",
-            PeerKind::Rust => "rust",
-        }
-    }
-}
-
-/// The figures every peer's run prints (its JSON line's first fields).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub(crate) struct RunFigures {
-    pub(crate) msgs_per_sec: f64,
-    pub(crate) elapsed_secs: f64,
-    pub(crate) cpu_user_secs: f64,
-    pub(crate) cpu_sys_secs: f64,
-    pub(crate) cpu_window_secs: f64,
-}
-
-/// What every peer's run reports.
-pub(crate) trait PeerRun: Sized {
-    fn figures(&self) -> &RunFigures;
-    /// The runs as kept in the results.
-    fn details(runs: Vec<Self>) -> PeerDetails;
-
-    fn msgs_per_sec(&self) -> f64 {
-        self.figures().msgs_per_sec
-    }
-    /// User + system CPU of the whole process, start to exit.
-    fn cpu_secs(&self) -> f64 {
-        self.figures().cpu_user_secs + self.figures().cpu_sys_secs
-    }
-    /// CPU within the timed span.
-    fn cpu_window_secs(&self) -> f64 {
-        self.figures().cpu_window_secs
-    }
-}
-
-/// Each run of a peer, as the program printed it (its known fields).
-#[derive(Clone, Debug, Serialize)]
-#[serde(untagged)]
-pub(crate) enum PeerDetails {
-    Go(Vec<GoRun>),
-    Rust(Vec<RustRun>),
-}
+use crate::figures::{GoRun, PeerComparison, PeerKind, PeerRun, RustRun};
+use crate::topics::Topics;
+use crate::usage;
+use crate::vocab::{median, unique, BoxResult, Sizes, Target, RUN_TIMEOUT};
 
 /// A built peer program.
 struct Program {
@@ -116,40 +50,67 @@ struct Program {
 }
 
 impl Program {
-    /// Runs the program with `args` and returns its JSON line, parsed.
-    fn run<R: DeserializeOwned>(&self, name: &str, args: &[String]) -> BoxResult<R> {
+    /// Runs the program with `args` and returns its JSON line, parsed, with
+    /// the process's CPU time and peak RSS as `wait4` reported them (the
+    /// same measure as ours: see `usage`).
+    fn run<R: DeserializeOwned + PeerRun>(&self, name: &str, args: &[String]) -> BoxResult<R> {
         let id = self.kind.id();
-        let child = Command::new(&self.bin)
+        let mut child = Command::new(&self.bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         let pid = child.id();
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut out);
+                }
+                out
+            })
+        };
+        let stdout = read(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = read(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
+            let _ = tx.send(usage::wait(child));
         });
         // The program bounds its own wait by the same timeout; this is for a
         // run stuck elsewhere (a group join that never ends).
-        let output = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
-            Ok(output) => output?,
+        let ended = match rx.recv_timeout(RUN_TIMEOUT + Duration::from_secs(30)) {
+            Ok(ended) => ended?,
             Err(_) => {
                 let _ = Command::new("kill").arg(pid.to_string()).status();
                 return Err(format!("{id} {name} did not finish; killed pid {pid}").into());
             }
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&stdout);
         let line = stdout.lines().rev().find(|l| l.starts_with('{'));
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
+        if !ended.success {
             let why = line
                 .or_else(|| stderr.lines().last())
                 .unwrap_or("no output");
-            return Err(format!("{id} {name} failed ({}): {why}", output.status).into());
+            return Err(format!("{id} {name} failed ({}): {why}", ended.status).into());
         }
         let line = line.ok_or_else(|| format!("{id} {name} printed no result"))?;
-        Ok(serde_json::from_str(line)?)
+        let mut run: R = serde_json::from_str(line)?;
+        run.figures_mut().usage = ended.usage;
+        Ok(run)
     }
 }
 
@@ -209,26 +170,6 @@ fn go_modfile(out: &Path) -> Result<PathBuf, String> {
 /// The built Go xkafka program.
 pub(crate) struct GoPeer {
     program: Program,
-}
-
-/// What one run of the Go program printed.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub(crate) struct GoRun {
-    #[serde(flatten)]
-    pub(crate) figures: RunFigures,
-    pub(crate) go_xkafka: String,
-    pub(crate) confluent_kafka_go: String,
-    pub(crate) librdkafka: String,
-    pub(crate) go_version: String,
-}
-
-/// The versions the peer reported, for the results.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct GoVersions {
-    pub(crate) go_xkafka: String,
-    pub(crate) confluent_kafka_go: String,
-    pub(crate) librdkafka: String,
-    pub(crate) go: String,
 }
 
 impl GoPeer {
@@ -354,7 +295,7 @@ impl GoPeer {
             "-messages",
             &messages.to_string(),
             "-group",
-            &crate::unique("go-xkafka"),
+            &unique("go-xkafka"),
             // xkafka's consumer default, given to the raw loop too: the same
             // settings on every side (librdkafka's 1000 ms stalls a fast
             // consumer for up to a second; BENCHMARKS.md, "The fetch queue
@@ -366,26 +307,6 @@ impl GoPeer {
         .to_vec();
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         self.program.run(name, &args)
-    }
-}
-
-impl GoRun {
-    pub(crate) fn versions(&self) -> GoVersions {
-        GoVersions {
-            go_xkafka: self.go_xkafka.clone(),
-            confluent_kafka_go: self.confluent_kafka_go.clone(),
-            librdkafka: self.librdkafka.clone(),
-            go: self.go_version.clone(),
-        }
-    }
-}
-
-impl PeerRun for GoRun {
-    fn figures(&self) -> &RunFigures {
-        &self.figures
-    }
-    fn details(runs: Vec<Self>) -> PeerDetails {
-        PeerDetails::Go(runs)
     }
 }
 
@@ -410,24 +331,6 @@ pub(crate) struct RustPeer {
     /// Targets it failed on where it is not expected to work (the mock
     /// cluster): not tried again there.
     left_out: Mutex<BTreeSet<&'static str>>,
-}
-
-/// What one run of the Rust peer printed.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub(crate) struct RustRun {
-    #[serde(flatten)]
-    pub(crate) figures: RunFigures,
-    /// The crate's version.
-    pub(crate) confluent_kafka: String,
-    /// `rustc --version` of its build.
-    pub(crate) rustc: String,
-}
-
-/// The Rust peer's versions, for the results.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct RustVersions {
-    pub(crate) confluent_kafka: String,
-    pub(crate) rustc: String,
 }
 
 impl RustPeer {
@@ -539,30 +442,12 @@ impl RustPeer {
             "--messages",
             &messages.to_string(),
             "--group",
-            &crate::unique("confluent-rust"),
+            &unique("confluent-rust"),
             "--timeout-secs",
             &timeout.as_secs().to_string(),
         ]
         .map(str::to_owned);
         self.program.run(name, &args)
-    }
-}
-
-impl RustRun {
-    pub(crate) fn versions(&self) -> RustVersions {
-        RustVersions {
-            confluent_kafka: self.confluent_kafka.clone(),
-            rustc: self.rustc.clone(),
-        }
-    }
-}
-
-impl PeerRun for RustRun {
-    fn figures(&self) -> &RunFigures {
-        &self.figures
-    }
-    fn details(runs: Vec<Self>) -> PeerDetails {
-        PeerDetails::Rust(runs)
     }
 }
 
@@ -576,6 +461,8 @@ pub(crate) struct PeerSide<'a, R> {
     pub(crate) ours_runs: &'a [f64],
     /// Our process's CPU seconds around each of our runs.
     pub(crate) ours_cpu: &'a [f64],
+    /// Our process's peak RSS (KiB) during each of our runs.
+    pub(crate) ours_rss: &'a [f64],
     /// `consume_conc16_1ms`: our sequential rate with the same handler.
     pub(crate) ours_sequential: Option<f64>,
     pub(crate) runs: Vec<R>,
@@ -618,14 +505,34 @@ pub(crate) fn against<R: PeerRun>(side: PeerSide<'_, R>) -> Option<PeerCompariso
         unit: "msg/s".into(),
         ours: side.ours,
         theirs,
-        ratio: side.ours / theirs,
+        // Paired as ours against the baselines: the peer ran in the first
+        // rounds of ours (a failing peer is left out whole), so its run `i`
+        // met the same machine as our run `i`.
+        ratio: median(
+            &side
+                .ours_runs
+                .iter()
+                .zip(&rates(&side.runs))
+                .map(|(o, t)| o / t)
+                .collect::<Vec<_>>(),
+        ),
+        ratio_of_medians: side.ours / theirs,
         ours_runs: side.ours_runs.to_vec(),
         theirs_runs: rates(&side.runs),
         // The mock cluster runs in our process: its CPU would count as ours.
         // Whole clock ticks (10 ms), without the float noise of the sums.
+        // Over the same rounds as the peer's.
         ours_cpu_secs: (side.target.mock().is_none())
-            .then(|| (median(side.ours_cpu) * 100.0).round() / 100.0),
+            .then(|| median(&side.ours_cpu[..side.runs.len().min(side.ours_cpu.len())])),
         theirs_cpu_secs: median(&side.runs.iter().map(R::cpu_secs).collect::<Vec<_>>()),
+        ours_peak_rss_kib: median(&side.ours_rss[..side.runs.len().min(side.ours_rss.len())]),
+        theirs_peak_rss_kib: median(
+            &side
+                .runs
+                .iter()
+                .map(|r| r.peak_rss_kib() as f64)
+                .collect::<Vec<_>>(),
+        ),
         theirs_cpu_window_secs: median(
             &side.runs.iter().map(R::cpu_window_secs).collect::<Vec<_>>(),
         ),
@@ -635,55 +542,4 @@ pub(crate) fn against<R: PeerRun>(side: PeerSide<'_, R>) -> Option<PeerCompariso
         note,
         details: R::details(side.runs),
     })
-}
-
-/// User + system CPU seconds of this process so far, from /proc/self/stat
-/// (clock ticks of 10 ms: the unit Linux reports to user space; getrusage
-/// would need `unsafe`, which the workspace denies). NaN where unreadable.
-pub(crate) fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // The fields after the command name (which may hold spaces) in parentheses:
-    // state is field 3, utime 14 and stime 15.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) as f64 / CLOCK_TICKS_PER_SEC,
-        _ => f64::NAN,
-    }
-}
-
-/// USER_HZ, 100 on every Linux architecture this runs on.
-const CLOCK_TICKS_PER_SEC: f64 = 100.0;
-
-#[cfg(test)]
-mod tests {
-    use super::{GoRun, PeerRun, RustRun};
-
-    /// Each program's JSON line, extra fields and all, reads into its run
-    /// type, the shared figures included.
-    #[test]
-    fn the_programs_lines_read_with_their_figures() {
-        let go: GoRun = serde_json::from_str(
-            r#"{"scenario":"consume_seq","messages":600000,"msgs_per_sec":5.0e5,
-            "elapsed_secs":1.1,"cpu_user_secs":1.0,"cpu_sys_secs":0.25,"cpu_window_secs":1.2,
-            "go_xkafka":"v0.11.1","confluent_kafka_go":"v2.12.0","librdkafka":"2.12.0",
-            "go_version":"go1.26.8"}"#,
-        )
-        .unwrap();
-        assert_eq!((go.msgs_per_sec(), go.cpu_secs()), (5.0e5, 1.25));
-        assert_eq!(go.librdkafka, "2.12.0");
-        let rust: RustRun = serde_json::from_str(
-            r#"{"msgs_per_sec":2.0e6,"timed_messages":540000,"elapsed_secs":0.27,
-            "cpu_user_secs":0.2,"cpu_sys_secs":0.05,"cpu_window_secs":0.22,"wall_secs":2.0,
-            "confluent_kafka":"1.0.0","rustc":"rustc 1.95.0"}"#,
-        )
-        .unwrap();
-        assert_eq!((rust.msgs_per_sec(), rust.cpu_window_secs()), (2.0e6, 0.22));
-        assert_eq!(rust.confluent_kafka, "1.0.0");
-    }
 }

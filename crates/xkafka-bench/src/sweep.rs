@@ -24,11 +24,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::{self, median, Spread};
-use crate::{baseline, ours, peers, unique, Side, Sizes, Target};
-use peers::PeerRun as _;
-
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+use crate::figures::{GoRun, GoVersions, PeerRun as _};
+use crate::topics::{self as report, Spread};
+use crate::vocab::{median, unique, BoxResult, Side, Sizes, Target};
+use crate::{baseline, ours, peers, usage};
 
 /// Partition counts of the partition sweep.
 pub(crate) const PARTITION_COUNTS: [i32; 4] = [1, 6, 24, 96];
@@ -81,7 +80,7 @@ pub(crate) struct Figures {
     pub(crate) concurrency: Vec<Point>,
     pub(crate) publish_async: Vec<Point>,
     /// The Go peer's versions, once it ran.
-    pub(crate) go_peer: Option<peers::GoVersions>,
+    pub(crate) go_peer: Option<GoVersions>,
     /// How long the step took, topic filling included.
     pub(crate) secs: f64,
 }
@@ -280,9 +279,9 @@ pub(crate) async fn run(
                     }
                     (Who::Go, None) => continue,
                     (who, _) => {
-                        let before = peers::process_cpu_secs();
+                        let before = usage::self_cpu_secs();
                         let rate = run_rust(who, brokers, &p.job, p.point.messages).await?;
-                        (rate, peers::process_cpu_secs() - before)
+                        (rate, usage::self_cpu_secs() - before)
                     }
                 };
                 let entry = p.runs.entry(who.key()).or_default();
@@ -377,12 +376,7 @@ async fn run_rust(who: Who, brokers: &str, job: &Job, messages: u64) -> BoxResul
     }
 }
 
-fn run_go(
-    peer: &peers::GoPeer,
-    brokers: &str,
-    job: &Job,
-    messages: u64,
-) -> BoxResult<peers::GoRun> {
+fn run_go(peer: &peers::GoPeer, brokers: &str, job: &Job, messages: u64) -> BoxResult<GoRun> {
     match job {
         Job::Consume { topic } => peer.run_scenario("consume_seq", brokers, topic, messages, &[]),
         Job::Slow { topic, n: 1 } => {
