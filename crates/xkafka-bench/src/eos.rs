@@ -26,8 +26,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
 use crate::report::{self, Comparison};

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use serde::Serialize;
-use xkafka::rdkafka::producer::DefaultProducerContext;
-use xkafka::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::producer::DefaultProducerContext;
+use xkafka::raw::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use xkafka::raw::rdkafka::ClientConfig;
 
 use crate::ours::payload;
 use crate::peers::{PeerDetails, PeerKind};

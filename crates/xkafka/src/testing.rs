@@ -405,7 +405,10 @@ pub enum Until {
 }
 
 /// A consumer [`run_until`] can drive: [`Consumer`] or [`BatchConsumer`].
-pub trait Runnable: Send + 'static {
+///
+/// Sealed: only xkafka's consumers implement it, so its methods can change
+/// without breaking anyone.
+pub trait Runnable: sealed::Sealed + Send + 'static {
     /// Its status handle.
     fn status(&self) -> StatusHandle;
     /// Its shutdown handle.
@@ -415,6 +418,13 @@ pub trait Runnable: Send + 'static {
         self,
         shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Pin<Box<dyn Future<Output = Result<Summary, Error>> + Send>>;
+}
+
+mod sealed {
+    /// Implemented by xkafka's consumers only (see [`super::Runnable`]).
+    pub trait Sealed {}
+    impl Sealed for crate::Consumer {}
+    impl Sealed for crate::BatchConsumer {}
 }
 
 impl Runnable for Consumer {

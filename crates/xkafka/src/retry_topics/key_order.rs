@@ -743,7 +743,7 @@ fn read_tiers(
                 }
                 Some(Ok(record)) => {
                     let offset = record.offset();
-                    let message = crate::message_from_rdkafka(&record);
+                    let message = crate::convert::from_borrowed(&record);
                     if let Some(place) = Place::of(&message) {
                         if place.partition == partition {
                             progress.chain.add(&place.key, place.original_offset, None);
