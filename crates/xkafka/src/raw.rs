@@ -102,7 +102,8 @@ mod mock_ext {
             // when there are none) that we own and free with
             // `rd_kafka_mock_request_destroy_array`.
             unsafe {
-                let mcluster = rd::rd_kafka_handle_mock_cluster(self.client().client().native_ptr());
+                let mcluster =
+                    rd::rd_kafka_handle_mock_cluster(self.client().client().native_ptr());
                 if mcluster.is_null() {
                     return 0;
                 }

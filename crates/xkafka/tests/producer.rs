@@ -343,7 +343,10 @@ async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     let topic = topic("producer-status", 1).await;
     let producer = producer();
     let before = producer.status();
-    assert_eq!((before.delivered, before.failed, before.in_flight), (0, 0, 0));
+    assert_eq!(
+        (before.delivered, before.failed, before.in_flight),
+        (0, 0, 0)
+    );
     assert!(before.brokers_reachable && !before.closed && !before.transactional);
     for i in 0..10 {
         producer

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use common::{embedded_with, unique, until};
 use xkafka::health::{HealthCheck, Problem};
 use xkafka::mock::EmbeddedCluster;
-use xkafka::raw::MockClusterExt;
 use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
 use xkafka::raw::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::MockClusterExt;
 use xkafka::{Ack, Consumer, Decision, Message, Producer};
 
 /// The group's committed offset in the middle of the 100-message input.

@@ -141,9 +141,8 @@ fn delivery_cost() {
         };
         let served = || count.0.load(Ordering::Relaxed);
         // SAFETY: a live client; the handle is released below.
-        let queue = unsafe {
-            rdkafka::bindings::rd_kafka_queue_get_main(producer.client().native_ptr())
-        };
+        let queue =
+            unsafe { rdkafka::bindings::rd_kafka_queue_get_main(producer.client().native_ptr()) };
         let mut messages = Vec::new();
         let mut poll = || {
             if !own_loop {
