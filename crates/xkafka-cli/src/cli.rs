@@ -7,17 +7,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Shown at the end of `--help`: what scripts can rely on.
 const EXIT_CODES: &str = "\
 Exit codes:
-  0    success
-  1    runtime failure: unreachable broker, missing topic or partition, a record not
-       acknowledged, a failed commit, ...
-  2    usage or bad input: unknown option, malformed -X/--header, invalid property,
-       invalid regular expression or --from
+  0    success (a dry run included)
+  1    runtime failure or refusal: unreachable broker, missing topic, partition or group,
+       a record not acknowledged, a failed commit, a change the broker refused (topic
+       exists, invalid config), a group that still has members (reset-offsets
+       --execute, groups delete), ...
+  2    usage or bad input: unknown option, malformed -X/--header/--config, invalid
+       property, invalid regular expression or --from, topics delete without --yes
+       when standard input is not a terminal
   130  interrupted by Ctrl-C (dlq replay, produce): what was acknowledged is committed
        or counted, re-run to resume
 
 Errors are one line on stderr, starting with `xkafka: `.";
 
-/// The xkafka command line: dead-letter topics, consumer lag, tail and produce.
+/// The xkafka command line: topics, consumer groups and their offsets, dead-letter
+/// topics, tail and produce.
 #[derive(Debug, Parser)]
 #[command(name = "xkafka", version, about, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -79,6 +83,170 @@ pub(crate) enum Command {
     Tail(TailArgs),
     /// Publishes one record per line of standard input.
     Produce(ProduceArgs),
+    /// Topics: list, describe, create, delete, alter-config, add-partitions.
+    #[command(subcommand)]
+    Topics(Topics),
+    /// Consumer groups: list, describe, reset-offsets, delete.
+    #[command(subcommand)]
+    Groups(Groups),
+    /// Prints the effective client settings (brokers, -X properties and what the
+    /// commands force), secrets redacted. Connects to nothing.
+    Config,
+    /// Prints a shell completion script: xkafka completions bash > /etc/bash_completion.d/xkafka
+    Completions(CompletionsArgs),
+    /// Prints the man page (roff): xkafka man > xkafka.1 && man ./xkafka.1
+    Man,
+}
+
+/// `xkafka topics ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum Topics {
+    /// Name, partitions and replication factor of each topic (internal topics, whose
+    /// names start with "__", only with --all).
+    List(TopicsListArgs),
+    /// Per partition: leader, replicas, in-sync replicas, start and end offsets; and
+    /// the topic's configs that differ from the broker's defaults.
+    Describe(TopicArg),
+    /// Creates a topic.
+    Create(TopicCreateArgs),
+    /// Deletes a topic and its records (asks first unless --yes).
+    Delete(TopicDeleteArgs),
+    /// Sets or removes topic configs (the others are kept).
+    AlterConfig(TopicAlterArgs),
+    /// Raises a topic's partition count (Kafka cannot lower it).
+    AddPartitions(TopicAddPartitionsArgs),
+}
+
+/// `xkafka topics list`
+#[derive(Debug, Args)]
+pub(crate) struct TopicsListArgs {
+    /// Also list internal topics (__consumer_offsets, __transaction_state, ...).
+    #[arg(long)]
+    pub(crate) all: bool,
+}
+
+/// A topic name.
+#[derive(Debug, Args)]
+pub(crate) struct TopicArg {
+    /// The topic.
+    pub(crate) topic: String,
+}
+
+/// `xkafka topics create`
+#[derive(Debug, Args)]
+pub(crate) struct TopicCreateArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// Partition count [default: the broker's num.partitions].
+    #[arg(long, short = 'p', value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub(crate) partitions: Option<i32>,
+    /// Replication factor [default: the broker's default.replication.factor].
+    #[arg(long, short = 'r', value_name = "R",
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub(crate) replication_factor: Option<i32>,
+    /// A topic config, repeatable: --config retention.ms=86400000
+    #[arg(long = "config", short = 'c', value_name = "K=V", value_parser = key_value)]
+    pub(crate) configs: Vec<(String, String)>,
+}
+
+/// `xkafka topics delete`
+#[derive(Debug, Args)]
+pub(crate) struct TopicDeleteArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// Do not ask (required when standard input is not a terminal).
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
+}
+
+/// `xkafka topics alter-config`
+#[derive(Debug, Args)]
+pub(crate) struct TopicAlterArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// A config to set, repeatable: --set retention.ms=3600000
+    #[arg(long = "set", value_name = "K=V", value_parser = key_value)]
+    pub(crate) set: Vec<(String, String)>,
+    /// A config to remove (back to the broker's default), repeatable.
+    #[arg(long = "delete", value_name = "K")]
+    pub(crate) delete: Vec<String>,
+}
+
+/// `xkafka topics add-partitions`
+#[derive(Debug, Args)]
+pub(crate) struct TopicAddPartitionsArgs {
+    /// The topic.
+    pub(crate) topic: String,
+    /// The new total partition count (more than the current one).
+    #[arg(long, short = 'p', value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub(crate) partitions: i32,
+}
+
+/// `xkafka groups ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum Groups {
+    /// Each consumer group with its state, protocol (classic, or consumer for
+    /// KIP-848) and member count.
+    List,
+    /// A group's members (client id, host, assignment) and, per partition, its
+    /// committed offset, the end offset and the lag.
+    Describe(GroupArg),
+    /// Moves a group's committed offsets. Prints the plan; changes nothing without
+    /// --execute, and refuses to while the group has members (stop its consumers).
+    ResetOffsets(ResetArgs),
+    /// Deletes a group that has no members (its committed offsets with it).
+    Delete(GroupArg),
+}
+
+/// A group id.
+#[derive(Debug, Args)]
+pub(crate) struct GroupArg {
+    /// The consumer group.
+    pub(crate) group: String,
+}
+
+/// `xkafka groups reset-offsets`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
+pub(crate) struct ResetArgs {
+    /// The consumer group.
+    pub(crate) group: String,
+    /// The topic whose offsets move.
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) topic: String,
+    /// Only this partition [default: every partition of the topic].
+    #[arg(long, value_name = "P")]
+    pub(crate) partition: Option<i32>,
+    /// To the oldest retained record.
+    #[arg(long, group = "target")]
+    pub(crate) to_earliest: bool,
+    /// To the end (skip everything not yet consumed).
+    #[arg(long, group = "target")]
+    pub(crate) to_latest: bool,
+    /// To the first record at or after this time: RFC 3339 in UTC
+    /// (2024-05-01T12:00:00Z) or @MILLISECONDS since the epoch.
+    #[arg(long, group = "target", value_name = "TIME", value_parser = timestamp)]
+    pub(crate) to_timestamp: Option<i64>,
+    /// To this offset (kept within the retained records).
+    #[arg(long, group = "target", value_name = "N",
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub(crate) to_offset: Option<i64>,
+    /// By N records from the committed offset (negative: back), kept within the
+    /// retained records.
+    #[arg(long, group = "target", value_name = "N", allow_hyphen_values = true)]
+    pub(crate) shift_by: Option<i64>,
+    /// Apply the plan (without it, only print it).
+    #[arg(long)]
+    pub(crate) execute: bool,
+}
+
+/// `xkafka completions`
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// `xkafka dlq ...`
@@ -227,6 +395,17 @@ fn duration(text: &str) -> Result<Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+/// A time as milliseconds since the epoch: `@MILLISECONDS` or RFC 3339 in
+/// UTC.
+fn timestamp(text: &str) -> Result<i64, String> {
+    match start(text) {
+        Ok(Start::Time(ms)) => Ok(ms),
+        _ => Err(format!(
+            "expected @MILLISECONDS or an RFC 3339 time in UTC, got {text:?}"
+        )),
+    }
 }
 
 fn start(text: &str) -> Result<Start, String> {

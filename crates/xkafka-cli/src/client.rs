@@ -71,6 +71,13 @@ pub(crate) fn say(text: &str) -> Result<(), Failure> {
     }
 }
 
+/// What the commands' clients set unless `-X` says otherwise.
+pub(crate) const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
+    ("client.id", "xkafka-cli"),
+    ("auto.offset.reset", "earliest"),
+    ("socket.connection.setup.timeout.ms", "10000"),
+];
+
 /// How to reach the cluster: brokers, `-X` properties and the bounded wait.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -158,11 +165,7 @@ impl Conn {
     pub(crate) fn consumer(&self, group: Option<&str>) -> Result<StreamConsumer, Failure> {
         let group = group.unwrap_or("xkafka-cli");
         self.config(
-            &[
-                ("client.id", "xkafka-cli"),
-                ("auto.offset.reset", "earliest"),
-                ("socket.connection.setup.timeout.ms", "10000"),
-            ],
+            &CONSUMER_DEFAULTS,
             &[
                 ("group.id", group),
                 ("enable.auto.commit", "false"),
@@ -252,7 +255,7 @@ pub(crate) fn partitions(
                     if code == RDKafkaErrorCode::UnknownTopicOrPartition
                         && Instant::now() >= unknown_until
                     {
-                        return Err(runtime(format!("topic {topic} does not exist")));
+                        return Err(missing_topic(topic));
                     }
                     match code {
                         RDKafkaErrorCode::UnknownTopicOrPartition
@@ -262,9 +265,7 @@ pub(crate) fn partitions(
                 }
                 None => "no partitions".to_owned(),
             },
-            None if Instant::now() >= unknown_until => {
-                return Err(runtime(format!("topic {topic} does not exist")))
-            }
+            None if Instant::now() >= unknown_until => return Err(missing_topic(topic)),
             None => "not in the metadata".to_owned(),
         };
         if Instant::now() >= deadline {
@@ -272,6 +273,14 @@ pub(crate) fn partitions(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A topic that does not exist, and how to create it.
+pub(crate) fn missing_topic(topic: &str) -> Failure {
+    runtime(format!(
+        "topic {topic} does not exist (create it with: xkafka topics create {topic} \
+         --partitions N)"
+    ))
 }
 
 /// `(low, high)` watermarks of each partition.
@@ -456,4 +465,46 @@ pub(crate) fn watch_ctrl_c() -> Interrupt {
         }
     });
     flag
+}
+
+/// An admin client (create / delete topics, configs, partitions, groups)
+/// and the options that bound each request by `--timeout`.
+pub(crate) fn admin(
+    conn: &Conn,
+) -> Result<
+    (
+        rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+        rdkafka::admin::AdminOptions,
+    ),
+    Failure,
+> {
+    let client = conn
+        .config(
+            &[
+                ("client.id", "xkafka-cli"),
+                ("socket.connection.setup.timeout.ms", "10000"),
+            ],
+            &[],
+        )
+        .create()
+        .map_err(|e| runtime(format!("cannot create the Kafka admin client: {e}")))?;
+    let options = rdkafka::admin::AdminOptions::new()
+        .request_timeout(Some(conn.timeout))
+        // Wait until the change is done on the brokers, not only accepted.
+        .operation_timeout(Some(conn.timeout));
+    Ok((client, options))
+}
+
+/// Runs an admin request within `--timeout` (librdkafka bounds it too;
+/// this also bounds the wait for a broker that never answers).
+pub(crate) async fn bounded<T>(
+    conn: &Conn,
+    what: &str,
+    request: impl std::future::Future<Output = rdkafka::error::KafkaResult<T>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(conn.timeout + Duration::from_secs(1), request).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(e)) => Err(conn.unreachable(format!("{what}: {e}"))),
+        Err(_) => Err(conn.unreachable(what)),
+    }
 }

@@ -8,6 +8,9 @@
 //! xkafka lag --group G [--topic T]              committed, end and lag per partition
 //! xkafka tail TOPIC [--from beginning|end|OFFSET|-N|TIME] [--partition P] [--count N]
 //! xkafka produce TOPIC [--key-separator SEP] [--header K=V]...   one record per line of stdin
+//! xkafka topics list|describe|create|delete|alter-config|add-partitions
+//! xkafka groups list|describe|reset-offsets|delete
+//! xkafka config | completions SHELL | man
 //! ```
 //!
 //! Every command takes `--brokers` (or `XKAFKA_BROKERS`), any librdkafka
@@ -42,18 +45,32 @@
 //! - **`produce`** publishes each line of standard input (idempotent,
 //!   `acks=all`) and prints how many were acknowledged.
 //!
-//! Exit codes: 0 success, 1 runtime failure (unreachable broker, missing
-//! topic, unacknowledged record…), 2 usage or bad input (unknown option,
-//! malformed or unknown `-X` property, bad regular expression), 130
-//! interrupted by Ctrl-C. Errors are one line on stderr.
+//! - **`topics`** and **`groups`** administer the cluster through rdkafka's
+//!   admin client (see `topics.rs`, `groups.rs` and `reset.rs` for what
+//!   rdkafka 0.39 lacks and how it is done instead). `groups reset-offsets`
+//!   prints its plan and applies it only with `--execute`, never while the
+//!   group has members.
+//! - **`config`** prints the effective client settings, secrets redacted;
+//!   **`completions`** and **`man`** are generated from the grammar.
+//!
+//! Exit codes: 0 success, 1 runtime failure or refusal (unreachable broker,
+//! missing topic or group, unacknowledged record, a group with members…),
+//! 2 usage or bad input (unknown option, malformed or unknown `-X`
+//! property, bad regular expression), 130 interrupted by Ctrl-C. Errors are
+//! one line on stderr.
 
 mod cli;
 mod client;
 mod dlq;
+mod groups;
 mod lag;
+mod manual;
 mod produce;
 mod render;
+mod reset;
+mod settings;
 mod tail;
+mod topics;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -117,6 +134,12 @@ fn fail(failure: &Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // These need no cluster (nor brokers).
+    match &cli.command {
+        Command::Completions(args) => return manual::completions(args.shell),
+        Command::Man => return manual::man(),
+        _ => {}
+    }
     let conn = Conn::new(&cli.global)?;
     let global = &cli.global;
     match cli.command {
@@ -125,5 +148,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lag(args) => lag::lag(&conn, global, &args),
         Command::Tail(args) => tail::tail(&conn, global, &args).await,
         Command::Produce(args) => produce::produce(&conn, global, &args).await,
+        Command::Topics(command) => topics::topics(&conn, global, &command).await,
+        Command::Groups(command) => groups::groups(&conn, global, &command).await,
+        Command::Config => settings::config(&conn, global.format),
+        Command::Completions(_) | Command::Man => Ok(()),
     }
 }

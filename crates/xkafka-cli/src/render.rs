@@ -137,6 +137,33 @@ pub(crate) fn record_text(m: &Message) -> String {
     line
 }
 
+/// Rows under a header, each column as wide as its widest cell, two spaces
+/// apart (the column order is the header's, stable for scripts that cut).
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out
+    };
+    let mut lines = vec![line(header.to_vec())];
+    for row in rows {
+        lines.push(line(row.iter().map(String::as_str).collect()));
+    }
+    lines.join("\n")
+}
+
 /// A progress bar on stderr for `total` records, drawn only when stderr is
 /// a terminal and progress was not turned off.
 pub(crate) fn progress(total: u64, enabled: bool, what: &str) -> ProgressBar {
@@ -178,6 +205,12 @@ mod tests {
         assert_eq!(bytes(b"\xff\x00a\\"), (r"\xff\x00a\\".to_owned(), true));
         assert_eq!(one_line(b"a\nb"), r"a\nb");
         assert_eq!(one_line(b"\xfe"), r#"b"\xfe""#);
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONG\nxyz  1");
     }
 
     #[test]

@@ -287,6 +287,123 @@ async fn an_output_the_broker_always_refuses_is_isolated_and_given_to_the_error_
     );
 }
 
+/// Issue 27, item 2, with a dead-letter layer: the isolated input goes
+/// through the handler stack once more, failed without calling its handler
+/// (which would publish the refused output again), so the
+/// `DeadLetterLayer` dead-letters it — through the consumer's own
+/// producer, in the transaction that commits past it. Before, it went to
+/// the error handler whatever the layers: no dead letter was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_output_the_broker_always_refuses_is_dead_lettered_in_the_transaction() {
+    use xkafka::dlq::{headers, DeadLetterLayer};
+    use xkafka::middleware::retry::{Backoff, RetryLayer};
+    use xkafka::raw::rdkafka::message::{Headers as _, Message as _};
+
+    let input = topic("txn-poison-dlq-in", 2).await;
+    fill_spread(&input, 2, 60).await;
+    let output = unique("txn-poison-dlq-out");
+    topic_refusing_records_over(&output, 1_000).await;
+    let dead = topic("txn-poison-dlq-dead", 1).await;
+
+    let group = unique("txn-poison-dlq");
+    let producer = txn_producer(&unique("txn-poison-dlq-id"));
+    let (published, out) = (producer.clone(), Arc::<str>::from(output.as_str()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let called = calls.clone();
+    let (errors, on_error) = common::recording_error_handler(Decision::Continue);
+    let consumer = consumer(&group, &input)
+        .transactional(producer.clone())
+        .transaction_interval(Duration::from_millis(100))
+        .concurrency(4)
+        .error_handler(move |err: &Error| {
+            eprintln!("error handler: {err}");
+            on_error(err)
+        })
+        .layer(DeadLetterLayer::new(producer.clone(), dead.as_str()))
+        // A permanent failure is not retried: three attempts would call
+        // the handler again (and publish the refused output) if it were.
+        .layer(RetryLayer::new(
+            Backoff::new()
+                .max_attempts(3)
+                .initial_delay(Duration::from_millis(1)),
+        ))
+        .handler(move |m: Message| {
+            let (published, out, called) = (published.clone(), out.clone(), called.clone());
+            async move {
+                let value = if m.value_str() == Some("v17") {
+                    called.fetch_add(1, Ordering::SeqCst);
+                    vec![b'x'; 4_000]
+                } else {
+                    m.value().cloned().unwrap_or_default().to_vec()
+                };
+                published
+                    .publish_async(Message::builder(out).value(value).build())
+                    .await?;
+                Ok::<_, BoxError>(Ack::Success)
+            }
+        })
+        .build()
+        .unwrap();
+    let (g, i) = (group.clone(), input.clone());
+    let ends = end_offsets(&input, 2);
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run(async move { wait_committed(&g, &i, 2, &ends).await }),
+    )
+    .await
+    .expect("the poison output did not hold the consumer for a minute")
+    .expect("run");
+    eprintln!("{summary:?}");
+    producer.close().await;
+
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        !errors.iter().any(|e| e.contains("[1]@8")),
+        "dead-lettered, the input is not the error handler's: {errors:?}"
+    );
+    let records = read_all(&output, "read_committed");
+    assert_eq!(records.len(), 59, "every other input's output");
+    assert_eq!(counts(&records).values().max(), Some(&1));
+    assert!(!counts(&records).contains_key("v17"));
+
+    let dead = read_records(&dead, "read_committed");
+    assert_eq!(dead.len(), 1, "one dead letter, committed once");
+    let letter = &dead[0];
+    assert_eq!(
+        letter.payload(),
+        Some(&b"v17"[..]),
+        "the input, not its output"
+    );
+    let header = |name: &str| {
+        letter
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header(headers::ORIGINAL_TOPIC).as_deref(),
+        Some(input.as_str())
+    );
+    assert_eq!(header(headers::ORIGINAL_PARTITION).as_deref(), Some("1"));
+    assert_eq!(header(headers::ORIGINAL_OFFSET).as_deref(), Some("8"));
+    let why = header(headers::ERROR).unwrap_or_default();
+    assert!(why.contains("cannot be committed"), "x-dlq-error: {why}");
+    assert_eq!(
+        header(headers::ATTEMPTS).as_deref(),
+        Some("1"),
+        "not retried"
+    );
+    // The handler ran for v17 only in the transactions isolation aborted
+    // (two with it alone, and those before): never once it was marked.
+    let handled = calls.load(Ordering::SeqCst);
+    assert!(
+        (handled as u64) <= summary.transactions_aborted,
+        "v17 handled {handled} times for {} aborted transactions",
+        summary.transactions_aborted
+    );
+}
+
 /// Issue 27, item 3. The transaction coordinator answers slower than the
 /// transaction timeout for a while (the embedded cluster's round-trip time
 /// raised to 1.5 s, the producer's bound 1 s): the commit runs out of time

@@ -166,6 +166,20 @@ impl XConsumerContext {
         }
         let reason = scrub(reason);
         tracing::debug!(group = %self.shared.group, %error, %reason, "consumer client error");
+        if let Some(topic) = unavailable_topic(&error, &reason) {
+            // A first run against a topic that is not there yet would
+            // otherwise look like a consumer with nothing to do. librdkafka
+            // raises this once per topic until its state changes, so this
+            // warns once while the consumer waits.
+            tracing::warn!(
+                group = %self.shared.group,
+                topic,
+                %error,
+                "subscribed topic {topic} is not available (it does not exist, or this \
+                 client may not read it): waiting for it to appear; create it with \
+                 `xkafka topics create {topic}` or check its ACLs"
+            );
+        }
         if !self
             .shared
             .polling
@@ -181,6 +195,23 @@ impl XConsumerContext {
             self.shared.report(Error::client(error, &reason));
         }
     }
+}
+
+/// The topic of librdkafka's "Subscribed topic not available: TOPIC:
+/// reason" error (a topic that does not exist or is not authorised).
+fn unavailable_topic<'r>(error: &KafkaError, reason: &'r str) -> Option<&'r str> {
+    let code = error.rdkafka_error_code()?;
+    if !matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+    ) {
+        return None;
+    }
+    // Topic names cannot hold ':' or ' ' (Kafka allows [a-zA-Z0-9._-]).
+    let rest = reason.split_once("Subscribed topic not available: ")?.1;
+    rest.split_once(": ").map(|(topic, _)| topic)
 }
 
 impl ConsumerContext for XConsumerContext {
@@ -457,6 +488,19 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn an_unavailable_subscribed_topic_is_named() {
+        let unknown = KafkaError::Global(RDKafkaErrorCode::UnknownTopicOrPartition);
+        let reason =
+            "Subscribed topic not available: orders.v1: Broker: Unknown topic or partition";
+        assert_eq!(unavailable_topic(&unknown, reason), Some("orders.v1"));
+        let denied = KafkaError::Global(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert_eq!(unavailable_topic(&denied, reason), Some("orders.v1"));
+        let other = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(unavailable_topic(&other, reason), None);
+        assert_eq!(unavailable_topic(&unknown, "1/1 brokers are down"), None);
+    }
     use crate::error::Decision;
     use crate::shutdown::ShutdownHandle;
 

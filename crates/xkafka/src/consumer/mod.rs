@@ -11,6 +11,7 @@ mod offsets;
 mod pipeline;
 mod poll_loop;
 mod rebalance;
+mod refused;
 mod shared;
 mod start_offsets;
 mod status;
@@ -462,6 +463,17 @@ impl<K: Kind> ConsumerBuilder<K> {
     /// newer instance (same `transactional.id`, or a newer group
     /// generation), the consumer reports it and stops. Shutdown commits
     /// what finished within the shutdown timeout.
+    ///
+    /// An input whose output the broker refuses every time (too large for
+    /// the output topic, say) would abort every transaction holding it.
+    /// After two abortable commit failures in a row, transactions hold one
+    /// message each until it is found; read again, it fails without its
+    /// handler being called, as a [permanent](crate::middleware::retry::permanent)
+    /// failure of that message: a
+    /// [`DeadLetterLayer`](crate::dlq::DeadLetterLayer) dead-letters it (in
+    /// the transaction that commits past it, when it publishes through this
+    /// producer), and without one the error handler decides. A batch
+    /// consumer's error handler is told.
     ///
     /// ```no_run
     /// use xkafka::{Ack, BoxError, Consumer, Decision, Message, Producer};
@@ -932,6 +944,11 @@ impl<K: Kind> ConsumerBuilder<K> {
             // for good.
             producer.transactions()?.take_control(&shared.group)?;
         }
+        let handler = if transaction.is_some() {
+            K::skip_refused(handler)
+        } else {
+            handler
+        };
         let service = self.stack.apply_boxed(handler);
         let mut limits = self.limits;
         if K::BATCHES {
@@ -1133,6 +1150,11 @@ mod sealed {
             batch_timeout: Duration,
         ) -> Runner;
         fn wrap(consumer: Consumer) -> Self::Consumer;
+        /// Transactional: the handler behind the guard that fails an input
+        /// whose output cannot be committed (`refused.rs`).
+        fn skip_refused(
+            handler: BoxCloneService<Self::Request, Ack, BoxError>,
+        ) -> BoxCloneService<Self::Request, Ack, BoxError>;
     }
 }
 
@@ -1161,6 +1183,11 @@ impl sealed::Sealed for Streaming {
     fn wrap(consumer: Consumer) -> Consumer {
         consumer
     }
+    fn skip_refused(
+        handler: BoxCloneService<Message, Ack, BoxError>,
+    ) -> BoxCloneService<Message, Ack, BoxError> {
+        BoxCloneService::new(refused::SkipRefused::new(handler))
+    }
 }
 
 impl sealed::Sealed for Batching {
@@ -1180,6 +1207,13 @@ impl sealed::Sealed for Batching {
     }
     fn wrap(consumer: Consumer) -> BatchConsumer {
         BatchConsumer { inner: consumer }
+    }
+    // A batch has no per-message stack: the pipeline tells the error
+    // handler about such an input instead.
+    fn skip_refused(
+        handler: BoxCloneService<Batch, Ack, BoxError>,
+    ) -> BoxCloneService<Batch, Ack, BoxError> {
+        handler
     }
 }
 

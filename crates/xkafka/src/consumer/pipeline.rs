@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::commit::{commit_sync, store_batch};
 use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled};
 use super::offsets::TopicPartition;
+use super::refused::OutputRefused;
 use super::shared::Shared;
 use super::status::{Ages, PartitionStatus, PauseReason, Published};
 use super::tracker::OffsetTracker;
@@ -101,10 +102,21 @@ pub(crate) struct Pipeline {
     /// in runs of one partition: spares an `Arc` clone and drop per message.
     last_tp: Option<TopicPartition>,
     /// Transactional: inputs whose output no transaction could commit,
-    /// found by isolation, with the error handler's decision. Dispatched
-    /// again, such a message is settled with that decision without calling
-    /// its handler (so `Continue` commits past it with no output).
-    refused_outputs: Vec<(TopicPartition, i64, Decision)>,
+    /// found by isolation, kept until a commit moves past them (the
+    /// transaction that skips one may abort too, and it is read again).
+    refused_outputs: Vec<RefusedOutput>,
+}
+
+/// An input whose output no transaction could commit. Dispatched again, a
+/// streaming consumer's goes through the handler stack marked, so that the
+/// innermost service fails it without calling the handler
+/// (`refused.rs`: a dead-letter layer sees the failure); a batch consumer's
+/// is settled with the error handler's decision, asked once.
+struct RefusedOutput {
+    tp: TopicPartition,
+    offset: i64,
+    reason: Arc<str>,
+    decision: Option<Decision>,
 }
 
 /// When a message may be handled at the earliest; `None`: now.
@@ -389,7 +401,7 @@ impl Pipeline {
         &mut self,
         consumer: &BaseConsumer<C>,
         shared: &Shared,
-        message: Message,
+        mut message: Message,
         tp: &TopicPartition,
         offset: i64,
     ) {
@@ -416,24 +428,34 @@ impl Pipeline {
         self.unsettled += 1;
         if let Some(txn) = &mut self.txn {
             txn.dispatched(tp, offset);
-            // Kept until committed past: the transaction that skips it may
-            // abort too, and it is read again.
-            if let Some(decision) = self
+            if let Some(refused) = self
                 .refused_outputs
-                .iter()
-                .find(|(p, o, _)| p == tp && *o == offset)
-                .map(|(_, _, d)| *d)
+                .iter_mut()
+                .find(|r| r.tp == *tp && r.offset == offset)
             {
-                settle_one(
-                    state,
-                    tp,
-                    offset,
-                    Settled::Failed(decision),
-                    &mut self.unsettled,
-                    &mut self.txn,
-                    &mut self.pending,
-                );
-                return;
+                if self.dispatcher.batches() {
+                    let decision = *refused.decision.get_or_insert_with(|| {
+                        shared.report(Error::Handler {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            offset,
+                            source: refused.reason.to_string().into(),
+                        })
+                    });
+                    settle_one(
+                        state,
+                        tp,
+                        offset,
+                        Settled::Failed(decision),
+                        &mut self.unsettled,
+                        &mut self.txn,
+                        &mut self.pending,
+                    );
+                    return;
+                }
+                message
+                    .extensions_mut()
+                    .insert(OutputRefused(refused.reason.clone()));
             }
         }
         // Settled entries count too: behind one unfinished message they
@@ -1026,8 +1048,11 @@ impl Pipeline {
                     }
                 }
                 if !self.refused_outputs.is_empty() {
-                    self.refused_outputs
-                        .retain(|(p, o, _)| !offsets.iter().any(|(tp, next)| tp == p && next > o));
+                    self.refused_outputs.retain(|r| {
+                        !offsets
+                            .iter()
+                            .any(|(tp, next)| *tp == r.tp && *next > r.offset)
+                    });
                 }
                 if let Err(err) = txn.begin() {
                     shared.stop_with(err);
@@ -1063,17 +1088,16 @@ impl Pipeline {
                             metrics.record_isolation(&tp.topic, true);
                         }
                         tracing::error!(group = %shared.group, partition = %tp, offset, %err, "a message's output cannot be committed, even alone in a transaction");
-                        let decision = shared.report(Error::Handler {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
+                        let reason = format!(
+                            "its output cannot be committed: every transaction holding it \
+                             aborted, the last one holding it alone ({err})"
+                        );
+                        self.refused_outputs.push(RefusedOutput {
+                            tp,
                             offset,
-                            source: format!(
-                                "its output cannot be committed: every transaction holding it \
-                                 aborted, the last one holding it alone ({err})"
-                            )
-                            .into(),
+                            reason: reason.into(),
+                            decision: None,
                         });
-                        self.refused_outputs.push((tp, offset, decision));
                     }
                 }
                 false

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, brokers, producer, unique};
 use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::raw::rdkafka::message::Message as _;
+use xkafka::raw::rdkafka::message::{Message as _, OwnedMessage};
 use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{Ack, BoxError, Message, Producer};
 
@@ -26,6 +26,19 @@ pub fn txn_producer(id: &str) -> Producer {
 /// Every record of `topic` as (key, value), read from the beginning to the
 /// end offsets with `isolation` (`read_committed` skips aborted records).
 pub fn read_all(topic: &str, isolation: &str) -> Vec<(String, String)> {
+    read_records(topic, isolation)
+        .iter()
+        .map(|m| {
+            (
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every record of `topic`, headers included, read as [`read_all`] does.
+pub fn read_records(topic: &str, isolation: &str) -> Vec<OwnedMessage> {
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
@@ -71,10 +84,7 @@ pub fn read_all(topic: &str, isolation: &str) -> Vec<(String, String)> {
             "reading {topic} ({isolation}) did not reach the end offsets {ends:?}"
         );
         if let Some(Ok(m)) = client.poll(Duration::from_millis(100)) {
-            records.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            ));
+            records.push(m.detach());
         }
     }
     records

@@ -277,6 +277,11 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Whether handlers take batches (else one message each).
+    pub(crate) fn batches(&self) -> bool {
+        matches!(self.runner, Runner::Batch { .. })
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         order: Order,
