@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 
 use super::commit::{commit_sync, store_batch};
+use super::commit_mode::CommitMode;
 use super::dispatch::{Claim, Completion, Dispatcher, Gate, Report, Settled};
 use super::offsets::TopicPartition;
 use super::refused::OutputRefused;
@@ -25,7 +26,6 @@ use super::shared::Shared;
 use super::status::{Ages, PartitionStatus, PauseReason, Published};
 use super::tracker::OffsetTracker;
 use super::transaction::{AfterFailure, Ending, Transaction};
-use super::CommitMode;
 use crate::error::{Decision, Error, Operation};
 use crate::{Ack, Message};
 
