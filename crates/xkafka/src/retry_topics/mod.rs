@@ -68,6 +68,7 @@
 
 pub mod headers;
 mod key_order;
+mod subscribe;
 mod tiers;
 
 pub use headers::due;

@@ -13,11 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tower::{Layer, Service};
 use xkafka_core::middleware::retry::{is_permanent, AttemptLog, AttemptRecord};
 
-use crate::consumer::{ConsumerBuilder, Kind, Listener};
+use crate::consumer::Listener;
 use crate::dlq::DeadLetterFailed;
 use crate::{Ack, Batch, BoxError, Error, Message, Producer};
 
-use super::headers::{self, carry, due};
+use super::headers::{self, carry};
 use super::key_order::{KeyOrder, KeyOrderError, Place, Step};
 
 const MAX_ERROR_LEN: usize = 4096;
@@ -96,7 +96,7 @@ impl RetryTopics {
     ///   the tiers shares that consumer's members with the main topic.
     /// - **An ordered consumer**: `Order::Partition` (the default, with any
     ///   concurrency) or `Order::PerKey`, not `Order::Unordered`.
-    /// - **With exactly-once** ([`ConsumerBuilder::transactional`]): the
+    /// - **With exactly-once** ([`ConsumerBuilder::transactional`](crate::ConsumerBuilder::transactional)): the
     ///   copies are published with the consumer's producer (or one without
     ///   transactions). A copy published, or a copy settled, in a
     ///   transaction that aborts counts as never done: the input read again
@@ -124,42 +124,18 @@ impl RetryTopics {
         me
     }
 
-    /// Subscribes `builder` to the main topic and every tier, with
-    /// [`due`] as its [`not_before`](ConsumerBuilder::not_before), and (with
-    /// [`keep_key_order`](Self::keep_key_order)) what key order needs: one
-    /// consumer handling both. Add [`layer`](Self::layer) to it as well,
-    /// where the stack should have it.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use xkafka::retry_topics::RetryTopics;
-    /// use xkafka::{Ack, Consumer, Decision, Message, Producer};
-    ///
-    /// # fn build() -> Result<(), xkafka::Error> {
-    /// let producer = Producer::builder("orders-retries")
-    ///     .brokers(["127.0.0.1:9092"])
-    ///     .error_handler(|err| eprintln!("{err}"))
-    ///     .build()?;
-    /// let retries = RetryTopics::new(producer, "orders")
-    ///     .tiers([Duration::from_secs(1), Duration::from_secs(30)])
-    ///     .keep_key_order();
-    /// let consumer = retries
-    ///     .subscribe(Consumer::builder("billing"))
-    ///     .brokers(["127.0.0.1:9092"])
-    ///     .error_handler(|_| Decision::Stop)
-    ///     .layer(retries.layer())
-    ///     .handler(|_m: Message| async { Ack::Success })
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn subscribe<K: Kind>(&self, builder: ConsumerBuilder<K>) -> ConsumerBuilder<K> {
-        let builder = builder
-            .topics(std::iter::once(self.inner.source.clone()).chain(self.tier_topics()))
-            .not_before(due);
-        match &self.inner.key_order {
-            Some(order) => builder.listener(order.clone()),
-            None => builder,
-        }
+    /// What [`subscribe`](Self::subscribe) adds to a consumer: the source
+    /// and tier topics, and (keeping key order) the rebalance listener.
+    pub(super) fn subscription(&self) -> (Vec<String>, Option<Arc<dyn Listener>>) {
+        let topics = std::iter::once(self.inner.source.clone())
+            .chain(self.tier_topics())
+            .collect();
+        let listener = self
+            .inner
+            .key_order
+            .clone()
+            .map(|order| order as Arc<dyn Listener>);
+        (topics, listener)
     }
 
     /// The tiers' delays, in order: tier `n` is `<source>.retry.<n>`
