@@ -298,6 +298,8 @@ pub mod consumer;
 mod convert;
 pub mod dlq;
 mod error;
+#[doc = include_str!("guide.md")]
+pub mod guide {}
 pub mod health;
 mod log;
 #[cfg(feature = "metrics")]
