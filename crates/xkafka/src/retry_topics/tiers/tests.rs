@@ -1,6 +1,7 @@
 //! The tiers' own unit tests (copies, headers, attempts).
 
 use super::*;
+use crate::retry_topics::due;
 
 #[tokio::test]
 async fn a_copy_carries_its_origin_through_every_tier() {
