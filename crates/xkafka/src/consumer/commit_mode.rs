@@ -1,4 +1,4 @@
-//! [`CommitMode`]: when offsets are committed, and so which delivery
+//! [`CommitMode`](crate::CommitMode): when offsets are committed, and so which delivery
 //! guarantee holds.
 
 /// When offsets are committed, and so which delivery guarantee holds.
@@ -28,12 +28,12 @@ pub enum CommitMode {
     /// message is not handled (and counted as skipped).
     AtMostOnce,
     /// **Exactly-once** consume-transform-produce, set by
-    /// [`ConsumerBuilder::transactional`]: what the handlers publish through
+    /// [`ConsumerBuilder::transactional`](crate::ConsumerBuilder::transactional): what the handlers publish through
     /// the transactional producer (dead letters included) and the offsets of
     /// the messages they handled commit in one Kafka transaction, so a
     /// `read_committed` reader of the output sees each input's output once,
     /// whatever crashes, rebalances or zombies happen. One transaction
     /// covers many messages (see
-    /// [`transaction_interval`](ConsumerBuilder::transaction_interval)).
+    /// [`transaction_interval`](crate::ConsumerBuilder::transaction_interval)).
     Transactional,
 }

@@ -1,5 +1,5 @@
-//! [`Kind`]: what a [`ConsumerBuilder`] builds, [`Streaming`] or
-//! [`Batching`], and how each kind's handler is run.
+//! [`Kind`](crate::consumer::Kind): what a [`ConsumerBuilder`](crate::ConsumerBuilder) builds, [`Streaming`](crate::consumer::Streaming) or
+//! [`Batching`](crate::consumer::Batching), and how each kind's handler is run.
 
 use std::time::Duration;
 
@@ -37,18 +37,18 @@ mod sealed {
     }
 }
 
-/// The kind of consumer a [`ConsumerBuilder`] builds: [`Streaming`] or
-/// [`Batching`]. Sealed.
+/// The kind of consumer a [`ConsumerBuilder`](crate::ConsumerBuilder) builds: [`Streaming`](crate::consumer::Streaming) or
+/// [`Batching`](crate::consumer::Batching). Sealed.
 pub trait Kind: sealed::Sealed {}
 
 impl Kind for Streaming {}
 impl Kind for Batching {}
 
-/// Messages are handled one by one ([`Consumer`]).
+/// Messages are handled one by one ([`Consumer`](crate::Consumer)).
 #[derive(Debug)]
 pub enum Streaming {}
 
-/// Messages are handled in batches ([`BatchConsumer`]).
+/// Messages are handled in batches ([`BatchConsumer`](crate::BatchConsumer)).
 #[derive(Debug)]
 pub enum Batching {}
 

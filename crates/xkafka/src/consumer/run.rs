@@ -1,4 +1,4 @@
-//! The built consumers, [`Consumer`] and [`BatchConsumer`]: `run` starts
+//! The built consumers, [`Consumer`](crate::Consumer) and [`BatchConsumer`](crate::BatchConsumer): `run` starts
 //! the poll thread and waits for shutdown; the handles read and stop them.
 
 use std::fmt;
@@ -30,7 +30,7 @@ use super::transaction;
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(500);
 
 /// A streaming Kafka consumer: one message at a time through a handler and
-/// its middleware (or several at once with [`ConsumerBuilder::concurrency`]),
+/// its middleware (or several at once with [`ConsumerBuilder::concurrency`](crate::ConsumerBuilder::concurrency)),
 /// offsets stored only after processing.
 ///
 /// ```no_run
@@ -98,14 +98,14 @@ impl Consumer {
         &self.shared.group
     }
 
-    /// A handle that reads the consumer's [`ConsumerStatus`] at any time,
+    /// A handle that reads the consumer's [`ConsumerStatus`](crate::consumer::ConsumerStatus) at any time,
     /// from anywhere (a health endpoint: see [`crate::health`]).
     pub fn status_handle(&self) -> StatusHandle {
         StatusHandle::new(self.shared.board.clone())
     }
 
     /// Consumes until `shutdown` resolves, the [`ShutdownHandle`] is used, or
-    /// the error handler returns [`Decision::Stop`].
+    /// the error handler returns [`Decision::Stop`](crate::Decision::Stop).
     ///
     /// Then it stops fetching, lets the in-flight message finish, commits
     /// what was processed, leaves the group and closes — all within the
@@ -259,14 +259,14 @@ impl fmt::Debug for Consumer {
 }
 
 /// A consumer that hands its handler batches of messages (Go xkafka's
-/// `BatchConsumer`): up to [`batch_size`](ConsumerBuilder::batch_size)
+/// `BatchConsumer`): up to [`batch_size`](crate::ConsumerBuilder::batch_size)
 /// messages, or what arrived within
-/// [`batch_timeout`](ConsumerBuilder::batch_timeout) of the first one.
+/// [`batch_timeout`](crate::ConsumerBuilder::batch_timeout) of the first one.
 ///
 /// Everything else — commit modes, concurrency and ordering (a batch holds
-/// messages of one lane: one partition in [`Order::PerPartition`]), offsets
+/// messages of one lane: one partition in [`Order::PerPartition`](crate::Order::PerPartition)), offsets
 /// held back by failed messages, bounded shutdown — is the same as for
-/// [`Consumer`].
+/// [`Consumer`](crate::Consumer).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -299,12 +299,12 @@ pub struct BatchConsumer {
 }
 
 impl BatchConsumer {
-    /// See [`Consumer::shutdown_handle`].
+    /// See [`Consumer::shutdown_handle`](crate::Consumer::shutdown_handle).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.inner.shutdown_handle()
     }
 
-    /// See [`Consumer::status_handle`].
+    /// See [`Consumer::status_handle`](crate::Consumer::status_handle).
     pub fn status_handle(&self) -> StatusHandle {
         self.inner.status_handle()
     }
@@ -314,7 +314,7 @@ impl BatchConsumer {
         self.inner.group()
     }
 
-    /// See [`Consumer::run`]; a partial batch is handled when its window
+    /// See [`Consumer::run`](crate::Consumer::run); a partial batch is handled when its window
     /// expires, or not at all once stopping.
     pub async fn run<F>(self, shutdown: F) -> Result<Summary, Error>
     where

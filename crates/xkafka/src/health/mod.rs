@@ -1,5 +1,5 @@
 //! Is a consumer healthy, and if not, why? Judged from its
-//! [`ConsumerStatus`] (see [`Consumer::status_handle`](crate::Consumer::status_handle))
+//! [`ConsumerStatus`](crate::consumer::ConsumerStatus) (see [`Consumer::status_handle`](crate::Consumer::status_handle))
 //! against thresholds, each unhealthy state with a reason a person can act
 //! on — and, with the `http` feature, the endpoints Kubernetes probes:
 //! `/healthz` (liveness), `/readyz` (readiness) and `/status` (JSON).

@@ -1,4 +1,4 @@
-//! The plain transactional API on [`Producer`] (`begin` / publish /
+//! The plain transactional API on [`Producer`](crate::Producer) (`begin` / publish /
 //! `commit` / `abort`), for services that are not consumers, over the state
 //! in `transaction.rs`.
 
@@ -47,7 +47,7 @@ impl Producer {
     /// Errors: [`Error::Transactional`] when the producer is not
     /// transactional, a consumer drives its transactions, or one is already
     /// open; [`Error::Kafka`] from librdkafka (for instance
-    /// [`Operation::InitTransactions`] timing out when no transaction
+    /// [`Operation::InitTransactions`](crate::Operation::InitTransactions) timing out when no transaction
     /// coordinator answers).
     pub async fn begin_transaction(&self) -> Result<(), Error> {
         self.transaction_step(|txn, client| txn.begin(client)).await

@@ -17,9 +17,9 @@ use crate::{Ack, BoxError, ConsumerBuilder, Decision, Error, Message};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// The stack returned [`Ack::Success`].
+    /// The stack returned [`Ack::Success`](crate::Ack::Success).
     Success,
-    /// The stack returned [`Ack::Skip`] (a dead-letter layer that published
+    /// The stack returned [`Ack::Skip`](crate::Ack::Skip) (a dead-letter layer that published
     /// the message returns this too).
     Skip,
     /// The stack failed; the consumer's error handler decided `decision`.
@@ -79,7 +79,7 @@ impl Outcome {
 }
 
 /// Runs messages through a streaming consumer's handler, middleware and
-/// error handler, with no client and no broker. See the [module](self)
+/// error handler, with no client and no broker. See the [module](crate::testing)
 /// example.
 pub struct HandlerTest {
     group: Arc<str>,

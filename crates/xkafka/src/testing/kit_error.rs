@@ -21,7 +21,7 @@ pub enum KitError {
     },
     /// A read found more messages than the test expected: duplicates (a
     /// handler that published twice, a redelivery the service did not
-    /// deduplicate) or stray publishes. See [`TestCluster::read_exactly`].
+    /// deduplicate) or stray publishes. See [`TestCluster::read_exactly`](crate::testing::TestCluster::read_exactly).
     #[error("expected {expected} messages in {topic}, found {found}: {surplus}")]
     TooMany {
         /// The topic read.

@@ -6,14 +6,14 @@
 //!   says what happened ([`Outcome`]: success, skip, failure with the error
 //!   handler's decision, panic). Under `#[tokio::test(start_paused = true)]`
 //!   a retry layer's backoff takes no real time.
-//! - [`RecordingProducer`] is a [`Producer`] that records what is published
+//! - [`RecordingProducer`] is a [`Producer`](crate::Producer) that records what is published
 //!   instead of sending it (through a [`DeadLetterLayer`](crate::dlq::DeadLetterLayer)
 //!   too), and can be told to fail.
 //! - [`TestCluster`] starts the embedded cluster, creates topics, publishes
 //!   fixtures (each bounded by a timeout) and reads topics back — everything
-//!   in them, so duplicates show ([`TestCluster::read_exactly`] fails on
+//!   in them, so duplicates show ([`TestCluster::read_exactly`](crate::testing::TestCluster::read_exactly) fails on
 //!   them); [`run_until`] runs your real
-//!   [`Consumer`] until it handled N messages or committed given offsets.
+//!   [`Consumer`](crate::Consumer) until it handled N messages or committed given offsets.
 //!   Every wait has a timeout and an error ([`KitError`]) saying what did
 //!   not happen.
 //!
