@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
-use xkafka::rdkafka::config::FromClientConfigAndContext;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use xkafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use xkafka::rdkafka::message::Message as _;
-use xkafka::rdkafka::producer::{
+use xkafka::raw::rdkafka::config::FromClientConfigAndContext;
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer};
+use xkafka::raw::rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use xkafka::raw::rdkafka::message::Message as _;
+use xkafka::raw::rdkafka::producer::{
     BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
     ThreadedProducer,
 };
-use xkafka::rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
 use crate::transform as eos;

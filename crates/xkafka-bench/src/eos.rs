@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::ClientConfig;
 
 use crate::figures::Comparison;
 use crate::topics::{self, PARTITIONS};

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use xkafka::rdkafka::producer::DefaultProducerContext;
-use xkafka::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::producer::DefaultProducerContext;
+use xkafka::raw::rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use xkafka::raw::rdkafka::ClientConfig;
 
 use crate::vocab::{payload, unique, BoxResult, Sizes, Target};
 

@@ -425,7 +425,7 @@ pub(crate) fn fatal(code: RDKafkaErrorCode) -> bool {
 /// An owned copy of a fetched record (xkafka's own conversion: header
 /// names that are not UTF-8 are decoded lossily instead of panicking).
 pub(crate) fn owned(m: &BorrowedMessage<'_>) -> Message {
-    xkafka::message_from_rdkafka(m)
+    xkafka::raw::owned_message(m)
 }
 
 /// Set once Ctrl-C was pressed (after [`watch_ctrl_c`]).

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{BoxError, Message, Producer};
 
 /// A name no earlier run used.
@@ -322,7 +322,7 @@ pub struct Logged {
 /// offset now, in partition then offset order. Blocking: call it from
 /// `spawn_blocking`.
 pub fn read_all(brokers: &str, topic: &str, partitions: i32) -> Result<Vec<Logged>, BoxError> {
-    use xkafka::rdkafka::Message as _;
+    use xkafka::raw::rdkafka::Message as _;
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("read-all"))

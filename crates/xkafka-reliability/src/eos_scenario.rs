@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::message::Message as _;
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::message::Message as _;
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::BoxError;
 
 use crate::cluster::{self, Feeder, Input};

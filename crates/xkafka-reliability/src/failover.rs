@@ -292,8 +292,8 @@ struct SamplerContext {
     coordinator: std::sync::atomic::AtomicI32,
 }
 
-impl xkafka::rdkafka::ClientContext for SamplerContext {
-    fn log(&self, _level: xkafka::rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
+impl xkafka::raw::rdkafka::ClientContext for SamplerContext {
+    fn log(&self, _level: xkafka::raw::rdkafka::config::RDKafkaLogLevel, fac: &str, line: &str) {
         if fac == "CGRPCOORD" {
             let id = if let Some((_, to)) = line.split_once(" -> ") {
                 to.trim().parse().ok()
@@ -313,7 +313,7 @@ impl xkafka::rdkafka::ClientContext for SamplerContext {
     }
 }
 
-impl xkafka::rdkafka::consumer::ConsumerContext for SamplerContext {}
+impl xkafka::raw::rdkafka::consumer::ConsumerContext for SamplerContext {}
 
 /// Samples `group`'s committed offsets of `topic` every `every`, from one
 /// client that never joins the group (it only asks the coordinator, as
@@ -329,8 +329,8 @@ pub fn sample_committed(
     count: &std::sync::atomic::AtomicUsize,
 ) -> Result<(Vec<OffsetSample>, usize), BoxError> {
     use std::sync::atomic::Ordering;
-    use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let context = SamplerContext {
         coordinator: std::sync::atomic::AtomicI32::new(-1),
     };
@@ -342,7 +342,7 @@ pub fn sample_committed(
         .set("debug", "cgrp")
         // rdkafka sets librdkafka's level from the `log` crate's, which no
         // one raised here: without this the debug lines never come.
-        .set_log_level(xkafka::rdkafka::config::RDKafkaLogLevel::Debug)
+        .set_log_level(xkafka::raw::rdkafka::config::RDKafkaLogLevel::Debug)
         .create_with_context(context)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
@@ -409,11 +409,11 @@ pub fn commit_history(
     group: &str,
     topic: &str,
 ) -> Result<Vec<CommitRecord>, BoxError> {
-    use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use xkafka::rdkafka::message::Timestamp;
-    use xkafka::rdkafka::Message as _;
+    use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use xkafka::raw::rdkafka::message::Timestamp;
+    use xkafka::raw::rdkafka::Message as _;
     const OFFSETS_TOPIC: &str = "__consumer_offsets";
-    let client: BaseConsumer = xkafka::rdkafka::ClientConfig::new()
+    let client: BaseConsumer = xkafka::raw::rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", cluster::unique("commit-history"))
         .set("enable.auto.commit", "false")
@@ -428,11 +428,11 @@ pub fn commit_history(
     if count == 0 {
         return Err(format!("{OFFSETS_TOPIC} has no partitions").into());
     }
-    let mut tpl = xkafka::rdkafka::TopicPartitionList::new();
+    let mut tpl = xkafka::raw::rdkafka::TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..count {
         let (low, high) = client.fetch_watermarks(OFFSETS_TOPIC, p, Duration::from_secs(15))?;
-        tpl.add_partition_offset(OFFSETS_TOPIC, p, xkafka::rdkafka::Offset::Offset(low))?;
+        tpl.add_partition_offset(OFFSETS_TOPIC, p, xkafka::raw::rdkafka::Offset::Offset(low))?;
         ends.push((low, high));
     }
     client.assign(&tpl)?;

@@ -9,6 +9,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
 
 use crate::error::Error;
+use crate::secret::{is_secret, shown_value};
 
 /// librdkafka properties: any key of librdkafka's `CONFIGURATION.md`.
 ///
@@ -130,26 +131,6 @@ impl Config {
     /// ```
     pub fn is_secret(key: &str) -> bool {
         is_secret(key)
-    }
-}
-
-/// Whether a property holds a secret that must never be printed.
-pub(crate) fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    key.contains("password")
-        || key.contains("secret")
-        || key.contains("sasl.jaas.config")
-        || key.contains("sasl.oauthbearer.config")
-        || key.ends_with(".key.pem")
-        || key == "ssl.key.pem"
-        || key.contains("token")
-}
-
-pub(crate) fn shown_value(key: &str, value: &str) -> String {
-    if is_secret(key) {
-        "<redacted>".to_owned()
-    } else {
-        format!("{value:?}")
     }
 }
 

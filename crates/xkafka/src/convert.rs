@@ -204,6 +204,15 @@ impl<'a> Fetched<'a> {
     }
 }
 
+/// A record a raw rdkafka consumer fetched, as an owned [`Message`]
+/// without a group (see [`crate::raw::owned_message`]).
+pub(crate) fn from_borrowed(record: &BorrowedMessage<'_>) -> Message {
+    use rdkafka::message::Message as _;
+    let mut message = owned_message(Fetched::of(record), record.topic().into(), &"".into());
+    message.set_group(None);
+    message
+}
+
 /// Copies a fetched record into an owned [`Message`], so that nothing pins
 /// librdkafka's fetch buffers while a handler runs.
 pub(crate) fn owned_message(msg: Fetched<'_>, topic: Arc<str>, group: &Arc<str>) -> Message {

@@ -338,7 +338,7 @@ impl Error {
         // cannot create a client.
         let source = match source {
             KafkaError::ClientCreation(reason) => {
-                KafkaError::ClientCreation(crate::log::scrub(&reason).into_owned())
+                KafkaError::ClientCreation(crate::secret::scrub(&reason).into_owned())
             }
             other => other,
         };
@@ -353,7 +353,7 @@ impl Error {
     /// one the source's `Display` already shows (the code's own text), is
     /// left out.
     pub(crate) fn client(source: KafkaError, reason: &str) -> Self {
-        let reason = crate::log::scrub(reason);
+        let reason = crate::secret::scrub(reason);
         let reason = reason.trim();
         let repeats = source.to_string().contains(reason);
         Error::Kafka {

@@ -244,7 +244,7 @@
 //!
 //! ```no_run
 //! use xkafka::{Error, Producer};
-//! use xkafka::rdkafka::error::RDKafkaErrorCode;
+//! use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let producer = Producer::builder("orders-api")
@@ -298,14 +298,20 @@ pub mod consumer;
 mod convert;
 pub mod dlq;
 mod error;
+#[doc = include_str!("guide.md")]
+pub mod guide {}
 pub mod health;
 mod log;
 #[cfg(feature = "metrics")]
 pub mod metrics;
+#[cfg(any(test, feature = "testing"))]
 pub mod mock;
 mod producer;
+pub mod raw;
 pub mod retry_topics;
+mod secret;
 mod shutdown;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use xkafka_core::{extract, middleware, router};
@@ -313,23 +319,6 @@ pub use xkafka_core::{
     Ack, Batch, BatchHandler, BoxError, Delivery, Handler, Header, Headers, Message,
     MessageBuilder, Router, Timestamp,
 };
-
-/// An owned [`Message`] copied from a record a raw rdkafka consumer
-/// fetched: key, value, headers, partition, offset and timestamp — what
-/// xkafka's consumers hand their handlers (without the group). Header
-/// names that are not UTF-8 are decoded lossily, where rdkafka's own
-/// accessors would panic; values are kept byte for byte. For tools that
-/// read topics with rdkafka directly (the `xkafka` command line).
-pub fn message_from_rdkafka(record: &rdkafka::message::BorrowedMessage<'_>) -> Message {
-    use rdkafka::message::Message as _;
-    let mut message = convert::owned_message(
-        convert::Fetched::of(record),
-        record.topic().into(),
-        &"".into(),
-    );
-    message.set_group(None);
-    message
-}
 
 /// How handlers become tower services, for code that names those types (a
 /// custom layer's bounds, a hand-written handler): the machinery behind
@@ -345,10 +334,6 @@ pub use consumer::{
 pub use error::{Decision, Error, Operation};
 pub use producer::{CloseReport, Producer, ProducerBuilder, ProducerStatus};
 pub use shutdown::ShutdownHandle;
-
-/// The `rdkafka` crate xkafka is built on, for the rare case that needs it
-/// directly (e.g. matching an error code).
-pub use rdkafka;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[cfg(doctest)]

@@ -8,7 +8,10 @@
 //! process (xkafka or raw rdkafka) connects to
 //! [`EmbeddedCluster::bootstrap_servers`]. It supports consumer groups,
 //! commits, idempotent producers, and fault injection (brokers down,
-//! latency, request errors); it is not reachable from other processes.
+//! latency; request errors and the rest of librdkafka's mock through
+//! [`crate::raw::MockClusterExt`]); it is not reachable from other processes.
+//!
+//! Feature `testing`.
 //!
 //! ```
 //! use xkafka::mock::EmbeddedCluster;
@@ -22,7 +25,6 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::producer::{BaseProducer, Producer as _};
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 
 use crate::error::{Error, Operation};
@@ -81,43 +83,27 @@ impl EmbeddedCluster {
     /// about by consumers).
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), Error> {
         crate::config::validate_topic(name)?;
-        self.with_mock(|m| m.create_topic(name, partitions, 1))
+        self.on_mock(|m| m.create_topic(name, partitions, 1))
     }
 
     /// Takes a broker down: its connections are closed and new ones refused.
     pub fn broker_down(&self, broker_id: i32) -> Result<(), Error> {
-        self.with_mock(|m| m.broker_down(broker_id))
+        self.on_mock(|m| m.broker_down(broker_id))
     }
 
     /// Brings a broker back up.
     pub fn broker_up(&self, broker_id: i32) -> Result<(), Error> {
-        self.with_mock(|m| m.broker_up(broker_id))
+        self.on_mock(|m| m.broker_up(broker_id))
     }
 
     /// Adds latency to every request a broker answers.
     pub fn broker_round_trip_time(&self, broker_id: i32, delay: Duration) -> Result<(), Error> {
-        self.with_mock(|m| m.broker_round_trip_time(broker_id, delay))
-    }
-
-    /// Fails the next requests of kind `api_key`, one error per request in
-    /// the order given, whichever client sends them (the errors are
-    /// cluster-wide). The whole request fails: a Produce request carrying
-    /// several partitions' batches fails for all of them, and nothing is
-    /// written. `RD_KAFKA_RESP_ERR__TRANSPORT` makes the broker close the
-    /// connection instead of answering.
-    pub fn request_errors(
-        &self,
-        api_key: RDKafkaApiKey,
-        errors: &[RDKafkaRespErr],
-    ) -> Result<(), Error> {
-        self.with_mock(|m| {
-            m.request_errors(api_key, errors);
-            Ok(())
-        })
+        self.on_mock(|m| m.broker_round_trip_time(broker_id, delay))
     }
 
     /// Starts (or restarts, forgetting what was recorded) recording the
-    /// requests the brokers receive, for [`requests`](Self::requests): a
+    /// requests the brokers receive, for
+    /// [`MockClusterExt::requests`](crate::raw::MockClusterExt::requests): a
     /// test can then check that an injected fault was actually hit.
     #[allow(unsafe_code)]
     pub fn start_request_tracking(&self) {
@@ -131,38 +117,14 @@ impl EmbeddedCluster {
         }
     }
 
-    /// How many requests of kind `api_key` the brokers received since
-    /// [`start_request_tracking`](Self::start_request_tracking) (0 when not
-    /// tracking).
-    #[allow(unsafe_code)]
-    pub fn requests(&self, api_key: RDKafkaApiKey) -> usize {
-        use rdkafka::bindings as rd;
-        let wanted = i16::from(api_key);
-        // SAFETY: the client is alive; a null mock cluster is checked.
-        // `rd_kafka_mock_get_requests` returns `count` copies (or null when
-        // there are none) that we own and free with
-        // `rd_kafka_mock_request_destroy_array`.
-        unsafe {
-            let mcluster = rd::rd_kafka_handle_mock_cluster(self.client.client().native_ptr());
-            if mcluster.is_null() {
-                return 0;
-            }
-            let mut count = 0usize;
-            let requests = rd::rd_kafka_mock_get_requests(mcluster, &mut count);
-            if requests.is_null() {
-                return 0;
-            }
-            let matching = (0..count)
-                .filter(|&i| rd::rd_kafka_mock_request_api_key(*requests.add(i)) == wanted)
-                .count();
-            rd::rd_kafka_mock_request_destroy_array(requests, count);
-            matching
-        }
+    /// The client whose librdkafka instance holds the mock cluster (for
+    /// [`crate::raw::MockClusterExt`]).
+    pub(crate) fn client(&self) -> &BaseProducer {
+        &self.client
     }
 
-    /// The underlying rdkafka mock, for fault injection this type does not
-    /// wrap.
-    pub fn with_mock<T>(
+    /// Runs `f` on librdkafka's mock cluster.
+    pub(crate) fn on_mock<T>(
         &self,
         f: impl FnOnce(
             &rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext>,

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::ClientConfig;
 
 /// Replicas of each partition of `topic`, as the brokers' metadata says.
 fn replicas(brokers: &str, topic: &str) -> Vec<usize> {

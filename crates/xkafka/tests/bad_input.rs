@@ -30,9 +30,9 @@ use tokio::sync::Notify;
 use xkafka::dlq::{headers as dlq, DeadLetterInfo, DeadLetterLayer};
 use xkafka::extract::{Json, Key, SkipRejectedLayer};
 use xkafka::middleware::{from_fn, Next};
-use xkafka::rdkafka::message::{BorrowedHeaders, OwnedHeaders};
-use xkafka::rdkafka::producer::{FutureProducer, FutureRecord};
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use xkafka::raw::rdkafka::producer::{FutureProducer, FutureRecord};
+use xkafka::raw::rdkafka::ClientConfig;
 use xkafka::{Ack, BoxError, Decision, Error, Message, Producer, Summary, TopicPartition};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -107,14 +107,14 @@ async fn publish_raw_header_names(
 ) -> i64 {
     let owned = OwnedHeaders::new_with_capacity(headers.len());
     let native = owned.as_borrowed() as *const BorrowedHeaders
-        as *mut xkafka::rdkafka::bindings::rd_kafka_headers_t;
+        as *mut xkafka::raw::rdkafka::bindings::rd_kafka_headers_t;
     for (name, value) in headers {
         let (ptr, len) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len() as isize));
         // SAFETY: `native` is the live headers object `owned` owns (an
         // `OwnedHeaders` is always writable); librdkafka copies `name` and
         // `value`, both valid for the lengths given.
         let err = unsafe {
-            xkafka::rdkafka::bindings::rd_kafka_header_add(
+            xkafka::raw::rdkafka::bindings::rd_kafka_header_add(
                 native,
                 name.as_ptr().cast(),
                 name.len() as isize,
@@ -124,7 +124,7 @@ async fn publish_raw_header_names(
         };
         assert_eq!(
             err,
-            xkafka::rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            xkafka::raw::rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
         );
     }
     let producer: FutureProducer = ClientConfig::new()

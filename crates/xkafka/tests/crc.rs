@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use xkafka::rdkafka::error::RDKafkaErrorCode;
+use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
 use xkafka::{Ack, Consumer, Decision, Error, Message, Producer, TopicPartition};
 
 /// Records published; the victim's batch holds it alone.
@@ -211,8 +211,8 @@ async fn consume(
 /// Commits `offset` (the next to read) for `group` on partition 0 of
 /// `topic`, as an operator skipping a record would.
 fn commit(broker: &PrivateBroker, group: &str, topic: &str, offset: i64) {
-    use xkafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
-    use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use xkafka::raw::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", group)

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use common::*;
 use xkafka::mock::EmbeddedCluster;
-use xkafka::rdkafka::error::RDKafkaErrorCode;
-use xkafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
+use xkafka::raw::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use xkafka::raw::MockClusterExt;
 use xkafka::{Error, Message, Operation, Producer};
 
 /// The producer's error handler's calls, as (text, fenced, fatal).

@@ -13,12 +13,13 @@ mod common;
 
 use common::{embedded_with, until};
 use xkafka::mock::EmbeddedCluster;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::error::RDKafkaErrorCode;
-use xkafka::rdkafka::message::Message as _;
-use xkafka::rdkafka::types::RDKafkaRespErr::*;
-use xkafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
+use xkafka::raw::rdkafka::message::Message as _;
+use xkafka::raw::rdkafka::types::RDKafkaRespErr::*;
+use xkafka::raw::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::MockClusterExt;
 use xkafka::{
     CommitMode, Consumer, ConsumerBuilder, Decision, Delivery, Error, Message, Operation, Producer,
 };

@@ -322,7 +322,7 @@ async fn publish_async_to_a_missing_partition_is_refused_with_the_reason() {
                 assert_eq!(*partition, Some(7), "{err:?}");
                 assert_eq!(
                     source.rdkafka_error_code(),
-                    Some(xkafka::rdkafka::error::RDKafkaErrorCode::UnknownPartition),
+                    Some(xkafka::raw::rdkafka::error::RDKafkaErrorCode::UnknownPartition),
                     "timestamp {timestamp:?}: {err:?}"
                 );
             }
@@ -343,7 +343,10 @@ async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     let topic = topic("producer-status", 1).await;
     let producer = producer();
     let before = producer.status();
-    assert_eq!((before.delivered, before.failed, before.queued), (0, 0, 0));
+    assert_eq!(
+        (before.delivered, before.failed, before.in_flight),
+        (0, 0, 0)
+    );
     assert!(before.brokers_reachable && !before.closed && !before.transactional);
     for i in 0..10 {
         producer
@@ -359,7 +362,7 @@ async fn the_status_counts_deliveries_and_says_when_no_broker_is_reachable() {
     until(|| probe.status().delivered == 10, Duration::from_secs(10)).await;
     let after = producer.status();
     assert_eq!(
-        (after.delivered, after.failed, after.queued),
+        (after.delivered, after.failed, after.in_flight),
         (10, 0, 0),
         "{after:?}"
     );

@@ -736,9 +736,9 @@ async fn with_key_order_no_key_is_ever_handled_out_of_order() {
 
 /// Every record of `topic` (all partitions), read to its end offsets.
 fn read_to_end(topic: &str) -> Vec<Message> {
-    use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use xkafka::rdkafka::message::{Headers as _, Message as _};
-    use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use xkafka::raw::rdkafka::message::{Headers as _, Message as _};
+    use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
     let client: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", unique("rt-reader"))
@@ -766,7 +766,7 @@ fn read_to_end(topic: &str) -> Vec<Message> {
         let done = ends.iter().all(|(&p, &end)| {
             end == 0
                 || matches!(position.find_partition(topic, p).map(|e| e.offset()),
-                    Some(xkafka::rdkafka::Offset::Offset(o)) if o >= end)
+                    Some(xkafka::raw::rdkafka::Offset::Offset(o)) if o >= end)
         });
         if done {
             return records;
@@ -816,9 +816,9 @@ async fn ensure(retries: &RetryTopics) {
 /// A topic whose records may be at most `max_bytes` large: a publish of a
 /// larger record fails (the broker refuses it).
 async fn small_topic(name: &str, partitions: i32, max_bytes: usize) {
-    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use xkafka::rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = xkafka::rdkafka::ClientConfig::new()
+    use xkafka::raw::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use xkafka::raw::rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = xkafka::raw::rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .expect("admin");

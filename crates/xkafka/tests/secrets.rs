@@ -144,7 +144,7 @@ mod oauthbearer {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    use xkafka::rdkafka::error::RDKafkaErrorCode;
+    use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
 
     use super::*;
 

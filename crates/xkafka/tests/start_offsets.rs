@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use common::{embedded_with, unique, until};
 use xkafka::health::{HealthCheck, Problem};
 use xkafka::mock::EmbeddedCluster;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::MockClusterExt;
 use xkafka::{Ack, Consumer, Decision, Message, Producer};
 
 /// The group's committed offset in the middle of the 100-message input.
@@ -42,7 +43,7 @@ async fn mock_input(topic: &str, group: &str) -> EmbeddedCluster {
     half.add_partition_offset(topic, 0, Offset::Offset(COMMITTED))
         .unwrap();
     committer
-        .commit(&half, xkafka::rdkafka::consumer::CommitMode::Sync)
+        .commit(&half, xkafka::raw::rdkafka::consumer::CommitMode::Sync)
         .expect("commit 50");
     cluster
 }
@@ -249,8 +250,8 @@ async fn a_per_partition_error_is_retried_and_the_partition_starts_at_the_commit
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pending_transaction_past_the_old_bound_is_waited_for_on_kafka() {
     use common::{brokers, fill, producer, topic};
-    use xkafka::rdkafka::producer::{BaseProducer, Producer as _};
-    use xkafka::rdkafka::util::Timeout;
+    use xkafka::raw::rdkafka::producer::{BaseProducer, Producer as _};
+    use xkafka::raw::rdkafka::util::Timeout;
 
     let input = topic("start-offsets-pending", 1).await;
     let p = producer();
@@ -270,7 +271,7 @@ async fn a_pending_transaction_past_the_old_bound_is_waited_for_on_kafka() {
     half.add_partition_offset(&input, 0, Offset::Offset(COMMITTED))
         .unwrap();
     committer
-        .commit(&half, xkafka::rdkafka::consumer::CommitMode::Sync)
+        .commit(&half, xkafka::raw::rdkafka::consumer::CommitMode::Sync)
         .expect("commit 50");
     drop(committer);
     // The zombie: a member whose transaction holds offset 60, never ended.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{consumer, topic, unique, until};
 use eos::*;
-use xkafka::rdkafka::ClientConfig;
+use xkafka::raw::rdkafka::ClientConfig;
 use xkafka::{Ack, BoxError, Decision, Error, Message, Order, Producer};
 
 /// Burns `ms` of CPU on the calling thread without yielding (a parser, a
@@ -297,7 +297,7 @@ async fn an_output_the_broker_always_refuses_is_isolated_and_given_to_the_error_
 async fn an_output_the_broker_always_refuses_is_dead_lettered_in_the_transaction() {
     use xkafka::dlq::{headers, DeadLetterLayer};
     use xkafka::middleware::retry::{Backoff, RetryLayer};
-    use xkafka::rdkafka::message::{Headers as _, Message as _};
+    use xkafka::raw::rdkafka::message::{Headers as _, Message as _};
 
     let input = topic("txn-poison-dlq-in", 2).await;
     fill_spread(&input, 2, 60).await;
@@ -413,9 +413,9 @@ async fn an_output_the_broker_always_refuses_is_dead_lettered_in_the_transaction
 /// coordinator answers in time again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_that_runs_out_of_time_is_resumed_not_aborted() {
-    use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use xkafka::rdkafka::message::Message as _;
-    use xkafka::rdkafka::{Offset, TopicPartitionList};
+    use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use xkafka::raw::rdkafka::message::Message as _;
+    use xkafka::raw::rdkafka::{Offset, TopicPartitionList};
 
     common::init_tracing();
     const INPUTS: usize = 60;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::{brokers, consumer, fill, producer, topic, unique, until};
 use eos::*;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{
     Ack, BatchConsumer, BoxError, CommitMode, Consumer, Decision, Error, Message, Operation, Order,
     Producer,
@@ -889,7 +889,7 @@ struct PendingCommit {
     input: String,
     output: String,
     group: String,
-    zombie: xkafka::rdkafka::producer::BaseProducer,
+    zombie: xkafka::raw::rdkafka::producer::BaseProducer,
 }
 
 fn raw_member(group: &str) -> ClientConfig {
@@ -902,8 +902,8 @@ fn raw_member(group: &str) -> ClientConfig {
 }
 
 async fn pending_commit(prefix: &str) -> PendingCommit {
-    use xkafka::rdkafka::producer::{BaseProducer, Producer as _};
-    use xkafka::rdkafka::util::Timeout;
+    use xkafka::raw::rdkafka::producer::{BaseProducer, Producer as _};
+    use xkafka::raw::rdkafka::util::Timeout;
 
     let input = topic(&format!("{prefix}-in"), 1).await;
     let output = topic(&format!("{prefix}-out"), 1).await;
@@ -917,7 +917,7 @@ async fn pending_commit(prefix: &str) -> PendingCommit {
     half.add_partition_offset(&input, 0, Offset::Offset(50))
         .unwrap();
     committer
-        .commit(&half, xkafka::rdkafka::consumer::CommitMode::Sync)
+        .commit(&half, xkafka::raw::rdkafka::consumer::CommitMode::Sync)
         .expect("commit 50");
     drop(committer);
 
@@ -1030,7 +1030,7 @@ async fn until_stable(group: &str, members: usize) {
 /// for the committed offset instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalance_while_a_pending_transaction_holds_the_offsets_does_not_reset_them() {
-    use xkafka::rdkafka::producer::Producer as _;
+    use xkafka::raw::rdkafka::producer::Producer as _;
 
     let pending = pending_commit("txn-unstable").await;
     let elsewhere = topic("txn-unstable-other", 1).await;
@@ -1101,7 +1101,7 @@ async fn a_rebalance_while_a_pending_transaction_holds_the_offsets_does_not_rese
 /// zombie's transaction times out, or most of `max.poll.interval.ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_consumer_waiting_for_unstable_offsets_still_stops_within_its_bound() {
-    use xkafka::rdkafka::producer::Producer as _;
+    use xkafka::raw::rdkafka::producer::Producer as _;
 
     let pending = pending_commit("txn-unstable-stop").await;
     let Recorder {

@@ -162,7 +162,7 @@ async fn an_undecodable_batch_is_an_error_naming_its_partition_and_offset() {
             assert!(reason.contains("codec 0x5"), "{reason}");
             assert_eq!(
                 first.kafka_code(),
-                Some(xkafka::rdkafka::error::RDKafkaErrorCode::NotImplemented)
+                Some(xkafka::raw::rdkafka::error::RDKafkaErrorCode::NotImplemented)
             );
         }
         other => panic!("expected the batch's location, got: {other}"),

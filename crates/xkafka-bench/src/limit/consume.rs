@@ -4,9 +4,9 @@ use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use xkafka::rdkafka::bindings as rd;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::bindings as rd;
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::clock::Clock;
 use crate::vocab::{unique, BoxResult, RUN_TIMEOUT};

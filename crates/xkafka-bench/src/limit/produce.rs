@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xkafka::rdkafka::bindings as rd;
+use xkafka::raw::rdkafka::bindings as rd;
 
 use crate::clock::Clock;
 use crate::vocab::{payload, producer_settings, BoxResult, RUN_TIMEOUT};

@@ -22,7 +22,8 @@ use super::rebalance::Rebalance;
 use super::shared::Shared;
 use super::start_offsets::{Withheld, FIRST_QUERY};
 use crate::error::{Error, Operation};
-use crate::log::{forward_log, scrub};
+use crate::log::forward_log;
+use crate::secret::scrub;
 
 /// The client's context: librdkafka's callbacks, and the state only the
 /// poll thread touches. The pipeline lives here, not in [`Shared`]: lanes

@@ -296,7 +296,7 @@ impl PollLoop {
             None => Some(owned_message(record, topic?, &self.shared.group)),
             Some(RDKafkaErrorCode::PartitionEOF) => None,
             Some(code) => {
-                let reason = crate::log::scrub(&record.error_text()).into_owned();
+                let reason = crate::secret::scrub(&record.error_text()).into_owned();
                 let error = match topic {
                     Some(topic) if is_undeliverable(code) && record.offset() >= 0 => {
                         Error::Consume {

@@ -365,6 +365,30 @@ impl Ending {
     }
 }
 
+/// Refuses a transactional consumer whose transactions the broker would
+/// abort while they run: one stays open up to `interval` after its first
+/// message, then waits for its handlers and commits within the producer's
+/// `transaction_timeout`; the transaction coordinator aborts any that is
+/// open longer than the producer's `transaction.timeout.ms`, and the
+/// commit then fails as fenced (fatal: the consumer stops).
+pub(super) fn check_bounds(producer: &crate::Producer, interval: Duration) -> Result<(), Error> {
+    let operation = producer.transactions()?.timeout;
+    let Some((broker, shown)) = producer.config().transaction_timeout() else {
+        return Ok(());
+    };
+    if interval.saturating_add(operation) < broker {
+        return Ok(());
+    }
+    Err(Error::Transactional(format!(
+        "transaction_interval ({interval:?}) plus the producer's transaction_timeout \
+         ({operation:?}) must be shorter than its {shown}: a transaction stays open for the \
+         interval, then waits for its handlers and commits within transaction_timeout, and the \
+         broker aborts any transaction open longer than transaction.timeout.ms (librdkafka then \
+         reports the commit as fenced, and the consumer stops). Shorten the interval or the \
+         producer's transaction_timeout, or raise its transaction.timeout.ms"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::{Health, HealthCheck};
+use super::check::{Health, HealthCheck};
 use crate::consumer::{ConsumerStatus, StatusHandle};
 
 /// `/healthz` (liveness: 200 `ok`, or 503 with one problem per line),

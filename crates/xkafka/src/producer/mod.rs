@@ -2,11 +2,14 @@
 //! middleware stack.
 
 mod context;
+#[cfg(test)]
+mod delivery_cost;
 mod driver;
 pub(crate) mod fence;
 mod poller;
 mod publish;
 mod transaction;
+mod transaction_api;
 
 pub(crate) use transaction::is_resumable;
 
@@ -372,7 +375,7 @@ impl Producer {
         ProducerStatus {
             name: self.inner.name.to_string(),
             transactional: self.is_transactional(),
-            queued: self.in_flight(),
+            in_flight: usize::try_from(self.inner.client.in_flight_count()).unwrap_or(0),
             callbacks_pending: self.inner.hooks.pending.count(),
             delivered: self.delivered(),
             failed: stats.failed.load(Acquire),
@@ -398,11 +401,6 @@ impl Producer {
         stats.delivered.load(SeqCst) + reports.saturating_sub(failed)
     }
 
-    /// Messages librdkafka holds that the broker has not acknowledged yet.
-    pub fn in_flight(&self) -> usize {
-        usize::try_from(self.inner.client.in_flight_count()).unwrap_or(0)
-    }
-
     /// The librdkafka properties the producer was built with (a
     /// transactional consumer checks its transaction bounds against them).
     pub(crate) fn config(&self) -> &Config {
@@ -423,8 +421,9 @@ pub struct ProducerStatus {
     pub name: String,
     /// Built with a `transactional.id`.
     pub transactional: bool,
-    /// Messages in librdkafka's queue or in flight, not acknowledged yet.
-    pub queued: usize,
+    /// Messages librdkafka holds (queued or sent) that the broker has not
+    /// acknowledged yet.
+    pub in_flight: usize,
     /// Asynchronous publishes whose delivery callbacks have not run yet.
     pub callbacks_pending: usize,
     /// Messages the broker acknowledged.

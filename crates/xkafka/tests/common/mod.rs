@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use xkafka::mock::EmbeddedCluster;
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{Ack, Consumer, ConsumerBuilder, Decision, Error, Message, Producer, Summary};
 
 /// The broker's address. A missing broker fails the test: these tests must

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{self, brokers, producer, unique};
-use xkafka::rdkafka::consumer::{BaseConsumer, Consumer as _};
-use xkafka::rdkafka::message::{Message as _, OwnedMessage};
-use xkafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use xkafka::raw::rdkafka::consumer::{BaseConsumer, Consumer as _};
+use xkafka::raw::rdkafka::message::{Message as _, OwnedMessage};
+use xkafka::raw::rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use xkafka::{Ack, BoxError, Message, Producer};
 
 pub fn txn_producer(id: &str) -> Producer {
@@ -184,8 +184,8 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
 /// (`max.message.bytes`): a record the broker rejects for good, which leaves
 /// the transaction holding it abortable.
 pub async fn topic_refusing_records_over(name: &str, bytes: usize) {
-    use xkafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use xkafka::rdkafka::client::DefaultClientContext;
+    use xkafka::raw::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use xkafka::raw::rdkafka::client::DefaultClientContext;
 
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())

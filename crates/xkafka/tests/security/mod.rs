@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::captured_debug_logs as logs;
-use xkafka::rdkafka::error::RDKafkaErrorCode;
+use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
 use xkafka::{Ack, Config, Consumer, Decision, Error, Message, Producer};
 
 /// The user `scripts/broker.sh` creates on the SASL listener.

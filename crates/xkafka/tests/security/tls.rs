@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use xkafka::rdkafka::error::RDKafkaErrorCode;
+use xkafka::raw::rdkafka::error::RDKafkaErrorCode;
 use xkafka::{Config, Consumer, Decision, Message, Producer};
 
 use crate::common;

@@ -1,20 +1,5 @@
-//! Is a consumer healthy, and if not, why? Judged from its
-//! [`ConsumerStatus`] (see [`Consumer::status_handle`](crate::Consumer::status_handle))
-//! against thresholds, each unhealthy state with a reason a person can act
-//! on — and, with the `http` feature, the endpoints Kubernetes probes:
-//! `/healthz` (liveness), `/readyz` (readiness) and `/status` (JSON).
-//!
-//! ```
-//! use std::time::Duration;
-//! use xkafka::health::HealthCheck;
-//!
-//! let check = HealthCheck::builder()
-//!     .handler_stuck_after(Duration::from_secs(120))
-//!     .build()
-//!     .unwrap();
-//! assert!(HealthCheck::builder().poll_stalled_after(Duration::ZERO).build().is_err());
-//! # let _ = check;
-//! ```
+//! The thresholds and the judgement: a [`ConsumerStatus`] in, a [`Health`]
+//! out, each problem with a reason a person can act on.
 
 use std::fmt;
 use std::time::Duration;
@@ -344,11 +329,6 @@ impl HealthCheck {
         }
     }
 }
-
-#[cfg(feature = "http")]
-mod http;
-#[cfg(feature = "http")]
-pub use http::router;
 
 #[cfg(test)]
 mod tests {
