@@ -37,7 +37,7 @@ pub(crate) struct Job<'a> {
     pub(crate) messages: u64,
     /// The input's end offset per partition (partition = index).
     pub(crate) ends: &'a [i64],
-    /// See [`Plan::raw_drain`].
+    /// See [`crate::eos::Plan::raw_drain`].
     pub(crate) raw_drain: bool,
 }
 

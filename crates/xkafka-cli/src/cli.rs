@@ -97,7 +97,7 @@ pub(crate) enum Command {
     /// Prints the man page (roff): xkafka man > xkafka.1 && man ./xkafka.1
     Man,
     /// Prints an AsyncAPI 3.0 document of topics, each with the latest value schema of
-    /// its subject (<topic>-value) in a Schema Registry.
+    /// its subject (TOPIC-value) in a Schema Registry.
     Asyncapi(AsyncapiArgs),
 }
 
