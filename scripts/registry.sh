@@ -138,7 +138,10 @@ start() {
   local java; java=$(find_java)
   # In-memory storage (the app's default: every start is empty), the port and host, and no
   # authentication: a test registry.
-  (cd "$INSTALL" && setsid "$java" -Xms64m -Xmx512m -XX:+UseSerialGC \
+  # `cd` on its own line: `cd && java &` would background the list in a subshell, and the pid
+  # file would name that subshell, not the JVM (stop then left the JVM running).
+  (cd "$INSTALL" || exit 1
+    setsid "$java" -Xms64m -Xmx512m -XX:+UseSerialGC \
     -Dquarkus.http.port="$PORT" -Dquarkus.http.host="$HOST" \
     -Dquarkus.log.level=WARN \
     -jar quarkus-run.jar >>"$DATA/registry.log" 2>&1 </dev/null &
