@@ -561,7 +561,11 @@ async fn an_unreachable_transaction_coordinator_is_a_clear_error_within_the_time
         .unwrap();
     let started = Instant::now();
     let err = producer.begin_transaction().await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // A timed-out init_transactions is resumed (a coordinator failover can
+    // outlast one bound: see xkafka-reliability's netns_init), 4 calls of
+    // the 2 s bound at the most: then a clear error.
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(4 * 2 + 3), "{elapsed:?}");
     assert_eq!(err.operation(), Some(Operation::InitTransactions), "{err}");
 
     // The same producer in a consumer: `run` returns that error.
